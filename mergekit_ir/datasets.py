@@ -1,0 +1,187 @@
+"""Test collections behind one interface: corpus, queries, qrels.
+
+Two sources: a local BEIR folder (``corpus.jsonl``, ``queries.jsonl``,
+``qrels/<split>.tsv``) and an ``ir_datasets`` id. Ids are strings everywhere;
+a query's ``metadata`` is never read (SciFact's names the gold documents).
+
+A split may be sliced in query order: ``train[:20%]`` or ``train[:161]`` keeps the
+first queries of the split as they appear in its qrels file (the order BEIR's
+loader yields them in).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DatasetError
+
+_SLICE = re.compile(r"^(?P<split>[^\[\]]*)(?:\[:(?P<n>\d+)(?P<pct>%?)\])?$")
+
+
+@dataclass(frozen=True)
+class Document:
+    title: str
+    text: str
+
+    @property
+    def full_text(self) -> str:
+        """Title and body, as BEIR re-rankers see a document."""
+        return f"{self.title} {self.text}".strip() if self.title else self.text
+
+
+@dataclass
+class Dataset:
+    """One split of a collection: what a run needs."""
+
+    name: str
+    corpus: dict[str, Document]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    language: str = "english"
+    source: str = ""
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def fingerprint(self) -> str:
+        """A content hash, so caches follow the data, not its path."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for did in sorted(self.corpus):
+                d = self.corpus[did]
+                h.update(f"{did}\0{d.title}\0{d.text}\n".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def queries_fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for qid in sorted(self.queries):
+            h.update(f"{qid}\0{self.queries[qid]}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def parse_split(spec: str) -> tuple[str, int | None, bool]:
+    """``train[:20%]`` -> ("train", 20, True); ``test`` -> ("test", None, False)."""
+    m = _SLICE.match(spec.strip())
+    if not m:
+        raise DatasetError(f"split {spec!r}: write a split name, optionally sliced like train[:20%] or train[:161]")
+    n = m.group("n")
+    return m.group("split"), (int(n) if n is not None else None), bool(m.group("pct"))
+
+
+def slice_queries(qids: list[str], n: int | None, pct: bool) -> list[str]:
+    if n is None:
+        return qids
+    count = math.floor(len(qids) * n / 100) if pct else n
+    return qids[:count]
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or re-download the file") from None
+            if not isinstance(rec, dict) or "_id" not in rec:
+                raise DatasetError(f"{path}:{lineno}: record has no '_id' field")
+            yield lineno, rec
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR/TREC qrels; tolerates a header, CRLF line ends and the 4-column TREC form."""
+    if not path.is_file():
+        splits = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
+        hint = f" (available splits: {', '.join(splits)})" if splits else ""
+        raise DatasetError(f"{path}: qrels file not found{hint}")
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        delim = "\t" if "\t" in f.readline() else " "
+        f.seek(0)
+        for lineno, row in enumerate(csv.reader(f, delimiter=delim), 1):
+            row = [c.strip() for c in row if c.strip() != ""]
+            if not row:
+                continue
+            if len(row) == 4:  # TREC: qid iter docid rel
+                row = [row[0], row[2], row[3]]
+            if len(row) != 3:
+                raise DatasetError(f"{path}:{lineno}: expected 'query-id corpus-id score', got {len(row)} columns")
+            try:
+                rel = int(float(row[2]))
+            except ValueError:
+                if lineno == 1:
+                    continue  # header
+                raise DatasetError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
+            qrels.setdefault(row[0], {})[row[1]] = rel
+    return qrels
+
+
+def load_beir_folder(folder: str | Path, split: str = "test", name: str | None = None,
+                     language: str = "english") -> Dataset:
+    """A split of a local BEIR folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: BEIR folder not found")
+    split_name, n, pct = parse_split(split)
+    qrels = read_qrels(folder / "qrels" / f"{split_name}.tsv")
+    corpus: dict[str, Document] = {}
+    for _, rec in _read_jsonl(folder / "corpus.jsonl"):
+        corpus[str(rec["_id"])] = Document(str(rec.get("title") or ""), str(rec.get("text") or ""))
+    all_queries: dict[str, str] = {}
+    for _, rec in _read_jsonl(folder / "queries.jsonl"):
+        all_queries[str(rec["_id"])] = str(rec.get("text") or "")  # metadata is never read
+    missing = [q for q in qrels if q not in all_queries]
+    if missing:
+        raise DatasetError(f"{folder / 'queries.jsonl'}: query id {missing[0]!r} from qrels/{split_name}.tsv is missing")
+    keep = slice_queries(list(qrels), n, pct)
+    return Dataset(
+        name=name or folder.name,
+        corpus=corpus,
+        queries={q: all_queries[q] for q in keep},
+        qrels={q: qrels[q] for q in keep},
+        language=language,
+        source=f"{folder}@{split}",
+    )
+
+
+def load_ir_datasets(dataset_id: str, name: str | None = None, language: str = "english") -> Dataset:
+    """An ``ir_datasets`` id, optionally sliced: ``beir/scifact/train[:20%]``."""
+    import ir_datasets
+
+    m = re.match(r"^(?P<id>[^\[]+?)(?P<slice>\[:\d+%?\])?$", dataset_id)
+    base_id = m.group("id") if m else dataset_id
+    _, n, pct = parse_split("x" + (m.group("slice") or "")) if m else (None, None, False)
+    try:
+        ds = ir_datasets.load(base_id)
+    except KeyError:
+        raise DatasetError(
+            f"ir_datasets id {base_id!r} is unknown; see https://ir-datasets.com for ids (e.g. beir/scifact/test)"
+        ) from None
+    if not (ds.has_docs() and ds.has_queries() and ds.has_qrels()):
+        raise DatasetError(f"ir_datasets id {base_id!r} lacks docs, queries or qrels; pick a split id such as {base_id}/test")
+    qrels: dict[str, dict[str, int]] = {}
+    for qr in ds.qrels_iter():
+        qrels.setdefault(str(qr.query_id), {})[str(qr.doc_id)] = int(qr.relevance)
+    queries = {str(q.query_id): q.text for q in ds.queries_iter()}
+    corpus = {
+        str(d.doc_id): Document(getattr(d, "title", "") or "", getattr(d, "text", "") or "")
+        for d in ds.docs_iter()
+    }
+    keep = slice_queries([q for q in qrels if q in queries], n, pct)
+    return Dataset(
+        name=name or base_id,
+        corpus=corpus,
+        queries={q: queries[q] for q in keep},
+        qrels={q: qrels[q] for q in keep},
+        language=language,
+        source=f"ir_datasets:{dataset_id}",
+    )

@@ -1,0 +1,67 @@
+"""Hook specifications: the whole contract between mergekit-ir and its plugins.
+
+A plugin is any module (or object) that implements one or more of these hooks and
+is listed under the ``mergekit_ir`` entry-point group::
+
+    [project.entry-points.mergekit_ir]
+    my_method = "my_package.my_module"
+
+Each hook receives a ``register`` callable and calls it once per thing it provides,
+so plugins stay declarative::
+
+    from mergekit_ir import hookimpl, MergeMethod
+
+    @hookimpl
+    def register_merge_methods(register):
+        register(MergeMethod(name="my_method", description="...", merge=my_merge, params=(...)))
+
+Names are global per kind: two plugins registering one name is an error naming both.
+The built-in plugins in ``plugins/`` use exactly these hooks and the same group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .first_stage import FirstStageKind
+    from .merge_method import MergeMethod
+    from .scoring import ScorerKind
+
+PROJECT = "mergekit_ir"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
+    """Register merge methods.
+
+    A merge method is a pure per-tensor function that combines the IR model's
+    weights with one or more task vectors (see :class:`mergekit_ir.MergeMethod`).
+    Declare every parameter with :class:`mergekit_ir.Param` so configs are
+    validated before any checkpoint is opened.
+    """
+
+
+@hookspec
+def register_scorers(register: Callable[[ScorerKind], None]) -> None:
+    """Register scorer architectures (bi-encoder, cross-encoder, seq2seq, causal LM...).
+
+    A scorer kind loads a checkpoint folder into a :class:`mergekit_ir.Scorer`
+    that re-ranks candidate documents; its ``model`` attribute exposes the torch
+    module whose weights the α sweep updates in place.
+    """
+
+
+@hookspec
+def register_first_stages(register: Callable[[FirstStageKind], None]) -> None:
+    """Register first-stage retrieval backends (e.g. BM25).
+
+    A backend indexes a corpus and returns the top-k documents per query; it
+    should cache its index on disk keyed by corpus hash and settings.
+    """

@@ -1,0 +1,81 @@
+"""The merge-method plugin type.
+
+A merge method is a pure function on tensors, called once per tensor name::
+
+    merge(theta_t, taus, *, tau_t=None, name="", **params) -> Tensor
+
+- ``theta_t``: the IR model ΘT's tensor (fp32, on the merge device);
+- ``taus``: one task vector per domain model, τ_i = ΘD_i − Θ0 (same shape, fp32);
+- ``tau_t``: ΘT − Θ0, given only to methods declaring ``needs_ir_vector=True``
+  (TIES/DARE treat the IR fine-tune as one more task vector, as mergekit does);
+- ``name``: the tensor's name, so stochastic methods can seed per tensor;
+- ``params``: the method's declared parameters, already resolved to scalars for
+  this tensor (layer-wise values are resolved by the engine).
+
+It returns Θ' for that tensor. Keep it free of I/O: the engine streams tensors in
+and out, and the α sweep calls it on tensors that live on the scoring device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .params import Param
+
+MergeFn = Callable[..., torch.Tensor]
+
+# Parameters every linear combination shares; plugins reuse these declarations.
+ALPHA = Param(
+    "alpha",
+    float,
+    1.0,
+    "scale of the domain task vector(s): Θ' = ΘT + α·Σ w_i·τ_i (negative subtracts)",
+    min=-2.0,
+    max=2.0,
+    per_tensor=True,
+)
+WEIGHTS = Param(
+    "weights",
+    list,
+    None,
+    "per-domain-vector weights w_i (default: 1 for each)",
+)
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A named merge method and its declared parameters."""
+
+    name: str
+    description: str
+    merge: MergeFn
+    params: tuple[Param, ...] = ()
+    needs_ir_vector: bool = False
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+def domain_weights(weights: Sequence[float] | None, n: int, name: str = "") -> list[float]:
+    """Per-vector weights, defaulting to 1 each; checks the count matches."""
+    if weights is None:
+        return [1.0] * n
+    if len(weights) != n:
+        raise ValueError(f"{name}: {len(weights)} weights given for {n} task vectors")
+    return [float(w) for w in weights]
+
+
+def tensor_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, tensor name): reproducible across runs and devices.
+
+    Draw random numbers on the CPU with it and move them to the tensor's device;
+    GPU generators give different streams per device type.
+    """
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+    return gen

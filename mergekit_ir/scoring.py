@@ -1,0 +1,165 @@
+"""The scorer plugin type and what every scorer shares: device, dtype, batching.
+
+Scorers re-rank candidates. Each batch is cut from inputs sorted by length so a
+batch holds texts of similar length (little padding); results are put back in the
+caller's order. Inference runs under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import MergeIRError
+from .first_stage import Run
+from .params import Param
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; asking for an absent one is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MergeIRError(
+            f"--device {device}: CUDA is not available on this machine; use --device auto or cpu"
+        )
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MergeIRError(f"--device {device}: MPS is not available; use --device auto or cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on CUDA (fp16 where bf16 is unsupported) and fp32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise MergeIRError(f"dtype {dtype!r}: use one of auto, {', '.join(_DTYPES)}") from None
+
+
+@dataclass
+class ScoringSettings:
+    """Run-wide settings every scorer honours."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 32
+    show_progress: bool = True
+
+    @property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return resolve_dtype(self.dtype, self.torch_device)
+
+
+@dataclass
+class TruncationStats:
+    """How many inputs were cut to the model's maximum length (reported, not silent)."""
+
+    texts: int = 0
+    truncated: int = 0
+
+    def add(self, lengths: Sequence[int], limit: int) -> None:
+        self.texts += len(lengths)
+        self.truncated += sum(1 for n in lengths if n > limit)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Index batches over inputs sorted longest first (stable, so deterministic)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def padding_waste(lengths: Sequence[int], batch_size: int, sort: bool = True) -> float:
+    """Fraction of pad tokens a batching scheme would feed the model."""
+    if not lengths:
+        return 0.0
+    batches = (
+        length_sorted_batches(lengths, batch_size)
+        if sort
+        else (list(range(i, min(i + batch_size, len(lengths)))) for i in range(0, len(lengths), batch_size))
+    )
+    real = padded = 0
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        real += sum(lengths[i] for i in b)
+        padded += longest * len(b)
+    return 1 - real / padded if padded else 0.0
+
+
+class Scorer(ABC):
+    """A loaded re-ranking model.
+
+    Subclasses implement :meth:`score_pairs` (or override :meth:`rerank` when they
+    can share work across pairs, as a bi-encoder does). ``model`` is the torch
+    module whose parameters the α sweep updates in place.
+    """
+
+    model: torch.nn.Module
+    settings: ScoringSettings
+
+    def __init__(self, settings: ScoringSettings) -> None:
+        self.settings = settings
+        self.device = settings.torch_device
+        self.dtype = settings.torch_dtype
+        self.truncation = TruncationStats()
+
+    @abstractmethod
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """One relevance score per (query, document) pair."""
+
+    def rerank(self, queries: Mapping[str, str], candidates: Run, docs: Mapping[str, str]) -> Run:
+        """Score every candidate of every query; returns a run over the same pairs."""
+        keys = [(qid, did) for qid in sorted(candidates) for did in sorted(candidates[qid])]
+        pairs = [(queries[qid], docs[did]) for qid, did in keys]
+        scores = self.score_pairs(pairs)
+        run: Run = {}
+        for (qid, did), s in zip(keys, scores, strict=True):
+            run.setdefault(qid, {})[did] = float(s)
+        return run
+
+    def progress(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="pair", disable=not self.settings.show_progress,
+                    leave=False, dynamic_ncols=True)
+
+
+@dataclass(frozen=True)
+class ScorerKind:
+    """A named scorer architecture.
+
+    ``load(path, options, settings)`` reads a checkpoint folder and returns a
+    :class:`Scorer`; ``options`` are the triplet's scorer options, already
+    validated against ``params``. ``check(path)`` may raise a one-line error when
+    the folder is not of this architecture, before anything heavy is loaded.
+    """
+
+    name: str
+    description: str
+    load: Callable[[Path, Mapping[str, Any], ScoringSettings], Scorer]
+    params: tuple[Param, ...] = ()
+    check: Callable[[Path], None] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
