@@ -77,14 +77,33 @@ class ScoringSettings:
 
 @dataclass
 class TruncationStats:
-    """How many inputs were cut to the model's maximum length (reported, not silent)."""
+    """How many inputs were cut to a token limit (reported, not silent).
+
+    ``texts``/``truncated`` count over every field; ``fields`` keeps the same two
+    numbers per field (e.g. ``queries``, ``documents``), since scorers truncate
+    each field to its own limit.
+    """
 
     texts: int = 0
     truncated: int = 0
+    fields: dict[str, list[int]] = field(default_factory=dict)
 
-    def add(self, lengths: Sequence[int], limit: int) -> None:
-        self.texts += len(lengths)
-        self.truncated += sum(1 for n in lengths if n > limit)
+    def add(self, lengths: Sequence[int], limit: int | None, name: str = "text") -> None:
+        """Count texts of these token ``lengths`` against ``limit`` (None: no limit)."""
+        self.record([limit is not None and n > limit for n in lengths], name)
+
+    def record(self, flags: Sequence[bool], name: str = "text") -> None:
+        """Count one text per flag; a true flag is a truncated text."""
+        n, cut = len(flags), sum(1 for f in flags if f)
+        self.texts += n
+        self.truncated += cut
+        counts = self.fields.setdefault(name, [0, 0])
+        counts[0] += n
+        counts[1] += cut
+
+    def summary(self) -> str:
+        """E.g. ``documents 12/300 truncated, queries 0/300 truncated``."""
+        return ", ".join(f"{name} {cut}/{n} truncated" for name, (n, cut) in self.fields.items())
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -142,9 +161,38 @@ class Scorer(ABC):
             run.setdefault(qid, {})[did] = float(s)
         return run
 
-    def progress(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="pair", disable=not self.settings.show_progress,
+    def progress(self, total: int, desc: str, unit: str = "pair") -> tqdm:
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.settings.show_progress,
                     leave=False, dynamic_ncols=True)
+
+    def load_pretrained(self, auto_class: Any, path: Path, **kwargs: Any) -> torch.nn.Module:
+        """``auto_class.from_pretrained`` in the run's dtype, on the run's device, in eval mode.
+
+        Weights load straight into ``self.dtype`` (a bf16 7B model is never
+        materialised in fp32) and, on CUDA, straight onto the GPU. SDPA attention
+        is asked for and dropped for architectures that do not support it.
+        """
+        kwargs = {"dtype": self.dtype, **kwargs}
+        if self.device.type == "cuda":
+            kwargs.setdefault("device_map", str(self.device))
+        try:
+            model = auto_class.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        except (ValueError, ImportError) as exc:
+            log.info("%s: SDPA attention unavailable (%s); using the default", path, exc)
+            model = auto_class.from_pretrained(path, **kwargs)
+        if self.device.type != "cuda":
+            model.to(self.device)
+        return model.eval()
+
+    def warn_empty(self, texts: Sequence[str], what: str) -> None:
+        """Empty texts are scored as they are (the prompt or special tokens alone); say so."""
+        n = sum(1 for t in texts if not t or not t.strip())
+        if n:
+            log.warning("%d empty %s: scored as empty text", n, what)
+
+    def log_truncation(self) -> None:
+        if self.truncation.truncated:
+            log.warning("%s: %s", type(self).__name__, self.truncation.summary())
 
 
 @dataclass(frozen=True)

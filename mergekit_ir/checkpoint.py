@@ -1,0 +1,246 @@
+"""Lazy, per-tensor access to checkpoints: `TensorSource`.
+
+A checkpoint reference is a local folder or a Hugging Face hub id (optionally
+pinned to a revision). Weights are read one tensor at a time:
+
+- safetensors (single or sharded through ``*.index.json``): the header is checked
+  with ``safetensors.safe_open``; tensor bytes are then read with positioned reads
+  (``os.pread``) rather than a memory map, so touching a tensor does not leave
+  its pages in the process's resident set — peak memory stays at a few tensors
+  however large the model;
+- legacy ``pytorch_model.bin``: ``torch.load(mmap=True, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import CheckpointError
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    file: Path
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.dtype.itemsize
+
+
+class _SafetensorsFile:
+    """One .safetensors file read tensor by tensor with positioned reads."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with safe_open(str(path), framework="pt") as f:  # validates header and sizes
+                names = list(f.keys())
+        except (SafetensorError, OSError, Exception) as exc:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({exc}); the file is corrupt or truncated — re-download it"
+            ) from None
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        self.data_start = 8 + n
+        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name in names:
+            e = header[name]
+            begin, end = e["data_offsets"]
+            self.entries[name] = (e["dtype"], tuple(e["shape"]), begin, end)
+        size = path.stat().st_size
+        if any(self.data_start + e[3] > size for e in self.entries.values()):
+            raise CheckpointError(f"{path}: truncated (tensor data runs past the end of the file); re-download it")
+        self.metadata = header.get("__metadata__") or {}
+
+    def info(self, name: str) -> TensorInfo:
+        code, shape, _, _ = self.entries[name]
+        if code not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {code}")
+        return TensorInfo(shape, SAFETENSORS_DTYPES[code], self.path)
+
+    def get(self, name: str) -> torch.Tensor:
+        code, shape, begin, end = self.entries[name]
+        buf = bytearray(end - begin)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            view, off = memoryview(buf), 0
+            while off < len(buf):
+                got = os.preadv(fd, [view[off:]], self.data_start + begin + off)
+                if got <= 0:
+                    raise CheckpointError(f"{self.path}: unexpected end of file reading tensor {name}")
+                off += got
+        finally:
+            os.close(fd)
+        dtype = SAFETENSORS_DTYPES[code]
+        if not buf:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+class TensorSource:
+    """The tensors of one checkpoint folder, opened lazily."""
+
+    def __init__(self, folder: str | Path, ref: str | None = None, revision: str | None = None):
+        self.folder = Path(folder)
+        self.ref = ref or str(folder)
+        self.revision = revision
+        self._files: dict[str, _SafetensorsFile] = {}
+        self._bin: dict[str, dict[str, torch.Tensor]] = {}
+        self._where: dict[str, str] = {}
+        self._infos: dict[str, TensorInfo] = {}
+        self._index()
+
+    def _index(self) -> None:
+        folder = self.folder
+        st_index = folder / "model.safetensors.index.json"
+        bin_index = folder / "pytorch_model.bin.index.json"
+        if (folder / "model.safetensors").is_file():
+            files = {"model.safetensors": None}
+        elif st_index.is_file() or bin_index.is_file():
+            idx_path = st_index if st_index.is_file() else bin_index
+            try:
+                weight_map = json.loads(idx_path.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise CheckpointError(f"{idx_path}: broken shard index ({exc}); re-download the checkpoint") from None
+            files = {f: None for f in dict.fromkeys(weight_map.values())}
+        elif (folder / "pytorch_model.bin").is_file():
+            files = {"pytorch_model.bin": None}
+        else:
+            other = sorted(p.name for p in folder.glob("*.safetensors"))
+            if len(other) == 1:
+                files = {other[0]: None}
+            else:
+                raise CheckpointError(
+                    f"{folder}: no model weights (looked for {', '.join(WEIGHT_FILES)}); "
+                    "is this the right folder?"
+                )
+        for fname in files:
+            path = folder / fname
+            if not path.is_file():
+                raise CheckpointError(f"{path}: shard listed in the index is missing; re-download the checkpoint")
+            if fname.endswith(".safetensors"):
+                sf = _SafetensorsFile(path)
+                self._files[fname] = sf
+                for name in sf.entries:
+                    self._where[name] = fname
+                    self._infos[name] = sf.info(name)
+            else:
+                try:
+                    sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                except Exception as exc:
+                    raise CheckpointError(f"{path}: cannot read PyTorch weights ({exc}); the file is corrupt") from None
+                self._bin[fname] = sd
+                for name, t in sd.items():
+                    self._where[name] = fname
+                    self._infos[name] = TensorInfo(tuple(t.shape), t.dtype, path)
+
+    # -- the per-tensor interface ------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        fname = self._where[name]
+        if fname in self._files:
+            return self._files[fname].get(name)
+        return self._bin[fname][name].clone()
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self._infos:
+            yield name, self.get(name)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        path = self.folder / "config.json"
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: not valid JSON ({exc.msg})") from None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self._infos.values())
+
+    def fingerprint(self) -> str:
+        """Hash of the weight files' names, sizes and headers: cheap, and changes with the weights."""
+        h = hashlib.sha256(f"{self.ref}@{self.revision}".encode())
+        for fname in sorted(set(self._where.values())):
+            p = self.folder / fname
+            st = p.stat()
+            h.update(f"{fname}:{st.st_size}:{int(st.st_mtime)}".encode())
+        return h.hexdigest()[:16]
+
+
+def resolve_folder(ref: str, revision: str | None = None, base_dir: Path | None = None) -> Path:
+    """A local folder for ``ref``: an existing path, else a Hugging Face hub download."""
+    candidate = Path(ref).expanduser()
+    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).exists():
+        candidate = base_dir / candidate
+    if candidate.exists():
+        if not candidate.is_dir():
+            raise CheckpointError(f"{candidate}: a checkpoint is a folder, not a file")
+        return candidate
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise CheckpointError(f"{ref}: checkpoint folder not found")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(
+            repo_id=ref, revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin", "*.py", "*/*.json"],
+        ))
+    except Exception as exc:
+        raise CheckpointError(
+            f"{ref}: not a local folder and the hub download failed ({type(exc).__name__}); "
+            "check the id and network, or pass a local folder"
+        ) from None
+
+
+def open_checkpoint(ref: str, revision: str | None = None, base_dir: Path | None = None) -> TensorSource:
+    folder = resolve_folder(ref, revision, base_dir)
+    weights_folder = sentence_transformers_weights(folder)
+    return TensorSource(weights_folder, ref=ref, revision=revision)
+
+
+def sentence_transformers_weights(folder: Path) -> Path:
+    """Older sentence-transformers folders keep the transformer in a sub-folder."""
+    if any((folder / f).is_file() for f in WEIGHT_FILES):
+        return folder
+    modules = folder / "modules.json"
+    if modules.is_file():
+        for m in json.loads(modules.read_text()):
+            if m.get("type", "").endswith("Transformer") and m.get("path"):
+                return folder / m["path"]
+    return folder

@@ -1,0 +1,135 @@
+"""Score fusion of a first stage with a re-ranker, through ranx.
+
+The paper's final score is ``λ_BM25·norm(BM25) + λ_model·norm(model)`` with min-max
+normalisation per query: ranx's ``wsum`` after ``min-max``. Any other ranx fusion
+method works too. Runs are plain dicts in and out; queries missing from one run
+are given an empty result list there, since ranx needs equal query sets.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from itertools import product
+from typing import Any
+
+from .errors import ConfigError
+from .evaluation import Qrels, evaluate, mean_scores, ranx_metric
+from .first_stage import Run
+
+# Friendly aliases -> ranx's names (ranx's own names are accepted as they are).
+_ALIASES: dict[str, str] = {
+    "combsum": "sum", "combmnz": "mnz", "combmax": "max", "combmin": "min",
+    "combmed": "med", "combanz": "anz", "combgmnz": "gmnz",
+    "weighted_bordafuse": "w_bordafuse", "weighted_condorcet": "w_condorcet",
+}
+_METHODS = frozenset({
+    "bayesfuse", "bordafuse", "anz", "gmnz", "max", "med", "min", "mnz", "sum",
+    "condorcet", "isr", "log_isr", "logn_isr", "mapfuse", "mixed", "posfuse",
+    "probfuse", "rbc", "rrf", "segfuse", "slidefuse", "w_bordafuse", "w_condorcet",
+    "wmnz", "wsum",
+})
+_NORMS = frozenset({"min-max", "min_max", "min-max-inverted", "min_max_inverted", "max",
+                    "rank", "sum", "zmuv", "borda"})
+# Methods whose only hyper-parameter is one weight per run (searched on a grid here).
+_WEIGHTED = frozenset({"wsum", "wmnz", "w_bordafuse", "w_condorcet", "mixed"})
+
+
+def _method(method: str) -> str:
+    name = _ALIASES.get(method.lower(), method.lower()) if isinstance(method, str) else ""
+    if name not in _METHODS:
+        known = ", ".join(sorted(_METHODS | set(_ALIASES)))
+        raise ConfigError(f"unknown fusion method {method!r}: use one of {known}")
+    return name
+
+
+def _norm(norm: str | None) -> str | None:
+    if norm is None or norm == "none":
+        return None
+    if norm not in _NORMS:
+        raise ConfigError(f"unknown fusion norm {norm!r}: use one of {', '.join(sorted(_NORMS))} or none")
+    return norm
+
+
+def _ranx_runs(runs: Sequence[Run], qids: Sequence[str] | None = None) -> list[Any]:
+    from ranx import Run as RanxRun
+
+    if len(runs) < 2:
+        raise ConfigError(f"fusion needs at least two runs, got {len(runs)}")
+    all_q = sorted(set().union(*(r.keys() for r in runs))) if qids is None else list(qids)
+    out = []
+    for i, r in enumerate(runs):
+        d = {q: {str(doc): float(s) for doc, s in r.get(q, {}).items()} for q in all_q}
+        out.append(RanxRun.from_dict(d, name=f"run_{i + 1}"))
+    return out
+
+
+def _to_dict(run: Any) -> Run:
+    return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.to_dict().items()}
+
+
+def fuse(runs: Sequence[Run], method: str = "wsum", norm: str | None = "min-max",
+         params: Mapping[str, Any] | None = None) -> Run:
+    """Normalise each run per query, then combine them with a ranx fusion method."""
+    from ranx import fuse as ranx_fuse
+
+    name, nrm = _method(method), _norm(norm)
+    p = dict(params or {})
+    if "weights" in p:
+        if len(p["weights"]) != len(runs):
+            raise ConfigError(f"fusion weights {list(p['weights'])}: give one weight per run ({len(runs)})")
+        p["weights"] = [float(w) for w in p["weights"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numba's uint64->int64 cast notices
+        try:
+            fused = ranx_fuse(_ranx_runs(runs), norm=nrm, method=name, params=p)
+        except TypeError as e:  # a wrong or missing parameter name
+            raise ConfigError(f"fusion method {method!r}: bad params {sorted(p)}: {e}") from e
+    return _to_dict(fused)
+
+
+def _weight_grid(n_runs: int, step: float) -> list[tuple[float, ...]]:
+    """ranx's grid (0..1 by ``step``, weights summing to one), with a tolerant sum check."""
+    digits = max(0, -math.floor(math.log10(step))) + 1 if step < 1 else 0
+    ticks = sorted({round(i * step, digits) for i in range(int(round(1 / step)) + 1)})
+    return [w for w in product(ticks, repeat=n_runs) if abs(sum(w) - 1.0) < 1e-9]
+
+
+def tune_fusion(qrels: Qrels, runs: Sequence[Run], method: str = "wsum",
+                norm: str | None = "min-max", metric: str = "NDCG@10",
+                step: float = 0.1) -> dict[str, Any]:
+    """Best fusion params on ``qrels`` (e.g. ``{"weights": (0.3, 0.7)}``).
+
+    For weight-only methods and ``rrf`` this replays ``ranx.optimize_fusion``'s grid
+    and its tie rule (a later config wins a tie) but scores with :func:`evaluate`,
+    whose tie-breaking does not depend on the hash seed, so the answer is
+    reproducible. Other methods go to ``ranx.optimize_fusion`` unchanged.
+    """
+    name, nrm = _method(method), _norm(norm)
+    ranx_metric(metric)  # validate early
+    if name in _WEIGHTED:
+        trials: list[dict[str, Any]] = [{"weights": w} for w in _weight_grid(len(runs), step)]
+    elif name == "rrf":
+        trials = [{"k": k} for k in range(10, 101, 10)]
+    else:
+        from ranx import Qrels as RanxQrels
+        from ranx import optimize_fusion
+
+        qids = sorted(qrels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                best = optimize_fusion(
+                    RanxQrels.from_dict({q: dict(qrels[q]) for q in qids}), _ranx_runs(runs, qids),
+                    norm=nrm, method=name, metric=ranx_metric(metric), show_progress=False)
+            except ValueError as e:
+                raise ConfigError(f"fusion method {method!r} cannot be tuned: {e}") from e
+        return dict(best)
+    best_score, best_params = -math.inf, trials[0]
+    for params in trials:
+        fused = fuse(runs, method=name, norm=nrm, params=params)
+        score = mean_scores(evaluate(qrels, fused, [metric]))[metric]
+        if score >= best_score:
+            best_score, best_params = score, params
+    return best_params

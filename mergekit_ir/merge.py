@@ -1,0 +1,250 @@
+"""The streaming merge engine: plan, then merge and write one tensor at a time.
+
+Memory stays at a few tensors: for each ΘT tensor the engine reads it and the
+matching task-vector slices, calls the merge method (a pure function), writes the
+result straight into a pre-planned safetensors shard, and drops everything.
+Output goes to a temporary folder renamed into place at the end, so a crash or a
+full disk never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import atomic
+from .alignment import AlignmentRules, MergePlan, NameIndex, PlanEntry, is_head, vocab_case
+from .checkpoint import TensorSource
+from .errors import CheckpointError
+from .merge_method import MergeMethod
+from .params import TensorPosition, layer_index, resolve_all
+from .safetensors_writer import ShardedWriter, TensorSpec
+from .task_vector import TaskVector
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
+
+
+@dataclass
+class MergeJob:
+    """Everything one merge needs; nothing is read until the plan or the merge runs."""
+
+    ir: TensorSource
+    vectors: list[TaskVector]
+    method: MergeMethod
+    params: dict[str, Any]
+    pretrained: TensorSource | None = None
+    rules: AlignmentRules = field(default_factory=AlignmentRules)
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        self.ir_index = NameIndex.build("ΘT", self.ir.names(), self.ir.config)
+        self.p_index = (NameIndex.build("Θ0", self.pretrained.names(), self.pretrained.config)
+                        if self.pretrained is not None else None)
+        if self.method.needs_ir_vector and self.pretrained is None:
+            raise CheckpointError(
+                f"merge method '{self.method.name}' needs Θ0 (it treats ΘT − Θ0 as a task vector); "
+                "give the triplet a 'pretrained' checkpoint"
+            )
+        if self.pretrained is not None:
+            t_type, p_type = self.ir.config.get("model_type"), self.pretrained.config.get("model_type")
+            if t_type and p_type and t_type != p_type:
+                raise CheckpointError(
+                    f"ΘT {self.ir.ref} is a {t_type} model but Θ0 {self.pretrained.ref} is a {p_type} model; "
+                    "a triplet needs one architecture"
+                )
+
+
+def build_plan(job: MergeJob) -> MergePlan:
+    """Decide merge/copy/skip for every tensor, before any weight is read."""
+    entries: list[PlanEntry] = []
+    ir = job.ir
+    ir_keys = set(job.ir_index.keys())
+    for key, name in job.ir_index.names.items():
+        info = ir.info(name)
+        shape, dtype = info.shape, info.dtype
+
+        def entry(action: str, reason: str, rows: int | None = None,
+                  _n: str = name, _k: str = key, _s: tuple = shape, _d: torch.dtype = dtype) -> PlanEntry:
+            return PlanEntry(_n, _k, action, reason, _s, _d, rows)
+
+        if not dtype.is_floating_point:
+            entries.append(entry("copy", f"{str(dtype).removeprefix('torch.')} buffer, never merged"))
+            continue
+        if job.rules.forces_copy(name):
+            entries.append(entry("copy", "alignment.copy rule"))
+            continue
+        shapes = [v.shape(key) for v in job.vectors]
+        covered = [s for s in shapes if s is not None]
+        if not covered:
+            if is_head(key) or job.rules.skip_missing or not any(v.dense for v in job.vectors):
+                entries.append(entry("copy", "only in ΘT (head)" if is_head(key) else "no task vector touches it"))
+                continue
+            raise CheckpointError(
+                f"tensor {name} is in ΘT ({ir.ref}) but not in Θ0/ΘD; if it is a task head, "
+                "add its name to the triplet's alignment.copy list"
+            )
+        rows: int | None = None
+        for v, s in zip(job.vectors, shapes, strict=True):
+            if s is None or s == shape:
+                continue
+            if vocab_case(key, shape, s):
+                rows = min(rows or shape[0], s[0], shape[0])
+                continue
+            raise CheckpointError(
+                f"tensor {name}: shape {shape} in ΘT but {s} in task vector {v.describe()}; "
+                "the models are not the same architecture"
+            )
+        if job.method.needs_ir_vector:
+            p_name = job.p_index.find(key) if job.p_index else None
+            if p_name is None:
+                entries.append(entry("copy", "not in Θ0, so no ΘT − Θ0 vector"))
+                continue
+            ps = job.pretrained.info(p_name).shape  # type: ignore[union-attr]
+            if ps != shape:
+                if not vocab_case(key, shape, ps):
+                    raise CheckpointError(f"tensor {name}: shape {shape} in ΘT but {ps} in Θ0")
+                rows = min(rows or shape[0], ps[0])
+        reason = "merged" if rows is None else f"merged rows [0, {rows}), extra vocabulary rows from ΘT"
+        entries.append(entry("merge", reason, rows))
+    skipped = [(f"τ{i + 1}", k, "not in ΘT") for i, v in enumerate(job.vectors) for k in v.keys()
+               if k not in ir_keys and job.ir_index.find(k) is None]
+    return MergePlan(entries, skipped)
+
+
+def merged_tensor(job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device,
+                  theta_t: torch.Tensor | None = None, taus: list[torch.Tensor] | None = None,
+                  tau_t: torch.Tensor | None = None, params: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """Θ' for one planned tensor (fp32), reading inputs unless they are given (α sweep)."""
+    rows = e.rows
+    if theta_t is None:
+        theta_t = job.ir.get(e.name).to(device=device, dtype=torch.float32)
+        theta_t = theta_t[:rows] if rows else theta_t
+    if taus is None:
+        taus = []
+        for i, v in enumerate(job.vectors):
+            d = v.get(e.key)
+            if d is None:
+                d = torch.zeros_like(theta_t)
+            d = d.to(device)[:rows] if rows else d.to(device)
+            if not job.allow_nonfinite and not torch.isfinite(d).all():
+                raise CheckpointError(
+                    f"tensor {e.name}: task vector τ{i + 1} ({v.describe()}) has NaN/Inf values; "
+                    "check the checkpoints or pass --allow-nonfinite"
+                )
+            taus.append(d)
+    if tau_t is None and job.method.needs_ir_vector:
+        p = job.pretrained.get(job.p_index.find(e.key)).to(device=device, dtype=torch.float32)  # type: ignore[union-attr]
+        tau_t = theta_t - (p[:rows] if rows else p)
+    pos = TensorPosition(e.key, layer_index(e.key), plan.num_layers())
+    resolved = resolve_all(params if params is not None else job.params, pos)
+    out = job.method.merge(theta_t, taus, tau_t=tau_t, name=e.key, **resolved)
+    if tuple(out.shape) != tuple(theta_t.shape):
+        raise CheckpointError(
+            f"merge method '{job.method.name}' returned shape {tuple(out.shape)} for tensor {e.name}, "
+            f"expected {tuple(theta_t.shape)}"
+        )
+    return out
+
+
+def iter_merged(job: MergeJob, plan: MergePlan, device: str | torch.device = "cpu",
+                progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor in ΘT's dtype) for every planned tensor, in plan order."""
+    device = torch.device(device)
+    for e in tqdm(plan.entries, desc="merging", unit="tensor", disable=not progress, leave=False):
+        original = job.ir.get(e.name)
+        if e.action == "copy":
+            yield e.name, original
+            continue
+        merged = merged_tensor(job, plan, e, device).to("cpu", e.dtype)
+        if e.rows:
+            original[: e.rows] = merged
+            merged = original
+        yield e.name, merged
+
+
+@dataclass
+class MergeReport:
+    out: Path
+    counts: dict[str, int]
+    seconds: float
+    bytes_written: int
+    shards: int
+
+
+def copy_side_files(src: Path, dst: Path) -> None:
+    """Config, tokenizer and sentence-transformers files of ΘT: everything but weights and card."""
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if (path.is_dir() or rel.parts[0].startswith(".") or path.name.endswith(WEIGHT_SUFFIXES)
+                or path.name in ("model.safetensors.index.json", "pytorch_model.bin.index.json", "README.md")):
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dst / rel)
+
+
+def model_card(job: MergeJob, plan: MergePlan, provenance: Mapping[str, Any]) -> str:
+    params = json.dumps(job.params, default=str)
+    c = plan.counts()
+    sources = "\n".join(f"- **{k}**: `{v}`" for k, v in provenance.items())
+    return f"""---
+library_name: transformers
+tags: [mergekit-ir, merge, {job.method.name}]
+---
+# Merged with mergekit-ir
+
+Θ' = merge(ΘT, τ) with method **{job.method.name}**, parameters `{params}`.
+
+{sources}
+- **task vectors**: {'; '.join(v.describe() for v in job.vectors)}
+
+Tensors: {c['merge']} merged, {c['copy']} copied from ΘT, {c['skip']} skipped (present only in Θ0/ΘD).
+Made with `mergekit-ir` (`mergeir merge`); method from Braga et al., *Investigating Task Arithmetic
+for Zero-Shot Information Retrieval* (SIGIR 2025).
+
+Load it like ΘT, e.g. with plain transformers:
+
+```python
+from transformers import AutoModel, AutoTokenizer
+model = AutoModel.from_pretrained("path/to/this/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+```
+"""
+
+
+def merge_to_folder(job: MergeJob, out: str | Path, *, shard_size: int = 5 * 10**9,
+                    overwrite: bool = False, device: str = "cpu", progress: bool = True,
+                    provenance: Mapping[str, Any] | None = None,
+                    plan: MergePlan | None = None) -> MergeReport:
+    """Write Θ' as a Hugging Face folder (config + tokenizer of ΘT, sharded safetensors, card)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out}: output folder exists; pass --overwrite to replace it")
+    start = time.perf_counter()
+    plan = plan or build_plan(job)
+    specs = [TensorSpec(e.name, e.shape, e.dtype) for e in plan.entries]
+    meta = {"mergekit_ir_method": job.method.name, "mergekit_ir_params": json.dumps(job.params, default=str)}
+    with atomic.directory(out, overwrite=overwrite) as tmp:
+        copy_side_files(job.ir.folder, tmp)
+        writer = ShardedWriter(tmp, specs, shard_size, meta)
+        with writer:
+            for name, tensor in iter_merged(job, plan, device, progress):
+                writer.write(name, tensor)
+        (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
+        (tmp / "mergekit_ir.json").write_text(json.dumps({
+            "method": job.method.name, "params": job.params, "plan": plan.counts(),
+            "sources": dict(provenance or {}), "task_vectors": [v.describe() for v in job.vectors],
+        }, indent=2, default=str))
+    counts = plan.counts()
+    log.info("merged %(merge)d tensors, copied %(copy)d from ΘT, skipped %(skip)d", counts)
+    return MergeReport(out, counts, time.perf_counter() - start, writer.total_bytes, len(writer.files))

@@ -1,0 +1,139 @@
+"""Stream tensors into (sharded) safetensors files without holding a shard in memory.
+
+The safetensors header lists every tensor's dtype, shape and byte range, so once
+the merge plan is known the header can be written first and the tensors appended
+one by one as they are computed. Output follows Hugging Face's conventions:
+``model.safetensors`` for one shard, else ``model-0000i-of-0000n.safetensors`` plus
+``model.safetensors.index.json``. Files load with ``safetensors`` and ``transformers``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from .checkpoint import DTYPE_CODES
+from .errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.dtype.itemsize
+
+
+def plan_shards(specs: Sequence[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for s in specs:
+        if shards[-1] and size + s.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(s)
+        size += s.nbytes
+    return shards
+
+
+def _header(specs: Sequence[TensorSpec], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": {"format": "pt", **metadata}}
+    offset = 0
+    for s in specs:
+        header[s.name] = {"dtype": DTYPE_CODES[s.dtype], "shape": list(s.shape),
+                          "data_offsets": [offset, offset + s.nbytes]}
+        offset += s.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned, as safetensors does
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class ShardedWriter:
+    """Write tensors in the order of ``specs`` into ``folder``."""
+
+    def __init__(self, folder: Path, specs: Sequence[TensorSpec], max_shard_bytes: int,
+                 metadata: dict[str, str] | None = None, basename: str = "model"):
+        self.folder = folder
+        self.shards = plan_shards(specs, max_shard_bytes)
+        n = len(self.shards)
+        self.files = ([f"{basename}.safetensors"] if n == 1 else
+                      [f"{basename}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+        self.metadata = metadata or {}
+        self._queue = [(i, s) for i, shard in enumerate(self.shards) for s in shard]
+        self._pos = 0
+        self._shard = -1
+        self._fh: BinaryIO | None = None
+        self.total_bytes = sum(s.nbytes for s in specs)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._pos >= len(self._queue):
+            raise CheckpointError(f"tensor {name}: more tensors written than planned")
+        shard, spec = self._queue[self._pos]
+        if name != spec.name or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+            raise CheckpointError(
+                f"tensor {name} {tuple(tensor.shape)} {tensor.dtype}: expected {spec.name} {spec.shape} {spec.dtype}"
+            )
+        if shard != self._shard:
+            self._open(shard)
+        assert self._fh is not None
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._fh.write(memoryview(data))
+        self._pos += 1
+
+    def _open(self, shard: int) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._shard = shard
+        self._fh = (self.folder / self.files[shard]).open("wb")
+        self._fh.write(_header(self.shards[shard], self.metadata))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._pos != len(self._queue):
+            missing = self._queue[self._pos][1].name
+            raise CheckpointError(f"output incomplete: tensor {missing} was never written")
+        if len(self.files) > 1:
+            index = {"metadata": {"total_size": self.total_bytes},
+                     "weight_map": {s.name: self.files[i] for i, shard in enumerate(self.shards) for s in shard}}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        elif self._fh is not None:
+            self._fh.close()
+
+
+def parse_size(text: str | int) -> int:
+    """``5GB``, ``500MB``, ``1.5GiB`` or a byte count."""
+    if isinstance(text, int):
+        return text
+    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    t = text.strip().lower().replace(" ", "")
+    for unit in sorted(units, key=len, reverse=True):
+        if t.endswith(unit):
+            try:
+                return int(float(t[: -len(unit)]) * units[unit])
+            except ValueError:
+                break
+    try:
+        return int(t)
+    except ValueError:
+        raise CheckpointError(f"shard size {text!r}: write e.g. 5GB, 500MB or a byte count") from None

@@ -1,0 +1,102 @@
+"""Paired significance tests and the paper's "significant improvement" marks.
+
+The tests are ranx's own functions (the ones ``ranx.compare`` calls), so a p-value
+here equals the one ``ranx.compare`` reports for the same per-query scores. Queries
+are paired by id and taken in sorted order, as ranx orders them.
+
+Family for the Bonferroni correction (the paper: "statistically significant
+improvements compared to the best baseline, paired t-test with Bonferroni
+correction, p<0.01"): one family per (triplet section, dataset, metric), made of
+the candidate rows tested against that column's best baseline. With the two merged
+rows of Table 1 (α=1 and best α) that is m = 2, so the threshold is 0.01 / 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+TESTS = ("student", "fisher")
+CORRECTIONS = ("bonferroni", "none")
+
+
+def p_values(baseline: Mapping[str, float], candidate: Mapping[str, float], test: str = "student",
+             *, n_permutations: int = 1000, random_seed: int = 42) -> float:
+    """Two-sided paired p-value over the queries both score vectors share.
+
+    ``student`` is scipy's ``ttest_rel`` (via ranx); ``fisher`` is ranx's seeded
+    randomisation test. Identical vectors (t-test undefined) give 1.0, not NaN, so
+    they are never "significant" and the value stays JSON-able.
+    """
+    qids = sorted(set(baseline) & set(candidate))
+    if len(qids) < 2:
+        return 1.0
+    a = np.array([float(baseline[q]) for q in qids], dtype=np.float64)
+    b = np.array([float(candidate[q]) for q in qids], dtype=np.float64)
+    if test == "student":
+        from ranx.statistical_tests import paired_student_t_test
+
+        p, _ = paired_student_t_test(a, b)
+    elif test == "fisher":
+        from ranx.statistical_tests import fisher_randomization_test
+
+        p, _ = fisher_randomization_test(a, b, n_permutations, 0.01, random_seed)
+    else:
+        raise ConfigError(f"unknown significance test {test!r}: use one of {', '.join(TESTS)}")
+    p = float(p)
+    return 1.0 if math.isnan(p) else p
+
+
+def bonferroni(alpha: float, n_comparisons: int) -> float:
+    """Per-comparison threshold that keeps the family-wise error rate at ``alpha``."""
+    return alpha / max(1, int(n_comparisons))
+
+
+def _cell(row: Mapping[str, Any], dataset: str, metric: str) -> dict[str, Any] | None:
+    cell = row.get("cells", {}).get(dataset, {}).get(metric)
+    return cell if isinstance(cell, dict) and cell.get("mean") is not None else None
+
+
+def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candidates: Sequence[str],
+                      metrics: Sequence[str] | None = None, max_p: float = 0.01,
+                      test: str = "student", correction: str = "bonferroni",
+                      n_permutations: int = 1000, random_seed: int = 42) -> None:
+    """Mark candidate cells that beat the best baseline of their column, in place.
+
+    Per section, dataset and metric the best baseline is the baseline row with the
+    highest mean (the first one listed wins a tie). Each candidate cell gets
+    ``p_value``, ``compared_to`` (the baseline's row key) and ``significant``: its
+    mean is higher and ``p < max_p / m`` (``m`` = candidates tested in the family,
+    or 1 with ``correction="none"``). Missing rows or cells are skipped.
+    """
+    if correction not in CORRECTIONS:
+        raise ConfigError(f"unknown correction {correction!r}: use one of {', '.join(CORRECTIONS)}")
+    if test not in TESTS:
+        raise ConfigError(f"unknown significance test {test!r}: use one of {', '.join(TESTS)}")
+    metric_list = list(metrics) if metrics is not None else list(table.get("metrics", []))
+    for section in table.get("sections", []):
+        rows = {r.get("key"): r for r in section.get("rows", [])}
+        base_rows = [rows[k] for k in baselines if k in rows]
+        cand_rows = [rows[k] for k in candidates if k in rows]
+        datasets = table.get("datasets") or sorted(
+            {d for r in section.get("rows", []) for d in r.get("cells", {})})
+        for ds in datasets:
+            for metric in metric_list:
+                base = [(r["key"], c) for r in base_rows if (c := _cell(r, ds, metric))]
+                cands = [c for r in cand_rows if (c := _cell(r, ds, metric))]
+                if not base or not cands:
+                    continue
+                best_key, best = max(base, key=lambda kc: kc[1]["mean"])  # first max wins
+                m = len(cands) if correction == "bonferroni" else 1
+                threshold = bonferroni(max_p, m)
+                for cell in cands:
+                    p = p_values(best.get("per_query", {}), cell.get("per_query", {}), test,
+                                 n_permutations=n_permutations, random_seed=random_seed)
+                    cell["p_value"] = p
+                    cell["compared_to"] = best_key
+                    cell["significant"] = bool(cell["mean"] > best["mean"] and p < threshold)

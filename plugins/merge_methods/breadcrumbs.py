@@ -1,0 +1,68 @@
+"""Model Breadcrumbs (Davari & Belilovsky, 2023): drop outliers and small entries, sum.
+
+Each vector (τT with weight 1, τ_i with α·w_i) loses its largest ``gamma`` fraction
+(outliers) and its smallest entries so that a ``density`` fraction remains, per
+tensor; the weighted vectors are summed, as mergekit's ``breadcrumbs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, hookimpl
+
+from .sparsify import (
+    GAMMA,
+    TOPK,
+    check_density,
+    check_topk,
+    density_param,
+    sparse_task_arithmetic,
+    trim_outliers,
+)
+
+
+def breadcrumbs(
+    theta_t: torch.Tensor,
+    taus: Sequence[torch.Tensor],
+    *,
+    tau_t: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    weights: Sequence[float] | None = None,
+    name: str = "",
+    density: float = 0.9,
+    gamma: float = 0.01,
+    topk: str = "tensor",
+) -> torch.Tensor:
+    """Θ0 + crumbs(τT) + α·Σ w_i·crumbs(τ_i); density takes precedence over gamma."""
+    density = check_density(density, "breadcrumbs")
+    check_topk(topk, "breadcrumbs")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"breadcrumbs: gamma must be in [0, 1], got {gamma:g}")
+    return sparse_task_arithmetic(
+        theta_t,
+        taus,
+        tau_t=tau_t,
+        alpha=alpha,
+        weights=weights,
+        name=name,
+        method="breadcrumbs",
+        sparsify=lambda v, _i: trim_outliers(v, density, gamma),
+        consensus=False,
+    )
+
+
+@hookimpl
+def register_merge_methods(register):
+    register(
+        MergeMethod(
+            name="breadcrumbs",
+            description="Breadcrumbs: drop each task vector's largest gamma and smallest "
+            "entries per tensor so density remains (incl. ΘT − Θ0), then sum weighted",
+            merge=breadcrumbs,
+            params=(ALPHA, WEIGHTS, density_param(0.9), GAMMA, TOPK),
+            needs_ir_vector=True,
+        )
+    )

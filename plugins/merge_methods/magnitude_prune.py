@@ -1,0 +1,64 @@
+"""Magnitude pruning then task arithmetic (PEFT's ``magnitude_prune`` combination).
+
+TIES without the sign election: each vector (τT with weight 1, τ_i with α·w_i) keeps
+its per-tensor top-``density`` entries by magnitude, and the weighted vectors are
+summed, so conflicting signs partly cancel instead of being resolved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, hookimpl
+
+from .sparsify import (
+    TOPK,
+    check_density,
+    check_topk,
+    density_param,
+    sparse_task_arithmetic,
+    trim_magnitude,
+)
+
+
+def magnitude_prune(
+    theta_t: torch.Tensor,
+    taus: Sequence[torch.Tensor],
+    *,
+    tau_t: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    weights: Sequence[float] | None = None,
+    name: str = "",
+    density: float = 0.5,
+    topk: str = "tensor",
+) -> torch.Tensor:
+    """Θ0 + trim(τT) + α·Σ w_i·trim(τ_i), trim = per-tensor top-``density`` by magnitude."""
+    density = check_density(density, "magnitude_prune")
+    check_topk(topk, "magnitude_prune")
+    return sparse_task_arithmetic(
+        theta_t,
+        taus,
+        tau_t=tau_t,
+        alpha=alpha,
+        weights=weights,
+        name=name,
+        method="magnitude_prune",
+        sparsify=lambda v, _i: trim_magnitude(v, density),
+        consensus=False,
+    )
+
+
+@hookimpl
+def register_merge_methods(register):
+    register(
+        MergeMethod(
+            name="magnitude_prune",
+            description="trim each task vector (incl. ΘT − Θ0) to its top-density entries "
+            "per tensor, then sum weighted (no sign election)",
+            merge=magnitude_prune,
+            params=(ALPHA, WEIGHTS, density_param(0.5), TOPK),
+            needs_ir_vector=True,
+        )
+    )

@@ -1,0 +1,234 @@
+"""Shared pieces of the sparse merge methods (TIES, DARE, magnitude pruning, Breadcrumbs).
+
+Every sparse method here is the same pipeline, in mergekit's "generalized task
+arithmetic" form, applied to one tensor:
+
+1. the vectors are v_0 = τT = ΘT − Θ0 (the IR fine-tune, weight 1) and
+   v_i = τ_i = ΘD_i − Θ0 (weights α·w_i);
+2. each vector is sparsified on its own (:func:`trim_magnitude`, :func:`trim_outliers`,
+   :func:`dare_drop`), before weighting (magnitude order and random masks do not
+   depend on a positive scale, and weights are applied next);
+3. the weighted vectors d_i = W_i·sparse(v_i) are either summed (linear methods) or
+   merged disjointly over the entries that agree with the elected sign
+   (:func:`elect_sign`, :func:`disjoint_sum`);
+4. Θ' = Θ0 + merged = ΘT − τT + merged.
+
+The helpers are pure tensor functions, so each method module is a few lines and the
+oracle tests can compare each step against mergekit's own functions. All top-k
+selections are per tensor: the engine streams one tensor at a time, so a global
+(whole-model) top-k threshold is not available to a merge method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mergekit_ir import ConfigError, Param, domain_weights
+
+Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]
+"""``(vector, index) -> sparse vector``; ``index`` is the vector's position (0 = τT)."""
+
+
+@dataclass(frozen=True)
+class FractionParam(Param):
+    """A fraction in (min, max]: the lower bound is exclusive.
+
+    ``density = 0`` would keep nothing (and DARE would rescale by 1/0); rejecting it
+    when the config is checked beats failing half-way through a merge.
+    """
+
+    def check_scalar(self, value: Any, path: str) -> Any:
+        value = super().check_scalar(value, path)
+        if value is not None and self.min is not None and value <= self.min:
+            raise ConfigError(f"{path}: {value:g} must be greater than {self.min:g}")
+        return value
+
+    def describe(self) -> str:
+        return super().describe().replace(f"in [{self.min:g},", f"in ({self.min:g},", 1)
+
+
+def density_param(default: float) -> FractionParam:
+    """The ``density`` parameter (fraction of each task vector kept), layer-wise capable."""
+    return FractionParam(
+        "density",
+        float,
+        default,
+        "fraction of each task vector's entries kept, in (0, 1]; per tensor, not global",
+        min=0.0,
+        max=1.0,
+        per_tensor=True,
+    )
+
+
+TOPK = Param(
+    "topk",
+    str,
+    "tensor",
+    "scope of the magnitude ranking: 'tensor' (per-tensor top-k). A global top-k "
+    "over the whole model is not offered: merges stream tensor by tensor",
+    choices=("tensor",),
+)
+NORMALIZE = Param(
+    "normalize",
+    bool,
+    False,
+    "divide each entry by the summed |weight| of the vectors that agree with the "
+    "elected sign (mergekit's default for ties is true); false keeps α a scale",
+)
+SEED = Param("seed", int, 0, "random seed for DARE's drop masks (combined with the tensor name)")
+GAMMA = Param(
+    "gamma",
+    float,
+    0.01,
+    "fraction of the largest-magnitude entries dropped as outliers (Breadcrumbs)",
+    min=0.0,
+    max=1.0,
+    per_tensor=True,
+)
+
+
+def check_density(density: float, method: str) -> float:
+    """Reject densities outside (0, 1] for direct callers (configs are checked earlier)."""
+    density = float(density)
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"{method}: density must be in (0, 1], got {density:g}")
+    return density
+
+
+def check_topk(topk: str, method: str) -> None:
+    if topk != "tensor":
+        raise ValueError(
+            f"{method}: topk={topk!r} is not supported; only per-tensor top-k ('tensor') is, "
+            "because tensors are merged one at a time"
+        )
+
+
+def rank_window_mask(tensor: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Boolean mask of the entries whose ascending |value| rank lies in [lo, hi).
+
+    A stable sort breaks ties in magnitude by flat index (the earlier entry ranks
+    lower), so the mask is the same on every device and every run.
+    """
+    flat = tensor.detach().abs().reshape(-1).float()
+    order = torch.argsort(flat, stable=True)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=tensor.device)
+    mask[order[lo:hi]] = True
+    return mask.reshape(tensor.shape)
+
+
+def magnitude_keep_count(numel: int, density: float) -> int:
+    """How many entries TIES keeps: ``max(1, int(density·n))``, as mergekit does.
+
+    Keeping at least one entry means a tiny tensor (a bias, a norm weight) is never
+    wiped out entirely by a low density; PEFT keeps ``int(density·n)``, possibly 0.
+    """
+    return max(1, int(density * numel)) if numel else 0
+
+
+def trim_magnitude(tensor: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the ``magnitude_keep_count`` largest-|value| entries of ``tensor``, zero the rest."""
+    n = tensor.numel()
+    if density >= 1.0 or n == 0:
+        return tensor
+    keep = magnitude_keep_count(n, density)
+    return tensor * rank_window_mask(tensor, n - keep, n)
+
+
+def trim_outliers(tensor: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Breadcrumbs: drop the largest ``gamma`` fraction and the smallest, keeping ``density``.
+
+    Counts follow mergekit's ``magnitude_outliers``: keep ``int(density·n)`` entries,
+    drop ``int(gamma·n)`` from the top unless that would leave fewer than the target
+    (then fewer outliers are dropped), and the rest from the bottom.
+    """
+    n = tensor.numel()
+    if density >= 1.0 or n == 0:
+        return tensor
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bottom = max(0, n - target - n_top)
+    return tensor * rank_window_mask(tensor, n_bottom, n_bottom + target)
+
+
+def dare_drop(tensor: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """DARE: drop each entry with probability p = 1 − density, scale the kept by 1/(1 − p).
+
+    The uniform draws are made on the CPU with ``generator`` and moved to the
+    tensor's device, so the mask depends only on (seed, tensor name, vector index),
+    not on the device or on anything else drawn in the process.
+    """
+    if density >= 1.0 or tensor.numel() == 0:
+        return tensor
+    draws = torch.rand(tensor.shape, generator=generator, dtype=torch.float32, device="cpu")
+    keep = (draws < density).to(tensor.device)
+    return tensor * keep / density
+
+
+def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
+    """Sign election over stacked weighted vectors (dim 0), mergekit's ``sum`` method.
+
+    The elected sign is that of Σ_i d_i (+1 on a tie at zero); an entry of d_i takes
+    part if its sign equals the elected one, so zeros (trimmed or zero-weight
+    entries) never do.
+    """
+    elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
+    return weighted.sign() == elected
+
+
+def disjoint_sum(
+    weighted: torch.Tensor, weights: torch.Tensor, agree: torch.Tensor, normalize: bool
+) -> torch.Tensor:
+    """Sum the agreeing weighted entries; optionally divide by their summed |weight|.
+
+    Dividing by Σ|W_i| rather than mergekit's signed Σ W_i keeps the result a weighted
+    mean when a weight is negative (α < 0): with the signed sum, τT and a subtracted
+    τ_D cancel the divisor to 0 (mergekit then divides by 1) or blow it up near 0.
+    For non-negative weights both are the same.
+    """
+    mixed = (weighted * agree).sum(dim=0)
+    if not normalize:
+        return mixed
+    shape = (-1,) + (1,) * (weighted.dim() - 1)
+    divisor = (weights.abs().reshape(shape) * agree).sum(dim=0)
+    divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    return mixed / divisor
+
+
+def sparse_task_arithmetic(
+    theta_t: torch.Tensor,
+    taus: Sequence[torch.Tensor],
+    *,
+    tau_t: torch.Tensor | None,
+    alpha: float,
+    weights: Sequence[float] | None,
+    name: str,
+    method: str,
+    sparsify: Sparsifier,
+    consensus: bool,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """The shared pipeline: Θ0 + merge(sparse(τT)·1, sparse(τ_i)·α·w_i).
+
+    ``consensus`` selects TIES-style sign election and disjoint merge; without it
+    the weighted sparse vectors are summed. Computed in fp32, returned in
+    ``theta_t``'s dtype.
+    """
+    if tau_t is None:
+        raise ValueError(
+            f"{method} needs the IR task vector tau_t = ΘT − Θ0 (it treats the IR fine-tune "
+            f"as one more task vector); tensor {name or '?'} was merged without it"
+        )
+    ws = [1.0] + [alpha * w for w in domain_weights(weights, len(taus), name)]
+    t = theta_t.to(torch.float32)
+    vectors = [tau_t.to(torch.float32)] + [tau.to(torch.float32) for tau in taus]
+    weight_vec = torch.tensor(ws, dtype=torch.float32, device=t.device)
+    weighted = torch.stack([w * sparsify(v, i) for i, (w, v) in enumerate(zip(ws, vectors, strict=True))])
+    if consensus:
+        merged = disjoint_sum(weighted, weight_vec, elect_sign(weighted), normalize)
+    else:
+        merged = weighted.sum(dim=0)
+    return (t - vectors[0] + merged).to(theta_t.dtype)

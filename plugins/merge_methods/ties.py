@@ -1,0 +1,74 @@
+"""TIES-Merging (Yadav et al., NeurIPS 2023): trim, elect sign, disjoint merge.
+
+The IR fine-tune τT = ΘT − Θ0 is one more task vector (weight 1) beside the domain
+vectors τ_i (weights α·w_i), as in mergekit's ``ties`` with ``base_model: Θ0``; so
+α = 0 gives Θ0 + trim(τT), which is ΘT only when density = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, hookimpl
+
+from .sparsify import (
+    NORMALIZE,
+    TOPK,
+    check_density,
+    check_topk,
+    density_param,
+    sparse_task_arithmetic,
+    trim_magnitude,
+)
+
+
+def ties(
+    theta_t: torch.Tensor,
+    taus: Sequence[torch.Tensor],
+    *,
+    tau_t: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    weights: Sequence[float] | None = None,
+    name: str = "",
+    density: float = 0.5,
+    topk: str = "tensor",
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Θ0 + disjoint merge of the per-tensor top-``density`` entries of τT, α·w_i·τ_i.
+
+    Top-k is per tensor (``topk="tensor"``): a global top-k over the whole model
+    would need every tensor before the first is merged, and merges stream tensor by
+    tensor. ``normalize`` divides by the summed |weight| of agreeing vectors
+    (mergekit's ``normalize: true``); it is off by default so that α stays a scale:
+    with density 1 and no sign conflict, TIES then equals task arithmetic.
+    """
+    density = check_density(density, "ties")
+    check_topk(topk, "ties")
+    return sparse_task_arithmetic(
+        theta_t,
+        taus,
+        tau_t=tau_t,
+        alpha=alpha,
+        weights=weights,
+        name=name,
+        method="ties",
+        sparsify=lambda v, _i: trim_magnitude(v, density),
+        consensus=True,
+        normalize=normalize,
+    )
+
+
+@hookimpl
+def register_merge_methods(register):
+    register(
+        MergeMethod(
+            name="ties",
+            description="TIES: trim each task vector (incl. ΘT − Θ0) to its top-density "
+            "entries per tensor, elect signs, average the agreeing entries",
+            merge=ties,
+            params=(ALPHA, WEIGHTS, density_param(0.5), TOPK, NORMALIZE),
+            needs_ir_vector=True,
+        )
+    )
