@@ -79,12 +79,14 @@ def evaluate(qrels: Qrels, run: Run, metrics: Iterable[str]) -> dict[str, dict[s
         # Same insertion order in both dicts: ranx pairs them by position.
         q_dict = {q: {str(d): int(r) for d, r in qrels[q].items()} for q in scored}
         r_dict = {q: _ranked({str(d): s for d, s in run[q].items()}) for q in scored}
+        unique = list(dict.fromkeys(ranx_names))
+        # ranx 0.3.21 raises KeyError for a single metric with return_mean=False;
+        # with two names it always returns the dict.
+        asked = unique if len(unique) > 1 else unique * 2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numba's uint64->int64 cast notices
-            res = ranx_evaluate(q_dict, r_dict, ranx_names, return_mean=False,
+            res = ranx_evaluate(q_dict, r_dict, asked, return_mean=False,
                                 save_results_in_run=False)
-        if len(ranx_names) == 1:
-            res = {ranx_names[0]: res}
         values = {rn: [float(x) for x in res[rn]] for rn in set(ranx_names)}
     for name, rn in zip(names, ranx_names):
         per_q = dict(zip(scored, values.get(rn, [])))

@@ -192,7 +192,7 @@ class Scorer(ABC):
 
     def log_truncation(self) -> None:
         if self.truncation.truncated:
-            log.warning("%s: %s", type(self).__name__, self.truncation.summary())
+            log.warning("%s: %s (so far)", type(self).__name__, self.truncation.summary())
 
 
 @dataclass(frozen=True)

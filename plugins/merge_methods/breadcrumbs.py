@@ -7,7 +7,7 @@ tensor; the weighted vectors are summed, as mergekit's ``breadcrumbs``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -55,7 +55,7 @@ def breadcrumbs(
 
 
 @hookimpl
-def register_merge_methods(register):
+def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
     register(
         MergeMethod(
             name="breadcrumbs",

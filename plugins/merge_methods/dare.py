@@ -8,7 +8,7 @@ reproducible across runs and devices and the masks do not change with α.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -90,7 +90,7 @@ def dare_linear(
 
 
 @hookimpl
-def register_merge_methods(register):
+def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
     register(
         MergeMethod(
             name="dare_ties",

@@ -7,7 +7,7 @@ summed, so conflicting signs partly cancel instead of being resolved.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -51,7 +51,7 @@ def magnitude_prune(
 
 
 @hookimpl
-def register_merge_methods(register):
+def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
     register(
         MergeMethod(
             name="magnitude_prune",

@@ -7,7 +7,7 @@ vectors τ_i (weights α·w_i), as in mergekit's ``ties`` with ``base_model: Θ0
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -61,7 +61,7 @@ def ties(
 
 
 @hookimpl
-def register_merge_methods(register):
+def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
     register(
         MergeMethod(
             name="ties",

@@ -25,9 +25,13 @@ PARAMS = (
           choices=("mean", "cls", "max", "lasttoken")),
     Param("similarity", str, None, "dot or cosine (default: cosine if the model normalises, else dot)",
           choices=("dot", "cosine")),
-    Param("query_prefix", str, "", "text put before each query (e.g. 'query: ')"),
-    Param("doc_prefix", str, "", "text put before each document (e.g. 'passage: ')"),
+    Param("query_prefix", str, None,
+          "text put before each query, e.g. 'query: ' (default: the folder's 'query' prompt, else none)"),
+    Param("doc_prefix", str, None,
+          "text put before each document, e.g. 'passage: ' (default: the folder's 'document', "
+          "'passage' or 'corpus' prompt, else none)"),
     Param("max_length", int, None, "token limit per text (default: the model's max_seq_length)", min=8),
+    Param("query_max_length", int, None, "token limit per query (default: max_length)", min=4),
 )
 
 
@@ -36,7 +40,8 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"transformer_path": path, "pooling": None, "normalize": False,
                             "max_length": None, "prompts": {}}
     modules_file = path / "modules.json"
-    if not modules_file.is_file():
+    info["is_st"] = modules_file.is_file()
+    if not info["is_st"]:
         return info
     try:
         modules = json.loads(modules_file.read_text())
@@ -54,17 +59,32 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
                 info["max_length"] = json.loads(cfg.read_text()).get("max_seq_length")
         elif kind.endswith("Pooling"):
             cfg = json.loads((mpath / "config.json").read_text())
-            for mode, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-                               ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken")):
-                if cfg.get(mode):
-                    info["pooling"] = name
-                    break
+            info["pooling"] = _pooling_mode(cfg)
+            info["include_prompt"] = cfg.get("include_prompt", True)
         elif kind.endswith("Normalize"):
             info["normalize"] = True
     st_cfg = path / "config_sentence_transformers.json"
     if st_cfg.is_file():
         info["prompts"] = json.loads(st_cfg.read_text()).get("prompts") or {}
     return info
+
+
+_POOLING_NAMES = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "lasttoken"}
+_LEGACY_POOLING = (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                   ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken"),
+                   ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+                   ("pooling_mode_weightedmean_tokens", "weightedmean"))
+
+
+def _pooling_mode(cfg: Mapping[str, Any]) -> str | list[str] | None:
+    """The pooling of a sentence-transformers Pooling config (v6 ``pooling_mode`` or legacy flags)."""
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        modes = [name for key, name in _LEGACY_POOLING if cfg.get(key)]
+        mode = modes or None
+    if isinstance(mode, list) and len(mode) == 1:
+        mode = mode[0]
+    return mode
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -85,18 +105,39 @@ class BiEncoder(Scorer):
         super().__init__(settings)
         st = read_sentence_transformers(path)
         self.pooling = options.get("pooling") or st["pooling"] or "mean"
+        if not isinstance(self.pooling, str) or self.pooling not in _POOLING_NAMES:
+            raise CheckpointError(
+                f"{path}: pooling {self.pooling!r} of the sentence-transformers config is not supported "
+                f"by the bi-encoder scorer (supported: {', '.join(_POOLING_NAMES)}); set scorer option pooling"
+            )
         self.normalize = st["normalize"]
         self.similarity = options.get("similarity") or ("cosine" if self.normalize else "dot")
-        self.query_prefix = options.get("query_prefix") or ""
-        self.doc_prefix = options.get("doc_prefix") or ""
+        prompts = st["prompts"]
+        # As SentenceTransformer.encode_query / encode_document pick their prompts.
+        self.query_prefix = _option_or(options.get("query_prefix"), prompts.get("query"))
+        self.doc_prefix = _option_or(options.get("doc_prefix"), next(
+            (prompts[k] for k in ("document", "passage", "corpus") if prompts.get(k) is not None), None))
+        if not st.get("include_prompt", True) and (self.query_prefix or self.doc_prefix):
+            raise CheckpointError(
+                f"{path}: pooling with include_prompt=false is not supported by the bi-encoder scorer; "
+                "set scorer options query_prefix/doc_prefix to ''"
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(st["transformer_path"])
-        self.model = AutoModel.from_pretrained(st["transformer_path"], dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.model = self.load_pretrained(AutoModel, st["transformer_path"])
         limit = getattr(self.model.config, "max_position_embeddings", 512)
-        self.max_length = options.get("max_length") or st["max_length"] or min(limit, 512)
+        # sentence-transformers >= 6 keeps max_seq_length as the tokenizer's model_max_length.
+        st_limit = st["max_length"]
+        if st_limit is None and st["is_st"] and self.tokenizer.model_max_length < 1_000_000:
+            st_limit = min(self.tokenizer.model_max_length, limit)
+        self.max_length = options.get("max_length") or st_limit or min(limit, 512)
+        self.query_max_length = min(options.get("query_max_length") or self.max_length, self.max_length)
 
-    def encode(self, texts: Sequence[str], desc: str = "encoding") -> torch.Tensor:
-        enc = tokenize(self.tokenizer, texts, None, self.max_length, self.truncation)
+    def encode(self, texts: Sequence[str], desc: str = "encoding", max_length: int | None = None,
+               name: str = "texts") -> torch.Tensor:
+        """One embedding per text (fp32, CPU), normalised when the model or similarity asks."""
+        self.warn_empty(texts, name)
+        enc = tokenize(self.tokenizer, texts, None, max_length or self.max_length, self.truncation,
+                       name=name)
 
         def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             hidden = self.model(**batch).last_hidden_state
@@ -105,14 +146,23 @@ class BiEncoder(Scorer):
                 emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
             return emb
 
-        with self.progress(len(texts), desc) as bar:
+        with self.progress(len(texts), desc, unit="text") as bar:
             return run_batches(self.tokenizer, enc, self.settings.batch_size, self.device, forward, bar)
+
+    def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encode([self.query_prefix + t for t in texts], "queries", self.query_max_length,
+                           "queries")
+
+    def encode_documents(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encode([self.doc_prefix + t for t in texts], "documents", self.max_length,
+                           "documents")
 
     def rerank(self, queries: Mapping[str, str], candidates: Run, docs: Mapping[str, str]) -> Run:
         qids = sorted(candidates)
         dids = sorted({d for q in qids for d in candidates[q]})
-        q_emb = self.encode([self.query_prefix + queries[q] for q in qids], "queries")
-        d_emb = self.encode([self.doc_prefix + docs[d] for d in dids], "documents")
+        q_emb = self.encode_queries([queries[q] for q in qids])
+        d_emb = self.encode_documents([docs[d] for d in dids])
+        self.log_truncation()
         row = {d: i for i, d in enumerate(dids)}
         run: Run = {}
         for qi, qid in enumerate(qids):
@@ -122,9 +172,23 @@ class BiEncoder(Scorer):
         return run
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        q = self.encode([self.query_prefix + p[0] for p in pairs], "queries")
-        d = self.encode([self.doc_prefix + p[1] for p in pairs], "documents")
-        return (q * d).sum(-1).tolist()
+        """Each distinct query and document is embedded once."""
+        q_texts = list(dict.fromkeys(p[0] for p in pairs))
+        d_texts = list(dict.fromkeys(p[1] for p in pairs))
+        q_emb = self.encode_queries(q_texts)
+        d_emb = self.encode_documents(d_texts)
+        self.log_truncation()
+        if not pairs:
+            return []
+        q_row = {t: i for i, t in enumerate(q_texts)}
+        d_row = {t: i for i, t in enumerate(d_texts)}
+        qi = torch.tensor([q_row[p[0]] for p in pairs], dtype=torch.long)
+        di = torch.tensor([d_row[p[1]] for p in pairs], dtype=torch.long)
+        return (q_emb[qi] * d_emb[di]).sum(-1).tolist()
+
+
+def _option_or(value: str | None, default: str | None) -> str:
+    return value if value is not None else (default or "")
 
 
 def check(path: Path) -> None:

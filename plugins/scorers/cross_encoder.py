@@ -2,6 +2,8 @@
 
 Matches ``sentence_transformers.CrossEncoder`` tokenisation (pair input, longest-first
 truncation). Scores are raw logits (monotone in CrossEncoder's sigmoid output).
+With ``query_max_length`` set, the query is cut to that many tokens first and only
+the document gives way to ``max_length``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from mergekit_ir import Param, Scorer, ScorerKind, ScoringSettings, hookimpl
-from mergekit_ir.errors import CheckpointError
-from mergekit_ir.text_batches import run_batches, tokenize
+from mergekit_ir.errors import CheckpointError, ConfigError
+from mergekit_ir.text_batches import require_fast, run_batches, tokenize, truncate_texts
 
 PARAMS = (
     Param("max_length", int, 512, "token limit per (query, document) pair", min=8),
     Param("label", int, None, "which output logit is 'relevant' (default: 0 for one output, else 1)", min=0),
+    Param("query_max_length", int, None,
+          "token limit per query; then only the document is truncated (default: none, longest-first "
+          "truncation of the pair as in sentence-transformers)", min=1),
 )
 
 
@@ -26,8 +31,7 @@ class CrossEncoder(Scorer):
     def __init__(self, path: Path, options: Mapping[str, Any], settings: ScoringSettings):
         super().__init__(settings)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.model = self.load_pretrained(AutoModelForSequenceClassification, path)
         n = self.model.config.num_labels
         self.label = options.get("label")
         if self.label is None:
@@ -36,13 +40,32 @@ class CrossEncoder(Scorer):
             raise CheckpointError(f"{path}: scorer option label={self.label} but the model has {n} output(s)")
         limit = getattr(self.model.config, "max_position_embeddings", 512)
         self.max_length = min(options.get("max_length") or 512, limit)
+        self.query_max_length = options.get("query_max_length")
+        if self.query_max_length is not None:
+            require_fast(self.tokenizer, path, "cross-encoder")
+            room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=True) - 1
+            if self.query_max_length > room:
+                raise ConfigError(
+                    f"scorer option query_max_length={self.query_max_length}: leaves no room for the "
+                    f"document within max_length={self.max_length}; use at most {room}"
+                )
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        enc = tokenize(self.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs],
-                       self.max_length, self.truncation)
+        queries = [p[0] for p in pairs]
+        docs = [p[1] for p in pairs]
+        self.warn_empty(queries, "queries")
+        self.warn_empty(docs, "documents")
+        if self.query_max_length is None:
+            enc = tokenize(self.tokenizer, queries, docs, self.max_length, self.truncation, name="pairs")
+        else:
+            queries = truncate_texts(self.tokenizer, queries, self.query_max_length, self.truncation,
+                                     "queries")
+            enc = tokenize(self.tokenizer, queries, docs, self.max_length, self.truncation,
+                           truncation="only_second", name="documents")
         with self.progress(len(pairs), "cross-encoder") as bar:
             logits = run_batches(self.tokenizer, enc, self.settings.batch_size, self.device,
                                  lambda b: self.model(**b).logits[:, self.label], bar)
+        self.log_truncation()
         return logits.tolist()
 
 

@@ -1,0 +1,70 @@
+"""Content-addressed cache for first-stage runs, model runs and indexes.
+
+A key is the hash of everything that determines the result (data fingerprints,
+checkpoint fingerprints, scorer options, merge method and parameters, k...), so a
+re-run — or a run resumed after being killed — redoes no finished work, and
+changing any input recomputes only what it affects. Entries are written
+atomically. ``events`` records hits and misses for the run log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from . import atomic
+from .first_stage import Run
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MERGEIR_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergekit_ir"
+
+
+def cache_key(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class Cache:
+    def __init__(self, root: Path | None = None, enabled: bool = True):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.enabled = enabled
+        self.events: list[tuple[str, str, str]] = []  # (hit|miss, kind, label)
+
+    def _path(self, kind: str, key: str) -> Path:
+        return self.root / "runs" / kind / f"{key}.json"
+
+    def load_run(self, kind: str, key: str, label: str = "") -> Run | None:
+        path = self._path(kind, key)
+        if self.enabled and path.is_file():
+            try:
+                run = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                log.warning("cache entry %s is unreadable; recomputing", path)
+            else:
+                self.events.append(("hit", kind, label or key))
+                log.info("cache hit: %s %s", kind, label or key)
+                return run
+        self.events.append(("miss", kind, label or key))
+        return None
+
+    def save_run(self, kind: str, key: str, run: Run) -> None:
+        atomic.write_text(self._path(kind, key), json.dumps(run, sort_keys=True))
+
+    def index_dir(self) -> Path | None:
+        return self.root / "index" if self.enabled else None
+
+    def hits(self) -> int:
+        return sum(1 for e in self.events if e[0] == "hit")
+
+    def misses(self) -> int:
+        return sum(1 for e in self.events if e[0] == "miss")

@@ -1,0 +1,298 @@
+"""The ``mergeir`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from .errors import ConfigError, MergeIRError
+
+
+class _Group(click.Group):
+    """Print user errors as one line (no traceback) and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MergeIRError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mergekit-ir")
+@click.option("-v", "--verbose", is_flag=True, help="Log cache hits, plans and timings.")
+def main(verbose: bool) -> None:
+    """Build domain- and language-adapted rerankers by merging checkpoints.
+
+    \b
+    mergeir run                    # the offline quickstart demo
+    mergeir run paper-table1       # an experiment from registry.yaml (needs network)
+    mergeir merge quickstart-tiny --alpha 0.5 --out merged/
+    mergeir plugins                # installed merge methods, scorers, backends
+    mergeir validate registry.yaml
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "huggingface_hub", "bm25s", "numba"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _registry(path: str | None):
+    from .registry import default_registry_path, load_registry
+
+    return load_registry(Path(path) if path else default_registry_path())
+
+
+def _cache(cache_dir: str | None, no_cache: bool):
+    from .cache import Cache
+
+    return Cache(Path(cache_dir) if cache_dir else None, enabled=not no_cache)
+
+
+@main.command()
+@click.argument("experiment", default="quickstart")
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML (default: ./registry.yaml or the bundled one).")
+@click.option("--dataset", "datasets", multiple=True, help="Only these datasets of the experiment (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: mergeir-out/EXPERIMENT).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Scoring dtype (default: the experiment's, auto = bf16 on CUDA, fp32 on CPU).")
+@click.option("--batch-size", type=click.IntRange(1), help="Scoring batch size (default: the experiment's).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (default: $MERGEIR_CACHE or ~/.cache/mergekit_ir).")
+@click.option("--no-cache", is_flag=True, help="Recompute everything (results are still written to the cache).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def run(experiment: str, registry_path: str | None, datasets: tuple[str, ...], out_dir: str | None,
+        device: str, dtype: str | None, batch_size: int | None, cache_dir: str | None, no_cache: bool,
+        quiet: bool) -> None:
+    """Run an EXPERIMENT from the registry and write its report.
+
+    BM25 top-k, re-rank with Θ0, ΘD, ΘT and Θ'(α) for the α grid (swept in place,
+    no reload), tune α and λ on dev splits, fuse with BM25, evaluate, test
+    significance, and write Markdown/LaTeX/CSV tables, TREC runs and a JSON of
+    every number. Interrupted runs resume from the cache.
+
+    \b
+    Examples:
+      mergeir run                                  # offline quickstart demo
+      mergeir run paper-table1 --dataset scifact --device cuda
+    """
+    from .harness import RunOptions, run_experiment
+
+    reg = _registry(registry_path)
+    out = Path(out_dir) if out_dir else Path("mergeir-out") / experiment
+    if experiment == "quickstart":
+        click.echo("quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing.")
+    opts = RunOptions(out_dir=out, cache=_cache(cache_dir, no_cache), device=device,
+                      datasets=datasets or None, progress=not quiet, batch_size=batch_size, dtype=dtype,
+                      echo=click.echo)
+    results = run_experiment(reg, experiment, opts)
+    click.echo("")
+    click.echo((out / "results.md").read_text())
+    if (out / "alpha.md").is_file():
+        click.echo((out / "alpha.md").read_text())
+    click.echo(results["_timer"].table())
+    c = opts.cache
+    click.echo(f"cache: {c.hits()} hits, {c.misses()} misses ({c.root})")
+    click.echo(f"outputs in {out}/: results.md, results.tex, results.csv, results.json, runs/")
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r}: write NAME=VALUE, e.g. --param density=0.5")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--param {item!r}: the value is not valid YAML") from None
+    return out
+
+
+@main.command()
+@click.argument("triplet", required=False)
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML holding TRIPLET.")
+@click.option("--ir", "ir_ref", help="ΘT (hub id or folder), instead of a registry triplet.")
+@click.option("--pretrained", "pre_ref", help="Θ0, instead of a registry triplet.")
+@click.option("--domain", "domain_refs", multiple=True, help="ΘD (repeatable); prefix lora: or task_vector: for adapters/saved vectors.")
+@click.option("--method", default="task_arithmetic", show_default=True, help="Merge method plugin.")
+@click.option("--alpha", type=str, default="1.0", show_default=True, help="α (a number, or YAML for a layer-wise value).")
+@click.option("--param", "params", multiple=True, help="Other method parameters, NAME=VALUE (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder for Θ'.")
+@click.option("--plan", is_flag=True, help="Print the merge/copy/skip table and exit without writing.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--out-shard-size", default="5GB", show_default=True, help="Maximum safetensors shard size.")
+@click.option("--device", default="cpu", show_default=True, help="Where the arithmetic runs (cpu or cuda).")
+@click.option("--allow-nonfinite", is_flag=True, help="Do not stop on NaN/Inf in a task vector.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def merge(triplet: str | None, registry_path: str | None, ir_ref: str | None, pre_ref: str | None,
+          domain_refs: tuple[str, ...], method: str, alpha: str, params: tuple[str, ...], out_dir: str | None,
+          plan: bool, overwrite: bool, out_shard_size: str, device: str, allow_nonfinite: bool, quiet: bool) -> None:
+    """Write Θ' for one TRIPLET and α as a Hugging Face folder.
+
+    Streams tensor by tensor (memory ≈ a few tensors), writes sharded safetensors
+    plus ΘT's config and tokenizer and a model card, atomically. The result loads
+    with plain transformers (and sentence-transformers when ΘT is one).
+
+    \b
+    Examples:
+      mergeir merge quickstart-tiny --alpha 0.5 --out merged/
+      mergeir merge --ir my/ir-model --pretrained bert-base-uncased \\
+          --domain my/bio-bert --method ties --param density=0.3 --alpha 0.7 --out merged/
+      mergeir merge quickstart-tiny --plan
+    """
+    from .checkpoint import open_checkpoint, resolve_folder
+    from .harness import resolve_ref_folder
+    from .merge import MergeJob, build_plan, merge_to_folder
+    from .params import check_params
+    from .plugins import catalog
+    from .registry import CheckpointRef
+    from .safetensors_writer import parse_size
+    from .scoring import resolve_device
+    from .task_vector import TaskVector
+
+    cache = _cache(None, False)
+    if triplet:
+        if ir_ref or pre_ref or domain_refs:
+            raise ConfigError("give either a registry TRIPLET or --ir/--pretrained/--domain, not both")
+        reg = _registry(registry_path)
+        t = reg.triplet(triplet)
+        ir_folder = resolve_ref_folder(t.ir, reg, cache)
+        pre_folder = resolve_ref_folder(t.pretrained, reg, cache) if t.pretrained else None
+        domains = [(d.kind, resolve_ref_folder(d, reg, cache)) for d in t.domains]
+        rules = t.alignment
+    else:
+        if not ir_ref or not domain_refs:
+            raise ConfigError("give a registry TRIPLET, or --ir and at least one --domain (and --pretrained)")
+        from .alignment import AlignmentRules
+
+        ir_folder = resolve_folder(ir_ref)
+        pre_folder = resolve_folder(pre_ref) if pre_ref else None
+        domains = []
+        for d in domain_refs:
+            kind, sep, ref = d.partition(":")
+            if sep and kind in ("lora", "task_vector"):
+                domains.append((kind, Path(ref)))
+            else:
+                domains.append(("checkpoint", resolve_folder(d)))
+        rules = AlignmentRules()
+    mm = catalog().merge_method(method, "--method")
+    try:
+        alpha_value = yaml.safe_load(alpha)
+    except yaml.YAMLError:
+        raise ConfigError(f"--alpha {alpha!r}: not a number or YAML value") from None
+    given = {**_parse_params(params), "alpha": alpha_value}
+    checked = check_params(mm.params, given, "--param", f"merge method '{method}'")
+    ir_src = open_checkpoint(str(ir_folder))
+    pre_src = open_checkpoint(str(pre_folder)) if pre_folder else None
+    vectors = []
+    for kind, folder in domains:
+        if kind == "lora":
+            vectors.append(TaskVector.from_lora(folder))
+        elif kind == "task_vector":
+            vectors.append(TaskVector.load(folder))
+        else:
+            if pre_src is None:
+                raise ConfigError("--pretrained is needed to form ΘD − Θ0 from a full domain checkpoint")
+            vectors.append(TaskVector.from_checkpoints(pre_src, open_checkpoint(str(folder))))
+    job = MergeJob(ir_src, vectors, mm, checked, pretrained=pre_src, rules=rules, allow_nonfinite=allow_nonfinite)
+    the_plan = build_plan(job)
+    if plan:
+        click.echo(the_plan.table())
+        return
+    if not out_dir:
+        raise ConfigError("--out DIR is required (or use --plan to only print the plan)")
+    dev = str(resolve_device(device))
+    provenance = {"ΘT": str(ir_ref or t.ir.describe()), "Θ0": str(pre_ref or (t.pretrained.describe() if triplet and t.pretrained else None)),
+                  "ΘD": ", ".join(domain_refs) if not triplet else ", ".join(d.describe() for d in t.domains)}
+    report = merge_to_folder(job, out_dir, shard_size=parse_size(out_shard_size), overwrite=overwrite,
+                             device=dev, progress=not quiet, provenance=provenance, plan=the_plan)
+    c = report.counts
+    click.echo(f"wrote {report.out} ({report.bytes_written / 1e6:.1f} MB in {report.shards} shard(s), "
+               f"{report.seconds:.1f}s): {c['merge']} merged, {c['copy']} copied from ΘT, {c['skip']} skipped")
+
+
+@main.command("task-vector")
+@click.option("--pretrained", "pre_ref", required=True, help="Θ0 (hub id or folder).")
+@click.option("--domain", "domain_ref", required=True, help="ΘD (hub id or folder).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save τ.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
+def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) -> None:
+    """Save τ = ΘD − Θ0 as safetensors, reusable without its models.
+
+    \b
+    Example:
+      mergeir task-vector --pretrained bert-base-uncased --domain my/bio-bert --out tau-bio/
+      # then in registry.yaml:  domain: {task_vector: tau-bio/}
+    """
+    from .checkpoint import open_checkpoint
+    from .task_vector import TaskVector
+
+    pre, dom = open_checkpoint(pre_ref), open_checkpoint(domain_ref)
+    tv = TaskVector.from_checkpoints(pre, dom)
+    path = tv.save(out_dir, {"pretrained": pre_ref, "domain": domain_ref}, overwrite=overwrite)
+    click.echo(f"wrote {path} ({len(tv.keys())} tensors)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List installed merge methods, scorers and first-stage backends with their parameters."""
+    from .plugins import catalog
+
+    cat = catalog()
+    kinds = {"merge methods": cat.merge_methods, "scorers": cat.scorers, "first stages": cat.first_stages}
+    if as_json:
+        click.echo(json.dumps({
+            kind: {name: {"plugin": r.plugin, "description": r.item.description,
+                          "params": [p.describe() for p in r.item.params]} for name, r in table.items()}
+            for kind, table in kinds.items()}, indent=2))
+        return
+    for kind, table in kinds.items():
+        click.echo(f"{kind}:")
+        for name in sorted(table):
+            r = table[name]
+            click.echo(f"  {name:<18} {r.item.description}  [{r.plugin}]")
+            for p in r.item.params:
+                click.echo(f"      {p.describe()}" + (f" — {p.help}" if p.help else ""))
+        click.echo("")
+
+
+@main.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+def validate(file: str | None) -> None:
+    """Check a registry FILE without loading weights or data.
+
+    Reports the first problem as `yaml.path: what is wrong`, e.g.
+    `experiments.table1.merge.alpha[3]: 1.7 is outside [-2, 2]`.
+    """
+    reg = _registry(file)
+    click.echo(f"{reg.path}: ok — {len(reg.datasets)} datasets, {len(reg.triplets)} triplets, "
+               f"{len(reg.experiments)} experiments")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir: str) -> None:
+    """Re-render the reports of a finished run from its results.json (no recomputation)."""
+    from .report import write_reports
+
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; is {run_dir} the --out folder of a finished `mergeir run`?")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg})") from None
+    for p in write_reports(results, Path(run_dir)):
+        click.echo(f"wrote {p}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

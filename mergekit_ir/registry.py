@@ -1,0 +1,388 @@
+"""The declarative registry: checkpoint triplets, datasets and experiments in YAML.
+
+``load_registry`` parses and validates a registry without loading any weights:
+unknown plugins, unknown or out-of-range parameters, missing fields, duplicate
+names and dangling references are one-line :class:`ConfigError` s naming the YAML
+path, e.g. ``experiments.table1.merge.alpha[3]: 1.7 is outside [-2, 2]``.
+
+See ``docs/registry.md`` for the schema and ``registry.yaml`` for the paper's triplets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .alignment import AlignmentRules
+from .errors import ConfigError
+from .params import check_params
+
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+# -- YAML with duplicate-key detection -----------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError(
+                f"{loader.name}:{key_node.start_mark.line + 1}: duplicate name {key!r} "
+                f"(first defined on line {seen[key] + 1}); rename one of them"
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: registry file not found; pass --registry FILE") from None
+    try:
+        loader = _Loader(text)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({exc.problem}); fix the syntax there") from None
+
+
+# -- typed registry ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint, a LoRA adapter or a saved task vector, as written in the registry."""
+
+    ref: str
+    kind: str = "checkpoint"  # checkpoint | lora | task_vector
+    revision: str | None = None
+
+    def describe(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.ref}{rev}" if self.kind == "checkpoint" else f"{self.kind}:{self.ref}"
+
+
+@dataclass(frozen=True)
+class Triplet:
+    name: str
+    ir: CheckpointRef
+    domains: tuple[CheckpointRef, ...]
+    pretrained: CheckpointRef | None
+    scorer: str
+    scorer_options: Mapping[str, Any]
+    alignment: AlignmentRules = AlignmentRules()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    beir: str | None = None
+    ir_datasets: str | None = None
+    test: str = "test"
+    dev: str | None = None
+    language: str = "english"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    triplets: tuple[str, ...]
+    datasets: tuple[str, ...]
+    method: str = "task_arithmetic"
+    alphas: tuple[Any, ...] = DEFAULT_ALPHAS
+    merge_params: Mapping[str, Any] = field(default_factory=dict)
+    first_stage: str = "bm25s"
+    first_stage_params: Mapping[str, Any] = field(default_factory=dict)
+    k: int = 100
+    fusion_method: str = "wsum"
+    fusion_norm: str = "min-max"
+    fusion_params: Mapping[str, Any] = field(default_factory=lambda: {"weights": [0.5, 0.5]})
+    tune_fusion: bool = False
+    tune_alpha: bool = True
+    objective: str = "NDCG@10"
+    metrics: tuple[str, ...] = ("P@10", "NDCG@3", "NDCG@10", "MAP@100")
+    significance_test: str = "student"
+    max_p: float = 0.01
+    correction: str = "bonferroni"
+    batch_size: int = 32
+    dtype: str = "auto"
+    seed: int = 0
+    description: str = ""
+
+
+@dataclass
+class Registry:
+    path: Path
+    datasets: dict[str, DatasetSpec]
+    triplets: dict[str, Triplet]
+    experiments: dict[str, Experiment]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def experiment(self, name: str) -> Experiment:
+        return _get(self.experiments, name, "experiment", self.path)
+
+    def triplet(self, name: str) -> Triplet:
+        return _get(self.triplets, name, "triplet", self.path)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return _get(self.datasets, name, "dataset", self.path)
+
+
+def _get(table: dict[str, Any], name: str, kind: str, path: Path) -> Any:
+    try:
+        return table[name]
+    except KeyError:
+        known = ", ".join(sorted(table)) or "none"
+        raise ConfigError(f"{path}: no {kind} named {name!r} (defined: {known})") from None
+
+
+# -- parsing helpers --------------------------------------------------------------------------
+def _expect(value: Any, typ: type | tuple[type, ...], path: str, what: str) -> Any:
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _keys(block: Mapping[str, Any], path: str, allowed: set[str], required: set[str] = frozenset()) -> None:
+    for k in block:
+        if k not in allowed:
+            raise ConfigError(f"{path}.{k}: unknown field (allowed: {', '.join(sorted(allowed))})")
+    for k in sorted(required):
+        if k not in block:
+            raise ConfigError(f"{path}.{k}: missing required field")
+
+
+def _ref(value: Any, path: str) -> CheckpointRef:
+    if isinstance(value, str) and value.strip():
+        return CheckpointRef(value.strip())
+    if isinstance(value, Mapping):
+        _keys(value, path, {"checkpoint", "revision", "lora", "task_vector"})
+        kinds = [k for k in ("checkpoint", "lora", "task_vector") if k in value]
+        if len(kinds) != 1:
+            raise ConfigError(f"{path}: give exactly one of checkpoint, lora, task_vector")
+        kind = kinds[0]
+        ref = _expect(value[kind], str, f"{path}.{kind}", "a hub id or folder")
+        rev = value.get("revision")
+        if rev is not None:
+            _expect(rev, str, f"{path}.revision", "a revision string")
+        return CheckpointRef(ref, kind, rev)
+    raise ConfigError(f"{path}: expected a hub id, a folder, or {{checkpoint|lora|task_vector: ...}}")
+
+
+def _triplet(name: str, raw: Any, catalog: Any) -> Triplet:
+    path = f"triplets.{name}"
+    _expect(raw, Mapping, path, "a mapping")
+    _keys(raw, path, {"description", "scorer", "pretrained", "domain", "ir", "alignment"}, {"ir", "domain", "scorer"})
+    ir = _ref(raw["ir"], f"{path}.ir")
+    if ir.kind != "checkpoint":
+        raise ConfigError(f"{path}.ir: ΘT must be a full checkpoint, not a {ir.kind}")
+    domains_raw = raw["domain"] if isinstance(raw["domain"], list) else [raw["domain"]]
+    if not domains_raw:
+        raise ConfigError(f"{path}.domain: give at least one domain checkpoint")
+    domains = tuple(_ref(d, f"{path}.domain[{i}]" if isinstance(raw["domain"], list) else f"{path}.domain")
+                    for i, d in enumerate(domains_raw))
+    pretrained = _ref(raw["pretrained"], f"{path}.pretrained") if raw.get("pretrained") is not None else None
+    if pretrained is None and any(d.kind == "checkpoint" for d in domains):
+        raise ConfigError(f"{path}.pretrained: missing required field (needed to form ΘD − Θ0)")
+    scorer_raw = raw["scorer"]
+    if isinstance(scorer_raw, str):
+        scorer_raw = {"kind": scorer_raw}
+    _expect(scorer_raw, Mapping, f"{path}.scorer", "a scorer kind or {kind: ..., <options>}")
+    if "kind" not in scorer_raw:
+        raise ConfigError(f"{path}.scorer.kind: missing required field")
+    kind = scorer_raw["kind"]
+    scorer = catalog.scorer(kind, f"{path}.scorer.kind")
+    options = check_params(scorer.params, {k: v for k, v in scorer_raw.items() if k != "kind"},
+                           f"{path}.scorer", f"scorer '{kind}'")
+    align_raw = raw.get("alignment") or {}
+    _expect(align_raw, Mapping, f"{path}.alignment", "a mapping")
+    _keys(align_raw, f"{path}.alignment", {"copy", "skip_missing"})
+    copy = align_raw.get("copy") or []
+    _expect(copy, list, f"{path}.alignment.copy", "a list of regexes")
+    rules = AlignmentRules(tuple(copy), bool(align_raw.get("skip_missing", False)))
+    return Triplet(name, ir, domains, pretrained, kind, options, rules, str(raw.get("description", "")))
+
+
+def _dataset(name: str, raw: Any) -> DatasetSpec:
+    path = f"datasets.{name}"
+    _expect(raw, Mapping, path, "a mapping")
+    _keys(raw, path, {"beir", "ir_datasets", "test", "dev", "language", "description"})
+    if not raw.get("beir") and not raw.get("ir_datasets"):
+        raise ConfigError(f"{path}: give 'beir' (a local BEIR folder) and/or 'ir_datasets' (an id)")
+    for k in ("beir", "ir_datasets", "test", "dev", "language"):
+        if raw.get(k) is not None:
+            _expect(raw[k], str, f"{path}.{k}", "a string")
+    return DatasetSpec(name, raw.get("beir"), raw.get("ir_datasets"), raw.get("test", "test"),
+                       raw.get("dev"), raw.get("language", "english"), str(raw.get("description", "")))
+
+
+FUSION_METHODS = ("wsum", "rrf", "combsum", "combmnz", "combmax", "combmin", "combmed", "combanz",
+                  "isr", "log_isr", "logn_isr", "mixed", "bayesfuse", "posfuse", "probfuse",
+                  "segfuse", "slidefuse", "mapfuse", "w_bordafuse", "bordafuse", "condorcet",
+                  "w_condorcet", "rbc", "gmnz", "wmnz", "sum", "max", "min", "anz", "med", "mnz")
+NORMS = ("min-max", "max", "sum", "zmuv", "rank", "borda", "min-max-inverted")
+
+
+def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
+    from .evaluation import ranx_metric
+
+    path = f"experiments.{name}"
+    _expect(raw, Mapping, path, "a mapping")
+    _keys(raw, path, {"description", "triplets", "datasets", "merge", "first_stage", "fusion", "metrics",
+                      "tuning", "significance", "scoring", "seed"}, {"triplets", "datasets"})
+    trips = raw["triplets"] if isinstance(raw["triplets"], list) else [raw["triplets"]]
+    for i, t in enumerate(trips):
+        if t not in reg.triplets:
+            raise ConfigError(f"{path}.triplets[{i}]: unknown triplet {t!r} (defined: {', '.join(sorted(reg.triplets)) or 'none'})")
+    dsets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
+    for i, d in enumerate(dsets):
+        if d not in reg.datasets:
+            raise ConfigError(f"{path}.datasets[{i}]: unknown dataset {d!r} (defined: {', '.join(sorted(reg.datasets)) or 'none'})")
+    kw: dict[str, Any] = {"name": name, "triplets": tuple(trips), "datasets": tuple(dsets),
+                          "description": str(raw.get("description", ""))}
+
+    merge = dict(raw.get("merge") or {})
+    _expect(merge, Mapping, f"{path}.merge", "a mapping")
+    method_name = merge.pop("method", "task_arithmetic")
+    method = catalog.merge_method(method_name, f"{path}.merge.method")
+    alpha_param = method.param("alpha")
+    alphas = merge.pop("alpha", list(DEFAULT_ALPHAS))
+    if alpha_param is None:
+        raise ConfigError(f"{path}.merge.method: '{method_name}' declares no 'alpha' parameter to sweep")
+    if not isinstance(alphas, list) or (alphas and all(isinstance(a, Mapping) and "filter" in a for a in alphas)):
+        alphas = [alphas]
+    kw["alphas"] = tuple(alpha_param.check(a, f"{path}.merge.alpha[{i}]") for i, a in enumerate(alphas))
+    kw["method"] = method_name
+    fixed = check_params([p for p in method.params if p.name != "alpha"], merge, f"{path}.merge",
+                         f"merge method '{method_name}'")
+    kw["merge_params"] = fixed
+
+    fs = dict(raw.get("first_stage") or {})
+    backend = fs.pop("backend", "bm25s")
+    kind = catalog.first_stage(backend, f"{path}.first_stage.backend")
+    k = fs.pop("k", 100)
+    _expect(k, int, f"{path}.first_stage.k", "a positive integer")
+    if k < 1:
+        raise ConfigError(f"{path}.first_stage.k: {k} must be at least 1")
+    kw.update(first_stage=backend, k=k,
+              first_stage_params=check_params(kind.params, fs, f"{path}.first_stage", f"backend '{backend}'"))
+
+    fusion = dict(raw.get("fusion") or {})
+    _keys(fusion, f"{path}.fusion", {"method", "norm", "weights", "params", "tune"})
+    fmethod = fusion.get("method", "wsum")
+    if fmethod not in FUSION_METHODS:
+        raise ConfigError(f"{path}.fusion.method: unknown ranx fusion {fmethod!r} (e.g. wsum, rrf, combsum, combmnz)")
+    norm = fusion.get("norm", "min-max")
+    if norm not in NORMS:
+        raise ConfigError(f"{path}.fusion.norm: unknown normalisation {norm!r} (one of {', '.join(NORMS)})")
+    params = dict(fusion.get("params") or {})
+    if "weights" in fusion:
+        w = fusion["weights"]
+        if not (isinstance(w, list) and len(w) == 2 and all(isinstance(x, int | float) for x in w)):
+            raise ConfigError(f"{path}.fusion.weights: give two numbers [λ_BM25, λ_model], e.g. [0.5, 0.5]")
+        params["weights"] = [float(x) for x in w]
+    elif fmethod == "wsum":
+        params.setdefault("weights", [0.5, 0.5])
+    kw.update(fusion_method=fmethod, fusion_norm=norm, fusion_params=params,
+              tune_fusion=bool(fusion.get("tune", False)))
+
+    metrics = raw.get("metrics")
+    if metrics is not None:
+        _expect(metrics, list, f"{path}.metrics", "a list such as [P@10, NDCG@10]")
+        for i, m in enumerate(metrics):
+            try:
+                ranx_metric(str(m))
+            except ConfigError as exc:
+                raise ConfigError(f"{path}.metrics[{i}]: {exc}") from None
+        kw["metrics"] = tuple(str(m) for m in metrics)
+
+    tuning = dict(raw.get("tuning") or {})
+    _keys(tuning, f"{path}.tuning", {"objective", "alpha"})
+    if "objective" in tuning:
+        try:
+            ranx_metric(str(tuning["objective"]))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}.tuning.objective: {exc}") from None
+        kw["objective"] = str(tuning["objective"])
+    kw["tune_alpha"] = bool(tuning.get("alpha", True))
+
+    sig = dict(raw.get("significance") or {})
+    _keys(sig, f"{path}.significance", {"test", "max_p", "correction"})
+    if sig.get("test", "student") not in ("student", "fisher"):
+        raise ConfigError(f"{path}.significance.test: {sig['test']!r} is not one of student, fisher")
+    if sig.get("correction", "bonferroni") not in ("bonferroni", "none"):
+        raise ConfigError(f"{path}.significance.correction: {sig['correction']!r} is not one of bonferroni, none")
+    max_p = sig.get("max_p", 0.01)
+    if not isinstance(max_p, int | float) or not 0 < max_p < 1:
+        raise ConfigError(f"{path}.significance.max_p: {max_p!r} is outside (0, 1)")
+    kw.update(significance_test=sig.get("test", "student"), max_p=float(max_p),
+              correction=sig.get("correction", "bonferroni"))
+
+    scoring = dict(raw.get("scoring") or {})
+    _keys(scoring, f"{path}.scoring", {"batch_size", "dtype"})
+    bs = scoring.get("batch_size", 32)
+    _expect(bs, int, f"{path}.scoring.batch_size", "a positive integer")
+    if scoring.get("dtype", "auto") not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"{path}.scoring.dtype: {scoring['dtype']!r} is not one of auto, fp32, bf16, fp16")
+    kw.update(batch_size=bs, dtype=scoring.get("dtype", "auto"))
+    if "seed" in raw:
+        kw["seed"] = _expect(raw["seed"], int, f"{path}.seed", "an integer")
+    return Experiment(**kw)
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Parse and validate a registry file (no weights or data are touched)."""
+    from .plugins import catalog
+
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    _expect(raw, Mapping, str(path), "a mapping with datasets, triplets and experiments")
+    for k in raw:
+        if k not in ("version", "datasets", "triplets", "experiments"):
+            raise ConfigError(f"{k}: unknown top-level section (allowed: version, datasets, triplets, experiments)")
+    cat = catalog()
+    reg = Registry(path.resolve(), {}, {}, {})
+    for section in ("datasets", "triplets", "experiments"):
+        if raw.get(section) is not None:
+            _expect(raw[section], Mapping, section, "a mapping of names")
+    reg.datasets = {n: _dataset(str(n), v) for n, v in (raw.get("datasets") or {}).items()}
+    reg.triplets = {n: _triplet(str(n), v, cat) for n, v in (raw.get("triplets") or {}).items()}
+    reg.experiments = {n: _experiment(str(n), v, reg, cat) for n, v in (raw.get("experiments") or {}).items()}
+    return reg
+
+
+def default_registry_path() -> Path:
+    """``$MERGEIR_REGISTRY``, else ``./registry.yaml``, else the one beside the installed sources."""
+    env = os.environ.get("MERGEIR_REGISTRY")
+    if env:
+        return Path(env)
+    local = Path("registry.yaml")
+    if local.is_file():
+        return local
+    bundled = Path(__file__).resolve().parent.parent / "registry.yaml"
+    if bundled.is_file():
+        return bundled
+    raise ConfigError("no registry.yaml in this folder and none bundled; pass --registry FILE")

@@ -1,0 +1,274 @@
+"""Render a results dict as the paper's tables (Markdown, LaTeX, CSV) and the α plot.
+
+Numbers are shown with three decimals in ``0.691`` style (the paper prints ``.691``;
+a leading zero is easier to read and to parse). Within each triplet section the
+best value of every column is bold (every row that ties at three decimals), and a
+``*`` marks a cell whose ``significant`` flag is set (see
+:mod:`mergekit_ir.significance`). Output bytes depend only on the input, so reruns
+diff cleanly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import atomic
+
+_DASH = "–"
+_PNG_DPI = 100
+
+
+def _fmt(v: float) -> str:
+    return f"{float(v):.3f}"
+
+
+def _mean(row: Mapping[str, Any], dataset: str, metric: str) -> float | None:
+    cell = row.get("cells", {}).get(dataset, {}).get(metric)
+    if not isinstance(cell, Mapping) or cell.get("mean") is None:
+        return None
+    return float(cell["mean"])
+
+
+def _significant(row: Mapping[str, Any], dataset: str, metric: str) -> bool:
+    cell = row.get("cells", {}).get(dataset, {}).get(metric)
+    return bool(isinstance(cell, Mapping) and cell.get("significant"))
+
+
+def _datasets(results: Mapping[str, Any]) -> list[str]:
+    if results.get("datasets"):
+        return list(results["datasets"])
+    seen: dict[str, None] = {}
+    for s in results.get("sections", []):
+        for r in s.get("rows", []):
+            seen.update(dict.fromkeys(r.get("cells", {})))
+    return list(seen)
+
+
+def _best(section: Mapping[str, Any], dataset: str, metric: str) -> str | None:
+    """The best shown value of a column in one section (compared as displayed)."""
+    shown = [_fmt(v) for r in section.get("rows", []) if (v := _mean(r, dataset, metric)) is not None]
+    return max(shown, key=float) if shown else None
+
+
+def _cells(section: Mapping[str, Any], row: Mapping[str, Any], datasets: list[str],
+           metrics: list[str]) -> list[tuple[str | None, bool, bool]]:
+    """(shown value or None, is best, is significant) per column."""
+    out = []
+    for ds in datasets:
+        for m in metrics:
+            v = _mean(row, ds, m)
+            shown = _fmt(v) if v is not None else None
+            out.append((shown, shown is not None and shown == _best(section, ds, m),
+                        _significant(row, ds, m)))
+    return out
+
+
+def _alpha_notes(results: Mapping[str, Any]) -> list[str]:
+    notes = []
+    for s in results.get("sections", []):
+        for r in s.get("rows", []):
+            a = r.get("alpha")
+            if isinstance(a, Mapping) and a:
+                per = ", ".join(f"{ds} α={float(v):g}" for ds, v in a.items())
+                notes.append(f"{s.get('triplet', '')}, {r.get('label', r.get('key', ''))}: {per}")
+    return notes
+
+
+def _legend(results: Mapping[str, Any]) -> str:
+    sig = results.get("significance") or {}
+    test = {"student": "paired t-test", "fisher": "Fisher randomisation test"}.get(
+        sig.get("test", "student"), str(sig.get("test")))
+    corr = sig.get("correction", "bonferroni")
+    corr_txt = "Bonferroni-corrected, " if corr == "bonferroni" else ""
+    return (f"Best value per column within each block in bold; `*` marks a significant "
+            f"improvement over the best baseline ({test}, {corr_txt}p < {sig.get('max_p', 0.01):g}).")
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """Table 1 as a GitHub Markdown table: one block of rows per triplet."""
+    datasets, metrics = _datasets(results), list(results.get("metrics", []))
+    header = ["Model"] + [f"{ds} {m}" for ds in datasets for m in metrics]
+    lines = [f"# Results: {results.get('experiment', '')}".rstrip(), "",
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for s in results.get("sections", []):
+        lines.append("| " + " | ".join([f"*{s.get('triplet', '')}*"] + [""] * (len(header) - 1)) + " |")
+        for r in s.get("rows", []):
+            shown = []
+            for v, best, sig in _cells(s, r, datasets, metrics):
+                if v is None:
+                    shown.append(_DASH)
+                    continue
+                text = f"**{v}**" if best else v
+                shown.append(text + ("\\*" if sig else ""))
+            label = str(r.get("label", r.get("key", ""))).replace("|", "\\|")
+            lines.append("| " + " | ".join([label] + shown) + " |")
+    lines += ["", _legend(results)]
+    notes = _alpha_notes(results)
+    if notes:
+        lines += ["", "α chosen per dataset:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}"}
+_THETA = re.compile(r"Θ(')?([0-9A-Za-z](?![0-9A-Za-z]))?")
+
+
+def _tex(text: str) -> str:
+    """Escape LaTeX specials; Θ0/ΘD/Θ' and α become math."""
+    s = "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+    def theta(m: re.Match[str]) -> str:
+        prime, sub = m.group(1) or "", m.group(2)
+        return f"$\\Theta{prime}" + (f"_{{{sub}}}" if sub else "") + "$"
+
+    s = _THETA.sub(theta, s)
+    return s.replace("α", r"$\alpha$").replace("λ", r"$\lambda$")
+
+
+def render_latex(results: Mapping[str, Any]) -> str:
+    """Table 1 as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
+    datasets, metrics = _datasets(results), list(results.get("metrics", []))
+    ncols = 1 + len(datasets) * len(metrics)
+    out = ["% generated by mergekit-ir; needs \\usepackage{booktabs}",
+           "\\begin{tabular}{l" + "c" * (ncols - 1) + "}", "\\toprule"]
+    out.append(" & ".join([""] + [f"\\multicolumn{{{len(metrics)}}}{{c}}{{{_tex(ds)}}}"
+                                  for ds in datasets]) + " \\\\")
+    rules = [f"\\cmidrule(lr){{{2 + i * len(metrics)}-{1 + (i + 1) * len(metrics)}}}"
+             for i in range(len(datasets))]
+    if rules and metrics:
+        out.append(" ".join(rules))
+    out.append(" & ".join(["Model"] + [_tex(m) for _ in datasets for m in metrics]) + " \\\\")
+    for s in results.get("sections", []):
+        out.append("\\midrule")
+        out.append(f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{_tex(s.get('triplet', ''))}}}}} \\\\")
+        out.append("\\midrule")
+        for r in s.get("rows", []):
+            shown = []
+            for v, best, sig in _cells(s, r, datasets, metrics):
+                if v is None:
+                    shown.append("--")
+                    continue
+                text = f"\\textbf{{{v}}}" if best else v
+                shown.append(text + ("$^{*}$" if sig else ""))
+            out.append(" & ".join([_tex(r.get("label", r.get("key", "")))] + shown) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def render_csv(results: Mapping[str, Any]) -> str:
+    """Long format, one line per cell, full precision: for spreadsheets and diffs."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["triplet", "row", "dataset", "metric", "value", "significant", "p_value"])
+    datasets, metrics = _datasets(results), list(results.get("metrics", []))
+    for s in results.get("sections", []):
+        for r in s.get("rows", []):
+            for ds in datasets:
+                for m in metrics:
+                    cell = r.get("cells", {}).get(ds, {}).get(m)
+                    if not isinstance(cell, Mapping) or cell.get("mean") is None:
+                        continue
+                    p = cell.get("p_value")
+                    w.writerow([s.get("triplet", ""), r.get("key", ""), ds, m,
+                                repr(float(cell["mean"])),
+                                "true" if cell.get("significant") else "false",
+                                "" if p is None else repr(float(p))])
+    return buf.getvalue()
+
+
+def _alpha_columns(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, dict[float, float]]]:
+    """(triplet, dataset, metric, split, α -> value) per plotted/tabled column."""
+    cols = []
+    for triplet, abl in (results.get("alpha_ablation") or {}).items():
+        for ds, vals in (abl.get("values") or {}).items():
+            if vals:
+                cols.append((str(triplet), str(ds), str(abl.get("metric", "NDCG@10")),
+                             str(abl.get("split", "dev")),
+                             {float(a): float(v) for a, v in vals.items()}))
+    return cols
+
+
+def render_alpha_table(results: Mapping[str, Any]) -> str:
+    """Table 3: the α ablation, rows α, columns triplet × dataset, best α per column bold."""
+    cols = _alpha_columns(results)
+    if not cols:
+        return "# α ablation\n\nNo α ablation in these results.\n"
+    kinds = sorted({(m, sp) for _, _, m, sp, _ in cols})
+    same = len(kinds) == 1
+    header = ["α"] + [f"{t} / {d}" + ("" if same else f" ({m}, {sp})") for t, d, m, sp, _ in cols]
+    alphas = sorted({a for *_, v in cols for a in v})
+    best = [max(_fmt(x) for x in v.values()) for *_, v in cols]
+    lines = ["# α ablation", ""]
+    if same:
+        lines += [f"{kinds[0][0]} on the {kinds[0][1]} split for each α.", ""]
+    lines += ["| " + " | ".join(header) + " |",
+              "|" + "|".join([":---"] + ["---:"] * len(cols)) + "|"]
+    for a in alphas:
+        row = [f"{a:g}"]
+        for (*_, v), b in zip(cols, best):
+            if a not in v:
+                row.append(_DASH)
+            else:
+                row.append(f"**{_fmt(v[a])}**" if _fmt(v[a]) == b else _fmt(v[a]))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _alpha_png(results: Mapping[str, Any]) -> bytes | None:
+    cols = _alpha_columns(results)
+    if not cols:
+        return None
+    # Figure + Agg canvas directly: no pyplot state, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for t, d, _, _, v in cols:
+        xs = sorted(v)
+        ax.plot(xs, [v[x] for x in xs], marker="o", label=f"{t} / {d}")
+    kinds = sorted({(m, sp) for _, _, m, sp, _ in cols})
+    ax.set_xlabel("α")
+    ax.set_ylabel(" / ".join(f"{m} ({sp})" for m, sp in kinds))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_PNG_DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def plot_alpha(results: Mapping[str, Any], path: str | Path) -> Path | None:
+    """The α ablation as a PNG (a line per triplet × dataset); None without data."""
+    png = _alpha_png(results)
+    return None if png is None else atomic.write_bytes(path, png)
+
+
+def write_reports(results: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write results.md/.tex/.csv, alpha.md and alpha.png (with ablation data), atomically.
+
+    Without ablation data a stale ``alpha.png`` from an earlier run is removed, so
+    the folder never shows a plot that does not match the tables.
+    """
+    out = Path(out_dir)
+    written = [
+        atomic.write_text(out / "results.md", render_markdown(results)),
+        atomic.write_text(out / "results.tex", render_latex(results)),
+        atomic.write_text(out / "results.csv", render_csv(results)),
+        atomic.write_text(out / "alpha.md", render_alpha_table(results)),
+    ]
+    png = plot_alpha(results, out / "alpha.png")
+    if png is not None:
+        written.append(png)
+    else:
+        (out / "alpha.png").unlink(missing_ok=True)
+    return written

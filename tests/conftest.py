@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real checkpoints built per session, paths to ../shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BEIR = SHARED / "data" / "beir"
+MODELS = SHARED / "models"
+WORDS = ("the cell protein gene cancer treatment tumor patients study risk heart brain "
+         "virus vaccine immune diet vitamin insulin glucose lung").split()
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (shared data/models not available)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_triplet(tmp_path_factory) -> dict[str, Path]:
+    """Θ0 (BERT MLM), ΘD (MLM, Θ0 + noise), ΘT (sequence classifier, Θ0 + noise) and a base ΘT."""
+    from safetensors.torch import load_file
+
+    from mergekit_ir.tiny_models import save_bert, word_tokenizer
+
+    root = tmp_path_factory.mktemp("triplet")
+    tok = word_tokenizer(WORDS)
+    pre = save_bert(root / "pretrained", tok, 0, head="mlm")
+    state = load_file(pre / "model.safetensors")
+    dom = save_bert(root / "domain", tok, 1, head="mlm", base_state=state, noise=0.02)
+    ir = save_bert(root / "ir", tok, 2, head="classifier", base_state=state, noise=0.02)
+    ir_base = save_bert(root / "ir_base", tok, 3, head="base", base_state=state, noise=0.02)
+    return {"pretrained": pre, "domain": dom, "ir": ir, "ir_base": ir_base, "root": root}
