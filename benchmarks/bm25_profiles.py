@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from mergekit_ir_plugins.first_stages.bm25s_backend import build
 from ranx import Qrels, Run, evaluate
 
 from mergekit_ir.datasets import load_beir_folder
-from mergekit_ir_plugins.first_stages.bm25s_backend import build
 
 METRICS = ("ndcg@10", "precision@10", "ndcg@3", "map@100")
 HEADERS = ("NDCG@10", "P@10", "NDCG@3", "MAP@100")

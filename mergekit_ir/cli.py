@@ -40,8 +40,20 @@ def main(verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "huggingface_hub", "bm25s", "numba"):
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars and messages are enough; silence the libraries' chatter."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for noisy in ("transformers", "huggingface_hub", "bm25s", "numba", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _registry(path: str | None):

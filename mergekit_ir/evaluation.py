@@ -88,8 +88,8 @@ def evaluate(qrels: Qrels, run: Run, metrics: Iterable[str]) -> dict[str, dict[s
             res = ranx_evaluate(q_dict, r_dict, asked, return_mean=False,
                                 save_results_in_run=False)
         values = {rn: [float(x) for x in res[rn]] for rn in set(ranx_names)}
-    for name, rn in zip(names, ranx_names):
-        per_q = dict(zip(scored, values.get(rn, [])))
+    for name, rn in zip(names, ranx_names, strict=True):
+        per_q = dict(zip(scored, values.get(rn, []), strict=True))
         out[name] = {q: per_q.get(q, 0.0) for q in qids}
     return out
 

@@ -96,6 +96,15 @@ def _weight_grid(n_runs: int, step: float) -> list[tuple[float, ...]]:
     return [w for w in product(ticks, repeat=n_runs) if abs(sum(w) - 1.0) < 1e-9]
 
 
+def _plain(v: Any) -> Any:
+    """numpy scalars/arrays -> Python values, so params stay JSON-able."""
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(x) for x in v)
+    return v
+
+
 def tune_fusion(qrels: Qrels, runs: Sequence[Run], method: str = "wsum",
                 norm: str | None = "min-max", metric: str = "NDCG@10",
                 step: float = 0.1) -> dict[str, Any]:
@@ -125,7 +134,7 @@ def tune_fusion(qrels: Qrels, runs: Sequence[Run], method: str = "wsum",
                     norm=nrm, method=name, metric=ranx_metric(metric), show_progress=False)
             except ValueError as e:
                 raise ConfigError(f"fusion method {method!r} cannot be tuned: {e}") from e
-        return dict(best)
+        return {str(k): _plain(v) for k, v in dict(best).items()}
     best_score, best_params = -math.inf, trials[0]
     for params in trials:
         fused = fuse(runs, method=name, norm=nrm, params=params)

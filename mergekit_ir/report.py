@@ -80,7 +80,8 @@ def _alpha_notes(results: Mapping[str, Any]) -> list[str]:
 
 
 def _legend(results: Mapping[str, Any]) -> str:
-    sig = results.get("significance") or {}
+    sig = results.get("significance") or next(
+        (s["significance"] for s in results.get("sections", []) if s.get("significance")), {})
     test = {"student": "paired t-test", "fisher": "Fisher randomisation test"}.get(
         sig.get("test", "student"), str(sig.get("test")))
     corr = sig.get("correction", "bonferroni")
@@ -213,7 +214,7 @@ def render_alpha_table(results: Mapping[str, Any]) -> str:
               "|" + "|".join([":---"] + ["---:"] * len(cols)) + "|"]
     for a in alphas:
         row = [f"{a:g}"]
-        for (*_, v), b in zip(cols, best):
+        for (*_, v), b in zip(cols, best, strict=True):
             if a not in v:
                 row.append(_DASH)
             else:

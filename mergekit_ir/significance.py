@@ -84,6 +84,9 @@ def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candid
                       n_permutations: int = 1000, random_seed: int = 42) -> None:
     """Mark candidate cells that beat the best baseline of their column, in place.
 
+    ``table`` is the results dict or one of its sections; the settings used are
+    recorded under its ``"significance"`` key for the report legend.
+
     Per section, dataset and metric the best baseline is the baseline row with the
     highest mean (the first one listed wins a tie). Each candidate cell gets
     ``p_value``, ``compared_to`` (the baseline's row key) and ``significant``: its
@@ -97,7 +100,9 @@ def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candid
     metric_list = list(metrics) if metrics is not None else list(table.get("metrics", []))
     table["significance"] = {"test": test, "max_p": max_p, "correction": correction,
                              "family": "section x dataset x metric: candidates vs best baseline"}
-    for section in table.get("sections", []):
+    # A whole results dict, or a single section ({"triplet", "rows"}) as the harness passes.
+    sections = [table] if "rows" in table else table.get("sections", [])
+    for section in sections:
         rows = {r.get("key"): r for r in section.get("rows", [])}
         base_rows = [rows[k] for k in baselines if k in rows]
         cand_rows = [rows[k] for k in candidates if k in rows]

@@ -23,11 +23,14 @@ from transformers import (
 from mergekit_ir.tiny_models import save_bert, word_tokenizer
 
 WORDS = (
-    "query document relevant is the a of and what how does cause protein cell cells gene genes "
-    "cancer drug drugs treatment patients study studies results effect effects increase decrease "
-    "risk disease blood brain mouse mice human expression level levels high low role in on with "
-    "for to by from are was were not no yes true false answer question passage : ? . , - ( )"
-).split()
+    "query", "document", "relevant", "is", "the", "a", "of", "and", "what", "how", "does",
+    "cause", "protein", "cell", "cells", "gene", "genes", "cancer", "drug", "drugs",
+    "treatment", "patients", "study", "studies", "results", "effect", "effects", "increase",
+    "decrease", "risk", "disease", "blood", "brain", "mouse", "mice", "human", "expression",
+    "level", "levels", "high", "low", "role", "in", "on", "with", "for", "to", "by", "from",
+    "are", "was", "were", "not", "no", "yes", "true", "false", "answer", "question", "passage",
+    ":", "?", ".", ",", "-", "(", ")",
+)
 
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")
 LLAMA_SPECIALS = ("<unk>", "<s>", "</s>")

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import bm25s
+import bm25s.stopwords
 import numpy as np
 import Stemmer
-from bm25s.tokenization import _infer_stopwords
 
 from mergekit_ir import FirstStageKind, Param, Run, atomic, hookimpl
 from mergekit_ir.errors import ConfigError
@@ -170,7 +170,7 @@ class BM25sIndex:
             self.analyzer = lucene.english_analyzer(stopwords=s["stopwords"], stemming=s["stemming"])
         else:  # the same tokenizer, with the language's Snowball stemmer and bm25s stop words
             stem = Stemmer.Stemmer(snowball).stemWord if s["stemming"] and snowball else None
-            stops = _infer_stopwords(self.stopwords) if self.stopwords else None
+            stops = _stop_list(self.stopwords) if self.stopwords else None
             self.analyzer = lucene.Analyzer(stops, stem, possessive=False)
 
     def analyze(self, text: str) -> list[str]:
@@ -201,9 +201,9 @@ class BM25sIndex:
 
     def _save(self, folder: Path) -> None:
         if self.retriever is not None:
-            self.retriever.save(str(folder), show_progress=False)
+            self.retriever.save(str(folder))
         for field, retriever in self.fields.items():
-            retriever.save(str(folder / field), show_progress=False)
+            retriever.save(str(folder / field))
         (folder / "settings.json").write_text(json.dumps(self.settings, sort_keys=True))
         (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids))  # written last
 
@@ -322,8 +322,18 @@ def lucene_field_index(docs: list[list[str]], k1: float, b: float) -> bm25s.BM25
 
 
 def _load_field(folder: Path) -> bm25s.BM25:
-    # dtype float64: bm25s then adds the float32 term scores in double, like Lucene
-    return bm25s.BM25.load(str(folder), override_params={"dtype": "float64"})
+    # saved with dtype float64: bm25s adds the float32 term scores in double, like Lucene
+    return bm25s.BM25.load(str(folder))
+
+
+_STOP_LISTS = {"en": "EN", "de": "GERMAN", "nl": "DUTCH", "fr": "FRENCH", "es": "SPANISH",
+               "pt": "PORTUGUESE", "it": "ITALIAN", "ru": "RUSSIAN", "sv": "SWEDISH",
+               "no": "NORWEGIAN", "zh": "CHINESE", "tr": "TURKISH", "da": "DANISH"}
+
+
+def _stop_list(code: str) -> tuple[str, ...]:
+    """bm25s's stop-word list for a language code (what bm25s.tokenize uses)."""
+    return getattr(bm25s.stopwords, f"STOPWORDS_{_STOP_LISTS[code]}")
 
 
 def build(corpus: Mapping[str, Any], params: Mapping[str, Any], cache_dir: Path | None) -> BM25sIndex:

@@ -271,10 +271,9 @@ class Analyzer:
             pass
         t = strip_possessive(token) if self.possessive else token
         t = t.lower()
-        if t in self.stopwords or not t:
-            out = None
-        else:
-            out = self.stem(t) if self.stem is not None else t
+        out = None if not t or t in self.stopwords else t
+        if out is not None and self.stem is not None:
+            out = self.stem(out)
         self._terms[token] = out
         return out
 

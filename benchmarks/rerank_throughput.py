@@ -1,0 +1,172 @@
+"""Re-ranking throughput of our scorers against sentence-transformers, and padding waste.
+
+    python benchmarks/rerank_throughput.py [--model PATH] [--pairs N] [--batch-size B] [--device auto]
+
+On the same model, (query, document) pairs from SciFact and batch size:
+
+- bi-encoder: ``mergekit_ir`` bi-encoder ``score_pairs`` vs ``SentenceTransformer.encode``
+  (each distinct query and document embedded once in both) and a dot product;
+- cross-encoder: ``mergekit_ir`` cross-encoder vs ``CrossEncoder.predict``, both on the
+  model's BERT loaded as a sequence classifier with a fresh (seeded) one-logit head —
+  meaningless scores, real speed;
+- padding waste (pad tokens / all tokens fed) over the SciFact corpus with and without
+  length-sorted batches.
+
+Prints a markdown table. Defaults read ../shared (all-MiniLM-L6-v2, BEIR SciFact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_MODEL = SHARED / "models/all-MiniLM-L6-v2"
+DEFAULT_DATA = SHARED / "data/beir/scifact"
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+    rows = []
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+                if limit is not None and len(rows) >= limit:
+                    break
+    return rows
+
+
+def make_pairs(data: Path, n: int, docs_per_query: int) -> list[tuple[str, str]]:
+    """``n`` pairs: each SciFact query with ``docs_per_query`` consecutive corpus documents."""
+    queries = [q["text"] for q in read_jsonl(data / "queries.jsonl")]
+    docs = [(d.get("title", "") + " " + d["text"]).strip() for d in read_jsonl(data / "corpus.jsonl", n)]
+    return [(queries[(i // docs_per_query) % len(queries)], docs[i % len(docs)]) for i in range(n)]
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="sentence-transformers folder (BERT-like)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (corpus.jsonl, queries.jsonl)")
+    ap.add_argument("--pairs", type=int, default=512, help="(query, document) pairs to score")
+    ap.add_argument("--docs-per-query", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=256, help="token limit (both implementations)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="fp32", help="fp32, bf16, fp16 or auto (both implementations)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
+    ap.add_argument("--waste-docs", type=int, default=None, help="corpus documents for padding waste (default: all)")
+    args = ap.parse_args(argv)
+
+    if not args.model.is_dir():
+        print(f"model folder {args.model} not found; pass --model", file=sys.stderr)
+        return 2
+    if not (args.data / "corpus.jsonl").is_file():
+        print(f"{args.data}/corpus.jsonl not found; pass --data", file=sys.stderr)
+        return 2
+
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from mergekit_ir.plugins import catalog
+    from mergekit_ir.scoring import ScoringSettings, padding_waste
+    from mergekit_ir.text_batches import tokenize
+
+    settings = ScoringSettings(device=args.device, dtype=args.dtype, batch_size=args.batch_size, show_progress=False)
+    device, dtype = settings.torch_device, settings.torch_dtype
+    pairs = make_pairs(args.data, args.pairs, args.docs_per_query)
+    rows = []
+
+    # -- bi-encoder -----------------------------------------------------------------
+    bi = catalog().scorer("bi-encoder").load(args.model, {"max_length": args.max_length}, settings)
+    st = SentenceTransformer(str(args.model), device=str(device), model_kwargs={"dtype": dtype})
+    st.max_seq_length = args.max_length
+
+    def st_bi():
+        qs = list(dict.fromkeys(p[0] for p in pairs))
+        ds = list(dict.fromkeys(p[1] for p in pairs))
+        q = st.encode(qs, batch_size=args.batch_size, convert_to_tensor=True).float().cpu()
+        d = st.encode(ds, batch_size=args.batch_size, convert_to_tensor=True).float().cpu()
+        qi = {t: i for i, t in enumerate(qs)}
+        di = {t: i for i, t in enumerate(ds)}
+        return [float(q[qi[a]] @ d[di[b]]) for a, b in pairs]
+
+    bi.score_pairs(pairs[: args.batch_size])  # warm-up
+    st_bi()
+    t_ours, ours = timed(lambda: bi.score_pairs(pairs), args.repeat)
+    t_ref, ref = timed(st_bi, args.repeat)
+    diff = max(abs(a - b) for a, b in zip(ours, ref, strict=True))
+    rows.append(("bi-encoder", "SentenceTransformer.encode", t_ours, t_ref, diff))
+
+    # -- cross-encoder --------------------------------------------------------------
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "cross-encoder"
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=1)
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(args.model).save_pretrained(folder)
+        del model
+        ce = catalog().scorer("cross-encoder").load(folder, {"max_length": args.max_length}, settings)
+        ref_ce = STCrossEncoder(str(folder), max_length=args.max_length, device=str(device),
+                                model_kwargs={"dtype": dtype})
+
+        def st_ce():
+            return ref_ce.predict(pairs, batch_size=args.batch_size, activation_fn=torch.nn.Identity(),
+                                  show_progress_bar=False).tolist()
+
+        ce.score_pairs(pairs[: args.batch_size])
+        st_ce()
+        t_ours, ours = timed(lambda: ce.score_pairs(pairs), args.repeat)
+        t_ref, ref = timed(st_ce, args.repeat)
+        diff = max(abs(a - b) for a, b in zip(ours, ref, strict=True))
+        rows.append(("cross-encoder", "CrossEncoder.predict", t_ours, t_ref, diff))
+
+    # -- padding waste ----------------------------------------------------------------
+    docs = [(d.get("title", "") + " " + d["text"]).strip()
+            for d in read_jsonl(args.data / "corpus.jsonl", args.waste_docs)]
+    enc = tokenize(bi.tokenizer, docs, None, args.max_length)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    pair_enc = tokenize(ce.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], args.max_length)
+    pair_lengths = [len(ids) for ids in pair_enc["input_ids"]]
+
+    print(f"model {args.model.name} | device {device} ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads) | dtype {str(dtype).removeprefix('torch.')} | "
+          f"{len(pairs)} pairs | batch {args.batch_size} | max_length {args.max_length} | torch {torch.__version__}\n")
+    print("| scorer | reference | ours (pairs/s) | reference (pairs/s) | ours / reference | max abs score diff |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, refname, t_o, t_r, d in rows:
+        print(f"| {name} | {refname} | {len(pairs) / t_o:,.1f} | {len(pairs) / t_r:,.1f} | {t_r / t_o:.2f}x | {d:.1e} |")
+    print()
+    print("| inputs | texts | batch | padding waste, length-sorted | padding waste, input order |")
+    print("|---|---:|---:|---:|---:|")
+    for what, lens in ((f"SciFact corpus documents ({args.data.name})", lengths),
+                       ("(query, document) pairs above", pair_lengths)):
+        print(f"| {what} | {len(lens)} | {args.batch_size} | {100 * padding_waste(lens, args.batch_size, True):.1f}% "
+              f"| {100 * padding_waste(lens, args.batch_size, False):.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

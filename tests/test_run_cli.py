@@ -1,0 +1,116 @@
+"""`mergeir run` end to end on the embedded quickstart: outputs, resume, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mergekit_ir.cli import main
+
+REGISTRY = str(Path(__file__).resolve().parents[1] / "registry.yaml")
+pytestmark = pytest.mark.slow
+
+
+def invoke(*args: str, env: dict | None = None):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def numbers(out: Path) -> dict:
+    res = json.loads((out / "results.json").read_text())
+    return {(s["triplet"], r["key"], d, m): c["mean"] for s in res["sections"] for r in s["rows"]
+            for d, cells in r["cells"].items() for m, c in cells.items()}
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qs")
+    res = invoke("run", "--registry", REGISTRY, "--out", str(root / "out"), "--cache-dir", str(root / "cache"), "-q")
+    assert res.exit_code == 0, res.output
+    return root, res.output
+
+
+def test_quickstart_outputs(quickstart_run):
+    root, output = quickstart_run
+    out = root / "out"
+    assert "smoke demo" in output and "| BM25 |" in output and "Θ' (α=1)" in output
+    assert "stage timings:" in output and f"outputs in {out}" in output
+    for f in ("results.md", "results.tex", "results.csv", "results.json", "alpha.md", "alpha.png"):
+        assert (out / f).is_file(), f
+    res = json.loads((out / "results.json").read_text())
+    keys = [r["key"] for r in res["sections"][0]["rows"]]
+    assert keys == ["bm25", "pretrained", "domain", "ir", "merged@1", "merged@best"]
+    assert set(res["alpha_ablation"]["quickstart-tiny"]["values"]["quickstart-toy"]) == {
+        "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1"}
+    m = res["manifest"]
+    assert m["packages"]["torch"].startswith("2.13") and m["checkpoints"]["quickstart-tiny.ir"]["fingerprint"]
+    assert set(m["timings"]) >= {"first stage", "scoring", "fusion", "evaluation"}
+    trec = (out / "runs" / "quickstart-tiny" / "quickstart-toy" / "merged_at_1.trec").read_text().splitlines()
+    assert len(trec[0].split()) == 6 and trec[0].split()[1] == "Q0"
+    # every value is a real metric, not a placeholder
+    assert all(0.0 <= v <= 1.0 for v in numbers(out).values())
+
+
+def test_report_rerenders_byte_for_byte(quickstart_run):
+    out = quickstart_run[0] / "out"
+    before = {f: (out / f).read_bytes() for f in ("results.md", "results.tex", "results.csv", "alpha.md", "alpha.png")}
+    res = invoke("report", str(out))
+    assert res.exit_code == 0 and "results.md" in res.output
+    for f, data in before.items():
+        assert (out / f).read_bytes() == data, f
+
+
+def test_interrupted_run_resumes_from_cache(tmp_path, monkeypatch, quickstart_run):
+    """Kill after the first stage (injected failure), re-run: cached work is not redone, numbers identical."""
+    from mergekit_ir import harness
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    real = harness.TripletRunner.model_run
+    calls = {"n": 0}
+
+    def dies_after_three(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(harness.TripletRunner, "model_run", dies_after_three)
+    res = CliRunner().invoke(main, ["run", "--registry", REGISTRY, "--out", str(out), "--cache-dir", str(cache), "-q"])
+    assert res.exit_code != 0  # click turns Ctrl-C into "Aborted!"
+    assert not (out / "results.json").exists()
+    monkeypatch.setattr(harness.TripletRunner, "model_run", real)
+
+    events: list = []
+    real_load = harness.Cache.load_run
+
+    def spy(self, kind, key, label=""):
+        run = real_load(self, kind, key, label)
+        events.append((kind, label, run is not None))
+        return run
+
+    monkeypatch.setattr(harness.Cache, "load_run", spy)
+    res = invoke("run", "--registry", REGISTRY, "--out", str(out), "--cache-dir", str(cache), "-q")
+    assert res.exit_code == 0, res.output
+    first_stage = [hit for kind, _, hit in events if kind == "first_stage"]
+    model_hits = [label for kind, label, hit in events if kind == "model" and hit]
+    assert first_stage and all(first_stage)  # BM25 was not recomputed
+    assert len(model_hits) == 3  # exactly the three runs finished before the kill
+    assert numbers(out) == numbers(quickstart_run[0] / "out")
+    assert "cache: " in res.output
+
+
+def test_no_cache_recomputes_same_numbers(tmp_path, quickstart_run):
+    res = invoke("run", "--registry", REGISTRY, "--out", str(tmp_path / "o"), "--cache-dir",
+                 str(quickstart_run[0] / "cache"), "--no-cache", "-q")
+    assert res.exit_code == 0
+    assert "cache: 0 hits" in res.output
+    assert numbers(tmp_path / "o") == numbers(quickstart_run[0] / "out")
+
+
+def test_run_errors():
+    res = CliRunner().invoke(main, ["run", "nope", "--registry", REGISTRY])
+    assert res.exit_code == 2 and "no experiment named 'nope'" in res.output
+    res = CliRunner().invoke(main, ["run", "quickstart", "--registry", REGISTRY, "--dataset", "scifact"])
+    assert res.exit_code == 2 and "--dataset scifact: not in experiment quickstart" in res.output
