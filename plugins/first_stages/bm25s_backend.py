@@ -144,7 +144,7 @@ class BM25sIndex:
         self._setup_analysis()
         self.doc_ids = sorted(corpus)
         self.key = corpus_key(corpus, self.settings, self.doc_ids)
-        self.path = cache_dir / f"bm25s-{self.key}" if cache_dir else None
+        self.path = Path(cache_dir) / f"bm25s-{self.key}" if cache_dir else None
         if self.path is not None and (self.path / "doc_ids.json").is_file():
             log.info("cache hit: bm25s index %s", self.path)
             self._load(self.path)

@@ -256,30 +256,42 @@ def porter_stem(word: str) -> str:
 class Analyzer:
     """Text -> terms: standard tokenizer, [possessive], lowercase, [stop words], [stemmer]."""
 
+    _CACHE_LIMIT = 1 << 20
+
     def __init__(self, stopwords: Iterable[str] | None, stem: Callable[[str], str] | None,
                  possessive: bool):
         self.stopwords = frozenset(stopwords or ())
         self.stem = stem
         self.possessive = possessive
-        self._terms: dict[str, str | None] = {}
+        self._segments: dict[str, tuple[str, ...]] = {}
 
     def term(self, token: str) -> str | None:
         """One token's term, or None for a stop word."""
-        try:
-            return self._terms[token]
-        except KeyError:
-            pass
         t = strip_possessive(token) if self.possessive else token
         t = t.lower()
-        out = None if not t or t in self.stopwords else t
-        if out is not None and self.stem is not None:
-            out = self.stem(out)
-        self._terms[token] = out
-        return out
+        if not t or t in self.stopwords:
+            return None
+        return self.stem(t) if self.stem is not None else t
+
+    def _segment_terms(self, segment: str) -> tuple[str, ...]:
+        terms = (self.term(tok) for tok in standard_tokenize(segment))
+        return tuple(t for t in terms if t is not None)
 
     def __call__(self, text: str) -> list[str]:
-        terms = (self.term(tok) for tok in standard_tokenize(text))
-        return [t for t in terms if t is not None]
+        if not _HAS_WORD_BOUNDARIES:  # pragma: no cover
+            terms = (self.term(tok) for tok in standard_tokenize(text))
+            return [t for t in terms if t is not None]
+        cache = self._segments
+        if len(cache) > self._CACHE_LIMIT:
+            cache.clear()
+        out: list[str] = []
+        for segment in _WORD_BOUNDARY.split(text):
+            terms = cache.get(segment)
+            if terms is None:
+                terms = cache[segment] = self._segment_terms(segment)
+            if terms:
+                out.extend(terms)
+        return out
 
 
 def english_analyzer(stopwords: bool = True, stemming: bool = True) -> Analyzer:
