@@ -3,15 +3,15 @@
     python benchmarks/bm25_profiles.py                       # SciFact + NFCorpus test
     python benchmarks/bm25_profiles.py --data ../shared/data/beir --datasets scifact
 
-Prints a Markdown table (NDCG@10, P@10, NDCG@3, MAP@100, computed with ranx) under
-two evaluation conventions:
+Prints a Markdown table (NDCG@10, P@10, NDCG@3, MAP@100, computed with ranx through
+``mergekit_ir.evaluation``: trec_eval's tie order) under two evaluation conventions:
 
-- ``all``: every judged query counts; a query without a single hit scores 0.
+- ``all``: every judged query counts; a query without a single hit scores 0 (the
+  project's convention).
 - ``beir``: what beir's ``EvaluateRetrieval.evaluate`` (pytrec_eval) reports, which
   is how the paper's row was computed: documents whose id equals the query id are
-  dropped, queries with no hit are left out of the average (beir's ``BM25Search``
-  never records them), and tied scores are ordered by document id descending
-  (trec_eval's order).
+  dropped, and queries with no hit are left out of the average (beir's
+  ``BM25Search`` never records them, and pytrec_eval only scores queries in the run).
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ import time
 from pathlib import Path
 
 from mergekit_ir_plugins.first_stages.bm25s_backend import build
-from ranx import Qrels, Run, evaluate
 
 from mergekit_ir.datasets import load_beir_folder
+from mergekit_ir.evaluation import evaluate, mean_scores
 
-METRICS = ("ndcg@10", "precision@10", "ndcg@3", "map@100")
-HEADERS = ("NDCG@10", "P@10", "NDCG@3", "MAP@100")
+METRICS = ("NDCG@10", "P@10", "NDCG@3", "MAP@100")
 
 # Braga et al., SIGIR'25, BM25 row (Elasticsearch through beir's BM25Search).
 PAPER = {
-    "scifact": {"ndcg@10": 0.691, "precision@10": 0.091, "ndcg@3": 0.637, "map@100": 0.649},
-    "nfcorpus": {"ndcg@10": 0.343, "precision@10": 0.247, "ndcg@3": 0.404, "map@100": 0.154},
+    "scifact": {"NDCG@10": 0.691, "P@10": 0.091, "NDCG@3": 0.637, "MAP@100": 0.649},
+    "nfcorpus": {"NDCG@10": 0.343, "P@10": 0.247, "NDCG@3": 0.404, "MAP@100": 0.154},
 }
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir"
 
@@ -40,27 +39,20 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir"
 def beir_convention(run: dict[str, dict[str, float]],
                     qrels: dict[str, dict[str, int]]) -> tuple[dict, dict]:
     """(run, qrels) as beir + pytrec_eval evaluate them (see the module docstring)."""
-    out_run, out_qrels = {}, {}
+    out_run = {}
     for qid, docs in run.items():
-        hits = [(d, s) for d, s in docs.items() if d != qid]
-        if not hits or qid not in qrels:
-            continue
-        hits.sort(key=lambda p: (p[1], p[0]), reverse=True)  # score desc, then docno desc
-        out_run[qid] = {d: float(len(hits) - i) for i, (d, _) in enumerate(hits)}
-        out_qrels[qid] = qrels[qid]
-    return out_run, out_qrels
+        hits = {d: s for d, s in docs.items() if d != qid}
+        if hits and qid in qrels:
+            out_run[qid] = hits
+    return out_run, {q: qrels[q] for q in out_run}
 
 
 def scores(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
            convention: str = "all") -> dict[str, float]:
-    """ranx metrics of ``run``; ``convention`` is ``all`` or ``beir``."""
+    """Mean metrics of ``run``; ``convention`` is ``all`` or ``beir``."""
     if convention == "beir":
         run, qrels = beir_convention(run, qrels)
-    else:
-        run = {q: run.get(q, {}) for q in qrels}
-    # ranx wants every query present in both; an empty ranking scores 0
-    result = evaluate(Qrels(qrels), Run(run), list(METRICS), make_comparable=True)
-    return {m: float(result[m]) for m in METRICS}
+    return mean_scores(evaluate(qrels, run, METRICS))
 
 
 def measure(data: Path, dataset: str, profile: str, k: int = 100,
@@ -73,8 +65,8 @@ def measure(data: Path, dataset: str, profile: str, k: int = 100,
 
 
 def table(data: Path, datasets: list[str], cache_dir: Path | None = None) -> str:
-    lines = ["| dataset | run | eval | " + " | ".join(HEADERS) + " |",
-             "|---|---|---|" + "---:|" * len(HEADERS)]
+    lines = ["| dataset | run | eval | " + " | ".join(METRICS) + " |",
+             "|---|---|---|" + "---:|" * len(METRICS)]
     for dataset in datasets:
         if dataset in PAPER:
             cells = " | ".join(f"{PAPER[dataset][m]:.3f}" for m in METRICS)

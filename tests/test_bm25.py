@@ -223,7 +223,7 @@ def test_scifact_plain_bm25s_ndcg10():
     folder = _need("scifact")
     ds = load_beir_folder(folder, "test")
     run = backend.build(ds.corpus, {"language": ds.language}, None).search(ds.queries, 100)
-    ndcg = _benchmark().scores(run, ds.qrels)["ndcg@10"]
+    ndcg = _benchmark().scores(run, ds.qrels)["NDCG@10"]
     print(f"SciFact test, profile=bm25s: NDCG@10 = {ndcg:.4f}")
     assert 0.665 <= ndcg <= 0.69
 
@@ -236,8 +236,8 @@ def test_elasticsearch_profile_reproduces_the_papers_bm25_row(dataset):
     result = bench.measure(DATA, dataset, "elasticsearch")
     paper = bench.PAPER[dataset]
     print(f"{dataset} test, profile=elasticsearch: {result}")
-    assert result["beir"]["ndcg@10"] == pytest.approx(paper["ndcg@10"], abs=0.005)
-    for metric in ("precision@10", "ndcg@3", "map@100"):
+    assert result["beir"]["NDCG@10"] == pytest.approx(paper["NDCG@10"], abs=0.005)
+    for metric in ("P@10", "NDCG@3", "MAP@100"):
         assert result["beir"][metric] == pytest.approx(paper[metric], abs=0.01)
 
 
@@ -248,6 +248,6 @@ def test_xquad_r_english_both_profiles():
     bench = _benchmark()
     for profile in backend.PROFILES:
         run = backend.build(ds.corpus, {"profile": profile, "language": "en"}, None).search(ds.queries, 100)
-        ndcg = bench.scores(run, ds.qrels)["ndcg@10"]
+        ndcg = bench.scores(run, ds.qrels)["NDCG@10"]
         print(f"XQuAD-R en, profile={profile}: NDCG@10 = {ndcg:.4f}")
         assert ndcg > 0.8
