@@ -78,7 +78,7 @@ PARAMS = (
           choices=PROFILES),
     Param("k1", float, None, "term-frequency saturation (default: 1.5 bm25s, 1.2 elasticsearch)",
           min=0.0, max=10.0),
-    Param("b", float, None, "length normalisation (default: 0.75)", min=0.0, max=1.0),
+    Param("b", float, 0.75, "length normalisation", min=0.0, max=1.0),
     Param("method", str, "lucene", "BM25 variant (the elasticsearch profile is always lucene)",
           choices=("lucene", "robertson", "atire", "bm25l", "bm25+")),
     Param("language", str, None, "stemmer and stop words (default: the dataset's language)",

@@ -16,6 +16,7 @@ Both tokens must each be one vocabulary entry; otherwise loading fails naming th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from mergekit_ir.text_batches import (
     resolve_token,
     run_batches,
 )
+
+log = logging.getLogger(__name__)
 
 TEMPLATE = "Query: {query} Document: {document} Relevant:"
 
@@ -104,6 +107,8 @@ class MonoT5(Scorer):
             raise CheckpointError(f"{path}: true_token {true_spec!r} and false_token {false_spec!r} are the same token")
         self.max_length = options.get("max_length") or 512
         self.limits = {"query": options.get("query_max_length"), "document": options.get("doc_max_length")}
+        if self.dtype == torch.float16 and config.model_type in ("t5", "mt5", "umt5"):
+            log.warning("%s: T5 models overflow in fp16 (NaN scores); use --dtype bf16 or fp32", path)
         self.model = self.load_pretrained(AutoModelForSeq2SeqLM, path)
         start = self.model.config.decoder_start_token_id
         self.decoder_start = start if start is not None else self.model.config.pad_token_id or 0
