@@ -127,7 +127,7 @@ def resolve_settings(params: Mapping[str, Any]) -> dict[str, Any]:
 def corpus_key(corpus: Mapping[str, Any], settings: Mapping[str, Any], doc_ids: list[str]) -> str:
     """Content hash of the corpus (title and text apart) and every setting."""
     h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode())
-    h.update(f"bm25s={bm25s.__version__};format={INDEX_FORMAT}".encode())
+    h.update(f"bm25s={bm25s.__version__};format={INDEX_FORMAT};uax29={lucene.HAS_WORD_BOUNDARIES}".encode())
     for did in doc_ids:
         d = corpus[did]
         h.update(f"{did}\0{d.title}\0{d.text}\n".encode())

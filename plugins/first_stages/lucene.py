@@ -25,12 +25,12 @@ try:  # the `regex` package implements Unicode default word boundaries (UAX #29)
     import regex as _re
 
     _WORD_BOUNDARY = _re.compile(r"\b", flags=_re.WORD | _re.V1)
-    _HAS_WORD_BOUNDARIES = True
+    HAS_WORD_BOUNDARIES = True
 except ImportError:  # pragma: no cover - transformers depends on `regex`
     import re as _re
 
     _WORD_BOUNDARY = None
-    _HAS_WORD_BOUNDARIES = False
+    HAS_WORD_BOUNDARIES = False
 
 # org.apache.lucene.analysis.en.EnglishAnalyzer.ENGLISH_STOP_WORDS_SET
 ENGLISH_STOP_WORDS = frozenset((
@@ -44,7 +44,7 @@ MAX_TOKEN_LENGTH = 255  # StandardTokenizer splits longer tokens into chunks of 
 # A segment between word boundaries becomes a token when it holds a letter or a
 # digit (StandardTokenizer's ALPHANUM, NUM, IDEOGRAPHIC, ... types); runs of
 # spaces, punctuation and symbols are dropped.
-_TOKEN_CHAR = _re.compile(r"[\p{L}\p{Nd}\p{Nl}]" if _HAS_WORD_BOUNDARIES else r"[^\W_]")
+_TOKEN_CHAR = _re.compile(r"[\p{L}\p{Nd}\p{Nl}]" if HAS_WORD_BOUNDARIES else r"[^\W_]")
 _FALLBACK_WORD = _re.compile(r"\w+(?:['’.,]\w+)*")
 
 
@@ -54,7 +54,7 @@ def standard_tokenize(text: str) -> list[str]:
     Keeps ``don't``, ``3.14``, ``1,000``, ``U.S.A`` and ``foo_bar`` whole; splits
     at hyphens, slashes and other punctuation; every CJK ideograph is a token.
     """
-    if _HAS_WORD_BOUNDARIES:
+    if HAS_WORD_BOUNDARIES:
         segments = _WORD_BOUNDARY.split(text)
         tokens = [s for s in segments if s and _TOKEN_CHAR.search(s)]
     else:  # pragma: no cover
@@ -278,7 +278,7 @@ class Analyzer:
         return tuple(t for t in terms if t is not None)
 
     def __call__(self, text: str) -> list[str]:
-        if not _HAS_WORD_BOUNDARIES:  # pragma: no cover
+        if not HAS_WORD_BOUNDARIES:  # pragma: no cover
             terms = (self.term(tok) for tok in standard_tokenize(text))
             return [t for t in terms if t is not None]
         cache = self._segments
