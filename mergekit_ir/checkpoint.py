@@ -85,21 +85,22 @@ class _SafetensorsFile:
 
     def get(self, name: str) -> torch.Tensor:
         code, shape, begin, end = self.entries[name]
-        buf = bytearray(end - begin)
+        dtype = SAFETENSORS_DTYPES[code]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        # read straight into the tensor's own (uninitialised) storage: no zero-fill pass, no copy
+        buf = torch.empty(end - begin, dtype=torch.uint8)
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            view, off = memoryview(buf), 0
-            while off < len(buf):
+            view, off = memoryview(buf.numpy()), 0
+            while off < len(view):
                 got = os.preadv(fd, [view[off:]], self.data_start + begin + off)
                 if got <= 0:
                     raise CheckpointError(f"{self.path}: unexpected end of file reading tensor {name}")
                 off += got
         finally:
             os.close(fd)
-        dtype = SAFETENSORS_DTYPES[code]
-        if not buf:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+        return buf.view(dtype).reshape(shape)
 
 
 class TensorSource:

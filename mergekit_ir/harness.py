@@ -313,9 +313,16 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
         with timer("fusion"):
             return fuse([bm25, model], method=exp.fusion_method, norm=exp.fusion_norm, params=params)
 
+    def judged(split: Split) -> dict[str, dict[str, int]]:
+        """The qrels evaluated: all judged queries, or (as beir did) those BM25 retrieved anything for."""
+        qrels = split.dataset.qrels
+        if exp.eval_queries == "retrieved":
+            return {q: r for q, r in qrels.items() if split.first_stage.get(q)}
+        return qrels
+
     def objective(split: Split, run: Run) -> float:
         with timer("evaluation"):
-            return mean_scores(evaluate(split.dataset.qrels, run, [exp.objective]))[exp.objective]
+            return mean_scores(evaluate(judged(split), run, [exp.objective]))[exp.objective]
 
     results: dict[str, Any] = {"experiment": name, "metrics": list(exp.metrics), "datasets": dataset_names,
                                "sections": [], "alpha_ablation": {}, "fusion": {}}
@@ -336,8 +343,9 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
                         split, fused(split.first_stage, run, fixed))
             means = {alpha_label(a): sum(ablation[d][alpha_label(a)] for d in devs) / len(devs) for a in exp.alphas}
             best = max(exp.alphas, key=lambda a: (means[alpha_label(a)], -exp.alphas.index(a)))
-            for dname in devs:
-                best_alpha[dname] = best
+            for dname in dataset_names:
+                if dname in devs or exp.transfer_alpha:
+                    best_alpha[dname] = best
             opts.echo(f"  tuned α = {alpha_label(best)} (mean dev {exp.objective} {means[alpha_label(best)]:.4f})")
             results["alpha_ablation"][tname] = {"metric": exp.objective, "split": "dev", "values": ablation,
                                                 "mean": means, "best": alpha_label(best)}
@@ -375,17 +383,17 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
                     lam = fixed
                     if exp.tune_fusion and dname in devs:
                         with timer("fusion"):
-                            lam = tune_fusion(devs[dname].dataset.qrels,
+                            lam = tune_fusion(judged(devs[dname]),
                                               [devs[dname].first_stage, variants[key][split_id(devs[dname])]],
                                               method=exp.fusion_method, norm=exp.fusion_norm, metric=exp.objective)
                     final = fused(split.first_stage, model_run, dict(lam))
                     with timer("evaluation"):
                         row.setdefault("unfused", {})[dname] = mean_scores(
-                            evaluate(split.dataset.qrels, model_run, list(exp.metrics)))
+                            evaluate(judged(split), model_run, list(exp.metrics)))
                     results["fusion"].setdefault(tname, {}).setdefault(key, {})[dname] = {
                         k: list(v) if isinstance(v, tuple | list) else v for k, v in dict(lam).items()}
                 with timer("evaluation"):
-                    per_query = evaluate(split.dataset.qrels, final, list(exp.metrics))
+                    per_query = evaluate(judged(split), final, list(exp.metrics))
                     means = mean_scores(per_query)
                 row["cells"][dname] = {m: {"mean": means[m], "per_query": per_query[m], "significant": False}
                                        for m in exp.metrics}

@@ -122,6 +122,18 @@ def build_plan(job: MergeJob) -> MergePlan:
     return MergePlan(entries, skipped)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """``torch.isfinite(t).all()`` without its tensor-sized bool temporary.
+
+    A NaN or ±Inf makes the sum non-finite, so a finite sum (one fast read-only pass) proves
+    every element finite; only a non-finite sum (NaN/Inf, or finite values overflowing the
+    sum) needs the exact elementwise check.
+    """
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def merged_tensor(job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device,
                   theta_t: torch.Tensor | None = None, taus: list[torch.Tensor] | None = None,
                   tau_t: torch.Tensor | None = None, params: Mapping[str, Any] | None = None) -> torch.Tensor:
@@ -137,7 +149,7 @@ def merged_tensor(job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.de
             if d is None:
                 d = torch.zeros_like(theta_t)
             d = d.to(device)[:rows] if rows else d.to(device)
-            if not job.allow_nonfinite and not torch.isfinite(d).all():
+            if not job.allow_nonfinite and not all_finite(d):
                 raise CheckpointError(
                     f"tensor {e.name}: task vector τ{i + 1} ({v.describe()}) has NaN/Inf values; "
                     "check the checkpoints or pass --allow-nonfinite"
@@ -162,12 +174,12 @@ def iter_merged(job: MergeJob, plan: MergePlan, device: str | torch.device = "cp
     """(name, tensor in ΘT's dtype) for every planned tensor, in plan order."""
     device = torch.device(device)
     for e in tqdm(plan.entries, desc="merging", unit="tensor", disable=not progress, leave=False):
-        original = job.ir.get(e.name)
         if e.action == "copy":
-            yield e.name, original
+            yield e.name, job.ir.get(e.name)
             continue
         merged = merged_tensor(job, plan, e, device).to("cpu", e.dtype)
-        if e.rows:
+        if e.rows:  # only then is ΘT's tensor needed again: its extra vocabulary rows
+            original = job.ir.get(e.name)
             original[: e.rows] = merged
             merged = original
         yield e.name, merged

@@ -117,6 +117,8 @@ class Experiment:
     fusion_params: Mapping[str, Any] = field(default_factory=lambda: {"weights": [0.5, 0.5]})
     tune_fusion: bool = False
     tune_alpha: bool = True
+    transfer_alpha: bool = False
+    eval_queries: str = "all"
     objective: str = "NDCG@10"
     metrics: tuple[str, ...] = ("P@10", "NDCG@3", "NDCG@10", "MAP@100")
     significance_test: str = "student"
@@ -250,7 +252,7 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     path = f"experiments.{name}"
     _expect(raw, Mapping, path, "a mapping")
     _keys(raw, path, {"description", "triplets", "datasets", "merge", "first_stage", "fusion", "metrics",
-                      "tuning", "significance", "scoring", "seed"}, {"triplets", "datasets"})
+                      "tuning", "significance", "scoring", "seed", "evaluation"}, {"triplets", "datasets"})
     trips = raw["triplets"] if isinstance(raw["triplets"], list) else [raw["triplets"]]
     for i, t in enumerate(trips):
         if t not in reg.triplets:
@@ -318,7 +320,7 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         kw["metrics"] = tuple(str(m) for m in metrics)
 
     tuning = dict(raw.get("tuning") or {})
-    _keys(tuning, f"{path}.tuning", {"objective", "alpha"})
+    _keys(tuning, f"{path}.tuning", {"objective", "alpha", "transfer"})
     if "objective" in tuning:
         try:
             ranx_metric(str(tuning["objective"]))
@@ -326,6 +328,12 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
             raise ConfigError(f"{path}.tuning.objective: {exc}") from None
         kw["objective"] = str(tuning["objective"])
     kw["tune_alpha"] = bool(tuning.get("alpha", True))
+    kw["transfer_alpha"] = bool(tuning.get("transfer", False))
+    evaluation = dict(raw.get("evaluation") or {})
+    _keys(evaluation, f"{path}.evaluation", {"queries"})
+    if evaluation.get("queries", "all") not in ("all", "retrieved"):
+        raise ConfigError(f"{path}.evaluation.queries: {evaluation['queries']!r} is not one of all, retrieved")
+    kw["eval_queries"] = evaluation.get("queries", "all")
 
     sig = dict(raw.get("significance") or {})
     _keys(sig, f"{path}.significance", {"test", "max_p", "correction"})

@@ -69,6 +69,7 @@ def test_valid_minimal(tmp_path):
     ("merge:", "first_stage: {k1: 20.0}\n    merge:", r"experiments\.table1\.first_stage\.k1: 20 is outside \[0, 10\]"),
     ("merge:", "fusion: {method: magic}\n    merge:", r"experiments\.table1\.fusion\.method: unknown ranx fusion 'magic'"),
     ("merge:", "fusion: {weights: [1]}\n    merge:", r"experiments\.table1\.fusion\.weights: give two numbers"),
+    ("merge:", "evaluation: {queries: some}\n    merge:", r"experiments\.table1\.evaluation\.queries: 'some' is not one of all, retrieved"),
     ("merge:", "colour: red\n    merge:", r"experiments\.table1\.colour: unknown field"),
     ("  toy: {beir: data/toy, test: test, dev: dev}", "  toy: {test: test}", r"datasets\.toy: give 'beir'"),
 ])

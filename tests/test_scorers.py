@@ -70,15 +70,15 @@ def ckpt(tmp_path_factory):
     }
 
 
-def settings(batch_size: int = 4) -> ScoringSettings:
-    return ScoringSettings(device="cpu", dtype="fp32", batch_size=batch_size, show_progress=False)
+def settings(batch_size: int = 4, dtype: str = "fp32") -> ScoringSettings:
+    return ScoringSettings(device="cpu", dtype=dtype, batch_size=batch_size, show_progress=False)
 
 
-def load(kind: str, path: Path, batch_size: int = 4, **options):
+def load(kind: str, path: Path, batch_size: int = 4, dtype: str = "fp32", **options):
     sk = catalog().scorer(kind)
     opts = check_params(sk.params, options, "scorer", kind)
     sk.check(path)
-    return sk.load(path, opts, settings(batch_size))
+    return sk.load(path, opts, settings(batch_size, dtype))
 
 
 # -- references --------------------------------------------------------------------------
@@ -105,6 +105,24 @@ def test_cross_encoder_matches_sentence_transformers(ckpt):
     expected = ref.predict(SOME, batch_size=4, activation_fn=torch.nn.Identity(), convert_to_tensor=True)
     torch.testing.assert_close(torch.tensor(ours.score_pairs(SOME)), expected.float().cpu(), atol=1e-5, rtol=0)
     assert ours.truncation.truncated > 0  # the 40- and 60-word documents were cut
+
+
+def test_cross_encoder_query_max_length_cuts_the_query_then_the_document(ckpt):
+    from transformers import AutoModelForSequenceClassification
+
+    ours = load("cross-encoder", ckpt["ce"], max_length=16, query_max_length=2)
+    tok = AutoTokenizer.from_pretrained(ckpt["ce"])
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt["ce"]).eval()
+    expected = []
+    with torch.no_grad():
+        for q, d in SOME:
+            enc = tok(" ".join(q.split()[:2]), d, truncation="only_second", max_length=16, return_tensors="pt")
+            expected.append(model(**enc).logits[0, 0].item())
+    torch.testing.assert_close(torch.tensor(ours.score_pairs(SOME)), torch.tensor(expected), atol=1e-5, rtol=0)
+    assert ours.truncation.fields["queries"] == [len(SOME), sum(len(q.split()) > 2 for q, _ in SOME)]
+    assert ours.truncation.fields["documents"][1] > 0
+    with pytest.raises(ConfigError, match="query_max_length=40: leaves no room for the document"):
+        load("cross-encoder", ckpt["ce"], max_length=16, query_max_length=40)
 
 
 def _monot5_by_hand(path: Path, pairs):
@@ -166,6 +184,14 @@ def test_causal_lm_relevance_token_matches_direct_model_call(ckpt):
             last = model(tok(prompt, return_tensors="pt")["input_ids"]).logits[0, -1]
             expected.append(torch.log_softmax(last[[yes, no]], dim=-1)[0].item())
     torch.testing.assert_close(torch.tensor(ours.score_pairs(SOME)), torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind,folder", [("causal-lm", "llama"), ("monot5", "t5")])
+def test_bf16_weights_stay_bf16(ckpt, kind, folder):
+    low = load(kind, ckpt[folder], dtype="bf16")
+    assert {p.dtype for p in low.model.parameters()} == {torch.bfloat16}
+    got = torch.tensor(low.score_pairs(SOME))
+    torch.testing.assert_close(got, torch.tensor(load(kind, ckpt[folder]).score_pairs(SOME)), atol=0.1, rtol=0.05)
 
 
 def test_causal_lm_truncates_each_field(ckpt):
