@@ -198,7 +198,9 @@ def copy_side_files(src: Path, dst: Path) -> None:
     """Config, tokenizer and sentence-transformers files of ΘT: everything but weights and card."""
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if (path.is_dir() or rel.parts[0].startswith(".") or path.name.endswith(WEIGHT_SUFFIXES)
+        top_level = len(rel.parts) == 1  # weights of sub-modules (e.g. sentence-transformers Dense) are kept
+        if path.is_dir() or rel.parts[0].startswith(".") or top_level and (
+                path.name.endswith(WEIGHT_SUFFIXES)
                 or path.name in ("model.safetensors.index.json", "pytorch_model.bin.index.json", "README.md")):
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)

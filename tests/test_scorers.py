@@ -66,6 +66,7 @@ def ckpt(tmp_path_factory):
         "t5": save_t5(root / "t5"),
         "llama": save_llama(root / "llama"),
         "st": save_sentence_transformer(root / "st"),
+        "st_dense": save_sentence_transformer(root / "st_dense", dense=True),
         "ce": save_cross_encoder(root / "ce"),
     }
 
@@ -95,6 +96,25 @@ def test_bi_encoder_matches_sentence_transformers(ckpt):
     scores = ours.score_pairs(PAIRS)
     q, d = ours.encode_queries(QUERIES), ours.encode_documents(DOCS)
     torch.testing.assert_close(torch.tensor(scores), (q @ d.T).flatten(), atol=1e-6, rtol=0)
+
+
+def test_bi_encoder_dense_module_matches_sentence_transformers(ckpt, tmp_path):
+    """A Dense layer after pooling (msmarco-distilbert-base-dot-prod-v3 has one) is applied, and survives merging."""
+    from click.testing import CliRunner
+    from sentence_transformers import SentenceTransformer
+
+    from mergekit_ir.cli import main
+
+    ref = SentenceTransformer(str(ckpt["st_dense"]), device="cpu").encode(DOCS, batch_size=4, convert_to_tensor=True)
+    got = load("bi-encoder", ckpt["st_dense"]).encode_documents(DOCS)
+    assert got.shape[1] == 16
+    torch.testing.assert_close(got, ref.float().cpu(), atol=1e-5, rtol=0)
+    out = tmp_path / "merged"
+    res = CliRunner().invoke(main, ["merge", "--ir", str(ckpt["st_dense"]), "--pretrained", str(ckpt["st_dense"]),
+                                    "--domain", str(ckpt["st_dense"]), "--alpha", "0.5", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    merged = SentenceTransformer(str(out), device="cpu").encode(DOCS, batch_size=4, convert_to_tensor=True)
+    torch.testing.assert_close(merged, ref, atol=1e-5, rtol=0)  # τ = 0 here: same model, Dense kept
 
 
 def test_cross_encoder_matches_sentence_transformers(ckpt):

@@ -92,8 +92,9 @@ def save_llama(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
-def save_sentence_transformer(folder: str | Path, seed: int = 0, max_seq_length: int = 24) -> Path:
-    """A tiny BERT wrapped as a sentence-transformers folder (mean pooling, Normalize)."""
+def save_sentence_transformer(folder: str | Path, seed: int = 0, max_seq_length: int = 24,
+                              dense: bool = False) -> Path:
+    """A tiny BERT wrapped as a sentence-transformers folder (mean pooling, [Dense,] Normalize)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import models as st_models
 
@@ -103,7 +104,13 @@ def save_sentence_transformer(folder: str | Path, seed: int = 0, max_seq_length:
     dim = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
     dim = dim()
     pooling = st_models.Pooling(dim, "mean")
-    SentenceTransformer(modules=[transformer, pooling, st_models.Normalize()], device="cpu").save(str(folder))
+    modules = [transformer, pooling]
+    if dense:
+        import torch
+
+        torch.manual_seed(seed)
+        modules.append(st_models.Dense(dim, 16, bias=False, activation_function=torch.nn.Tanh()))
+    SentenceTransformer(modules=[*modules, st_models.Normalize()], device="cpu").save(str(folder))
     return folder
 
 

@@ -61,6 +61,8 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
             cfg = json.loads((mpath / "config.json").read_text())
             info["pooling"] = _pooling_mode(cfg)
             info["include_prompt"] = cfg.get("include_prompt", True)
+        elif kind.endswith("Dense"):
+            info.setdefault("dense", []).append(mpath)
         elif kind.endswith("Normalize"):
             info["normalize"] = True
     st_cfg = path / "config_sentence_transformers.json"
@@ -85,6 +87,27 @@ def _pooling_mode(cfg: Mapping[str, Any]) -> str | list[str] | None:
     if isinstance(mode, list) and len(mode) == 1:
         mode = mode[0]
     return mode
+
+
+def load_dense(folder: Path) -> torch.nn.Module:
+    """A sentence-transformers ``Dense`` module (linear + activation) after pooling."""
+    import importlib
+
+    cfg = json.loads((folder / "config.json").read_text())
+    linear = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(weights)
+    else:
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+    module_name, _, cls_name = cfg.get("activation_function", "torch.nn.modules.linear.Identity").rpartition(".")
+    if not module_name.startswith("torch.nn"):
+        raise CheckpointError(f"{folder}: Dense activation {cls_name!r} is not a torch.nn module")
+    activation = getattr(importlib.import_module(module_name), cls_name)()
+    return torch.nn.Sequential(linear, activation)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -130,6 +153,10 @@ class BiEncoder(Scorer):
         if st_limit is None and st["is_st"] and self.tokenizer.model_max_length < 1_000_000:
             st_limit = min(self.tokenizer.model_max_length, limit)
         self.max_length = options.get("max_length") or st_limit or min(limit, 512)
+        # Dense layers after pooling (e.g. msmarco-distilbert-base-dot-prod-v3's 2_Dense): ΘT's own,
+        # never merged, kept outside self.model.
+        self.dense = torch.nn.Sequential(*(load_dense(d) for d in st.get("dense", [])))
+        self.dense.to(device=self.device, dtype=self.dtype).eval()
         self.query_max_length = min(options.get("query_max_length") or self.max_length, self.max_length)
 
     def encode(self, texts: Sequence[str], desc: str = "encoding", max_length: int | None = None,
@@ -141,7 +168,7 @@ class BiEncoder(Scorer):
 
         def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             hidden = self.model(**batch).last_hidden_state
-            emb = pool(hidden, batch["attention_mask"], self.pooling).float()
+            emb = self.dense(pool(hidden, batch["attention_mask"], self.pooling)).float()
             if self.normalize or self.similarity == "cosine":
                 emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
             return emb
