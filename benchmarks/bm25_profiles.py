@@ -21,10 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from mergekit_ir_plugins.first_stages.bm25s_backend import build
-
 from mergekit_ir.datasets import load_beir_folder
 from mergekit_ir.evaluation import evaluate, mean_scores
+from mergekit_ir_plugins.first_stages.bm25s_backend import build
 
 METRICS = ("NDCG@10", "P@10", "NDCG@3", "MAP@100")
 

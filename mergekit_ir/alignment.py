@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import CheckpointError
-
 # First name component of task heads; tensors under these may exist in one model only.
 HEAD_PREFIXES = ("classifier", "pre_classifier", "pooler", "cls", "lm_head", "score", "qa_outputs",
                  "vocab_transform", "vocab_layer_norm", "vocab_projector", "predictions", "lm_loss",

@@ -164,7 +164,6 @@ def merge(triplet: str | None, registry_path: str | None, ir_ref: str | None, pr
     from .merge import MergeJob, build_plan, merge_to_folder
     from .params import check_params
     from .plugins import catalog
-    from .registry import CheckpointRef
     from .safetensors_writer import parse_size
     from .scoring import resolve_device
     from .task_vector import TaskVector

@@ -12,6 +12,7 @@ may be layer-wise:
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,10 +57,8 @@ class Param:
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if self.type is float and isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if self.type is int and isinstance(value, str) and value.lstrip("-").isdigit():
             value = int(value)
         if self.type is bool and isinstance(value, str) and value.lower() in ("true", "false"):

@@ -32,8 +32,7 @@ TOPICS = {
     "orthopedics": "bone fracture joint cartilage osteoporosis spine muscle tendon",
     "dermatology": "skin melanoma eczema psoriasis dermal rash lesion sunscreen",
 }
-FILLER = ("study patients results effect clinical trial analysis risk treatment associated "
-          "increased reduced level cohort evidence outcome data group").split()
+FILLER = ["study", "patients", "results", "effect", "clinical", "trial", "analysis", "risk", "treatment", "associated", "increased", "reduced", "level", "cohort", "evidence", "outcome", "data", "group"]
 
 
 def vocabulary() -> list[str]:

@@ -13,8 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BEIR = SHARED / "data" / "beir"
 MODELS = SHARED / "models"
-WORDS = ("the cell protein gene cancer treatment tumor patients study risk heart brain "
-         "virus vaccine immune diet vitamin insulin glucose lung").split()
+WORDS = ["the", "cell", "protein", "gene", "cancer", "treatment", "tumor", "patients", "study", "risk", "heart", "brain", "virus", "vaccine", "immune", "diet", "vitamin", "insulin", "glucose", "lung"]
 
 
 def shared_path(*parts: str) -> Path:

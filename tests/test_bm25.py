@@ -8,11 +8,11 @@ import math
 from pathlib import Path
 
 import pytest
-from mergekit_ir_plugins.first_stages import bm25s_backend as backend
-from mergekit_ir_plugins.first_stages import lucene
 
 from mergekit_ir.datasets import Document, load_beir_folder
 from mergekit_ir.errors import ConfigError
+from mergekit_ir_plugins.first_stages import bm25s_backend as backend
+from mergekit_ir_plugins.first_stages import lucene
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir"
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bm25_profiles.py"

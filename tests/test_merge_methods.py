@@ -13,6 +13,8 @@ import types
 
 import pytest
 import torch
+
+from mergekit_ir import ConfigError, MergeMethod, tensor_generator
 from mergekit_ir_plugins.merge_methods import breadcrumbs as breadcrumbs_module
 from mergekit_ir_plugins.merge_methods import dare as dare_module
 from mergekit_ir_plugins.merge_methods import magnitude_prune as magnitude_prune_module
@@ -28,8 +30,6 @@ from mergekit_ir_plugins.merge_methods.sparsify import (
     trim_outliers,
 )
 from mergekit_ir_plugins.merge_methods.ties import ties
-
-from mergekit_ir import ConfigError, MergeMethod, tensor_generator
 
 SPARSE_METHODS = {
     "ties": ties,

@@ -13,13 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_checkpoints import (
-    WORDS,
-    save_cross_encoder,
-    save_llama,
-    save_sentence_transformer,
-    save_t5,
-)
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mergekit_ir.errors import CheckpointError, ConfigError, MergeIRError
@@ -32,6 +25,13 @@ from mergekit_ir.scoring import (
     resolve_device,
 )
 from mergekit_ir.text_batches import encode_template, parse_template
+from tiny_checkpoints import (
+    WORDS,
+    save_cross_encoder,
+    save_llama,
+    save_sentence_transformer,
+    save_t5,
+)
 
 MINILM = Path(__file__).resolve().parents[2] / "shared/models/all-MiniLM-L6-v2"
 SCIFACT = Path(__file__).resolve().parents[2] / "shared/data/beir/scifact/corpus.jsonl"
