@@ -35,6 +35,7 @@ from mergekit_ir.errors import ConfigError
 from . import lucene
 
 log = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s logs every index build at DEBUG
 
 # Language -> (ISO 639-1 code, Snowball algorithm in PyStemmer, bm25s stop-word list).
 LANGUAGES: dict[str, tuple[str, str | None, str | None]] = {
