@@ -41,15 +41,35 @@ TIED_ALIASES = {
 _VOCAB_HINT = re.compile(r"(embed|word_embeddings|shared|lm_head|decoder\.weight|decoder\.bias|predictions\.bias)")
 
 
+# base_model_prefix of common families, so alignment need not import their modelling code
+# (importing e.g. the Llama classes costs ~160 MB and seconds); tests check it against transformers.
+FAMILY_PREFIXES = {
+    "Bert": "bert", "DistilBert": "distilbert", "Roberta": "roberta", "XLMRoberta": "roberta",
+    "Electra": "electra", "Deberta": "deberta", "DebertaV2": "deberta", "Albert": "albert",
+    "MPNet": "mpnet", "Llama": "model", "Mistral": "model", "Qwen2": "model", "Gemma": "model",
+    "T5": "transformer", "MT5": "transformer", "GPT2": "transformer",
+}
+_ARCH_FAMILY = re.compile(r"^(?P<family>[A-Za-z0-9]+?)(?:For[A-Za-z]+|Model|LMHeadModel|EncoderModel)$")
+
+
+def architecture_prefix(arch: str) -> str | None:
+    """The base_model_prefix of a transformers class name, from the table or the class itself."""
+    m = _ARCH_FAMILY.match(arch)
+    if m and m.group("family") in FAMILY_PREFIXES:
+        return FAMILY_PREFIXES[m.group("family")]
+    import transformers
+
+    cls = getattr(transformers, arch, None)
+    return getattr(cls, "base_model_prefix", None) or None
+
+
 def base_prefix(names: Sequence[str], config: dict) -> str | None:
     """The base-model prefix this checkpoint's names carry, if any."""
     candidates: list[str] = []
     for arch in config.get("architectures") or []:
-        import transformers
-
-        cls = getattr(transformers, arch, None)
-        if cls is not None and getattr(cls, "base_model_prefix", ""):
-            candidates.append(cls.base_model_prefix)
+        prefix = architecture_prefix(arch)
+        if prefix:
+            candidates.append(prefix)
     if not candidates and not config:
         candidates = list(KNOWN_BASE_PREFIXES)
     for p in candidates:

@@ -262,7 +262,10 @@ class TaskVector:
             d = term.get(key)
             if d is None:
                 continue
-            out = d.mul_(c) if out is None else out.add_(d, alpha=c)
+            if out is None:
+                out = d if c == 1.0 else d.mul_(c)
+            else:
+                out.add_(d, alpha=c)
         return out
 
     def describe(self) -> str:

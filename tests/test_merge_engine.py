@@ -236,3 +236,15 @@ def test_missing_folder_and_weights(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"empty: no model weights"):
         open_checkpoint(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("arch", ["BertForMaskedLM", "BertModel", "DistilBertForSequenceClassification",
+                                  "RobertaForMaskedLM", "XLMRobertaModel", "LlamaForCausalLM", "MistralForCausalLM",
+                                  "T5ForConditionalGeneration", "MT5ForConditionalGeneration", "GPT2LMHeadModel",
+                                  "ElectraForPreTraining", "DebertaV2ForSequenceClassification"])
+def test_family_prefix_table_matches_transformers(arch):
+    import transformers
+
+    from mergekit_ir.alignment import architecture_prefix
+
+    assert architecture_prefix(arch) == getattr(transformers, arch).base_model_prefix

@@ -25,10 +25,14 @@ def task_arithmetic(
     ws = domain_weights(weights, len(taus), name)
     if alpha == 0 or not taus:
         return theta_t.clone()
-    combined = torch.zeros_like(theta_t)
-    for w, tau in zip(ws, taus, strict=True):
-        combined.add_(tau, alpha=w)
-    return theta_t + alpha * combined
+    if len(taus) == 1 and ws[0] == 1.0:
+        combined = taus[0]  # read-only: the α sweep reuses its task vectors
+    else:
+        combined = torch.zeros_like(theta_t)
+        for w, tau in zip(ws, taus, strict=True):
+            combined.add_(tau, alpha=w)
+    # one temporary of the tensor's size: memory during a streaming merge stays at a few tensors
+    return torch.mul(combined, alpha).add_(theta_t)
 
 
 @hookimpl
