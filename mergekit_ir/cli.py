@@ -220,8 +220,12 @@ def merge(triplet: str | None, registry_path: str | None, ir_ref: str | None, pr
     if not out_dir:
         raise ConfigError("--out DIR is required (or use --plan to only print the plan)")
     dev = str(resolve_device(device))
-    provenance = {"ΘT": str(ir_ref or t.ir.describe()), "Θ0": str(pre_ref or (t.pretrained.describe() if triplet and t.pretrained else None)),
-                  "ΘD": ", ".join(domain_refs) if not triplet else ", ".join(d.describe() for d in t.domains)}
+    if triplet:
+        provenance = {"triplet": triplet, "ΘT": t.ir.describe(),
+                      "Θ0": t.pretrained.describe() if t.pretrained else "-",
+                      "ΘD": ", ".join(d.describe() for d in t.domains)}
+    else:
+        provenance = {"ΘT": str(ir_ref), "Θ0": str(pre_ref or "-"), "ΘD": ", ".join(domain_refs)}
     report = merge_to_folder(job, out_dir, shard_size=parse_size(out_shard_size), overwrite=overwrite,
                              device=dev, progress=not quiet, provenance=provenance, plan=the_plan)
     c = report.counts
