@@ -73,3 +73,27 @@ def test_scifact_dev_is_first_20_percent_of_train():
     test = load_beir_folder(folder, "test")
     assert len(test.queries) == 300 and len(test.corpus) == 5183 and "4983" in test.corpus
     assert BEIR.exists()
+
+
+def test_ir_datasets_loader_on_local_files(tmp_path, monkeypatch):
+    """The real ir_datasets path, fed from local files registered under a private id."""
+    import ir_datasets
+    from ir_datasets.datasets.base import Dataset as IrdsDataset
+    from ir_datasets.datasets.beir import BeirDocs, BeirQrels, BeirQueries, BeirTitleDoc
+    from ir_datasets.formats import GenericQuery
+    from ir_datasets.util import LocalDownload
+
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
+    root = make_beir(tmp_path / "b")
+    dataset_id = f"mergekit-ir-test/{tmp_path.name}/test"
+    if dataset_id not in ir_datasets.registry:
+        ir_datasets.registry.register(dataset_id, IrdsDataset(
+            BeirDocs(dataset_id, LocalDownload(root / "corpus.jsonl"), BeirTitleDoc),
+            BeirQueries(dataset_id, LocalDownload(root / "queries.jsonl"), GenericQuery),
+            BeirQrels(LocalDownload(root / "qrels" / "test.tsv"), {}),
+        ))
+    via_irds = load_ir_datasets(dataset_id, name="toy")
+    via_folder = load_beir_folder(root, "test", name="toy")
+    assert via_irds.corpus == via_folder.corpus
+    assert via_irds.queries == via_folder.queries and via_irds.qrels == via_folder.qrels
+    assert list(load_ir_datasets(dataset_id + "[:1]").queries) == ["1"]
