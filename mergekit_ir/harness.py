@@ -300,7 +300,7 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
         with timer("loading"):
             test_ds = load_dataset(spec, spec.test, reg, opts.cache)
         opts.echo(f"dataset {dname}: {len(test_ds.corpus)} docs, {len(test_ds.queries)} test queries"
-                  + (f", dev {spec.dev}" if spec.dev else " (no dev split: zero-shot α = 1)"))
+                  + (f", dev split '{spec.dev}'" if spec.dev else " (no dev split: zero-shot α = 1)"))
         tests[dname] = first_stage_split(exp, test_ds, "test", opts, timer, indexes)
         if spec.dev and (exp.tune_alpha or exp.tune_fusion):
             with timer("loading"):
