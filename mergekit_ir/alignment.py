@@ -22,6 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -145,6 +146,7 @@ class MergePlan:
         c = Counter(e.action for e in self.entries)
         return {"merge": c["merge"], "copy": c["copy"], "skip": len(self.skipped)}
 
+    @cached_property
     def num_layers(self) -> int:
         from .params import layer_index
 

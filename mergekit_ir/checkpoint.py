@@ -18,7 +18,6 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,10 +172,6 @@ class TensorSource:
         if fname in self._files:
             return self._files[fname].get(name)
         return self._bin[fname][name].clone()
-
-    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in self._infos:
-            yield name, self.get(name)
 
     @property
     def config(self) -> dict[str, Any]:

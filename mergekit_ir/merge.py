@@ -158,7 +158,7 @@ def merged_tensor(job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.de
     if tau_t is None and job.method.needs_ir_vector:
         p = job.pretrained.get(job.p_index.find(e.key)).to(device=device, dtype=torch.float32)  # type: ignore[union-attr]
         tau_t = theta_t - (p[:rows] if rows else p)
-    pos = TensorPosition(e.key, layer_index(e.key), plan.num_layers())
+    pos = TensorPosition(e.key, layer_index(e.key), plan.num_layers)
     resolved = resolve_all(params if params is not None else job.params, pos)
     out = job.method.merge(theta_t, taus, tau_t=tau_t, name=e.key, **resolved)
     if tuple(out.shape) != tuple(theta_t.shape):

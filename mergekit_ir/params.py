@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -154,7 +154,6 @@ class TensorPosition:
     name: str
     layer: int | None = None
     num_layers: int = 1
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def resolve(value: Any, pos: TensorPosition) -> Any:

@@ -8,7 +8,6 @@ knows their names.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Generic, TypeVar
@@ -142,5 +141,3 @@ def installed_distributions() -> dict[str, str]:
             continue
     return out
 
-
-RegisterFn = Callable[[Any], None]

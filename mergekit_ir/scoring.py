@@ -210,4 +210,3 @@ class ScorerKind:
     load: Callable[[Path, Mapping[str, Any], ScoringSettings], Scorer]
     params: tuple[Param, ...] = ()
     check: Callable[[Path], None] | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
