@@ -108,10 +108,15 @@ def run(experiment: str, registry_path: str | None, datasets: tuple[str, ...], o
     click.echo((out / "results.md").read_text())
     if (out / "alpha.md").is_file():
         click.echo((out / "alpha.md").read_text())
+    if results.get("reported"):
+        from .reported import summary
+
+        click.echo(f"vs reported (reported.md): {summary(results['reported'])}\n")
     click.echo(results["_timer"].table())
     c = opts.cache
     click.echo(f"cache: {c.hits()} hits, {c.misses()} misses ({c.root})")
-    click.echo(f"outputs in {out}/: results.md, results.tex, results.csv, results.json, runs/")
+    extra = ", reported.md" if results.get("reported") else ""
+    click.echo(f"outputs in {out}/: results.md, results.tex, results.csv, results.json{extra}, runs/")
 
 
 def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:

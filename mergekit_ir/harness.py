@@ -34,6 +34,7 @@ from .first_stage import Run
 from .merge import MergeJob, build_plan
 from .plugins import catalog, installed_distributions
 from .registry import CheckpointRef, DatasetSpec, Experiment, Registry, Triplet
+from .reported import compare as compare_reported
 from .scoring import Scorer, ScoringSettings
 from .sweep import InPlaceSweep
 from .task_vector import TaskVector
@@ -406,6 +407,9 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
                               candidates=list(CANDIDATE_KEYS), metrics=list(exp.metrics), max_p=exp.max_p,
                               test=exp.significance_test, correction=exp.correction)
         results["sections"].append(section)
+
+    if exp.reported:
+        results["reported"] = compare_reported(results, exp.reported)
 
     # 5. outputs
     with timer("reporting"):

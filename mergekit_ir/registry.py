@@ -21,6 +21,7 @@ import yaml
 from .alignment import AlignmentRules
 from .errors import ConfigError
 from .params import check_params
+from .reported import ReportedRow, parse_reported
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -128,6 +129,7 @@ class Experiment:
     dtype: str = "auto"
     seed: int = 0
     description: str = ""
+    reported: tuple[ReportedRow, ...] = ()
 
 
 @dataclass
@@ -252,7 +254,7 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     path = f"experiments.{name}"
     _expect(raw, Mapping, path, "a mapping")
     _keys(raw, path, {"description", "triplets", "datasets", "merge", "first_stage", "fusion", "metrics",
-                      "tuning", "significance", "scoring", "seed", "evaluation"}, {"triplets", "datasets"})
+                      "tuning", "significance", "scoring", "seed", "evaluation", "reported"}, {"triplets", "datasets"})
     trips = raw["triplets"] if isinstance(raw["triplets"], list) else [raw["triplets"]]
     for i, t in enumerate(trips):
         if t not in reg.triplets:
@@ -356,6 +358,10 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     kw.update(batch_size=bs, dtype=scoring.get("dtype", "auto"))
     if "seed" in raw:
         kw["seed"] = _expect(raw["seed"], int, f"{path}.seed", "an integer")
+    if raw.get("reported") is not None:
+        kw["reported"] = parse_reported(raw["reported"], f"{path}.reported", triplets=trips, datasets=dsets,
+                                        metrics=kw.get("metrics", Experiment.metrics),
+                                        ablation_metric=kw.get("objective", Experiment.objective))
     return Experiment(**kw)
 
 

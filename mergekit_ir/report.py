@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
+from .reported import TOLERANCE, summary
 
 _DASH = "–"
 _PNG_DPI = 100
@@ -254,11 +255,40 @@ def plot_alpha(results: Mapping[str, Any], path: str | Path) -> Path | None:
     return None if png is None else atomic.write_bytes(path, png)
 
 
-def write_reports(results: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write results.md/.tex/.csv, alpha.md and alpha.png (with ablation data), atomically.
+def _signed(v: float) -> str:
+    return f"{v:+.3f}" if round(v, 3) != 0 else "0.000"
 
-    Without ablation data a stale ``alpha.png`` from an earlier run is removed, so
-    the folder never shows a plot that does not match the tables.
+
+def render_reported(results: Mapping[str, Any]) -> str | None:
+    """Ours next to the published cells (an experiment's ``reported:`` block); None without any."""
+    cells = results.get("reported")
+    if not cells:
+        return None
+    lines = [f"# Compared with reported numbers: {results.get('experiment', '')}".rstrip(), "",
+             f"Δ = ours − reported; |Δ| ≤ {TOLERANCE:g} counts as reproduced (published values carry "
+             "three decimals). `–`: not in this run.", "",
+             "| triplet | dataset | row | metric | reported | ours | Δ | source |",
+             "|:---|:---|:---|:---|---:|---:|---:|:---|"]
+    for c in cells:
+        label = str(c.get("label") or c.get("row"))
+        if c.get("alpha_reported") is not None:
+            label += f"; reported α={float(c['alpha_reported']):g}"
+        ours, delta = c.get("ours"), c.get("delta")
+        reported = float(c["reported"])
+        shown = _fmt(reported) if round(reported, 3) == reported else f"{reported:.4f}"  # as published
+        row = [c.get("triplet") or _DASH, c["dataset"], label, c["metric"], shown,
+               _DASH if ours is None else _fmt(ours),
+               _DASH if delta is None else _signed(delta), str(c.get("source", ""))]
+        lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |")
+    lines += ["", summary(cells)]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(results: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write results.md/.tex/.csv, alpha.md, alpha.png and reported.md (when there is data), atomically.
+
+    An optional file without data is removed, so a stale plot or comparison from an
+    earlier run never sits next to tables it does not match.
     """
     out = Path(out_dir)
     written = [
@@ -272,4 +302,9 @@ def write_reports(results: Mapping[str, Any], out_dir: str | Path) -> list[Path]
         written.append(png)
     else:
         (out / "alpha.png").unlink(missing_ok=True)
+    reported = render_reported(results)
+    if reported is not None:
+        written.append(atomic.write_text(out / "reported.md", reported))
+    else:
+        (out / "reported.md").unlink(missing_ok=True)
     return written

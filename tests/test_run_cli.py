@@ -114,3 +114,35 @@ def test_run_errors():
     assert res.exit_code == 2 and "no experiment named 'nope'" in res.output
     res = CliRunner().invoke(main, ["run", "quickstart", "--registry", REGISTRY, "--dataset", "scifact"])
     assert res.exit_code == 2 and "--dataset scifact: not in experiment quickstart" in res.output
+
+
+def test_run_compares_with_reported_cells(tmp_path, quickstart_run):
+    """A `reported:` block makes the run write reported.md with ours − reported, and `report` keeps it."""
+    root = quickstart_run[0]
+    res = json.loads((root / "out" / "results.json").read_text())
+    rows = {r["key"]: r for r in res["sections"][0]["rows"]}
+    bm25 = rows["bm25"]["cells"]["quickstart-toy"]["NDCG@10"]["mean"]
+    merged = rows["merged@1"]["cells"]["quickstart-toy"]["P@10"]["mean"]
+    dev = res["alpha_ablation"]["quickstart-tiny"]["values"]["quickstart-toy"]["0.5"]
+    anchor = "    metrics: [P@10, NDCG@3, NDCG@10, MAP@100]\n\n  # -- the paper"
+    text = Path(REGISTRY).read_text()
+    assert anchor in text
+    block = ("    metrics: [P@10, NDCG@3, NDCG@10, MAP@100]\n    reported:\n"
+             f"      - {{dataset: quickstart-toy, row: bm25, NDCG@10: {bm25:.3f}, source: toy}}\n"
+             f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: merged@1, P@10: {max(merged - 0.02, 0):.3f}}}\n"
+             f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: alpha=0.5, NDCG@10: {dev:.3f}}}\n"
+             "\n  # -- the paper")
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(text.replace(anchor, block))
+    out = tmp_path / "out"
+    run = invoke("run", "--registry", str(reg), "--out", str(out), "--cache-dir", str(root / "cache"), "-q")
+    assert run.exit_code == 0, run.output
+    assert "vs reported (reported.md): 3 reported cells compared: " in run.output and "reported.md" in run.output
+    cells = json.loads((out / "results.json").read_text())["reported"]
+    assert [c["row"] for c in cells] == ["bm25", "merged@1", "alpha=0.5"]
+    assert cells[0]["ours"] == pytest.approx(bm25) and abs(cells[0]["delta"]) <= 0.0005
+    assert cells[1]["delta"] == pytest.approx(merged - round(max(merged - 0.02, 0), 3))
+    assert cells[2]["ours"] == pytest.approx(dev)
+    md = (out / "reported.md").read_bytes()
+    assert invoke("report", str(out)).exit_code == 0
+    assert (out / "reported.md").read_bytes() == md

@@ -1,0 +1,137 @@
+"""Published cells declared in the registry: validation, comparison with a run, rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mergekit_ir.errors import ConfigError
+from mergekit_ir.registry import load_registry
+from mergekit_ir.report import render_reported, write_reports
+from mergekit_ir.reported import ReportedRow, compare, summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REGISTRY = """
+datasets:
+  toy: {beir: data/toy, test: test, dev: dev}
+  other: {beir: data/other, test: test}
+triplets:
+  t1:
+    scorer: {kind: bi-encoder, pooling: mean}
+    pretrained: bert-base-uncased
+    domain: some/bio-bert
+    ir: some/ir-model
+experiments:
+  table1:
+    triplets: [t1]
+    datasets: [toy, other]
+    metrics: [P@10, NDCG@10]
+    reported:
+      - {dataset: toy, row: bm25, P@10: 0.5, NDCG@10: 0.691, source: "Table 1"}
+      - {triplet: t1, dataset: toy, row: merged@best, alpha: 0.3, NDCG@10: 0.7}
+      - {triplet: t1, dataset: toy, row: alpha=0.2, NDCG@10: 0.6}
+"""
+
+
+def load(tmp_path: Path, text: str):
+    p = tmp_path / "registry.yaml"
+    p.write_text(text)
+    return load_registry(p)
+
+
+def test_reported_rows_parse(tmp_path):
+    rows = load(tmp_path, REGISTRY).experiment("table1").reported
+    assert rows[0] == ReportedRow(dataset="toy", row="bm25", values={"P@10": 0.5, "NDCG@10": 0.691},
+                                  source="Table 1")
+    assert rows[1].triplet == "t1" and rows[1].alpha == 0.3 and rows[1].values == {"NDCG@10": 0.7}
+    assert rows[2].row == "alpha=0.2"
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("dataset: toy, row: bm25", "dataset: scifact, row: bm25",
+     r"^experiments\.table1\.reported\[0\]\.dataset: 'scifact' is not a dataset of this experiment \(toy, other\)$"),
+    ("row: merged@best", "row: merged@2", r"^experiments\.table1\.reported\[1\]\.row: unknown row 'merged@2'"),
+    ("triplet: t1, dataset: toy, row: merged@best", "dataset: toy, row: merged@best",
+     r"^experiments\.table1\.reported\[1\]: row 'merged@best' needs a 'triplet'"),
+    ("triplet: t1, dataset: toy, row: alpha", "triplet: t9, dataset: toy, row: alpha",
+     r"^experiments\.table1\.reported\[2\]\.triplet: 't9' is not a triplet of this experiment \(t1\)$"),
+    ("P@10: 0.5", "MAP@100: 0.5", r"^experiments\.table1\.reported\[0\]\.MAP@100: not a metric this experiment reports \(P@10, NDCG@10\)$"),
+    ("row: alpha=0.2, NDCG@10", "row: alpha=0.2, P@10", r"^experiments\.table1\.reported\[2\]\.P@10: not a metric of the α ablation \(NDCG@10\)$"),
+    ("NDCG@10: 0.691", "NDCG@10: 69.1", r"^experiments\.table1\.reported\[0\]\.NDCG@10: 69\.1 is not a number in \[0, 1\]"),
+    ("NDCG@10: 0.691", "NDCG@10: high", r"^experiments\.table1\.reported\[0\]\.NDCG@10: 'high' is not a number in \[0, 1\]"),
+    ("alpha: 0.3, NDCG@10: 0.7", "alpha: best", r"^experiments\.table1\.reported\[1\]: no metric values"),
+    ("alpha: 0.3,", "alpha: best,", r"^experiments\.table1\.reported\[1\]\.alpha: 'best' is not a number"),
+    ("    reported:\n      - {dataset: toy, row: bm25, P@10: 0.5, NDCG@10: 0.691, source: \"Table 1\"}\n",
+     "    reported: {dataset: toy}\n", r"^experiments\.table1\.reported: give a list of rows"),
+])
+def test_bad_reported_rows(tmp_path, old, new, message):
+    assert old in REGISTRY
+    text = REGISTRY.replace(old, new, 1)
+    if "give a list" in message:  # the whole block becomes one mapping
+        text = text.split("    reported:")[0] + "    reported: {dataset: toy}\n"
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, text)
+
+
+def _results() -> dict:
+    def row(key, label, ndcg, alpha=None):
+        return {"key": key, "label": label, "alpha": alpha,
+                "cells": {"toy": {"NDCG@10": {"mean": ndcg}, "P@10": {"mean": 0.5}}}}
+
+    return {"experiment": "table1", "sections": [
+        {"triplet": "t1", "rows": [row("bm25", "BM25", 0.6914), row("merged@best", "Θ' (α=0.4)", 0.688,
+                                                                   alpha={"toy": "0.4"})]},
+        {"triplet": "t2", "rows": [row("bm25", "BM25", 0.6914), row("ir", "ΘT", 0.9)]},
+    ], "alpha_ablation": {"t1": {"metric": "NDCG@10", "values": {"toy": {"0.1": 0.55, "0.2": 0.61}}}}}
+
+
+def test_compare_matches_rows_sections_and_ablation(tmp_path):
+    rows = load(tmp_path, REGISTRY).experiment("table1").reported
+    rows += (ReportedRow(dataset="other", row="bm25", values={"NDCG@10": 0.3}),)
+    cells = compare(_results(), rows)
+    by = {(c["row"], c["metric"]): c for c in cells if c["dataset"] == "toy"}
+    assert by["bm25", "NDCG@10"]["ours"] == 0.6914 and by["bm25", "NDCG@10"]["delta"] == pytest.approx(0.0004)
+    assert by["bm25", "P@10"]["delta"] == 0.0
+    best = by["merged@best", "NDCG@10"]
+    assert best["delta"] == pytest.approx(-0.012) and best["alpha_ours"] == "0.4" and best["alpha_reported"] == 0.3
+    assert by["alpha=0.2", "NDCG@10"]["ours"] == 0.61 and by["alpha=0.2", "NDCG@10"]["label"] == "dev, α=0.2"
+    assert by["bm25", "NDCG@10"]["triplet"] is None
+    other = [c for c in cells if c["dataset"] == "other"]
+    assert other[0]["ours"] is None and other[0]["delta"] is None  # dataset not in this run
+    assert summary(cells) == ("4 reported cells compared, 1 not in this run: 2 within ±0.005, "
+                              "largest |Δ| 0.012 (t1 toy merged@best NDCG@10)")
+    assert summary(other) == "1 reported cells, none of them in this run"
+
+
+def test_render_reported_and_stale_file(tmp_path):
+    res = _results()
+    res["reported"] = compare(res, load(tmp_path, REGISTRY).experiment("table1").reported)
+    md = render_reported(res)
+    lines = md.splitlines()
+    assert "| – | toy | BM25 | NDCG@10 | 0.691 | 0.691 | 0.000 | Table 1 |" in lines
+    assert "| t1 | toy | Θ' (α=0.4); reported α=0.3 | NDCG@10 | 0.700 | 0.688 | -0.012 |  |" in lines
+    assert "| t1 | toy | dev, α=0.2 | NDCG@10 | 0.600 | 0.610 | +0.010 |  |" in lines
+    assert lines[-1].startswith("4 reported cells compared: 2 within ±0.005")
+    out = tmp_path / "out"
+    assert "reported.md" in [p.name for p in write_reports(res, out)]
+    assert (out / "reported.md").read_text() == md
+    del res["reported"]
+    write_reports(res, out)
+    assert not (out / "reported.md").exists()  # a comparison that no longer applies is removed
+    assert render_reported(res) is None
+
+
+def test_bundled_paper_experiments_declare_their_recovered_cells():
+    reg = load_registry(ROOT / "registry.yaml")
+    t1 = {(r.triplet, r.dataset, r.row): r.values for r in reg.experiment("paper-table1").reported}
+    assert t1[None, "scifact", "bm25"]["NDCG@10"] == 0.691 and t1[None, "nfcorpus", "bm25"]["NDCG@10"] == 0.343
+    assert reg.experiment("paper-table2").reported == reg.experiment("paper-table2-germanquad").reported
+    assert {r.row for r in reg.experiment("paper-table3").reported} == {"alpha=0.7", "alpha=1.0"}
+
+
+def test_reported_values_keep_their_published_decimals():
+    res = _results()
+    res["reported"] = compare(res, [ReportedRow(dataset="toy", row="bm25", values={"NDCG@10": 0.2613})])
+    assert "| – | toy | BM25 | NDCG@10 | 0.2613 | 0.691 | +0.430 |  |" in render_reported(res).splitlines()
