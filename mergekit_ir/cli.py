@@ -79,9 +79,10 @@ def _cache(cache_dir: str | None, no_cache: bool):
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (default: $MERGEIR_CACHE or ~/.cache/mergekit_ir).")
 @click.option("--no-cache", is_flag=True, help="Recompute everything (results are still written to the cache).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--dry-run", is_flag=True, help="Show where every checkpoint and dataset comes from and what will run; load nothing.")
 def run(experiment: str, registry_path: str | None, datasets: tuple[str, ...], out_dir: str | None,
         device: str, dtype: str | None, batch_size: int | None, cache_dir: str | None, no_cache: bool,
-        quiet: bool) -> None:
+        quiet: bool, dry_run: bool) -> None:
     """Run an EXPERIMENT from the registry and write its report.
 
     BM25 top-k, re-rank with Θ0, ΘD, ΘT and Θ'(α) for the α grid (swept in place,
@@ -93,11 +94,21 @@ def run(experiment: str, registry_path: str | None, datasets: tuple[str, ...], o
     Examples:
       mergeir run                                  # offline quickstart demo
       mergeir run paper-table1 --dataset scifact --device cuda
+      mergeir run paper-table1 --dry-run           # what it needs, what is local
     """
-    from .harness import RunOptions, run_experiment
+    from .harness import RunOptions, run_experiment, selected_datasets
 
     reg = _registry(registry_path)
     out = Path(out_dir) if out_dir else Path("mergeir-out") / experiment
+    if dry_run:
+        from .run_plan import describe
+
+        plan = describe(reg, experiment, selected_datasets(reg.experiment(experiment), datasets),
+                        _cache(cache_dir, no_cache).root, out)
+        click.echo(plan)
+        if not plan.splitlines()[-1].startswith("ready to run"):
+            raise ConfigError(f"{experiment}: {plan.splitlines()[-1]} (lines marked MISSING or UNKNOWN above)")
+        return
     if experiment == "quickstart":
         click.echo("quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing.")
     opts = RunOptions(out_dir=out, cache=_cache(cache_dir, no_cache), device=device,

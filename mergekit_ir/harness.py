@@ -16,7 +16,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -35,6 +35,7 @@ from .merge import MergeJob, build_plan
 from .plugins import catalog, installed_distributions
 from .registry import CheckpointRef, DatasetSpec, Experiment, Registry, Triplet
 from .reported import compare as compare_reported
+from .run_plan import ir_datasets_id, local_beir_folder
 from .scoring import Scorer, ScoringSettings
 from .sweep import InPlaceSweep
 from .task_vector import TaskVector
@@ -87,20 +88,22 @@ def resolve_ref_folder(ref: CheckpointRef, reg: Registry, cache: Cache) -> Path:
 
 def load_dataset(spec: DatasetSpec, split: str, reg: Registry, cache: Cache) -> Dataset:
     """A dataset split from its local BEIR folder when present, else from ir_datasets."""
-    if spec.beir:
-        folder = quickstart.resolve(spec.beir, cache.root)
-        if folder is None:
-            folder = Path(spec.beir).expanduser()
-            if not folder.is_absolute():
-                folder = reg.base_dir / folder
-        if folder.is_dir():
-            return load_beir_folder(folder, split, name=spec.name, language=spec.language)
-        if not spec.ir_datasets:
-            raise ConfigError(f"datasets.{spec.name}.beir: folder {folder} not found (and no ir_datasets id to fall back on)")
-    assert spec.ir_datasets
-    name, _, rest = split.partition("[")
-    ds_id = f"{spec.ir_datasets}/{name}" if name else spec.ir_datasets
-    return load_ir_datasets(ds_id + (f"[{rest}" if rest else ""), name=spec.name, language=spec.language)
+    folder = local_beir_folder(spec, reg, cache.root)
+    if folder is not None:
+        return load_beir_folder(folder, split, name=spec.name, language=spec.language)
+    if not spec.ir_datasets:
+        raise ConfigError(f"datasets.{spec.name}.beir: folder {spec.beir} not found (and no ir_datasets id to fall back on)")
+    return load_ir_datasets(ir_datasets_id(spec, split), name=spec.name, language=spec.language)
+
+
+def selected_datasets(exp: Experiment, requested: Sequence[str] | None) -> list[str]:
+    """The experiment's datasets, narrowed by ``--dataset`` (in the experiment's order)."""
+    if not requested:
+        return list(exp.datasets)
+    unknown = [d for d in requested if d not in exp.datasets]
+    if unknown:
+        raise ConfigError(f"--dataset {unknown[0]}: not in experiment {exp.name} (it has: {', '.join(exp.datasets)})")
+    return [d for d in exp.datasets if d in requested]
 
 
 def write_trec(path: Path, run: Run, tag: str) -> None:
@@ -285,12 +288,7 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
     exp = reg.experiment(name)
     timer = StageTimer()
     started = time.time()
-    dataset_names = list(exp.datasets)
-    if opts.datasets:
-        unknown = [d for d in opts.datasets if d not in exp.datasets]
-        if unknown:
-            raise ConfigError(f"--dataset {unknown[0]}: not in experiment {name} (it has: {', '.join(exp.datasets)})")
-        dataset_names = [d for d in exp.datasets if d in opts.datasets]
+    dataset_names = selected_datasets(exp, opts.datasets)
 
     # 1. data and first stage
     tests: dict[str, Split] = {}

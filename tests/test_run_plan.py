@@ -1,0 +1,92 @@
+"""`mergeir run --dry-run`: where everything comes from, with no weights or data loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from mergekit_ir.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REGISTRY = """
+datasets:
+  local: {beir: data/local, test: test, dev: dev}
+  remote: {ir_datasets: beir/scifact, test: test}
+triplets:
+  t1:
+    scorer: {kind: bi-encoder, pooling: mean}
+    pretrained: ./models/base           # a path: ./ says so, else it would be a hub id
+    domain: some-org/bio-model
+    ir: models/ir
+experiments:
+  e1:
+    triplets: [t1]
+    datasets: [local, remote]
+    fusion: {tune: true}
+"""
+
+
+def dry_run(*args: str):
+    return CliRunner().invoke(main, ["run", *args, "--dry-run"])
+
+
+def test_quickstart_dry_run_builds_nothing(tmp_path):
+    res = dry_run("--registry", str(ROOT / "registry.yaml"), "--cache-dir", str(tmp_path / "cache"))
+    assert res.exit_code == 0, res.output
+    assert "quickstart-tiny (bi-encoder)" in res.output and "generated offline (quickstart)" in res.output
+    assert res.output.rstrip().endswith("ready to run")
+    assert not (tmp_path / "cache").exists()  # nothing generated, nothing cached
+
+
+def test_dry_run_reports_sources_and_problems(tmp_path, monkeypatch):
+    (tmp_path / "data" / "local").mkdir(parents=True)
+    (tmp_path / "models" / "ir").mkdir(parents=True)
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(REGISTRY)
+    # a real Hugging Face cache layout for some-org/bio-model, so it counts as cached
+    import huggingface_hub.constants as hf_constants
+
+    hub = tmp_path / "hub"
+    snap = hub / "models--some-org--bio-model" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (hub / "models--some-org--bio-model" / "refs").mkdir()
+    (hub / "models--some-org--bio-model" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
+
+    res = dry_run("e1", "--registry", str(reg), "--cache-dir", str(tmp_path / "cache"))
+    lines = res.output.splitlines()
+    assert res.exit_code == 2
+    assert any("local " in ln and "test: test from BEIR folder data/local" in ln for ln in lines)
+    assert any("dev:  dev from BEIR folder data/local" in ln for ln in lines)
+    assert any("remote" in ln and "ir_datasets beir/scifact/test, downloads on first use" in ln for ln in lines)
+    assert any("Θ0 ./models/base" in ln and f"MISSING: {tmp_path / 'models' / 'base'} does not exist" in ln
+               for ln in lines)
+    assert any("ΘD some-org/bio-model" in ln and "hub, in the local cache" in ln for ln in lines)
+    assert any("ΘT models/ir" in ln and f"local folder {tmp_path / 'models' / 'ir'}" in ln for ln in lines)
+    assert "  fusion        wsum, min-max, λ tuned on dev (local), else [0.5, 0.5]" in lines
+    assert "  α             tuned on the mean dev NDCG@10 of local; remote: α = 1" in lines
+    assert "error: e1: 1 problem(s) to fix before running (lines marked MISSING or UNKNOWN above)" in lines
+
+    (tmp_path / "models" / "base").mkdir()
+    res = dry_run("e1", "--registry", str(reg), "--dataset", "local", "--cache-dir", str(tmp_path / "cache"))
+    assert res.exit_code == 0, res.output
+    assert "remote" not in res.output and "ready to run" in res.output
+
+
+def test_dry_run_flags_unknown_ir_datasets_ids(tmp_path):
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(REGISTRY.replace("ir_datasets: beir/scifact", "ir_datasets: beir/scifactt"))
+    res = dry_run("e1", "--registry", str(reg), "--dataset", "remote")
+    assert res.exit_code == 2
+    assert "UNKNOWN ir_datasets id 'beir/scifactt/test' (see https://ir-datasets.com)" in res.output
+
+
+def test_bundled_paper_experiments_name_what_they_download():
+    res = dry_run("paper-table1", "--registry", str(ROOT / "registry.yaml"))
+    assert res.exit_code == 0, res.output
+    assert "ΘT castorini/monot5-base-msmarco" in res.output
+    assert "reported      6 published row(s)" in res.output
+    assert "needs network access" in res.output.splitlines()[-1]
