@@ -415,7 +415,8 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
         for rid, run in all_runs.items():
             write_trec(out / "runs" / f"{rid.replace('@', '_at_')}.trec", run, rid.replace("/", "_"))
         results["manifest"] = manifest(exp, reg, opts, started)
-        written = write_reports(results, out)
+        # Rendered from the JSON round trip, exactly what `mergeir report` will read back.
+        written = write_reports(json.loads(json.dumps(results, sort_keys=True, default=str)), out)
     results["manifest"]["timings"] = {k: round(v, 3) for k, v in timer.seconds.items()}
     atomic.write_text(out / "results.json", json.dumps(results, indent=1, sort_keys=True, default=str))
     results["_written"] = [str(p) for p in [*written, out / "results.json"]]

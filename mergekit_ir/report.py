@@ -69,13 +69,23 @@ def _cells(section: Mapping[str, Any], row: Mapping[str, Any], datasets: list[st
     return out
 
 
+def _ordered(keys: Any, order: list[str]) -> list[str]:
+    """``keys`` in ``order`` first, the rest sorted: JSON round trips (sorted keys) render alike."""
+    keys = [str(k) for k in keys]
+    return [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
+
+
 def _alpha_notes(results: Mapping[str, Any]) -> list[str]:
     notes = []
+    datasets = _datasets(results)
     for s in results.get("sections", []):
         for r in s.get("rows", []):
             a = r.get("alpha")
             if isinstance(a, Mapping) and a:
-                per = ", ".join(f"{ds} α={float(v):g}" for ds, v in a.items())
+                a = {ds: a[ds] for ds in _ordered(a, datasets)}
+                per = ", ".join(f"{ds} α={v:g}" if isinstance(v, int | float) else
+                                f"{ds} α={n:g}" if (n := _number(str(v))) is not None else f"{ds} α={v}"
+                                for ds, v in a.items())
                 notes.append(f"{s.get('triplet', '')}, {r.get('label', r.get('key', ''))}: {per}")
     return notes
 
@@ -186,15 +196,37 @@ def render_csv(results: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _alpha_columns(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, dict[float, float]]]:
-    """(triplet, dataset, metric, split, α -> value) per plotted/tabled column."""
+def _number(label: str) -> float | None:
+    """A scalar α label as a number; None for a layer-wise α (its label is JSON)."""
+    try:
+        return float(label)
+    except ValueError:
+        return None
+
+
+def _alpha_order(labels: list[str]) -> list[str]:
+    """Scalar α in numeric order, then layer-wise α sorted by label.
+
+    Sorted, not swept order: results.json is written with sorted keys, and
+    ``mergeir report`` must give the same bytes as the run.
+    """
+    scalars = sorted({lb for lb in labels if _number(lb) is not None}, key=lambda lb: float(lb))
+    return scalars + sorted({lb for lb in labels if _number(lb) is None})
+
+
+def _alpha_columns(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, dict[str, float]]]:
+    """(triplet, dataset, metric, split, α label -> value) per plotted/tabled column."""
     cols = []
-    for triplet, abl in (results.get("alpha_ablation") or {}).items():
-        for ds, vals in (abl.get("values") or {}).items():
+    ablation = results.get("alpha_ablation") or {}
+    for triplet in _ordered(ablation, [str(s.get("triplet")) for s in results.get("sections", [])]):
+        abl = ablation[triplet]
+        values = abl.get("values") or {}
+        for ds in _ordered(values, _datasets(results)):
+            vals = values[ds]
             if vals:
                 cols.append((str(triplet), str(ds), str(abl.get("metric", "NDCG@10")),
                              str(abl.get("split", "dev")),
-                             {float(a): float(v) for a, v in vals.items()}))
+                             {str(a): float(v) for a, v in vals.items()}))
     return cols
 
 
@@ -206,7 +238,7 @@ def render_alpha_table(results: Mapping[str, Any]) -> str:
     kinds = sorted({(m, sp) for _, _, m, sp, _ in cols})
     same = len(kinds) == 1
     header = ["α"] + [f"{t} / {d}" + ("" if same else f" ({m}, {sp})") for t, d, m, sp, _ in cols]
-    alphas = sorted({a for *_, v in cols for a in v})
+    alphas = _alpha_order([a for *_, v in cols for a in v])
     best = [max(_fmt(x) for x in v.values()) for *_, v in cols]
     lines = ["# α ablation", ""]
     if same:
@@ -214,7 +246,8 @@ def render_alpha_table(results: Mapping[str, Any]) -> str:
     lines += ["| " + " | ".join(header) + " |",
               "|" + "|".join([":---"] + ["---:"] * len(cols)) + "|"]
     for a in alphas:
-        row = [f"{a:g}"]
+        n = _number(a)
+        row = [f"{n:g}" if n is not None else a.replace("|", "\\|")]
         for (*_, v), b in zip(cols, best, strict=True):
             if a not in v:
                 row.append(_DASH)
@@ -225,7 +258,9 @@ def render_alpha_table(results: Mapping[str, Any]) -> str:
 
 
 def _alpha_png(results: Mapping[str, Any]) -> bytes | None:
-    cols = _alpha_columns(results)
+    """The scalar α points of each column (layer-wise α have no x position; the table has them)."""
+    cols = [(t, d, m, sp, pts) for t, d, m, sp, v in _alpha_columns(results)
+            if (pts := {n: x for a, x in v.items() if (n := _number(a)) is not None})]
     if not cols:
         return None
     # Figure + Agg canvas directly: no pyplot state, no global backend switch.

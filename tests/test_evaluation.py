@@ -363,3 +363,44 @@ def test_write_reports_is_byte_identical(tmp_path):
     written = write_reports(no_alpha, tmp_path / "a")
     assert "alpha.png" not in [p.name for p in written]
     assert not (tmp_path / "a" / "alpha.png").exists()  # the stale plot is gone
+
+
+def test_alpha_table_and_plot_with_layer_wise_alpha(tmp_path):
+    """A layer-wise α (JSON label) gets its own row after the scalar ones; the plot keeps the scalars."""
+    res = _results()
+    res["alpha_ablation"]["distilbert_bio"]["values"]["scifact"]['{"gradient": [0.0, 1.0]}'] = 0.7
+    lines = render_alpha_table(res).splitlines()
+    rows = [ln.split(" | ")[0] for ln in lines if ln.startswith("| ") and not ln.startswith("| α")]
+    assert rows == ["| 0.1", "| 0.2", "| 0.3", '| {"gradient": [0.0, 1.0]}']
+    assert '| {"gradient": [0.0, 1.0]} | **0.700** | – |' in lines
+    names = [p.name for p in write_reports(res, tmp_path)]
+    assert "alpha.png" in names
+    only_layer_wise = {"alpha_ablation": {"t": {"metric": "NDCG@10", "values": {"d": {'{"gradient": [0, 1]}': 0.5}}}}}
+    assert "alpha.png" not in [p.name for p in write_reports(only_layer_wise, tmp_path / "b")]
+
+
+def test_markdown_and_latex_name_a_layer_wise_best_alpha():
+    res = _results()
+    best = res["sections"][0]["rows"][-1]
+    best["alpha"] = {"scifact": '{"gradient": [0.0, 1.0]}', "nfcorpus": "0.5"}
+    assert '- distilbert_bio, Θ\' (α=0.3): scifact α={"gradient": [0.0, 1.0]}, nfcorpus α=0.5' in (
+        render_markdown(res).splitlines())
+    assert "\\{" in render_latex({**res, "sections": [{"triplet": "t", "rows": [
+        {**best, "label": 'Θ\' (α={"gradient": [0.0, 1.0]})'}]}]})
+
+
+def test_reports_survive_the_json_round_trip(tmp_path):
+    """`mergeir report` renders from results.json (sorted keys): same bytes as the run's own render."""
+    import json
+
+    res = _results()
+    second = {**res["sections"][0], "triplet": "a-first-by-name"}
+    res["sections"].append(second)
+    res["alpha_ablation"]["a-first-by-name"] = res["alpha_ablation"]["distilbert_bio"]
+    res["sections"][0]["rows"][-1]["alpha"] = {"scifact": "0.3", "nfcorpus": "0.5"}
+    direct = write_reports(res, tmp_path / "direct")
+    again = write_reports(json.loads(json.dumps(res, sort_keys=True)), tmp_path / "again")
+    for a, b in zip(direct, again, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    header = (tmp_path / "direct" / "alpha.md").read_text().splitlines()[4]
+    assert header.startswith("| α | distilbert_bio / scifact | distilbert_bio / nfcorpus | a-first-by-name / scifact")

@@ -146,3 +146,19 @@ def test_run_compares_with_reported_cells(tmp_path, quickstart_run):
     md = (out / "reported.md").read_bytes()
     assert invoke("report", str(out)).exit_code == 0
     assert (out / "reported.md").read_bytes() == md
+
+
+def test_layer_wise_alpha_grid_runs_to_the_report(tmp_path, quickstart_run):
+    """Gradient and filter-rule α in the sweep grid: tuned, tabled and re-rendered like scalar α."""
+    text = Path(REGISTRY).read_text()
+    grid = "alpha: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}\n    first_stage: {backend: bm25s, k: 100}\n"
+    assert grid in text
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(text.replace(grid, 'alpha: [0.5, {gradient: [0.0, 1.0]}, [{filter: attention, value: 0.3}, '
+                                      '{value: 1.0}]]}\n    first_stage: {backend: bm25s, k: 100}\n', 1))
+    out = tmp_path / "out"
+    res = invoke("run", "--registry", str(reg), "--out", str(out), "--cache-dir", str(quickstart_run[0] / "cache"), "-q")
+    assert res.exit_code == 0, res.output
+    alpha_md = (out / "alpha.md").read_text()
+    assert '| {"gradient": [0.0, 1.0]} |' in alpha_md and '"filter": "attention"' in alpha_md
+    assert invoke("report", str(out)).exit_code == 0 and (out / "alpha.md").read_text() == alpha_md
