@@ -70,7 +70,7 @@ def _cache(cache_dir: str | None, no_cache: bool):
 
 @main.command()
 @click.argument("experiment", default="quickstart")
-@click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML (default: ./registry.yaml or the bundled one).")
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML (default: $MERGEIR_REGISTRY, ./registry.yaml, or the bundled one).")
 @click.option("--dataset", "datasets", multiple=True, help="Only these datasets of the experiment (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: mergeir-out/EXPERIMENT).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
@@ -126,8 +126,8 @@ def run(experiment: str, registry_path: str | None, datasets: tuple[str, ...], o
     click.echo(results["_timer"].table())
     c = opts.cache
     click.echo(f"cache: {c.hits()} hits, {c.misses()} misses ({c.root})")
-    extra = ", reported.md" if results.get("reported") else ""
-    click.echo(f"outputs in {out}/: results.md, results.tex, results.csv, results.json{extra}, runs/")
+    names = ", ".join(Path(p).name for p in results["_written"])
+    click.echo(f"outputs in {out}/: {names}, runs/")
 
 
 def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
@@ -301,7 +301,7 @@ def validate(file: str | None) -> None:
     """Check a registry FILE without loading weights or data.
 
     Reports the first problem as `yaml.path: what is wrong`, e.g.
-    `experiments.table1.merge.alpha[3]: 1.7 is outside [-2, 2]`.
+    `experiments.table1.merge.alpha[3]: 2.7 is outside [-2, 2]`.
     """
     reg = _registry(file)
     click.echo(f"{reg.path}: ok — {len(reg.datasets)} datasets, {len(reg.triplets)} triplets, "

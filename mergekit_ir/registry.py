@@ -3,7 +3,7 @@
 ``load_registry`` parses and validates a registry without loading any weights:
 unknown plugins, unknown or out-of-range parameters, missing fields, duplicate
 names and dangling references are one-line :class:`ConfigError` s naming the YAML
-path, e.g. ``experiments.table1.merge.alpha[3]: 1.7 is outside [-2, 2]``.
+path, e.g. ``experiments.table1.merge.alpha[3]: 2.7 is outside [-2, 2]``.
 
 See ``docs/registry.md`` for the schema and ``registry.yaml`` for the paper's triplets.
 """

@@ -103,3 +103,13 @@ def test_cli_validate(tmp_path):
     res = CliRunner().invoke(main, ["validate", str(bad)])
     assert res.exit_code == 2
     assert res.output.strip() == "error: experiments.table1.merge.alpha[3]: 2.7 is outside [-2, 2]"
+
+
+def test_readme_registry_example_is_valid(tmp_path):
+    """The README's 'Declaring a triplet' block is a complete registry, not just an excerpt."""
+    import re
+
+    block = re.search(r"```yaml\n(datasets:.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "README.md lost its registry example"
+    reg = load(tmp_path, block.group(1))
+    assert reg.experiment("my-experiment").tune_fusion and reg.dataset("scifact").dev == "train[:20%]"

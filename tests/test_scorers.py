@@ -369,3 +369,21 @@ def test_minilm_bi_encoder_matches_sentence_transformers_on_scifact(monkeypatch)
     ref = SentenceTransformer(str(MINILM), device="cpu").encode(docs, batch_size=8, convert_to_tensor=True)
     torch.testing.assert_close(ours.encode_documents(docs), ref.float().cpu(), atol=1e-5, rtol=0)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_scorer_plugin_example_in_the_docs_runs(ckpt):
+    """docs/scorers.md's plugin example, executed as written, scores like the built-in cross-encoder."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scorers.md").read_text()
+    code = re.search(r"## Writing a scorer plugin\n\n```python\n(.*?)```", doc, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/scorers.md", "exec"), namespace)
+    kinds = []
+    namespace["register_scorers"](kinds.append)
+    kind = kinds[0]
+    assert kind.name == "my-scorer"
+    mine = kind.load(ckpt["ce"], check_params(kind.params, {"max_length": 32}, "scorer", "my-scorer"), settings())
+    builtin = load("cross-encoder", ckpt["ce"], max_length=32)
+    torch.testing.assert_close(torch.tensor(mine.score_pairs(SOME)), torch.tensor(builtin.score_pairs(SOME)),
+                               atol=1e-5, rtol=0)

@@ -96,7 +96,11 @@ def save_sentence_transformer(folder: str | Path, seed: int = 0, max_seq_length:
                               dense: bool = False) -> Path:
     """A tiny BERT wrapped as a sentence-transformers folder (mean pooling, [Dense,] Normalize)."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers import models as st_models
+
+    try:  # sentence-transformers >= 6 moved the modules; the old path still works but warns
+        import sentence_transformers.sentence_transformer.modules as st_models
+    except ImportError:
+        from sentence_transformers import models as st_models
 
     folder = Path(folder)
     bert = save_bert(folder.parent / f"{folder.name}-bert", word_tokenizer(WORDS), seed)

@@ -66,7 +66,7 @@ def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
         MergeMethod(
             name="ties",
             description="TIES: trim each task vector (incl. ΘT − Θ0) to its top-density "
-            "entries per tensor, elect signs, average the agreeing entries",
+            "entries per tensor, elect signs, sum the agreeing entries (normalize: average them)",
             merge=ties,
             params=(ALPHA, WEIGHTS, density_param(0.5), TOPK, NORMALIZE),
             needs_ir_vector=True,
