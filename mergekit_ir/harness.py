@@ -403,7 +403,8 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
             present = [r["key"] for r in rows]
             mark_improvements(section, baselines=[k for k in present if k not in CANDIDATE_KEYS],
                               candidates=list(CANDIDATE_KEYS), metrics=list(exp.metrics), max_p=exp.max_p,
-                              test=exp.significance_test, correction=exp.correction)
+                              test=exp.significance_test, correction=exp.correction,
+                              comparisons=exp.comparisons)
         results["sections"].append(section)
 
     if exp.reported:

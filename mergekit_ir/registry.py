@@ -125,6 +125,7 @@ class Experiment:
     significance_test: str = "student"
     max_p: float = 0.01
     correction: str = "bonferroni"
+    comparisons: int | None = None
     batch_size: int = 32
     dtype: str = "auto"
     seed: int = 0
@@ -338,7 +339,7 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     kw["eval_queries"] = evaluation.get("queries", "all")
 
     sig = dict(raw.get("significance") or {})
-    _keys(sig, f"{path}.significance", {"test", "max_p", "correction"})
+    _keys(sig, f"{path}.significance", {"test", "max_p", "correction", "comparisons"})
     if sig.get("test", "student") not in ("student", "fisher"):
         raise ConfigError(f"{path}.significance.test: {sig['test']!r} is not one of student, fisher")
     if sig.get("correction", "bonferroni") not in ("bonferroni", "none"):
@@ -346,8 +347,12 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     max_p = sig.get("max_p", 0.01)
     if not isinstance(max_p, int | float) or not 0 < max_p < 1:
         raise ConfigError(f"{path}.significance.max_p: {max_p!r} is outside (0, 1)")
+    comparisons = sig.get("comparisons")
+    if comparisons is not None and (isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1):
+        raise ConfigError(f"{path}.significance.comparisons: {comparisons!r} is not a positive integer "
+                          "(the Bonferroni m; leave it out to use the number of merged rows)")
     kw.update(significance_test=sig.get("test", "student"), max_p=float(max_p),
-              correction=sig.get("correction", "bonferroni"))
+              correction=sig.get("correction", "bonferroni"), comparisons=comparisons)
 
     scoring = dict(raw.get("scoring") or {})
     _keys(scoring, f"{path}.scoring", {"batch_size", "dtype"})

@@ -96,7 +96,10 @@ def _legend(results: Mapping[str, Any]) -> str:
     test = {"student": "paired t-test", "fisher": "Fisher randomisation test"}.get(
         sig.get("test", "student"), str(sig.get("test")))
     corr = sig.get("correction", "bonferroni")
-    corr_txt = "Bonferroni-corrected, " if corr == "bonferroni" else ""
+    corr_txt = ""
+    if corr == "bonferroni":
+        m = sig.get("comparisons")
+        corr_txt = f"Bonferroni-corrected for {m} comparisons, " if m else "Bonferroni-corrected, "
     return (f"Best value per column within each block in bold; `*` marks a significant "
             f"improvement over the best baseline ({test}, {corr_txt}p < {sig.get('max_p', 0.01):g}).")
 

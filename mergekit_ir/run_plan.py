@@ -129,7 +129,8 @@ def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path, ou
               f"  fusion        {fusion}",
               f"  metrics       {', '.join(exp.metrics)}"
               + (" (queries BM25 retrieved anything for)" if exp.eval_queries == "retrieved" else ""),
-              f"  significance  {exp.significance_test}, p < {exp.max_p:g}, correction {exp.correction}",
+              f"  significance  {exp.significance_test}, p < {exp.max_p:g}, correction {exp.correction}"
+              + (f" (m = {exp.comparisons})" if exp.comparisons and exp.correction == "bonferroni" else ""),
               f"  scoring       batch {exp.batch_size}, dtype {exp.dtype}"]
     if exp.reported:
         lines.append(f"  reported      {len(exp.reported)} published row(s) to compare with (reported.md)")

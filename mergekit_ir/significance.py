@@ -81,6 +81,7 @@ def _cell(row: Mapping[str, Any], dataset: str, metric: str) -> dict[str, Any] |
 def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candidates: Sequence[str],
                       metrics: Sequence[str] | None = None, max_p: float = 0.01,
                       test: str = "student", correction: str = "bonferroni",
+                      comparisons: int | None = None,
                       n_permutations: int = 1000, random_seed: int = 42) -> None:
     """Mark candidate cells that beat the best baseline of their column, in place.
 
@@ -90,16 +91,21 @@ def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candid
     Per section, dataset and metric the best baseline is the baseline row with the
     highest mean (the first one listed wins a tie). Each candidate cell gets
     ``p_value``, ``compared_to`` (the baseline's row key) and ``significant``: its
-    mean is higher and ``p < max_p / m`` (``m`` = candidates tested in the family,
-    or 1 with ``correction="none"``). Missing rows or cells are skipped.
+    mean is higher and ``p < max_p / m`` (``m`` = ``comparisons`` when given, else the
+    candidates tested in the family; 1 with ``correction="none"``). Missing rows or
+    cells are skipped.
     """
     if correction not in CORRECTIONS:
         raise ConfigError(f"unknown correction {correction!r}: use one of {', '.join(CORRECTIONS)}")
     if test not in TESTS:
         raise ConfigError(f"unknown significance test {test!r}: use one of {', '.join(TESTS)}")
     metric_list = list(metrics) if metrics is not None else list(table.get("metrics", []))
+    if comparisons is not None and comparisons < 1:
+        raise ConfigError(f"comparisons must be at least 1, not {comparisons}")
     table["significance"] = {"test": test, "max_p": max_p, "correction": correction,
                              "family": "section x dataset x metric: candidates vs best baseline"}
+    if comparisons is not None:
+        table["significance"]["comparisons"] = comparisons
     # A whole results dict, or a single section ({"triplet", "rows"}) as the harness passes.
     sections = [table] if "rows" in table else table.get("sections", [])
     for section in sections:
@@ -115,7 +121,7 @@ def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candid
                 if not base or not cands:
                     continue
                 best_key, best = max(base, key=lambda kc: kc[1]["mean"])  # first max wins
-                m = len(cands) if correction == "bonferroni" else 1
+                m = (comparisons or len(cands)) if correction == "bonferroni" else 1
                 threshold = bonferroni(max_p, m)
                 for cell in cands:
                     p = p_values(best.get("per_query", {}), cell.get("per_query", {}), test,

@@ -226,6 +226,30 @@ def test_mark_improvements_at_the_bonferroni_boundary():
     assert "p < 0.01)" in render_markdown(untouched) and "Bonferroni" not in render_markdown(untouched)
 
 
+def test_explicit_bonferroni_comparisons_set_the_threshold():
+    """`comparisons: 3` (the authors' 0.01/3): a p between 0.01/3 and 0.01/2 is no longer significant."""
+    best, cand = _pair_with_p(0.004, seed=2)  # < 0.01/2, > 0.01/3
+    weak = {k: v - 0.1 for k, v in best.items()}
+
+    def table():
+        return {"metrics": ["NDCG@10"], "datasets": ["d"], "sections": [{"triplet": "t", "rows": [
+            {"key": "bm25", "cells": {"d": {"NDCG@10": _cell(weak)}}},
+            {"key": "ir", "cells": {"d": {"NDCG@10": _cell(best)}}},
+            {"key": "merged@1", "cells": {"d": {"NDCG@10": _cell(cand)}}},
+            {"key": "merged@best", "cells": {"d": {"NDCG@10": _cell(weak)}}},
+        ]}]}
+
+    kw = {"baselines": ["bm25", "ir"], "candidates": ["merged@1", "merged@best"], "metrics": ["NDCG@10"]}
+    default, three = table(), table()
+    mark_improvements(default, **kw)
+    mark_improvements(three, comparisons=3, **kw)
+    assert default["sections"][0]["rows"][2]["cells"]["d"]["NDCG@10"]["significant"] is True
+    assert three["sections"][0]["rows"][2]["cells"]["d"]["NDCG@10"]["significant"] is False
+    assert "Bonferroni-corrected for 3 comparisons, p < 0.01" in render_markdown(three)
+    with pytest.raises(ConfigError, match="comparisons must be at least 1"):
+        mark_improvements(table(), comparisons=0, **kw)
+
+
 def test_a_worse_candidate_is_never_marked():
     best, cand = _pair_with_p(1e-6)
     table = {"metrics": ["P@10"], "datasets": ["d"], "sections": [{"triplet": "t", "rows": [

@@ -71,6 +71,7 @@ def test_valid_minimal(tmp_path):
     ("merge:", "fusion: {weights: [1]}\n    merge:", r"experiments\.table1\.fusion\.weights: give two numbers"),
     ("merge:", "evaluation: {queries: some}\n    merge:", r"experiments\.table1\.evaluation\.queries: 'some' is not one of all, retrieved"),
     ("merge:", "colour: red\n    merge:", r"experiments\.table1\.colour: unknown field"),
+    ("merge:", "significance: {comparisons: 0}\n    merge:", r"experiments\.table1\.significance\.comparisons: 0 is not a positive integer"),
     ("  toy: {beir: data/toy, test: test, dev: dev}", "  toy: {test: test}", r"datasets\.toy: give 'beir'"),
 ])
 def test_bad_registry(tmp_path, old, new, message):

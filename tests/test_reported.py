@@ -127,7 +127,7 @@ def test_bundled_paper_experiments_declare_their_recovered_cells():
     reg = load_registry(ROOT / "registry.yaml")
     t1 = {(r.triplet, r.dataset, r.row): r.values for r in reg.experiment("paper-table1").reported}
     assert t1[None, "scifact", "bm25"]["NDCG@10"] == 0.691 and t1[None, "nfcorpus", "bm25"]["NDCG@10"] == 0.343
-    assert reg.experiment("paper-table2").reported == reg.experiment("paper-table2-germanquad").reported
+    assert t1[None, "scifact", "bm25"]["MAP@100"] == 0.649 and ("roberta-bio", "scifact", "merged@best") in t1
     assert {r.row for r in reg.experiment("paper-table3").reported} == {"alpha=0.7", "alpha=1.0"}
 
 
