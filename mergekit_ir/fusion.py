@@ -4,6 +4,12 @@ The paper's final score is ``λ_BM25·norm(BM25) + λ_model·norm(model)`` with 
 normalisation per query: ranx's ``wsum`` after ``min-max``. Any other ranx fusion
 method works too. Runs are plain dicts in and out; queries missing from one run
 are given an empty result list there, since ranx needs equal query sets.
+
+That one paper path, ``wsum`` after ``min-max``, is also computed here in plain
+Python, operation for operation as ranx does it (the test suite checks the numbers
+are identical): ranx compiles its numba kernels and converts every run to numba
+typed dicts in each new process, about 11 s before the first fused run, which
+dominated the quickstart and every λ grid search. Every other method goes to ranx.
 """
 
 from __future__ import annotations
@@ -69,17 +75,48 @@ def _to_dict(run: Any) -> Run:
     return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.to_dict().items()}
 
 
+def _min_max(results: Mapping[str, float]) -> dict[str, float]:
+    """ranx's ``min-max`` for one query: ``(s − min) / max(max − min, 1e-9)``; min = max = 0 if empty."""
+    lo = min(results.values()) if results else 0
+    hi = max(results.values()) if results else 0
+    den = max(hi - lo, 1e-9)
+    return {d: (s - lo) / den for d, s in results.items()}
+
+
+def wsum_min_max(runs: Sequence[Run], weights: Sequence[float]) -> Run:
+    """ranx ``fuse(norm="min-max", method="wsum")`` in plain Python, with the same numbers.
+
+    Per query (the union over runs): min-max each run, then each document scores
+    ``Σ_i w_i · norm_i(d)`` summed left to right from 0, a document missing from a run
+    counting 0, exactly as ranx's ``_weighted_sum`` does.
+    """
+    if len(runs) < 2:
+        raise ConfigError(f"fusion needs at least two runs, got {len(runs)}")
+    qids = sorted(set().union(*(r.keys() for r in runs)))
+    out: Run = {}
+    for q in qids:
+        normed = [_min_max({str(d): float(s) for d, s in r.get(q, {}).items()}) for r in runs]
+        fused: dict[str, float] = {}
+        for res in normed:
+            for d in res:
+                if d not in fused:
+                    fused[d] = sum([w * n.get(d, 0.0) for w, n in zip(weights, normed, strict=True)])
+        out[q] = fused
+    return out
+
+
 def fuse(runs: Sequence[Run], method: str = "wsum", norm: str | None = "min-max",
          params: Mapping[str, Any] | None = None) -> Run:
     """Normalise each run per query, then combine them with a ranx fusion method."""
-    from ranx import fuse as ranx_fuse
-
     name, nrm = _method(method), _norm(norm)
     p = dict(params or {})
     if "weights" in p:
         if len(p["weights"]) != len(runs):
             raise ConfigError(f"fusion weights {list(p['weights'])}: give one weight per run ({len(runs)})")
         p["weights"] = [float(w) for w in p["weights"]]
+    if name == "wsum" and nrm in ("min-max", "min_max") and set(p) == {"weights"}:
+        return wsum_min_max(runs, p["weights"])
+    from ranx import fuse as ranx_fuse
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's uint64->int64 cast notices
         try:

@@ -279,6 +279,29 @@ def test_fuse_with_weights_one_zero_is_min_max_of_first_run():
         fuse([run1, run2], params={"weights": [1.0]})
 
 
+def test_native_wsum_min_max_equals_ranx_bit_for_bit():
+    """The paper's fusion computed in Python gives ranx's own numbers exactly, edge cases included."""
+    from ranx import fuse as ranx_fuse
+
+    from mergekit_ir.fusion import _ranx_runs, _to_dict, wsum_min_max
+
+    rng = np.random.default_rng(7)
+    bm25 = {f"q{i}": {f"d{j}": float(rng.normal(10, 3)) for j in rng.choice(60, 30, replace=False)}
+            for i in range(40)}
+    model = {q: {d: float(rng.normal()) for d in list(docs)[:20]} for q, docs in bm25.items()}
+    bm25["ties"] = {"a": 1.0, "b": 1.0, "c": 0.5}
+    model["ties"] = {"a": 2.0, "c": 2.0, "z": 2.0}          # constant scores: min-max denominator 1e-9
+    bm25["only-first"] = {"a": 3.0, "b": -1.0}                 # query missing from the model run
+    model["only-second"] = {"x": 0.0}                          # one document, and missing from BM25
+    bm25["empty"], model["empty"] = {}, {}
+    for weights in ([0.5, 0.5], [0.3, 0.7], [1.0, 0.0], [0.0, 1.0], [0.2, 0.9]):
+        ours = wsum_min_max([bm25, model], weights)
+        theirs = _to_dict(ranx_fuse(_ranx_runs([bm25, model]), norm="min-max", method="wsum",
+                                    params={"weights": weights}))
+        assert ours == theirs, weights
+    assert fuse([bm25, model], params={"weights": [0.3, 0.7]}) == wsum_min_max([bm25, model], [0.3, 0.7])
+
+
 def _two_query_case():
     """Query A needs w_1 > 0.25, query B needs w_1 < 0.35: only (0.3, 0.7) gets both right."""
     qrels = {"A": {"r": 1}, "B": {"r": 1}}
