@@ -191,8 +191,13 @@ class Scorer(ABC):
             log.warning("%d empty %s: scored as empty text", n, what)
 
     def log_truncation(self) -> None:
-        if self.truncation.truncated:
-            log.warning("%s: %s (so far)", type(self).__name__, self.truncation.summary())
+        """Warn on the first pass that truncates; later passes (a sweep has dozens) log at INFO."""
+        if not self.truncation.truncated:
+            return
+        first = not getattr(self, "_truncation_warned", False)
+        self._truncation_warned = True
+        log.log(logging.WARNING if first else logging.INFO, "%s: %s (so far%s)", type(self).__name__,
+                self.truncation.summary(), "; later passes are logged at INFO level" if first else "")
 
 
 @dataclass(frozen=True)

@@ -387,3 +387,15 @@ def test_scorer_plugin_example_in_the_docs_runs(ckpt):
     builtin = load("cross-encoder", ckpt["ce"], max_length=32)
     torch.testing.assert_close(torch.tensor(mine.score_pairs(SOME)), torch.tensor(builtin.score_pairs(SOME)),
                                atol=1e-5, rtol=0)
+
+
+def test_truncation_warns_once_then_logs_at_info(ckpt, caplog):
+    """A sweep re-scores the same pairs dozens of times: one warning, not one per pass."""
+    import logging
+
+    scorer = load("cross-encoder", ckpt["ce"], max_length=16)
+    with caplog.at_level(logging.INFO, logger="mergekit_ir.scoring"):
+        scorer.score_pairs(SOME)
+        scorer.score_pairs(SOME)
+    levels = [r.levelno for r in caplog.records if "truncated" in r.getMessage()]
+    assert levels == [logging.WARNING, logging.INFO]
