@@ -76,9 +76,16 @@ def _to_dict(run: Any) -> Run:
 
 
 def _min_max(results: Mapping[str, float]) -> dict[str, float]:
-    """ranx's ``min-max`` for one query: ``(s − min) / max(max − min, 1e-9)``; min = max = 0 if empty."""
-    lo = min(results.values()) if results else 0
-    hi = max(results.values()) if results else 0
+    """ranx's ``min-max`` for one query: ``(s − min) / max(max − min, 1e-9)``.
+
+    As numba's ``min``/``max``: NaN scores are skipped unless all are NaN; empty gives 0.
+    """
+    values = list(results.values())
+    finite = [v for v in values if v == v]
+    if finite:
+        lo, hi = min(finite), max(finite)
+    else:
+        lo = hi = math.nan if values else 0
     den = max(hi - lo, 1e-9)
     return {d: (s - lo) / den for d, s in results.items()}
 
@@ -100,8 +107,11 @@ def wsum_min_max(runs: Sequence[Run], weights: Sequence[float]) -> Run:
         for res in normed:
             for d in res:
                 if d not in fused:
-                    fused[d] = sum([w * n.get(d, 0.0) for w, n in zip(weights, normed, strict=True)])
-        out[q] = fused
+                    total = 0.0  # left to right, as numba does (Python >= 3.12's sum() compensates)
+                    for w, n in zip(weights, normed, strict=True):
+                        total = total + w * n.get(d, 0.0)
+                    fused[d] = total
+        out[str(q)] = fused
     return out
 
 

@@ -230,8 +230,8 @@ class TripletRunner:
             singles.append(("pretrained", self.pre_folder))
         domain_checkpoints = [(r, f) for r, f in zip(self.triplet.domains, self.domain_folders, strict=True)
                               if r.kind == "checkpoint"]
-        for i, (_, f) in enumerate(domain_checkpoints):
-            singles.append(("domain" if len(domain_checkpoints) == 1 else f"domain{i + 1}", f))
+        for key, (_, f) in zip(self.triplet.domain_rows, domain_checkpoints, strict=True):
+            singles.append((key, f))
         for variant, folder in singles:
             holder: dict[str, Scorer] = {}
             fp = open_checkpoint(str(folder)).fingerprint()

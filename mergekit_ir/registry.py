@@ -90,6 +90,21 @@ class Triplet:
     alignment: AlignmentRules = AlignmentRules()
     description: str = ""
 
+    @property
+    def domain_rows(self) -> tuple[str, ...]:
+        """Result row keys of the ΘD checkpoints run alone: ``domain``, or ``domain1``… for several.
+
+        LoRA adapters and saved task vectors have no model of their own to run, so no row.
+        """
+        n = sum(d.kind == "checkpoint" for d in self.domains)
+        return ("domain",) if n == 1 else tuple(f"domain{i + 1}" for i in range(n))
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """Every result row key a run of this triplet produces, in table order."""
+        return ("bm25", *(("pretrained",) if self.pretrained else ()), *self.domain_rows, "ir",
+                "merged@1", "merged@best")
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -351,6 +366,9 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     if comparisons is not None and (isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1):
         raise ConfigError(f"{path}.significance.comparisons: {comparisons!r} is not a positive integer "
                           "(the Bonferroni m; leave it out to use the number of merged rows)")
+    if comparisons is not None and sig.get("correction", "bonferroni") != "bonferroni":
+        raise ConfigError(f"{path}.significance.comparisons: only used with correction: bonferroni; "
+                          "remove it or set the correction")
     kw.update(significance_test=sig.get("test", "student"), max_p=float(max_p),
               correction=sig.get("correction", "bonferroni"), comparisons=comparisons)
 
@@ -364,9 +382,11 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     if "seed" in raw:
         kw["seed"] = _expect(raw["seed"], int, f"{path}.seed", "an integer")
     if raw.get("reported") is not None:
-        kw["reported"] = parse_reported(raw["reported"], f"{path}.reported", triplets=trips, datasets=dsets,
-                                        metrics=kw.get("metrics", Experiment.metrics),
-                                        ablation_metric=kw.get("objective", Experiment.objective))
+        kw["reported"] = parse_reported(
+            raw["reported"], f"{path}.reported", triplets={t: reg.triplets[t].rows for t in trips},
+            datasets=dsets, metrics=kw.get("metrics", Experiment.metrics),
+            ablation_metric=kw.get("objective", Experiment.objective), alphas=kw["alphas"],
+            sweep_datasets=[d for d in dsets if reg.datasets[d].dev] if kw["tune_alpha"] else [])
     return Experiment(**kw)
 
 

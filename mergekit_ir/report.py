@@ -303,12 +303,15 @@ def render_reported(results: Mapping[str, Any]) -> str | None:
     if not cells:
         return None
     lines = [f"# Compared with reported numbers: {results.get('experiment', '')}".rstrip(), "",
-             f"Δ = ours − reported; |Δ| ≤ {TOLERANCE:g} counts as reproduced (published values carry "
-             "three decimals). `–`: not in this run.", "",
+             f"Δ = ours − reported; |Δ| ≤ {TOLERANCE:g} counts as reproduced. `–`: not in this run.", "",
              "| triplet | dataset | row | metric | reported | ours | Δ | source |",
              "|:---|:---|:---|:---|---:|---:|---:|:---|"]
     for c in cells:
         label = str(c.get("label") or c.get("row"))
+        ours_alpha = c.get("alpha_ours")
+        if ours_alpha is not None and "α=" not in label:  # "Θ' (tuned α)": say which α this dataset got
+            n = _number(str(ours_alpha))
+            label += f"; ours α={n:g}" if n is not None else f"; ours α={ours_alpha}"
         if c.get("alpha_reported") is not None:
             label += f"; reported α={float(c['alpha_reported']):g}"
         ours, delta = c.get("ours"), c.get("delta")

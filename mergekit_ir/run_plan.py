@@ -30,6 +30,7 @@ def local_beir_folder(spec: DatasetSpec, reg: Registry, cache_root: Path, build:
 
 
 def _hub_cached(repo_id: str, revision: str | None) -> bool:
+    """True when the hub cache holds the repo (HFValidationError for a malformed id)."""
     from huggingface_hub import try_to_load_from_cache
 
     for filename in ("config.json", "modules.json", "adapter_config.json"):
@@ -39,18 +40,30 @@ def _hub_cached(repo_id: str, revision: str | None) -> bool:
     return False
 
 
+PROBLEM = ("MISSING", "UNKNOWN")  # how a source string that needs fixing starts
+
+
 def checkpoint_source(ref: CheckpointRef, reg: Registry) -> str:
     """Where a checkpoint will be read from, without downloading it."""
     if ref.ref.startswith(quickstart.SCHEME):
         return "generated offline (quickstart)"
+    from huggingface_hub.errors import HFValidationError
+
     path = Path(ref.ref).expanduser()
     beside = path if path.is_absolute() else reg.base_dir / path
     for candidate in (beside, path):
-        if candidate.exists():
+        if candidate.is_dir():
             return f"local folder {candidate}"
-    if ref.kind != "checkpoint" or ref.ref.startswith((".", "/", "~")) or ref.ref.count("/") > 1:
+        if candidate.exists():
+            return f"MISSING: {candidate} is a file; give the folder that holds it"
+    # the same rule as checkpoint.resolve_folder: paths are local, "org/name" ids go to the hub
+    if ref.ref.startswith((".", "/", "~")) or ref.ref.count("/") > 1:
         return f"MISSING: {beside} does not exist"
-    return "hub, in the local cache" if _hub_cached(ref.ref, ref.revision) else "hub, to download"
+    try:
+        cached = _hub_cached(ref.ref, ref.revision)
+    except HFValidationError:
+        return f"MISSING: {ref.ref!r} is neither a local folder nor a valid hub id"
+    return "hub, in the local cache" if cached else "hub, to download"
 
 
 def ir_datasets_id(spec: DatasetSpec, split: str) -> str:
@@ -88,14 +101,17 @@ def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path, ou
     exp = reg.experiment(name)
     lines = [f"{name}: {len(exp.triplets)} triplet(s) × {len(datasets)} dataset(s)"
              + (f" — {exp.description}" if exp.description else ""), "", "datasets:"]
-    has_dev = []
+    has_dev: list[str] = []
+    sources: list[str] = []
     width = max(len(d) for d in datasets) + 1
     for dname in datasets:
         spec = reg.dataset(dname)
-        lines.append(f"  {dname:<{width}} test: {dataset_source(spec, spec.test, reg, cache_root)}")
+        sources.append(dataset_source(spec, spec.test, reg, cache_root))
+        lines.append(f"  {dname:<{width}} test: {sources[-1]}")
         if spec.dev and (exp.tune_alpha or exp.tune_fusion):
             has_dev.append(dname)
-            lines.append(f"  {'':<{width}} dev:  {dataset_source(spec, spec.dev, reg, cache_root)}")
+            sources.append(dataset_source(spec, spec.dev, reg, cache_root))
+            lines.append(f"  {'':<{width}} dev:  {sources[-1]}")
     lines += ["", "triplets:"]
     for tname in exp.triplets:
         t = reg.triplet(tname)
@@ -103,7 +119,8 @@ def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path, ou
         roles = [("Θ0", t.pretrained), *[("ΘD", d) for d in t.domains], ("ΘT", t.ir)]
         for role, ref in roles:
             if ref is not None:
-                lines.append(f"    {role} {ref.describe():<58} {checkpoint_source(ref, reg)}")
+                sources.append(checkpoint_source(ref, reg))
+                lines.append(f"    {role} {ref.describe():<58} {sources[-1]}")
     fs = ", ".join(f"{k}={v}" for k, v in sorted(exp.first_stage_params.items()) if v is not None)
     mp = ", ".join(f"{k}={v}" for k, v in exp.merge_params.items() if v is not None)
     without_dev = [d for d in datasets if d not in has_dev]
@@ -132,11 +149,12 @@ def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path, ou
               f"  significance  {exp.significance_test}, p < {exp.max_p:g}, correction {exp.correction}"
               + (f" (m = {exp.comparisons})" if exp.comparisons and exp.correction == "bonferroni" else ""),
               f"  scoring       batch {exp.batch_size}, dtype {exp.dtype}"]
-    if exp.reported:
-        lines.append(f"  reported      {len(exp.reported)} published row(s) to compare with (reported.md)")
+    reported = [r for r in exp.reported if r.dataset in datasets]
+    if reported:
+        lines.append(f"  reported      {len(reported)} published row(s) to compare with (reported.md)")
     lines += ["", f"outputs: {out_dir}/   cache: {cache_root}"]
-    problems = [ln for ln in lines if "MISSING" in ln or "UNKNOWN" in ln]
-    downloads = sum("to download" in ln or "downloads on first use" in ln for ln in lines)
+    problems = [s for s in sources if s.startswith(PROBLEM)]
+    downloads = sum(s == "hub, to download" or s.endswith("downloads on first use") for s in sources)
     if problems:
         lines.append(f"{len(problems)} problem(s) to fix before running")
     else:

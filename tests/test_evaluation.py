@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import struct
 from pathlib import Path
 
 import ir_measures
@@ -294,12 +295,21 @@ def test_native_wsum_min_max_equals_ranx_bit_for_bit():
     bm25["only-first"] = {"a": 3.0, "b": -1.0}                 # query missing from the model run
     model["only-second"] = {"x": 0.0}                          # one document, and missing from BM25
     bm25["empty"], model["empty"] = {}, {}
-    for weights in ([0.5, 0.5], [0.3, 0.7], [1.0, 0.0], [0.0, 1.0], [0.2, 0.9]):
-        ours = wsum_min_max([bm25, model], weights)
-        theirs = _to_dict(ranx_fuse(_ranx_runs([bm25, model]), norm="min-max", method="wsum",
-                                    params={"weights": weights}))
-        assert ours == theirs, weights
-    assert fuse([bm25, model], params={"weights": [0.3, 0.7]}) == wsum_min_max([bm25, model], [0.3, 0.7])
+    bm25["nan"], model["nan"] = {"a": math.nan, "b": 1.0, "c": 3.0}, {"a": 5.0, "b": 1.0, "c": 2.0}
+    third = {q: {d: float(rng.uniform(-5, 5)) for d in list(docs)[5:25]} for q, docs in bm25.items()}
+
+    def same_bits(a: dict, b: dict) -> bool:  # == would hide -0.0 vs 0.0 and fail on NaN
+        return a.keys() == b.keys() and all(
+            a[q].keys() == b[q].keys()
+            and all(struct.pack("<d", a[q][d]) == struct.pack("<d", b[q][d]) or (a[q][d] != a[q][d] and b[q][d] != b[q][d])
+                    for d in a[q]) for q in a)
+
+    for runs, weights in [([bm25, model], w) for w in ([0.5, 0.5], [0.3, 0.7], [1.0, 0.0], [0.0, 1.0], [0.2, 0.9])] + [
+            ([bm25, model, third], [0.1, 0.7, 0.2]), ([bm25, model, third], [-0.3, 1.7, 3.1])]:
+        ours = wsum_min_max(runs, weights)
+        theirs = _to_dict(ranx_fuse(_ranx_runs(runs), norm="min-max", method="wsum", params={"weights": weights}))
+        assert same_bits(ours, theirs), weights
+    assert same_bits(fuse([bm25, model], params={"weights": [0.3, 0.7]}), wsum_min_max([bm25, model], [0.3, 0.7]))
 
 
 def _two_query_case():

@@ -72,6 +72,7 @@ def test_valid_minimal(tmp_path):
     ("merge:", "evaluation: {queries: some}\n    merge:", r"experiments\.table1\.evaluation\.queries: 'some' is not one of all, retrieved"),
     ("merge:", "colour: red\n    merge:", r"experiments\.table1\.colour: unknown field"),
     ("merge:", "significance: {comparisons: 0}\n    merge:", r"experiments\.table1\.significance\.comparisons: 0 is not a positive integer"),
+    ("merge:", "significance: {comparisons: 3, correction: none}\n    merge:", r"experiments\.table1\.significance\.comparisons: only used with correction: bonferroni"),
     ("  toy: {beir: data/toy, test: test, dev: dev}", "  toy: {test: test}", r"datasets\.toy: give 'beir'"),
 ])
 def test_bad_registry(tmp_path, old, new, message):

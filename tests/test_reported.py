@@ -63,6 +63,11 @@ def test_reported_rows_parse(tmp_path):
     ("NDCG@10: 0.691", "NDCG@10: high", r"^experiments\.table1\.reported\[0\]\.NDCG@10: 'high' is not a number in \[0, 1\]"),
     ("alpha: 0.3, NDCG@10: 0.7", "alpha: best", r"^experiments\.table1\.reported\[1\]: no metric values"),
     ("alpha: 0.3,", "alpha: best,", r"^experiments\.table1\.reported\[1\]\.alpha: 'best' is not a number"),
+    ("row: merged@best", "row: domain2",
+     r"^experiments\.table1\.reported\[1\]\.row: triplet 't1' has no row 'domain2' \(its rows: bm25, pretrained, domain, ir, merged@1, merged@best\)$"),
+    ("row: alpha=0.2", "row: alpha=0.25", r"^experiments\.table1\.reported\[2\]\.row: α=0\.25 is not in merge\.alpha \(0\.1, 0\.2,"),
+    ("dataset: toy, row: alpha=0.2", "dataset: other, row: alpha=0.2",
+     r"^experiments\.table1\.reported\[2\]\.row: no α sweep runs on 'other' in this experiment"),
     ("    reported:\n      - {dataset: toy, row: bm25, P@10: 0.5, NDCG@10: 0.691, source: \"Table 1\"}\n",
      "    reported: {dataset: toy}\n", r"^experiments\.table1\.reported: give a list of rows"),
 ])
@@ -129,6 +134,15 @@ def test_bundled_paper_experiments_declare_their_recovered_cells():
     assert t1[None, "scifact", "bm25"]["NDCG@10"] == 0.691 and t1[None, "nfcorpus", "bm25"]["NDCG@10"] == 0.343
     assert t1[None, "scifact", "bm25"]["MAP@100"] == 0.649 and ("roberta-bio", "scifact", "merged@best") in t1
     assert {r.row for r in reg.experiment("paper-table3").reported} == {"alpha=0.7", "alpha=1.0"}
+
+
+def test_tuned_label_says_which_alpha_each_dataset_got():
+    res = _results()
+    row = res["sections"][0]["rows"][1]
+    row["label"], row["alpha"] = "Θ' (tuned α)", {"toy": "0.6", "other": "0.2"}
+    res["reported"] = compare(res, [ReportedRow(dataset="toy", row="merged@best", triplet="t1",
+                                                values={"NDCG@10": 0.7}, alpha=0.3)])
+    assert "| t1 | toy | Θ' (tuned α); ours α=0.6; reported α=0.3 | NDCG@10 |" in render_reported(res)
 
 
 def test_reported_values_keep_their_published_decimals():

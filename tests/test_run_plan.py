@@ -87,6 +87,25 @@ def test_dry_run_flags_unknown_ir_datasets_ids(tmp_path):
 def test_bundled_paper_experiments_name_what_they_download():
     res = dry_run("paper-table1", "--registry", str(ROOT / "registry.yaml"))
     assert res.exit_code == 0, res.output
-    assert "ΘT castorini/monot5-base-msmarco" in res.output
+    line = next(ln for ln in res.output.splitlines() if "ΘT castorini/monot5-base-msmarco" in ln)
+    assert line.rstrip().endswith(("hub, to download", "hub, in the local cache"))
     assert "reported      6 published row(s)" in res.output
-    assert "needs network access" in res.output.splitlines()[-1]
+    assert res.output.splitlines()[-1].startswith("ready to run")
+    scifact_only = dry_run("paper-table1", "--registry", str(ROOT / "registry.yaml"), "--dataset", "scifact")
+    assert "reported      5 published row(s)" in scifact_only.output  # the NFCorpus BM25 row is not in it
+
+
+def test_dry_run_checkpoint_sources_follow_the_loader_rules(tmp_path):
+    (tmp_path / "data" / "local").mkdir(parents=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "weights.safetensors").write_bytes(b"")
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(REGISTRY.replace("pretrained: ./models/base", "pretrained: ./models/weights.safetensors")
+                   .replace("domain: some-org/bio-model", "domain: {lora: some-org/bio-lora}")
+                   .replace("ir: models/ir", 'ir: "not a/valid id"'))
+    res = dry_run("e1", "--registry", str(reg), "--dataset", "local")
+    lines = res.output.splitlines()
+    assert any("Θ0" in ln and "is a file; give the folder that holds it" in ln for ln in lines)
+    assert any("ΘD lora:some-org/bio-lora" in ln and "hub, to download" in ln for ln in lines)  # as the run does
+    assert any("ΘT not a/valid id" in ln and "is neither a local folder nor a valid hub id" in ln for ln in lines)
+    assert res.exit_code == 2 and "error: e1: 2 problem(s)" in res.output
