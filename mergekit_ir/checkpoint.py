@@ -197,6 +197,11 @@ class TensorSource:
         return h.hexdigest()[:16]
 
 
+def is_path_ref(ref: str) -> bool:
+    """A reference that can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``), never a hub id."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1
+
+
 def resolve_folder(ref: str, revision: str | None = None, base_dir: Path | None = None) -> Path:
     """A local folder for ``ref``: an existing path, else a Hugging Face hub download."""
     candidate = Path(ref).expanduser()
@@ -206,7 +211,7 @@ def resolve_folder(ref: str, revision: str | None = None, base_dir: Path | None 
         if not candidate.is_dir():
             raise CheckpointError(f"{candidate}: a checkpoint is a folder, not a file")
         return candidate
-    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+    if is_path_ref(ref):
         raise CheckpointError(f"{ref}: checkpoint folder not found")
     try:
         from huggingface_hub import snapshot_download

@@ -103,11 +103,12 @@ def run(experiment: str, registry_path: str | None, datasets: tuple[str, ...], o
     if dry_run:
         from .run_plan import describe
 
-        plan = describe(reg, experiment, selected_datasets(reg.experiment(experiment), datasets),
-                        _cache(cache_dir, no_cache).root, out)
+        plan, problems = describe(reg, experiment, selected_datasets(reg.experiment(experiment), datasets),
+                                  _cache(cache_dir, no_cache).root, out)
         click.echo(plan)
-        if not plan.splitlines()[-1].startswith("ready to run"):
-            raise ConfigError(f"{experiment}: {plan.splitlines()[-1]} (lines marked MISSING or UNKNOWN above)")
+        if problems:
+            raise ConfigError(f"{experiment}: {problems} problem(s) to fix before running "
+                              "(lines marked MISSING or UNKNOWN above)")
         return
     if experiment == "quickstart":
         click.echo("quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import quickstart
+from .checkpoint import is_path_ref
 from .registry import CheckpointRef, DatasetSpec, Experiment, Registry
 
 
@@ -56,8 +57,7 @@ def checkpoint_source(ref: CheckpointRef, reg: Registry) -> str:
             return f"local folder {candidate}"
         if candidate.exists():
             return f"MISSING: {candidate} is a file; give the folder that holds it"
-    # the same rule as checkpoint.resolve_folder: paths are local, "org/name" ids go to the hub
-    if ref.ref.startswith((".", "/", "~")) or ref.ref.count("/") > 1:
+    if is_path_ref(ref.ref):  # the loader's rule: paths are local, "org/name" ids go to the hub
         return f"MISSING: {beside} does not exist"
     try:
         cached = _hub_cached(ref.ref, ref.revision)
@@ -96,8 +96,12 @@ def _grid(exp: Experiment) -> str:
     return ", ".join(f"{a:g}" if isinstance(a, int | float) else "layer-wise" for a in exp.alphas)
 
 
-def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path, out_dir: Path) -> str:
-    """The experiment as ``mergeir run`` will execute it; lines starting MISSING/UNKNOWN need fixing."""
+def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path,
+             out_dir: Path) -> tuple[str, int]:
+    """The experiment as ``mergeir run`` will execute it, and how many sources need fixing.
+
+    Sources that need fixing read ``MISSING …`` or ``UNKNOWN …`` in the text.
+    """
     exp = reg.experiment(name)
     lines = [f"{name}: {len(exp.triplets)} triplet(s) × {len(datasets)} dataset(s)"
              + (f" — {exp.description}" if exp.description else ""), "", "datasets:"]
@@ -159,4 +163,4 @@ def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path, ou
         lines.append(f"{len(problems)} problem(s) to fix before running")
     else:
         lines.append("ready to run" + (f" ({downloads} download(s): needs network access)" if downloads else ""))
-    return "\n".join(lines)
+    return "\n".join(lines), len(problems)
