@@ -26,8 +26,14 @@ def perturbed_triplet(source: Path, root: Path, noise: float = 0.01) -> dict[str
         if not folder.exists():
             shutil.copytree(source, folder)
             if sign:
-                state = {k: (v + sign * noise * torch.randn(v.shape, generator=gen).to(v.dtype)
-                             if v.is_floating_point() else v) for k, v in weights.items()}
+                state = {
+                    k: (
+                        v + sign * noise * torch.randn(v.shape, generator=gen).to(v.dtype)
+                        if v.is_floating_point()
+                        else v
+                    )
+                    for k, v in weights.items()
+                }
                 save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
         out[name] = folder
     return out

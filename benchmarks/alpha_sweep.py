@@ -19,20 +19,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _triplets import SHARED, perturbed_triplet  # noqa: E402
 
-from mergekit_ir.checkpoint import open_checkpoint  # noqa: E402
-from mergekit_ir.datasets import load_beir_folder  # noqa: E402
-from mergekit_ir.merge import MergeJob, build_plan, merge_to_folder  # noqa: E402
+from mergekit_ir.evaluation.datasets import load_beir_folder  # noqa: E402
+from mergekit_ir.merging.checkpoint import open_checkpoint  # noqa: E402
+from mergekit_ir.merging.engine import MergeJob, build_plan, merge_to_folder  # noqa: E402
+from mergekit_ir.merging.sweep import InPlaceSweep  # noqa: E402
+from mergekit_ir.merging.task_vector import TaskVector  # noqa: E402
 from mergekit_ir.params import check_params  # noqa: E402
-from mergekit_ir.plugins import catalog  # noqa: E402
-from mergekit_ir.scoring import ScoringSettings  # noqa: E402
-from mergekit_ir.sweep import InPlaceSweep  # noqa: E402
-from mergekit_ir.task_vector import TaskVector  # noqa: E402
+from mergekit_ir.plugin_host import catalog  # noqa: E402
+from mergekit_ir.scoring.scorer import ScoringSettings  # noqa: E402
 
 ALPHAS = [round(0.1 * i, 1) for i in range(1, 11)]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", type=Path, default=SHARED / "models" / "all-MiniLM-L6-v2")
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "beir" / "scifact")
     ap.add_argument("--queries", type=int, default=30)
@@ -46,7 +48,9 @@ def main() -> None:
     settings = ScoringSettings(device=args.device, batch_size=64, show_progress=False)
     ds = load_beir_folder(args.data, f"test[:{args.queries}]")
     fs = cat.first_stage("bm25s")
-    run = fs.build(ds.corpus, check_params(fs.params, {}, "bm25s", "bm25s"), None).search(ds.queries, args.k)
+    run = fs.build(ds.corpus, check_params(fs.params, {}, "bm25s", "bm25s"), None).search(
+        ds.queries, args.k
+    )
     docs = {d: ds.corpus[d].full_text for q in run.values() for d in q}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,8 +58,13 @@ def main() -> None:
         pre = open_checkpoint(str(t["pretrained"]))
 
         def job() -> MergeJob:
-            return MergeJob(open_checkpoint(str(t["ir"])), [TaskVector.from_checkpoints(pre, open_checkpoint(str(t["domain"])))],
-                            method, {"alpha": 1.0, "weights": None}, pretrained=pre)
+            return MergeJob(
+                open_checkpoint(str(t["ir"])),
+                [TaskVector.from_checkpoints(pre, open_checkpoint(str(t["domain"])))],
+                method,
+                {"alpha": 1.0, "weights": None},
+                pretrained=pre,
+            )
 
         # baseline: merge to disk + load + score, per α
         base_total, base_scoring = time.perf_counter(), 0.0
@@ -85,16 +94,24 @@ def main() -> None:
         ours_total = time.perf_counter() - ours_total
 
     pairs = sum(len(v) for v in run.values())
-    print(f"model {args.model.name}, {len(ds.queries)} queries × top-{args.k} ({pairs} pairs, {len(docs)} docs), "
-          f"10-point α sweep, device {settings.torch_device}\n")
+    print(
+        f"model {args.model.name}, {len(ds.queries)} queries × top-{args.k} ({pairs} pairs, {len(docs)} docs), "
+        f"10-point α sweep, device {settings.torch_device}\n"
+    )
     print("| approach | total (s) | scoring (s) | overhead beyond scoring |")
     print("|---|---:|---:|---:|")
-    print(f"| merge to disk + load + score per α (baseline) | {base_total:.2f} | {base_scoring:.2f} | "
-          f"{100 * (base_total - base_scoring) / base_scoring:.1f} % |")
-    print(f"| in-place sweep (ours) | {ours_total:.2f} | {ours_scoring:.2f} | "
-          f"{100 * (ours_total - ours_scoring) / ours_scoring:.1f} % |")
-    print(f"\nin-place: one-off setup (load ΘT + read τ) {setup:.2f} s, weight update {1000 * ours_update / len(ALPHAS):.0f} ms per α "
-          f"({100 * ours_update / ours_scoring:.2f} % of scoring)")
+    print(
+        f"| merge to disk + load + score per α (baseline) | {base_total:.2f} | {base_scoring:.2f} | "
+        f"{100 * (base_total - base_scoring) / base_scoring:.1f} % |"
+    )
+    print(
+        f"| in-place sweep (ours) | {ours_total:.2f} | {ours_scoring:.2f} | "
+        f"{100 * (ours_total - ours_scoring) / ours_scoring:.1f} % |"
+    )
+    print(
+        f"\nin-place: one-off setup (load ΘT + read τ) {setup:.2f} s, weight update {1000 * ours_update / len(ALPHAS):.0f} ms per α "
+        f"({100 * ours_update / ours_scoring:.2f} % of scoring)"
+    )
     print(f"speed-up over baseline: {base_total / ours_total:.2f}×; sweep overhead goal < 5 %")
 
 

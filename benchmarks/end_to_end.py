@@ -29,8 +29,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(registry: Path, experiment: str, tmp: Path) -> dict[str, float]:
     out = tmp / f"out-{experiment}"
     env = {**os.environ, "MERGEIR_CACHE": str(tmp / f"cache-{experiment}")}
-    subprocess.run([sys.executable, "-m", "mergekit_ir.cli", "run", experiment, "--registry", str(registry),
-                    "--out", str(out), "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mergekit_ir.cli",
+            "run",
+            experiment,
+            "--registry",
+            str(registry),
+            "--out",
+            str(out),
+            "-q",
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     return json.loads((out / "results.json").read_text())["manifest"]["timings"]
 
 
@@ -38,12 +53,21 @@ def table(name: str, timings: dict[str, float]) -> str:
     total = sum(timings.values())
     other = total - timings.get("scoring", 0.0)
     rows = [f"| {k} | {v:.1f} | {100 * v / total:.1f} % |" for k, v in timings.items()]
-    return "\n".join([f"**{name}** — total {total:.1f} s, non-scoring stages {100 * other / total:.1f} %\n",
-                      "| stage | seconds | share |", "|---|---:|---:|", *rows, ""])
+    return "\n".join(
+        [
+            f"**{name}** — total {total:.1f} s, non-scoring stages {100 * other / total:.1f} %\n",
+            "| stage | seconds | share |",
+            "|---|---:|---:|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--skip-real", action="store_true", help="only the quickstart")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -56,21 +80,23 @@ def main() -> None:
         registry = tmp / "registry.yaml"
         registry.write_text(f"""
 datasets:
-  scifact: {{beir: {beir / 'scifact'}, test: test, dev: "train[:20%]"}}
-  nfcorpus: {{beir: {beir / 'nfcorpus'}, test: test, dev: dev}}
+  scifact: {{beir: {beir / "scifact"}, test: test, dev: "train[:20%]"}}
+  nfcorpus: {{beir: {beir / "nfcorpus"}, test: test, dev: dev}}
 triplets:
   bert-tiny:
     scorer: {{kind: bi-encoder, pooling: mean, similarity: cosine, max_length: 256}}
-    pretrained: {t['pretrained']}
-    domain: {t['domain']}
-    ir: {t['ir']}
+    pretrained: {t["pretrained"]}
+    domain: {t["domain"]}
+    ir: {t["ir"]}
 experiments:
   scifact-nfcorpus:
     triplets: [bert-tiny]
     datasets: [scifact, nfcorpus]
     scoring: {{batch_size: 64}}
 """)
-        print(table("SciFact + NFCorpus, BERT-tiny triplet", run(registry, "scifact-nfcorpus", tmp)))
+        print(
+            table("SciFact + NFCorpus, BERT-tiny triplet", run(registry, "scifact-nfcorpus", tmp))
+        )
 
 
 if __name__ == "__main__":

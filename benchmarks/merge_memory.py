@@ -77,15 +77,22 @@ save_file(merged, str(Path(out) / "model.safetensors"), metadata={"format": "pt"
 
 # -- synthetic checkpoints ------------------------------------------------------------------
 
-def llama_shapes(hidden: int, inter: int, vocab: int, layers: int) -> list[tuple[str, tuple[int, ...]]]:
+
+def llama_shapes(
+    hidden: int, inter: int, vocab: int, layers: int
+) -> list[tuple[str, tuple[int, ...]]]:
     """LlamaForCausalLM tensor names and shapes, in the order transformers saves them."""
     shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, hidden))]
     for i in range(layers):
         p = f"model.layers.{i}"
         shapes += [(f"{p}.self_attn.{x}_proj.weight", (hidden, hidden)) for x in "qkvo"]
-        shapes += [(f"{p}.mlp.gate_proj.weight", (inter, hidden)), (f"{p}.mlp.up_proj.weight", (inter, hidden)),
-                   (f"{p}.mlp.down_proj.weight", (hidden, inter)),
-                   (f"{p}.input_layernorm.weight", (hidden,)), (f"{p}.post_attention_layernorm.weight", (hidden,))]
+        shapes += [
+            (f"{p}.mlp.gate_proj.weight", (inter, hidden)),
+            (f"{p}.mlp.up_proj.weight", (inter, hidden)),
+            (f"{p}.mlp.down_proj.weight", (hidden, inter)),
+            (f"{p}.input_layernorm.weight", (hidden,)),
+            (f"{p}.post_attention_layernorm.weight", (hidden,)),
+        ]
     shapes += [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
     return shapes
 
@@ -100,17 +107,26 @@ def layers_for(size_gb: float, hidden: int, inter: int, vocab: int) -> int:
     return max(1, round((size_gb * 1e9 / 2 - fixed) / per_layer))
 
 
-def build_checkpoints(root: Path, hidden: int, inter: int, vocab: int, layers: int,
-                      shard_bytes: int, seed: int = 0) -> dict[str, Path]:
+def build_checkpoints(
+    root: Path, hidden: int, inter: int, vocab: int, layers: int, shard_bytes: int, seed: int = 0
+) -> dict[str, Path]:
     """Θ0, ΘD = Θ0 + noise, ΘT = Θ0 + noise; tensors made one at a time, written shard by shard."""
     from transformers import LlamaConfig
 
     dirs = {k: root / k for k in ("pretrained", "domain", "ir")}
     heads = max(1, hidden // 64)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=2048, tie_word_embeddings=False,
-                         architectures=["LlamaForCausalLM"], dtype="float16")
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+        dtype="float16",
+    )
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(d)
@@ -145,8 +161,10 @@ def build_checkpoints(root: Path, hidden: int, inter: int, vocab: int, layers: i
             save_file(parts[k], str(d / files[i]), metadata={"format": "pt"})
         del parts
     total = sum(torch.Size(s).numel() * 2 for _, s in shapes)
-    index = {"metadata": {"total_size": total},
-             "weight_map": {name: files[i] for i, shard in enumerate(shards) for name, _ in shard}}
+    index = {
+        "metadata": {"total_size": total},
+        "weight_map": {name: files[i] for i, shard in enumerate(shards) for name, _ in shard},
+    }
     for d in dirs.values():
         (d / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return dirs
@@ -167,6 +185,7 @@ def folder_bytes(folder: Path) -> int:
 
 # -- measuring ------------------------------------------------------------------------------
 
+
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
@@ -175,7 +194,9 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def measure(cmd: list[str], log: Path, env: dict[str, str], interval: float = 0.02) -> tuple[int, float, float]:
+def measure(
+    cmd: list[str], log: Path, env: dict[str, str], interval: float = 0.02
+) -> tuple[int, float, float]:
     """(peak RSS in bytes over the process tree, wall seconds, CPU seconds) of one fresh subprocess."""
     peak = 0
     done = threading.Event()
@@ -203,11 +224,14 @@ def measure(cmd: list[str], log: Path, env: dict[str, str], interval: float = 0.
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if rc != 0:
-        sys.exit(f"command failed (rc {rc}): {shlex.join(cmd)}\n--- {log} ---\n{log.read_text()[-4000:]}")
+        sys.exit(
+            f"command failed (rc {rc}): {shlex.join(cmd)}\n--- {log} ---\n{log.read_text()[-4000:]}"
+        )
     return peak, wall, cpu
 
 
 # -- checking -------------------------------------------------------------------------------
+
 
 def open_tensors(folder: Path) -> dict[str, Path]:
     index = folder / "model.safetensors.index.json"
@@ -227,10 +251,15 @@ def compare(a: Path, b: Path, ulps: float) -> tuple[float, float, str]:
         sys.exit(f"{a} and {b} hold different tensors: {sorted(set(ta) ^ set(tb))[:5]}")
     worst_abs, worst_ulp, worst_name = 0.0, 0.0, ""
     for name in ta:
-        with safe_open(str(ta[name]), framework="pt") as fa, safe_open(str(tb[name]), framework="pt") as fb:
+        with (
+            safe_open(str(ta[name]), framework="pt") as fa,
+            safe_open(str(tb[name]), framework="pt") as fb,
+        ):
             x, y = fa.get_tensor(name), fb.get_tensor(name)
         if x.shape != y.shape or x.dtype != y.dtype:
-            sys.exit(f"tensor {name}: {tuple(x.shape)} {x.dtype} in {a} but {tuple(y.shape)} {y.dtype} in {b}")
+            sys.exit(
+                f"tensor {name}: {tuple(x.shape)} {x.dtype} in {a} but {tuple(y.shape)} {y.dtype} in {b}"
+            )
         diff = (x.float() - y.float()).abs().max().item()
         scale = max(y.float().abs().max().item(), 2.0**-14)
         ulp = 2.0 ** (torch.tensor(scale).log2().floor().item() - 10)  # fp16 spacing at `scale`
@@ -240,26 +269,43 @@ def compare(a: Path, b: Path, ulps: float) -> tuple[float, float, str]:
             worst_ulp, worst_name = diff / ulp, name
         del x, y
     if worst_ulp > ulps:
-        sys.exit(f"outputs differ: {a} vs {b}, tensor {worst_name} off by {worst_ulp:.1f} fp16 ulps (> {ulps})")
+        sys.exit(
+            f"outputs differ: {a} vs {b}, tensor {worst_name} off by {worst_ulp:.1f} fp16 ulps (> {ulps})"
+        )
     return worst_abs, worst_ulp, worst_name
 
 
 # -- main -----------------------------------------------------------------------------------
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size-gb", type=float, default=1.0, help="size of each input checkpoint (fp16 GB)")
+    ap.add_argument(
+        "--size-gb", type=float, default=1.0, help="size of each input checkpoint (fp16 GB)"
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mergebench"))
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints and outputs")
     ap.add_argument("--alpha", type=float, default=0.5)
-    ap.add_argument("--hidden", type=int, default=1024, help="hidden size (layers follow from --size-gb)")
+    ap.add_argument(
+        "--hidden", type=int, default=1024, help="hidden size (layers follow from --size-gb)"
+    )
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--shard-size-mb", type=int, default=500, help="input shard size")
-    ap.add_argument("--methods", default="ours,naive,mergekit", help="comma-separated subset to run")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per method, interleaved; the table shows the fastest run and the highest peak")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="OMP_NUM_THREADS for every run (default: unset, each library's own default)")
+    ap.add_argument(
+        "--methods", default="ours,naive,mergekit", help="comma-separated subset to run"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per method, interleaved; the table shows the fastest run and the highest peak",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for every run (default: unset, each library's own default)",
+    )
     args = ap.parse_args()
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -272,13 +318,20 @@ def main() -> None:
     work.mkdir(parents=True)
     try:
         t0 = time.perf_counter()
-        dirs = build_checkpoints(work / "inputs", hidden, inter, vocab, layers, args.shard_size_mb * 10**6)
+        dirs = build_checkpoints(
+            work / "inputs", hidden, inter, vocab, layers, args.shard_size_mb * 10**6
+        )
         gen_s = time.perf_counter() - t0
         input_bytes = sum(folder_bytes(d) for d in dirs.values())
-        largest = max(torch.Size(s).numel() * 2 for _, s in llama_shapes(hidden, inter, vocab, layers))
-        print(f"built 3 checkpoints in {gen_s:.0f} s: Llama hidden={hidden} intermediate={inter} "
-              f"vocab={vocab} layers={layers}, {input_bytes / 3 / 1e9:.2f} GB each "
-              f"(largest tensor {largest / 1e6:.0f} MB fp16)", file=sys.stderr)
+        largest = max(
+            torch.Size(s).numel() * 2 for _, s in llama_shapes(hidden, inter, vocab, layers)
+        )
+        print(
+            f"built 3 checkpoints in {gen_s:.0f} s: Llama hidden={hidden} intermediate={inter} "
+            f"vocab={vocab} layers={layers}, {input_bytes / 3 / 1e9:.2f} GB each "
+            f"(largest tensor {largest / 1e6:.0f} MB fp16)",
+            file=sys.stderr,
+        )
 
         outs = {m: work / f"out-{m}" for m in methods}
         cfg = work / "mergekit.yaml"
@@ -291,12 +344,40 @@ def main() -> None:
             "dtype: float16\n"
         )
         commands = {
-            "ours": [console_script("mergeir"), "merge", "--ir", str(dirs["ir"]), "--pretrained", str(dirs["pretrained"]),
-                     "--domain", str(dirs["domain"]), "--alpha", str(args.alpha), "--out", str(outs.get("ours")),
-                     "-q", "--out-shard-size", "5GB"],
-            "naive": [sys.executable, "-c", NAIVE, str(dirs["ir"]), str(dirs["pretrained"]),
-                      str(dirs["domain"]), str(args.alpha), str(outs.get("naive"))],
-            "mergekit": [console_script("mergekit-yaml"), str(cfg), str(outs.get("mergekit")), "--no-copy-tokenizer", "--quiet"],
+            "ours": [
+                console_script("mergeir"),
+                "merge",
+                "--ir",
+                str(dirs["ir"]),
+                "--pretrained",
+                str(dirs["pretrained"]),
+                "--domain",
+                str(dirs["domain"]),
+                "--alpha",
+                str(args.alpha),
+                "--out",
+                str(outs.get("ours")),
+                "-q",
+                "--out-shard-size",
+                "5GB",
+            ],
+            "naive": [
+                sys.executable,
+                "-c",
+                NAIVE,
+                str(dirs["ir"]),
+                str(dirs["pretrained"]),
+                str(dirs["domain"]),
+                str(args.alpha),
+                str(outs.get("naive")),
+            ],
+            "mergekit": [
+                console_script("mergekit-yaml"),
+                str(cfg),
+                str(outs.get("mergekit")),
+                "--no-copy-tokenizer",
+                "--quiet",
+            ],
         }
         env = dict(os.environ)
         if args.threads:
@@ -309,9 +390,14 @@ def main() -> None:
                 print(f"running {m} ({r + 1}/{args.repeat}) ...", file=sys.stderr)
                 runs[m].append(measure(commands[m], work / f"{m}.log", env))
                 peak, wall, cpu = runs[m][-1]
-                print(f"  {m}: peak {peak / 2**20:.0f} MB, {wall:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr)
-        results = {m: (max(x[0] for x in rs), min(x[1] for x in rs), min(x[2] for x in rs))
-                   for m, rs in runs.items()}
+                print(
+                    f"  {m}: peak {peak / 2**20:.0f} MB, {wall:.1f} s wall, {cpu:.1f} s CPU",
+                    file=sys.stderr,
+                )
+        results = {
+            m: (max(x[0] for x in rs), min(x[1] for x in rs), min(x[2] for x in rs))
+            for m, rs in runs.items()
+        }
 
         checks = []
         if "ours" in outs and "naive" in outs:
@@ -319,36 +405,53 @@ def main() -> None:
             checks.append(f"ours vs naive: max |diff| {d:.3g} (bit-identical)")
         if "ours" in outs and "mergekit" in outs:
             d, u, name = compare(outs["ours"], outs["mergekit"], ulps=4.0)
-            checks.append(f"ours vs mergekit: max |diff| {d:.3g}, at most {u:.1f} fp16 ulp "
-                          f"(worst {name}); mergekit computes in fp16, ours in fp32")
+            checks.append(
+                f"ours vs mergekit: max |diff| {d:.3g}, at most {u:.1f} fp16 ulp "
+                f"(worst {name}); mergekit computes in fp16, ours in fp32"
+            )
 
         vm = psutil.virtual_memory()
         cmdline = shlex.join([Path(sys.executable).name, *sys.argv])
         load = os.getloadavg()
         print(f"\nCommand: `{cmdline}`  ")
-        print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-              f"{vm.total / 2**30:.1f} GiB RAM ({vm.available / 2**30:.1f} GiB available at the end), "
-              f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (1/5/15 min), "
-              f"Python {platform.python_version()}, torch {torch.__version__}, "
-              f"OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}  ")
-        print(f"Inputs: 3 synthetic LlamaForCausalLM checkpoints (hidden {hidden}, {layers} layers, "
-              f"vocab {vocab}), {input_bytes / 3 / 1e9:.2f} GB fp16 each, {input_bytes / 1e9:.2f} GB in all; "
-              f"largest tensor {largest / 1e6:.0f} MB; α = {args.alpha}  ")
-        print("\n| method | peak RSS (MB) | peak RSS / inputs | wall time (s) | time / mergekit | CPU time (s) |")
+        print(
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{vm.total / 2**30:.1f} GiB RAM ({vm.available / 2**30:.1f} GiB available at the end), "
+            f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (1/5/15 min), "
+            f"Python {platform.python_version()}, torch {torch.__version__}, "
+            f"OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}  "
+        )
+        print(
+            f"Inputs: 3 synthetic LlamaForCausalLM checkpoints (hidden {hidden}, {layers} layers, "
+            f"vocab {vocab}), {input_bytes / 3 / 1e9:.2f} GB fp16 each, {input_bytes / 1e9:.2f} GB in all; "
+            f"largest tensor {largest / 1e6:.0f} MB; α = {args.alpha}  "
+        )
+        print(
+            "\n| method | peak RSS (MB) | peak RSS / inputs | wall time (s) | time / mergekit | CPU time (s) |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         mk_time = results["mergekit"][1] if "mergekit" in results else None
-        labels = {"ours": "ours (`mergeir merge`)", "naive": "naive (load all, `save_file`)",
-                  "mergekit": "mergekit (`mergekit-yaml`)"}
+        labels = {
+            "ours": "ours (`mergeir merge`)",
+            "naive": "naive (load all, `save_file`)",
+            "mergekit": "mergekit (`mergekit-yaml`)",
+        }
         for m, (rss, wall, cpu) in results.items():
             ratio = f"{wall / mk_time:.2f}" if mk_time else "–"
-            print(f"| {labels[m]} | {rss / 2**20:,.0f} | {rss / input_bytes:.2f} | {wall:.1f} | {ratio} | {cpu:.1f} |")
+            print(
+                f"| {labels[m]} | {rss / 2**20:,.0f} | {rss / input_bytes:.2f} | {wall:.1f} | {ratio} | {cpu:.1f} |"
+            )
         print()
         if "ours" in results and "naive" in results:
             r = results["ours"][0] / results["naive"][0]
-            print(f"- ours peak RSS / naive peak RSS = **{r:.3f}** (goal < 0.25: {'met' if r < 0.25 else 'MISSED'})")
+            print(
+                f"- ours peak RSS / naive peak RSS = **{r:.3f}** (goal < 0.25: {'met' if r < 0.25 else 'MISSED'})"
+            )
         if "ours" in results and mk_time:
             r = results["ours"][1] / mk_time
-            print(f"- ours time / mergekit time = **{r:.2f}** (goal <= 1.0: {'met' if r <= 1.0 else 'MISSED'})")
+            print(
+                f"- ours time / mergekit time = **{r:.2f}** (goal <= 1.0: {'met' if r <= 1.0 else 'MISSED'})"
+            )
         if "ours" in results and "mergekit" in results:
             r = results["ours"][0] / results["mergekit"][0]
             print(f"- ours peak RSS / mergekit peak RSS = {r:.3f}")

@@ -53,7 +53,9 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
 def make_pairs(data: Path, n: int, docs_per_query: int) -> list[tuple[str, str]]:
     """``n`` pairs: each SciFact query with ``docs_per_query`` consecutive corpus documents."""
     queries = [q["text"] for q in read_jsonl(data / "queries.jsonl")]
-    docs = [(d.get("title", "") + " " + d["text"]).strip() for d in read_jsonl(data / "corpus.jsonl", n)]
+    docs = [
+        (d.get("title", "") + " " + d["text"]).strip() for d in read_jsonl(data / "corpus.jsonl", n)
+    ]
     return [(queries[(i // docs_per_query) % len(queries)], docs[i % len(docs)]) for i in range(n)]
 
 
@@ -76,16 +78,29 @@ def timed_pair(ours, ref, repeat: int) -> tuple[list[float], list[float], list[f
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="sentence-transformers folder (BERT-like)")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (corpus.jsonl, queries.jsonl)")
+    ap.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="sentence-transformers folder (BERT-like)"
+    )
+    ap.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (corpus.jsonl, queries.jsonl)"
+    )
     ap.add_argument("--pairs", type=int, default=512, help="(query, document) pairs to score")
     ap.add_argument("--docs-per-query", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-length", type=int, default=256, help="token limit (both implementations)")
+    ap.add_argument(
+        "--max-length", type=int, default=256, help="token limit (both implementations)"
+    )
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="fp32", help="fp32, bf16, fp16 or auto (both implementations)")
+    ap.add_argument(
+        "--dtype", default="fp32", help="fp32, bf16, fp16 or auto (both implementations)"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
-    ap.add_argument("--waste-docs", type=int, default=None, help="corpus documents for padding waste (default: all)")
+    ap.add_argument(
+        "--waste-docs",
+        type=int,
+        default=None,
+        help="corpus documents for padding waste (default: all)",
+    )
     args = ap.parse_args(argv)
 
     if not args.model.is_dir():
@@ -99,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from mergekit_ir.plugins import catalog
-    from mergekit_ir.scoring import ScoringSettings, padding_waste
-    from mergekit_ir.text_batches import tokenize
+    from mergekit_ir.plugin_host import catalog
+    from mergekit_ir.scoring.batching import tokenize
+    from mergekit_ir.scoring.scorer import ScoringSettings, padding_waste
 
-    settings = ScoringSettings(device=args.device, dtype=args.dtype, batch_size=args.batch_size, show_progress=False)
+    settings = ScoringSettings(
+        device=args.device, dtype=args.dtype, batch_size=args.batch_size, show_progress=False
+    )
     device, dtype = settings.torch_device, settings.torch_dtype
     pairs = make_pairs(args.data, args.pairs, args.docs_per_query)
     rows = []
@@ -136,13 +153,25 @@ def main(argv: list[str] | None = None) -> int:
         model.save_pretrained(folder)
         AutoTokenizer.from_pretrained(args.model).save_pretrained(folder)
         del model
-        ce = catalog().scorer("cross-encoder").load(folder, {"max_length": args.max_length}, settings)
-        ref_ce = STCrossEncoder(str(folder), max_length=args.max_length, device=str(device),
-                                model_kwargs={"dtype": dtype})
+        ce = (
+            catalog()
+            .scorer("cross-encoder")
+            .load(folder, {"max_length": args.max_length}, settings)
+        )
+        ref_ce = STCrossEncoder(
+            str(folder),
+            max_length=args.max_length,
+            device=str(device),
+            model_kwargs={"dtype": dtype},
+        )
 
         def st_ce():
-            return ref_ce.predict(pairs, batch_size=args.batch_size, activation_fn=torch.nn.Identity(),
-                                  show_progress_bar=False).tolist()
+            return ref_ce.predict(
+                pairs,
+                batch_size=args.batch_size,
+                activation_fn=torch.nn.Identity(),
+                show_progress_bar=False,
+            ).tolist()
 
         ce.score_pairs(pairs[: args.batch_size])
         st_ce()
@@ -151,31 +180,50 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("cross-encoder", "CrossEncoder.predict", t_ours, t_ref, diff, ce.truncation))
 
     # -- padding waste ----------------------------------------------------------------
-    docs = [(d.get("title", "") + " " + d["text"]).strip()
-            for d in read_jsonl(args.data / "corpus.jsonl", args.waste_docs)]
+    docs = [
+        (d.get("title", "") + " " + d["text"]).strip()
+        for d in read_jsonl(args.data / "corpus.jsonl", args.waste_docs)
+    ]
     waste_rows = []
     for limit in sorted({args.max_length, 512}):
         enc = tokenize(bi.tokenizer, docs, None, limit)
-        waste_rows.append((f"SciFact corpus documents, max_length {limit}", [len(ids) for ids in enc["input_ids"]]))
+        waste_rows.append(
+            (
+                f"SciFact corpus documents, max_length {limit}",
+                [len(ids) for ids in enc["input_ids"]],
+            )
+        )
     pair_enc = tokenize(ce.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], args.max_length)
-    waste_rows.append((f"the (query, document) pairs above, max_length {args.max_length}",
-                       [len(ids) for ids in pair_enc["input_ids"]]))
+    waste_rows.append(
+        (
+            f"the (query, document) pairs above, max_length {args.max_length}",
+            [len(ids) for ids in pair_enc["input_ids"]],
+        )
+    )
 
-    print(f"model {args.model.name} | device {device} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads) | dtype {str(dtype).removeprefix('torch.')} | "
-          f"{len(pairs)} pairs | batch {args.batch_size} | max_length {args.max_length} | torch {torch.__version__}\n")
-    print("| scorer | reference | ours (pairs/s) | reference (pairs/s) | speed ours / reference, wall "
-          "| same, CPU time | max abs score diff | truncated (ours, all runs) |")
+    print(
+        f"model {args.model.name} | device {device} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads) | dtype {str(dtype).removeprefix('torch.')} | "
+        f"{len(pairs)} pairs | batch {args.batch_size} | max_length {args.max_length} | torch {torch.__version__}\n"
+    )
+    print(
+        "| scorer | reference | ours (pairs/s) | reference (pairs/s) | speed ours / reference, wall "
+        "| same, CPU time | max abs score diff | truncated (ours, all runs) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name, refname, t_o, t_r, d, trunc in rows:
-        print(f"| {name} | {refname} | {len(pairs) / t_o[0]:,.1f} | {len(pairs) / t_r[0]:,.1f} "
-              f"| {t_r[0] / t_o[0]:.2f}x | {t_r[1] / t_o[1]:.2f}x | {d:.1e} | {trunc.summary()} |")
+        print(
+            f"| {name} | {refname} | {len(pairs) / t_o[0]:,.1f} | {len(pairs) / t_r[0]:,.1f} "
+            f"| {t_r[0] / t_o[0]:.2f}x | {t_r[1] / t_o[1]:.2f}x | {d:.1e} | {trunc.summary()} |"
+        )
     print()
     print("| inputs | texts | batch | padding waste, length-sorted | padding waste, input order |")
     print("|---|---:|---:|---:|---:|")
     for what, lens in waste_rows:
-        print(f"| {what} | {len(lens)} | {args.batch_size} | {100 * padding_waste(lens, args.batch_size, True):.1f}% "
-              f"| {100 * padding_waste(lens, args.batch_size, False):.1f}% |")
+        print(
+            f"| {what} | {len(lens)} | {args.batch_size} | {100 * padding_waste(lens, args.batch_size, True):.1f}% "
+            f"| {100 * padding_waste(lens, args.batch_size, False):.1f}% |"
+        )
     return 0
 
 

@@ -1,21 +1,48 @@
 """mergekit-ir: build domain- and language-adapted rerankers by merging checkpoints.
 
-Public API for plugin authors and scripts.
+This module is the public API. Plugin authors import only from here:
+
+- the plugin contract: :func:`hookimpl`, the kinds they register (:class:`MergeMethod`,
+  :class:`ScorerKind`, :class:`FirstStageKind`) and :class:`Param` for their parameters;
+- the toolkit the built-in plugins use: data types (:class:`Document`, :data:`Run`),
+  tokenising and batching helpers, :func:`read_model_config` for a scorer's ``check()``,
+  ``atomic`` writes, the one-line errors;
+- the Python API scripts use: :func:`merge`, :func:`merge_triplet`, :class:`TaskVector`,
+  :func:`load_registry`, :func:`run_experiment`.
+
+Everything else (``mergekit_ir.merging``, ``.scoring``, ``.evaluation``, ``.experiments``,
+``.reports``, ``.storage``) is the machinery behind it and may change between releases.
 """
 
-from .errors import CheckpointError, ConfigError, DatasetError, MergeIRError, PluginError
-from .first_stage import FirstStage, FirstStageKind, Run
-from .hookspecs import hookimpl
-from .merge_method import ALPHA, WEIGHTS, MergeMethod, domain_weights, tensor_generator
-from .params import Param
-from .scoring import Scorer, ScorerKind, ScoringSettings
+from mergekit_ir.errors import CheckpointError, ConfigError, DatasetError, MergeIRError, PluginError
+from mergekit_ir.evaluation.datasets import Dataset, Document
+from mergekit_ir.evaluation.first_stage import FirstStage, FirstStageKind, Run
+from mergekit_ir.hookspecs import hookimpl
+from mergekit_ir.merging.method import ALPHA, WEIGHTS, MergeMethod, domain_weights, tensor_generator
+from mergekit_ir.params import Param
+from mergekit_ir.scoring.batching import (
+    encode_template,
+    fill_template,
+    pad_token_id,
+    parse_template,
+    require_fast,
+    resolve_token,
+    run_batches,
+    tokenize,
+    truncate_texts,
+)
+from mergekit_ir.scoring.model_config import read_model_config
+from mergekit_ir.scoring.scorer import Scorer, ScorerKind, ScoringSettings
+from mergekit_ir.storage import atomic
 
 __all__ = [
     "ALPHA",
     "WEIGHTS",
     "CheckpointError",
     "ConfigError",
+    "Dataset",
     "DatasetError",
+    "Document",
     "FirstStage",
     "FirstStageKind",
     "MergeIRError",
@@ -26,9 +53,20 @@ __all__ = [
     "Scorer",
     "ScorerKind",
     "ScoringSettings",
+    "atomic",
     "domain_weights",
+    "encode_template",
+    "fill_template",
     "hookimpl",
+    "pad_token_id",
+    "parse_template",
+    "read_model_config",
+    "require_fast",
+    "resolve_token",
+    "run_batches",
     "tensor_generator",
+    "tokenize",
+    "truncate_texts",
 ]
 
 __version__ = "0.1.0"

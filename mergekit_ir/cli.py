@@ -11,7 +11,7 @@ from typing import Any
 import click
 import yaml
 
-from .errors import ConfigError, MergeIRError
+from mergekit_ir.errors import ConfigError, MergeIRError
 
 
 class _Group(click.Group):
@@ -38,8 +38,10 @@ def main(verbose: bool) -> None:
     mergeir plugins                # installed merge methods, scorers, backends
     mergeir validate registry.yaml
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     quiet_libraries()
 
 
@@ -57,32 +59,75 @@ def quiet_libraries() -> None:
 
 
 def _registry(path: str | None):
-    from .registry import default_registry_path, load_registry
+    from mergekit_ir.experiments.registry import default_registry_path, load_registry
 
     return load_registry(Path(path) if path else default_registry_path())
 
 
 def _cache(cache_dir: str | None, no_cache: bool):
-    from .cache import Cache
+    from mergekit_ir.storage.cache import Cache
 
     return Cache(Path(cache_dir) if cache_dir else None, enabled=not no_cache)
 
 
 @main.command()
 @click.argument("experiment", default="quickstart")
-@click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML (default: $MERGEIR_REGISTRY, ./registry.yaml, or the bundled one).")
-@click.option("--dataset", "datasets", multiple=True, help="Only these datasets of the experiment (repeatable).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: mergeir-out/EXPERIMENT).")
+@click.option(
+    "--registry",
+    "registry_path",
+    type=click.Path(dir_okay=False),
+    help="Registry YAML (default: $MERGEIR_REGISTRY, ./registry.yaml, or the bundled one).",
+)
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    help="Only these datasets of the experiment (repeatable).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Output folder (default: mergeir-out/EXPERIMENT).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Scoring dtype (default: the experiment's, auto = bf16 on CUDA, fp32 on CPU).")
-@click.option("--batch-size", type=click.IntRange(1), help="Scoring batch size (default: the experiment's).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (default: $MERGEIR_CACHE or ~/.cache/mergekit_ir).")
-@click.option("--no-cache", is_flag=True, help="Recompute everything (results are still written to the cache).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    help="Scoring dtype (default: the experiment's, auto = bf16 on CUDA, fp32 on CPU).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1), help="Scoring batch size (default: the experiment's)."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Cache folder (default: $MERGEIR_CACHE or ~/.cache/mergekit_ir).",
+)
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Recompute everything (results are still written to the cache).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--dry-run", is_flag=True, help="Show where every checkpoint and dataset comes from and what will run; load nothing.")
-def run(experiment: str, registry_path: str | None, datasets: tuple[str, ...], out_dir: str | None,
-        device: str, dtype: str | None, batch_size: int | None, cache_dir: str | None, no_cache: bool,
-        quiet: bool, dry_run: bool) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show where every checkpoint and dataset comes from and what will run; load nothing.",
+)
+def run(
+    experiment: str,
+    registry_path: str | None,
+    datasets: tuple[str, ...],
+    out_dir: str | None,
+    device: str,
+    dtype: str | None,
+    batch_size: int | None,
+    cache_dir: str | None,
+    no_cache: bool,
+    quiet: bool,
+    dry_run: bool,
+) -> None:
     """Run an EXPERIMENT from the registry and write its report.
 
     BM25 top-k, re-rank with Θ0, ΘD, ΘT and Θ'(α) for the α grid (swept in place,
@@ -96,32 +141,48 @@ def run(experiment: str, registry_path: str | None, datasets: tuple[str, ...], o
       mergeir run paper-table1 --dataset scifact --device cuda
       mergeir run paper-table1 --dry-run           # what it needs, what is local
     """
-    from .harness import RunOptions, run_experiment, selected_datasets
+    from mergekit_ir.experiments.runner import RunOptions, run_experiment, selected_datasets
 
     reg = _registry(registry_path)
     out = Path(out_dir) if out_dir else Path("mergeir-out") / experiment
     if dry_run:
-        from .run_plan import describe
+        from mergekit_ir.experiments.dry_run import describe
 
-        plan, problems = describe(reg, experiment, selected_datasets(reg.experiment(experiment), datasets),
-                                  _cache(cache_dir, no_cache).root, out)
+        plan, problems = describe(
+            reg,
+            experiment,
+            selected_datasets(reg.experiment(experiment), datasets),
+            _cache(cache_dir, no_cache).root,
+            out,
+        )
         click.echo(plan)
         if problems:
-            raise ConfigError(f"{experiment}: {problems} problem(s) to fix before running "
-                              "(lines marked MISSING or UNKNOWN above)")
+            raise ConfigError(
+                f"{experiment}: {problems} problem(s) to fix before running "
+                "(lines marked MISSING or UNKNOWN above)"
+            )
         return
     if experiment == "quickstart":
-        click.echo("quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing.")
-    opts = RunOptions(out_dir=out, cache=_cache(cache_dir, no_cache), device=device,
-                      datasets=datasets or None, progress=not quiet, batch_size=batch_size, dtype=dtype,
-                      echo=click.echo)
+        click.echo(
+            "quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing."
+        )
+    opts = RunOptions(
+        out_dir=out,
+        cache=_cache(cache_dir, no_cache),
+        device=device,
+        datasets=datasets or None,
+        progress=not quiet,
+        batch_size=batch_size,
+        dtype=dtype,
+        echo=click.echo,
+    )
     results = run_experiment(reg, experiment, opts)
     click.echo("")
     click.echo((out / "results.md").read_text())
     if (out / "alpha.md").is_file():
         click.echo((out / "alpha.md").read_text())
     if results.get("reported"):
-        from .reported import summary
+        from mergekit_ir.reports.reported import summary
 
         click.echo(f"vs reported (reported.md): {summary(results['reported'])}\n")
     click.echo(results["_timer"].table())
@@ -146,23 +207,61 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 
 @main.command()
 @click.argument("triplet", required=False)
-@click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML holding TRIPLET.")
+@click.option(
+    "--registry",
+    "registry_path",
+    type=click.Path(dir_okay=False),
+    help="Registry YAML holding TRIPLET.",
+)
 @click.option("--ir", "ir_ref", help="ΘT (hub id or folder), instead of a registry triplet.")
 @click.option("--pretrained", "pre_ref", help="Θ0, instead of a registry triplet.")
-@click.option("--domain", "domain_refs", multiple=True, help="ΘD (repeatable); prefix lora: or task_vector: for adapters/saved vectors.")
+@click.option(
+    "--domain",
+    "domain_refs",
+    multiple=True,
+    help="ΘD (repeatable); prefix lora: or task_vector: for adapters/saved vectors.",
+)
 @click.option("--method", default="task_arithmetic", show_default=True, help="Merge method plugin.")
-@click.option("--alpha", type=str, default="1.0", show_default=True, help="α (a number, or YAML for a layer-wise value).")
-@click.option("--param", "params", multiple=True, help="Other method parameters, NAME=VALUE (repeatable).")
+@click.option(
+    "--alpha",
+    type=str,
+    default="1.0",
+    show_default=True,
+    help="α (a number, or YAML for a layer-wise value).",
+)
+@click.option(
+    "--param", "params", multiple=True, help="Other method parameters, NAME=VALUE (repeatable)."
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder for Θ'.")
-@click.option("--plan", is_flag=True, help="Print the merge/copy/skip table and exit without writing.")
+@click.option(
+    "--plan", is_flag=True, help="Print the merge/copy/skip table and exit without writing."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--out-shard-size", default="5GB", show_default=True, help="Maximum safetensors shard size.")
-@click.option("--device", default="cpu", show_default=True, help="Where the arithmetic runs (cpu or cuda).")
+@click.option(
+    "--out-shard-size", default="5GB", show_default=True, help="Maximum safetensors shard size."
+)
+@click.option(
+    "--device", default="cpu", show_default=True, help="Where the arithmetic runs (cpu or cuda)."
+)
 @click.option("--allow-nonfinite", is_flag=True, help="Do not stop on NaN/Inf in a task vector.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def merge(triplet: str | None, registry_path: str | None, ir_ref: str | None, pre_ref: str | None,
-          domain_refs: tuple[str, ...], method: str, alpha: str, params: tuple[str, ...], out_dir: str | None,
-          plan: bool, overwrite: bool, out_shard_size: str, device: str, allow_nonfinite: bool, quiet: bool) -> None:
+def merge(
+    triplet: str | None,
+    registry_path: str | None,
+    ir_ref: str | None,
+    pre_ref: str | None,
+    domain_refs: tuple[str, ...],
+    method: str,
+    alpha: str,
+    params: tuple[str, ...],
+    out_dir: str | None,
+    plan: bool,
+    overwrite: bool,
+    out_shard_size: str,
+    device: str,
+    allow_nonfinite: bool,
+    quiet: bool,
+) -> None:
     """Write Θ' for one TRIPLET and α as a Hugging Face folder.
 
     Streams tensor by tensor (memory ≈ a few tensors), writes sharded safetensors
@@ -176,19 +275,21 @@ def merge(triplet: str | None, registry_path: str | None, ir_ref: str | None, pr
           --domain my/bio-bert --method ties --param density=0.3 --alpha 0.7 --out merged/
       mergeir merge quickstart-tiny --plan
     """
-    from .checkpoint import open_checkpoint, resolve_folder
-    from .harness import resolve_ref_folder
-    from .merge import MergeJob, build_plan, merge_to_folder
-    from .params import check_params
-    from .plugins import catalog
-    from .safetensors_writer import parse_size
-    from .scoring import resolve_device
-    from .task_vector import TaskVector
+    from mergekit_ir.experiments.runner import resolve_ref_folder
+    from mergekit_ir.merging.checkpoint import open_checkpoint, resolve_folder
+    from mergekit_ir.merging.engine import MergeJob, build_plan, merge_to_folder
+    from mergekit_ir.merging.safetensors_writer import parse_size
+    from mergekit_ir.merging.task_vector import TaskVector
+    from mergekit_ir.params import check_params
+    from mergekit_ir.plugin_host import catalog
+    from mergekit_ir.scoring.scorer import resolve_device
 
     cache = _cache(None, False)
     if triplet:
         if ir_ref or pre_ref or domain_refs:
-            raise ConfigError("give either a registry TRIPLET or --ir/--pretrained/--domain, not both")
+            raise ConfigError(
+                "give either a registry TRIPLET or --ir/--pretrained/--domain, not both"
+            )
         reg = _registry(registry_path)
         t = reg.triplet(triplet)
         ir_folder = resolve_ref_folder(t.ir, reg, cache)
@@ -197,8 +298,10 @@ def merge(triplet: str | None, registry_path: str | None, ir_ref: str | None, pr
         rules = t.alignment
     else:
         if not ir_ref or not domain_refs:
-            raise ConfigError("give a registry TRIPLET, or --ir and at least one --domain (and --pretrained)")
-        from .alignment import AlignmentRules
+            raise ConfigError(
+                "give a registry TRIPLET, or --ir and at least one --domain (and --pretrained)"
+            )
+        from mergekit_ir.merging.alignment import AlignmentRules
 
         ir_folder = resolve_folder(ir_ref)
         pre_folder = resolve_folder(pre_ref) if pre_ref else None
@@ -227,9 +330,19 @@ def merge(triplet: str | None, registry_path: str | None, ir_ref: str | None, pr
             vectors.append(TaskVector.load(folder))
         else:
             if pre_src is None:
-                raise ConfigError("--pretrained is needed to form ΘD − Θ0 from a full domain checkpoint")
+                raise ConfigError(
+                    "--pretrained is needed to form ΘD − Θ0 from a full domain checkpoint"
+                )
             vectors.append(TaskVector.from_checkpoints(pre_src, open_checkpoint(str(folder))))
-    job = MergeJob(ir_src, vectors, mm, checked, pretrained=pre_src, rules=rules, allow_nonfinite=allow_nonfinite)
+    job = MergeJob(
+        ir_src,
+        vectors,
+        mm,
+        checked,
+        pretrained=pre_src,
+        rules=rules,
+        allow_nonfinite=allow_nonfinite,
+    )
     the_plan = build_plan(job)
     if plan:
         click.echo(the_plan.table())
@@ -238,22 +351,37 @@ def merge(triplet: str | None, registry_path: str | None, ir_ref: str | None, pr
         raise ConfigError("--out DIR is required (or use --plan to only print the plan)")
     dev = str(resolve_device(device))
     if triplet:
-        provenance = {"triplet": triplet, "ΘT": t.ir.describe(),
-                      "Θ0": t.pretrained.describe() if t.pretrained else "-",
-                      "ΘD": ", ".join(d.describe() for d in t.domains)}
+        provenance = {
+            "triplet": triplet,
+            "ΘT": t.ir.describe(),
+            "Θ0": t.pretrained.describe() if t.pretrained else "-",
+            "ΘD": ", ".join(d.describe() for d in t.domains),
+        }
     else:
         provenance = {"ΘT": str(ir_ref), "Θ0": str(pre_ref or "-"), "ΘD": ", ".join(domain_refs)}
-    report = merge_to_folder(job, out_dir, shard_size=parse_size(out_shard_size), overwrite=overwrite,
-                             device=dev, progress=not quiet, provenance=provenance, plan=the_plan)
+    report = merge_to_folder(
+        job,
+        out_dir,
+        shard_size=parse_size(out_shard_size),
+        overwrite=overwrite,
+        device=dev,
+        progress=not quiet,
+        provenance=provenance,
+        plan=the_plan,
+    )
     c = report.counts
-    click.echo(f"wrote {report.out} ({report.bytes_written / 1e6:.1f} MB in {report.shards} shard(s), "
-               f"{report.seconds:.1f}s): {c['merge']} merged, {c['copy']} copied from ΘT, {c['skip']} skipped")
+    click.echo(
+        f"wrote {report.out} ({report.bytes_written / 1e6:.1f} MB in {report.shards} shard(s), "
+        f"{report.seconds:.1f}s): {c['merge']} merged, {c['copy']} copied from ΘT, {c['skip']} skipped"
+    )
 
 
 @main.command("task-vector")
 @click.option("--pretrained", "pre_ref", required=True, help="Θ0 (hub id or folder).")
 @click.option("--domain", "domain_ref", required=True, help="ΘD (hub id or folder).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save τ.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save τ."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
 def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) -> None:
     """Save τ = ΘD − Θ0 as safetensors, reusable without its models.
@@ -263,8 +391,8 @@ def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) ->
       mergeir task-vector --pretrained bert-base-uncased --domain my/bio-bert --out tau-bio/
       # then in registry.yaml:  domain: {task_vector: tau-bio/}
     """
-    from .checkpoint import open_checkpoint
-    from .task_vector import TaskVector
+    from mergekit_ir.merging.checkpoint import open_checkpoint
+    from mergekit_ir.merging.task_vector import TaskVector
 
     pre, dom = open_checkpoint(pre_ref), open_checkpoint(domain_ref)
     tv = TaskVector.from_checkpoints(pre, dom)
@@ -276,15 +404,31 @@ def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) ->
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List installed merge methods, scorers and first-stage backends with their parameters."""
-    from .plugins import catalog
+    from mergekit_ir.plugin_host import catalog
 
     cat = catalog()
-    kinds = {"merge methods": cat.merge_methods, "scorers": cat.scorers, "first stages": cat.first_stages}
+    kinds = {
+        "merge methods": cat.merge_methods,
+        "scorers": cat.scorers,
+        "first stages": cat.first_stages,
+    }
     if as_json:
-        click.echo(json.dumps({
-            kind: {name: {"plugin": r.plugin, "description": r.item.description,
-                          "params": [p.describe() for p in r.item.params]} for name, r in table.items()}
-            for kind, table in kinds.items()}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    kind: {
+                        name: {
+                            "plugin": r.plugin,
+                            "description": r.item.description,
+                            "params": [p.describe() for p in r.item.params],
+                        }
+                        for name, r in table.items()
+                    }
+                    for kind, table in kinds.items()
+                },
+                indent=2,
+            )
+        )
         return
     for kind, table in kinds.items():
         click.echo(f"{kind}:")
@@ -305,19 +449,23 @@ def validate(file: str | None) -> None:
     `experiments.table1.merge.alpha[3]: 2.7 is outside [-2, 2]`.
     """
     reg = _registry(file)
-    click.echo(f"{reg.path}: ok — {len(reg.datasets)} datasets, {len(reg.triplets)} triplets, "
-               f"{len(reg.experiments)} experiments")
+    click.echo(
+        f"{reg.path}: ok — {len(reg.datasets)} datasets, {len(reg.triplets)} triplets, "
+        f"{len(reg.experiments)} experiments"
+    )
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def report(run_dir: str) -> None:
     """Re-render the reports of a finished run from its results.json (no recomputation)."""
-    from .report import write_reports
+    from mergekit_ir.reports.render import write_reports
 
     path = Path(run_dir) / "results.json"
     if not path.is_file():
-        raise ConfigError(f"{path}: not found; is {run_dir} the --out folder of a finished `mergeir run`?")
+        raise ConfigError(
+            f"{path}: not found; is {run_dir} the --out folder of a finished `mergeir run`?"
+        )
     try:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

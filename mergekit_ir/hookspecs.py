@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .first_stage import FirstStageKind
-    from .merge_method import MergeMethod
-    from .scoring import ScorerKind
+    from mergekit_ir.evaluation.first_stage import FirstStageKind
+    from mergekit_ir.merging.method import MergeMethod
+    from mergekit_ir.scoring.scorer import ScorerKind
 
 PROJECT = "mergekit_ir"
 

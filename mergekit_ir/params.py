@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from mergekit_ir.errors import ConfigError
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers?|block|h|blocks)\.(\d+)\.")
 
@@ -89,7 +89,11 @@ class Param:
             points = value["gradient"]
             if not isinstance(points, list) or len(points) < 2:
                 raise ConfigError(f"{path}.gradient: give a list of at least two values")
-            return {"gradient": [self.check_scalar(v, f"{path}.gradient[{i}]") for i, v in enumerate(points)]}
+            return {
+                "gradient": [
+                    self.check_scalar(v, f"{path}.gradient[{i}]") for i, v in enumerate(points)
+                ]
+            }
         if isinstance(value, list) and value and all(isinstance(r, Mapping) for r in value):
             self._require_per_tensor(path)
             rules = []
@@ -103,16 +107,23 @@ class Param:
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    raise ConfigError(f"{path}[{i}].filter: bad regex {pattern!r} ({exc})") from None
+                    raise ConfigError(
+                        f"{path}[{i}].filter: bad regex {pattern!r} ({exc})"
+                    ) from None
                 rules.append(
-                    {"filter": pattern, "value": self.check_scalar(rule["value"], f"{path}[{i}].value")}
+                    {
+                        "filter": pattern,
+                        "value": self.check_scalar(rule["value"], f"{path}[{i}].value"),
+                    }
                 )
             return rules
         return self.check_scalar(value, path)
 
     def _require_per_tensor(self, path: str) -> None:
         if not self.per_tensor:
-            raise ConfigError(f"{path}: parameter '{self.name}' takes one value, not a layer-wise spec")
+            raise ConfigError(
+                f"{path}: parameter '{self.name}' takes one value, not a layer-wise spec"
+            )
 
 
 def _fmt(x: Any) -> str:
@@ -127,9 +138,7 @@ def check_params(
     unknown = [k for k in given if k not in by_name]
     if unknown:
         known = ", ".join(by_name) or "none"
-        raise ConfigError(
-            f"{path}.{unknown[0]}: unknown parameter for {owner} (it takes: {known})"
-        )
+        raise ConfigError(f"{path}.{unknown[0]}: unknown parameter for {owner} (it takes: {known})")
     out: dict[str, Any] = {}
     for p in declared:
         if p.name in given:

@@ -25,8 +25,10 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-BEIR_URLS = ("https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/germanquad.zip",
-             "https://dpr-german.s3.eu-west-1.amazonaws.com/germanquad.zip")
+BEIR_URLS = (
+    "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/germanquad.zip",
+    "https://dpr-german.s3.eu-west-1.amazonaws.com/germanquad.zip",
+)
 HUB_ID = "deepset/germanquad"
 ROWS_API = "https://datasets-server.huggingface.co"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "germanquad"
@@ -44,7 +46,9 @@ def from_beir_zip(out: Path) -> None:
             except OSError as exc:
                 print(f"  failed: {exc}", file=sys.stderr)
         else:
-            sys.exit("could not download germanquad.zip; try --source hub (not comparable with the paper)")
+            sys.exit(
+                "could not download germanquad.zip; try --source hub (not comparable with the paper)"
+            )
         with zipfile.ZipFile(archive) as z:
             for m in z.infolist():
                 parts = Path(m.filename).parts
@@ -67,16 +71,23 @@ def hub_rows(split: str) -> list[dict]:
     """The split's rows (id, context, question, answers) via `datasets`, else the JSON rows API."""
     try:
         import datasets
+
         return list(datasets.load_dataset(HUB_ID, split=split))
     except Exception as exc:  # not installed, or a version that no longer runs dataset scripts
-        print(f"datasets could not load {HUB_ID} ({type(exc).__name__}); using the JSON rows API",
-              file=sys.stderr)
-    configs = [s["config"] for s in _get_json("splits", dataset=HUB_ID)["splits"] if s["split"] == split]
+        print(
+            f"datasets could not load {HUB_ID} ({type(exc).__name__}); using the JSON rows API",
+            file=sys.stderr,
+        )
+    configs = [
+        s["config"] for s in _get_json("splits", dataset=HUB_ID)["splits"] if s["split"] == split
+    ]
     if not configs:
         sys.exit(f"{HUB_ID} has no split {split!r}")
     rows, offset = [], 0
     while True:
-        page = _get_json("rows", dataset=HUB_ID, config=configs[0], split=split, offset=offset, length=100)
+        page = _get_json(
+            "rows", dataset=HUB_ID, config=configs[0], split=split, offset=offset, length=100
+        )
         rows += [r["row"] for r in page["rows"]]
         offset += len(page["rows"])
         if not page["rows"] or offset >= page["num_rows_total"]:
@@ -117,7 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from_hub(args.out, args.split)
     split = "test" if args.source == "beir" else args.split
-    missing = [p for p in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv") if not (args.out / p).is_file()]
+    missing = [
+        p
+        for p in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv")
+        if not (args.out / p).is_file()
+    ]
     print(f"{args.out}: " + (f"missing {', '.join(missing)}" if missing else "ok"), file=sys.stderr)
 
 

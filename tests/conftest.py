@@ -13,7 +13,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BEIR = SHARED / "data" / "beir"
 MODELS = SHARED / "models"
-WORDS = ["the", "cell", "protein", "gene", "cancer", "treatment", "tumor", "patients", "study", "risk", "heart", "brain", "virus", "vaccine", "immune", "diet", "vitamin", "insulin", "glucose", "lung"]
+WORDS = [
+    "the",
+    "cell",
+    "protein",
+    "gene",
+    "cancer",
+    "treatment",
+    "tumor",
+    "patients",
+    "study",
+    "risk",
+    "heart",
+    "brain",
+    "virus",
+    "vaccine",
+    "immune",
+    "diet",
+    "vitamin",
+    "insulin",
+    "glucose",
+    "lung",
+]
 
 
 def shared_path(*parts: str) -> Path:
@@ -28,7 +49,7 @@ def tiny_triplet(tmp_path_factory) -> dict[str, Path]:
     """Θ0 (BERT MLM), ΘD (MLM, Θ0 + noise), ΘT (sequence classifier, Θ0 + noise) and a base ΘT."""
     from safetensors.torch import load_file
 
-    from mergekit_ir.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
 
     root = tmp_path_factory.mktemp("triplet")
     tok = word_tokenizer(WORDS)

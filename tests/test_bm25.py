@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_ir.datasets import Document, load_beir_folder
 from mergekit_ir.errors import ConfigError
+from mergekit_ir.evaluation.datasets import Document, load_beir_folder
 from mergekit_ir_plugins.first_stages import bm25s_backend as backend
 from mergekit_ir_plugins.first_stages import lucene
 
@@ -35,7 +35,17 @@ def test_lucene_stop_list_is_englishanalyzers_33_words():
 
 def test_standard_tokenizer_keeps_inner_apostrophes_dots_and_digits():
     assert lucene.standard_tokenize("Don't stop: U.S.A. 3.14, 1,000 IL-6 p53 foo_bar (x)") == [
-        "Don't", "stop", "U.S.A", "3.14", "1,000", "IL", "6", "p53", "foo_bar", "x"]
+        "Don't",
+        "stop",
+        "U.S.A",
+        "3.14",
+        "1,000",
+        "IL",
+        "6",
+        "p53",
+        "foo_bar",
+        "x",
+    ]
     assert lucene.standard_tokenize("中文 TNF-α") == ["中", "文", "TNF", "α"]
     assert lucene.standard_tokenize(" ... -- ") == []
 
@@ -50,11 +60,22 @@ def test_english_analyzer_stop_words_possessives_lowercase_porter():
 
 def test_porter_is_lucenes_reference_version():
     stems = {
-        "caresses": "caress", "ponies": "poni", "ties": "ti", "agreed": "agre",
-        "hopping": "hop", "filing": "file", "relational": "relat", "generalization": "gener",
-        "electrical": "electr", "adjustment": "adjust", "controlling": "control",
+        "caresses": "caress",
+        "ponies": "poni",
+        "ties": "ti",
+        "agreed": "agre",
+        "hopping": "hop",
+        "filing": "file",
+        "relational": "relat",
+        "generalization": "gener",
+        "electrical": "electr",
+        "adjustment": "adjust",
+        "controlling": "control",
         # Porter's departures from the 1980 paper, which Lucene keeps (Snowball's "porter" does not)
-        "possibly": "possibl", "anthropology": "anthropolog", "us": "us", "is": "is",
+        "possibly": "possibl",
+        "anthropology": "anthropolog",
+        "us": "us",
+        "is": "is",
     }
     assert {w: lucene.porter_stem(w) for w in stems} == stems
 
@@ -80,8 +101,8 @@ def lucene_bm25(tf: int, dl: int, avgdl: float, df: int, n: int) -> float:
 
 def test_best_fields_with_tie_breaker_matches_a_hand_computation():
     docs = corpus(
-        ("apple pie", "apple apple banana"),       # d1
-        ("banana split", "cherry apple"),           # d2
+        ("apple pie", "apple apple banana"),  # d1
+        ("banana split", "cherry apple"),  # d2
         ("cherry", "banana cherry cherry cherry"),  # d3
     )
     index = backend.build(docs, {"profile": "elasticsearch"}, None)
@@ -149,12 +170,30 @@ def test_elasticsearch_profile_handles_missing_titles_and_unknown_words():
 
 
 @pytest.mark.parametrize("profile", backend.PROFILES)
-@pytest.mark.parametrize("language, docs, query, hit", [
-    ("german", [("", "Die Häuser der Stadt sind alt"), ("", "Ein Baum im Garten")], "Haus", "d1"),
-    ("de", [("", "Ein Baum im Garten"), ("", "Das Haus ist groß")], "Häuser", "d2"),
-    ("spanish", [("", "Las ciudades y las casas"), ("", "Un perro en el parque")], "casa", "d1"),
-    ("french", [("", "Un chien dans le parc"), ("", "Les maisons de la ville")], "maison", "d2"),
-])
+@pytest.mark.parametrize(
+    "language, docs, query, hit",
+    [
+        (
+            "german",
+            [("", "Die Häuser der Stadt sind alt"), ("", "Ein Baum im Garten")],
+            "Haus",
+            "d1",
+        ),
+        ("de", [("", "Ein Baum im Garten"), ("", "Das Haus ist groß")], "Häuser", "d2"),
+        (
+            "spanish",
+            [("", "Las ciudades y las casas"), ("", "Un perro en el parque")],
+            "casa",
+            "d1",
+        ),
+        (
+            "french",
+            [("", "Un chien dans le parc"), ("", "Les maisons de la ville")],
+            "maison",
+            "d2",
+        ),
+    ],
+)
 def test_snowball_stemming_merges_inflections(profile, language, docs, query, hit):
     index = backend.build(corpus(*docs), {"profile": profile, "language": language}, None)
     assert list(index.search({"q": query}, 5)["q"]) == [hit]
@@ -167,8 +206,11 @@ def test_language_stop_words_and_stemmer_follow_the_language(profile):
     english = backend.build(corpus(("", "word")), {"profile": profile, "language": None}, None)
     assert english.analyze("The houses") == ["hous"]
     # without stemming inflections stay apart
-    plain = backend.build(corpus(("", "Die Häuser")), {"profile": profile, "language": "german",
-                                                       "stemming": False}, None)
+    plain = backend.build(
+        corpus(("", "Die Häuser")),
+        {"profile": profile, "language": "german", "stemming": False},
+        None,
+    )
     assert plain.search({"q": "Haus"}, 5)["q"] == {}
 
 
@@ -177,7 +219,9 @@ def test_language_stop_words_and_stemmer_follow_the_language(profile):
 
 @pytest.mark.parametrize("profile", backend.PROFILES)
 def test_second_build_loads_the_cached_index(profile, tmp_path, caplog):
-    docs = corpus(("Cats", "cats purr and sleep"), ("Dogs", "dogs bark at cats"), ("", "birds sing"))
+    docs = corpus(
+        ("Cats", "cats purr and sleep"), ("Dogs", "dogs bark at cats"), ("", "birds sing")
+    )
     queries = {"q1": "cat", "q2": "barking dogs", "q3": "sing"}
     params = {"profile": profile, "language": "english"}
     with caplog.at_level(logging.INFO, logger=LOGGER):
@@ -189,7 +233,9 @@ def test_second_build_loads_the_cached_index(profile, tmp_path, caplog):
     assert second == first
     assert first["q1"] and first["q2"] and first["q3"]
     # one complete index folder, no leftovers from the atomic write
-    assert [p.name for p in tmp_path.iterdir()] == [f"bm25s-{backend.build(docs, params, None).key}"]
+    assert [p.name for p in tmp_path.iterdir()] == [
+        f"bm25s-{backend.build(docs, params, None).key}"
+    ]
 
 
 def test_cache_key_follows_corpus_and_every_setting():
@@ -199,7 +245,9 @@ def test_cache_key_follows_corpus_and_every_setting():
     assert backend.build(docs, {"profile": "elasticsearch"}, None).key != key
     assert backend.build(docs, {"k1": 1.2}, None).key != key
     assert backend.build(docs, {"stemming": False}, None).key != key
-    assert backend.build(corpus(("Alpha", "beta gamma")), {}, None).key != key  # title/text split matters
+    assert (
+        backend.build(corpus(("Alpha", "beta gamma")), {}, None).key != key
+    )  # title/text split matters
 
 
 # -- real collections -----------------------------------------------------------------------
@@ -247,7 +295,9 @@ def test_xquad_r_english_both_profiles():
     ds = load_beir_folder(folder, "test")
     bench = _benchmark()
     for profile in backend.PROFILES:
-        run = backend.build(ds.corpus, {"profile": profile, "language": "en"}, None).search(ds.queries, 100)
+        run = backend.build(ds.corpus, {"profile": profile, "language": "en"}, None).search(
+            ds.queries, 100
+        )
         ndcg = bench.scores(run, ds.qrels)["NDCG@10"]
         print(f"XQuAD-R en, profile={profile}: NDCG@10 = {ndcg:.4f}")
         assert ndcg > 0.8

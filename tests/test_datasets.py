@@ -7,20 +7,29 @@ import json
 import pytest
 
 from conftest import BEIR, shared_path
-from mergekit_ir.datasets import load_beir_folder, load_ir_datasets, parse_split
 from mergekit_ir.errors import DatasetError
+from mergekit_ir.evaluation.datasets import load_beir_folder, load_ir_datasets, parse_split
 
 
 def make_beir(root, corpus_lines=None, qrels=None):
     root.mkdir(parents=True, exist_ok=True)
     (root / "qrels").mkdir(exist_ok=True)
-    corpus = corpus_lines or [json.dumps({"_id": "0", "title": "T", "text": "zero", "metadata": {}}),
-                              json.dumps({"_id": "10", "title": "", "text": "ten"})]
+    corpus = corpus_lines or [
+        json.dumps({"_id": "0", "title": "T", "text": "zero", "metadata": {}}),
+        json.dumps({"_id": "10", "title": "", "text": "ten"}),
+    ]
     (root / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
     (root / "queries.jsonl").write_text(
-        json.dumps({"_id": "1", "text": "q one", "metadata": {"10": [{"label": "SUPPORT"}]}}) + "\n"
-        + json.dumps({"_id": "2", "text": "q two"}) + "\n" + json.dumps({"_id": "3", "text": "q three"}) + "\n")
-    (root / "qrels" / "test.tsv").write_bytes(qrels or b"query-id\tcorpus-id\tscore\r\n1\t10\t1\r\n2\t0\t2\r\n3\t0\t1\r\n")
+        json.dumps({"_id": "1", "text": "q one", "metadata": {"10": [{"label": "SUPPORT"}]}})
+        + "\n"
+        + json.dumps({"_id": "2", "text": "q two"})
+        + "\n"
+        + json.dumps({"_id": "3", "text": "q three"})
+        + "\n"
+    )
+    (root / "qrels" / "test.tsv").write_bytes(
+        qrels or b"query-id\tcorpus-id\tscore\r\n1\t10\t1\r\n2\t0\t2\r\n3\t0\t1\r\n"
+    )
     return root
 
 
@@ -41,7 +50,9 @@ def test_slice_in_qrels_order(tmp_path):
 
 
 def test_broken_json_names_file_and_line(tmp_path):
-    root = make_beir(tmp_path / "b", corpus_lines=[json.dumps({"_id": "0", "text": "a"}), "{not json"])
+    root = make_beir(
+        tmp_path / "b", corpus_lines=[json.dumps({"_id": "0", "text": "a"}), "{not json"]
+    )
     with pytest.raises(DatasetError, match=r"corpus\.jsonl:2: not valid JSON"):
         load_beir_folder(root, "test")
 
@@ -50,7 +61,9 @@ def test_bad_qrels_and_missing_split(tmp_path):
     root = make_beir(tmp_path / "b", qrels=b"query-id\tcorpus-id\tscore\n1\t10\tabc\n")
     with pytest.raises(DatasetError, match=r"test\.tsv:2: score 'abc' is not a number"):
         load_beir_folder(root, "test")
-    with pytest.raises(DatasetError, match=r"qrels/dev\.tsv: qrels file not found \(available splits: test\)"):
+    with pytest.raises(
+        DatasetError, match=r"qrels/dev\.tsv: qrels file not found \(available splits: test\)"
+    ):
         load_beir_folder(root, "dev")
     with pytest.raises(DatasetError, match="BEIR folder not found"):
         load_beir_folder(tmp_path / "nope", "test")
@@ -87,11 +100,14 @@ def test_ir_datasets_loader_on_local_files(tmp_path, monkeypatch):
     root = make_beir(tmp_path / "b")
     dataset_id = f"mergekit-ir-test/{tmp_path.name}/test"
     if dataset_id not in ir_datasets.registry:
-        ir_datasets.registry.register(dataset_id, IrdsDataset(
-            BeirDocs(dataset_id, LocalDownload(root / "corpus.jsonl"), BeirTitleDoc),
-            BeirQueries(dataset_id, LocalDownload(root / "queries.jsonl"), GenericQuery),
-            BeirQrels(LocalDownload(root / "qrels" / "test.tsv"), {}),
-        ))
+        ir_datasets.registry.register(
+            dataset_id,
+            IrdsDataset(
+                BeirDocs(dataset_id, LocalDownload(root / "corpus.jsonl"), BeirTitleDoc),
+                BeirQueries(dataset_id, LocalDownload(root / "queries.jsonl"), GenericQuery),
+                BeirQrels(LocalDownload(root / "qrels" / "test.tsv"), {}),
+            ),
+        )
     via_irds = load_ir_datasets(dataset_id, name="toy")
     via_folder = load_beir_folder(root, "test", name="toy")
     assert via_irds.corpus == via_folder.corpus

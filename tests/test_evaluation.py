@@ -20,19 +20,25 @@ from ir_measures import AP, RR, P, R, nDCG
 from scipy import stats
 
 from mergekit_ir.errors import ConfigError
-from mergekit_ir.evaluation import DEFAULT_METRICS, evaluate, mean_scores, ranx_metric
-from mergekit_ir.fusion import fuse, tune_fusion
-from mergekit_ir.report import (
+from mergekit_ir.evaluation.fusion import fuse, tune_fusion
+from mergekit_ir.evaluation.metrics import DEFAULT_METRICS, evaluate, mean_scores, ranx_metric
+from mergekit_ir.evaluation.significance import bonferroni, mark_improvements, p_values
+from mergekit_ir.reports.render import (
     render_alpha_table,
     render_csv,
     render_latex,
     render_markdown,
     write_reports,
 )
-from mergekit_ir.significance import bonferroni, mark_improvements, p_values
 
-IRM = {"P@10": P @ 10, "NDCG@3": nDCG @ 3, "NDCG@10": nDCG @ 10, "MAP@100": AP @ 100,
-       "R@100": R @ 100, "MRR@10": RR @ 10}
+IRM = {
+    "P@10": P @ 10,
+    "NDCG@3": nDCG @ 3,
+    "NDCG@10": nDCG @ 10,
+    "MAP@100": AP @ 100,
+    "R@100": R @ 100,
+    "MRR@10": RR @ 10,
+}
 SCIFACT = Path(__file__).resolve().parents[2] / "shared/data/beir/scifact"
 
 
@@ -104,10 +110,19 @@ def test_missing_query_scores_zero_and_names_are_kept():
     assert set(empty["P@10"].values()) == {0.0}
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("P@10", "precision@10"), ("NDCG@10", "ndcg@10"), ("ndcg@3", "ndcg@3"), ("MAP@100", "map@100"),
-    ("R@100", "recall@100"), ("MRR@10", "mrr@10"), ("map", "map"), ("AP@100", "map@100"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("P@10", "precision@10"),
+        ("NDCG@10", "ndcg@10"),
+        ("ndcg@3", "ndcg@3"),
+        ("MAP@100", "map@100"),
+        ("R@100", "recall@100"),
+        ("MRR@10", "mrr@10"),
+        ("map", "map"),
+        ("AP@100", "map@100"),
+    ],
+)
 def test_ranx_metric(name, expected):
     assert ranx_metric(name) == expected
 
@@ -122,9 +137,9 @@ def test_ranx_metric_unknown(name):
 def test_metrics_match_ir_measures_on_scifact_bm25():
     if not SCIFACT.is_dir():
         pytest.skip(f"{SCIFACT} not present")
-    from mergekit_ir.datasets import load_beir_folder
+    from mergekit_ir.evaluation.datasets import load_beir_folder
     from mergekit_ir.params import check_params
-    from mergekit_ir.plugins import catalog
+    from mergekit_ir.plugin_host import catalog
 
     ds = load_beir_folder(SCIFACT, split="test")
     fs = catalog().first_stage("bm25s")
@@ -134,6 +149,7 @@ def test_metrics_match_ir_measures_on_scifact_bm25():
 
 
 # --- significance -------------------------------------------------------------------------------
+
 
 def _pair_with_p(target_p: float, n: int = 40, seed: int = 0) -> tuple[dict, dict]:
     """Baseline and candidate per-query scores whose paired t-test p is ``target_p``."""
@@ -164,15 +180,21 @@ def test_p_values_agree_with_ranx_compare():
 
     qrels, run_a = _synthetic(ties=False)
     rng = np.random.default_rng(3)
-    run_b = {q: {d: s + 0.3 * float(rng.random()) for d, s in docs.items()} for q, docs in run_a.items()}
+    run_b = {
+        q: {d: s + 0.3 * float(rng.random()) for d, s in docs.items()} for q, docs in run_a.items()
+    }
     qrels = {q: v for q, v in qrels.items() if q in run_a}
     run_a = {q: run_a[q] for q in qrels}
     run_b = {q: run_b[q] for q in qrels}
     metrics = ["NDCG@10", "MAP@100"]
     rq = Qrels.from_dict(qrels)
     for test in ("student", "fisher"):
-        report = compare(rq, [Run.from_dict(run_a, name="a"), Run.from_dict(run_b, name="b")],
-                         [ranx_metric(m) for m in metrics], stat_test=test)
+        report = compare(
+            rq,
+            [Run.from_dict(run_a, name="a"), Run.from_dict(run_b, name="b")],
+            [ranx_metric(m) for m in metrics],
+            stat_test=test,
+        )
         ea, eb = evaluate(qrels, run_a, metrics), evaluate(qrels, run_b, metrics)
         for m in metrics:
             theirs = report.comparisons["a", "b"][ranx_metric(m)]["p_value"]
@@ -190,8 +212,11 @@ def test_bonferroni():
 
 
 def _cell(per_query: dict[str, float]) -> dict:
-    return {"mean": sum(per_query.values()) / len(per_query), "per_query": per_query,
-            "significant": False}
+    return {
+        "mean": sum(per_query.values()) / len(per_query),
+        "per_query": per_query,
+        "significant": False,
+    }
 
 
 def test_mark_improvements_at_the_bonferroni_boundary():
@@ -203,14 +228,27 @@ def test_mark_improvements_at_the_bonferroni_boundary():
         p = stats.ttest_rel([best[k] for k in q], [cand[k] for k in q]).pvalue
         assert (p - threshold) * side > 0
     weak = {k: v - 0.1 for k, v in best.items()}
-    table = {"metrics": ["NDCG@10"], "datasets": ["scifact"], "sections": [{"triplet": "t", "rows": [
-        {"key": "bm25", "cells": {"scifact": {"NDCG@10": _cell(weak)}}},
-        {"key": "ir", "cells": {"scifact": {"NDCG@10": _cell(best)}}},
-        {"key": "merged@1", "cells": {"scifact": {"NDCG@10": _cell(below)}}},
-        {"key": "merged@best", "cells": {"scifact": {"NDCG@10": _cell(above)}}},
-    ]}]}
+    table = {
+        "metrics": ["NDCG@10"],
+        "datasets": ["scifact"],
+        "sections": [
+            {
+                "triplet": "t",
+                "rows": [
+                    {"key": "bm25", "cells": {"scifact": {"NDCG@10": _cell(weak)}}},
+                    {"key": "ir", "cells": {"scifact": {"NDCG@10": _cell(best)}}},
+                    {"key": "merged@1", "cells": {"scifact": {"NDCG@10": _cell(below)}}},
+                    {"key": "merged@best", "cells": {"scifact": {"NDCG@10": _cell(above)}}},
+                ],
+            }
+        ],
+    }
     untouched = copy.deepcopy(table)
-    kw = {"baselines": ["bm25", "ir"], "candidates": ["merged@1", "merged@best"], "metrics": ["NDCG@10"]}
+    kw = {
+        "baselines": ["bm25", "ir"],
+        "candidates": ["merged@1", "merged@best"],
+        "metrics": ["NDCG@10"],
+    }
     mark_improvements(table, **kw)
     rows = {r["key"]: r["cells"]["scifact"]["NDCG@10"] for r in table["sections"][0]["rows"]}
     assert rows["merged@1"]["significant"] is True
@@ -224,7 +262,9 @@ def test_mark_improvements_at_the_bonferroni_boundary():
     rows = {r["key"]: r["cells"]["scifact"]["NDCG@10"] for r in section["rows"]}
     assert rows["merged@1"]["significant"] and rows["merged@best"]["significant"]
     assert section["significance"]["correction"] == "none"
-    assert "p < 0.01)" in render_markdown(untouched) and "Bonferroni" not in render_markdown(untouched)
+    assert "p < 0.01)" in render_markdown(untouched) and "Bonferroni" not in render_markdown(
+        untouched
+    )
 
 
 def test_explicit_bonferroni_comparisons_set_the_threshold():
@@ -233,14 +273,27 @@ def test_explicit_bonferroni_comparisons_set_the_threshold():
     weak = {k: v - 0.1 for k, v in best.items()}
 
     def table():
-        return {"metrics": ["NDCG@10"], "datasets": ["d"], "sections": [{"triplet": "t", "rows": [
-            {"key": "bm25", "cells": {"d": {"NDCG@10": _cell(weak)}}},
-            {"key": "ir", "cells": {"d": {"NDCG@10": _cell(best)}}},
-            {"key": "merged@1", "cells": {"d": {"NDCG@10": _cell(cand)}}},
-            {"key": "merged@best", "cells": {"d": {"NDCG@10": _cell(weak)}}},
-        ]}]}
+        return {
+            "metrics": ["NDCG@10"],
+            "datasets": ["d"],
+            "sections": [
+                {
+                    "triplet": "t",
+                    "rows": [
+                        {"key": "bm25", "cells": {"d": {"NDCG@10": _cell(weak)}}},
+                        {"key": "ir", "cells": {"d": {"NDCG@10": _cell(best)}}},
+                        {"key": "merged@1", "cells": {"d": {"NDCG@10": _cell(cand)}}},
+                        {"key": "merged@best", "cells": {"d": {"NDCG@10": _cell(weak)}}},
+                    ],
+                }
+            ],
+        }
 
-    kw = {"baselines": ["bm25", "ir"], "candidates": ["merged@1", "merged@best"], "metrics": ["NDCG@10"]}
+    kw = {
+        "baselines": ["bm25", "ir"],
+        "candidates": ["merged@1", "merged@best"],
+        "metrics": ["NDCG@10"],
+    }
     default, three = table(), table()
     mark_improvements(default, **kw)
     mark_improvements(three, comparisons=3, **kw)
@@ -253,16 +306,29 @@ def test_explicit_bonferroni_comparisons_set_the_threshold():
 
 def test_a_worse_candidate_is_never_marked():
     best, cand = _pair_with_p(1e-6)
-    table = {"metrics": ["P@10"], "datasets": ["d"], "sections": [{"triplet": "t", "rows": [
-        {"key": "ir", "cells": {"d": {"P@10": _cell(cand)}}},  # the better one is the baseline
-        {"key": "m", "cells": {"d": {"P@10": _cell(best)}}},
-    ]}]}
+    table = {
+        "metrics": ["P@10"],
+        "datasets": ["d"],
+        "sections": [
+            {
+                "triplet": "t",
+                "rows": [
+                    {
+                        "key": "ir",
+                        "cells": {"d": {"P@10": _cell(cand)}},
+                    },  # the better one is the baseline
+                    {"key": "m", "cells": {"d": {"P@10": _cell(best)}}},
+                ],
+            }
+        ],
+    }
     mark_improvements(table, baselines=["ir"], candidates=["m"], metrics=["P@10"])
     cell = table["sections"][0]["rows"][1]["cells"]["d"]["P@10"]
     assert cell["p_value"] < 1e-5 and cell["significant"] is False
 
 
 # --- fusion -------------------------------------------------------------------------------------
+
 
 def test_fuse_with_weights_one_zero_is_min_max_of_first_run():
     run1 = {"q1": {"a": 3.0, "b": 1.0, "c": 2.0}, "q2": {"x": 5.0, "y": -1.0}}
@@ -284,32 +350,46 @@ def test_native_wsum_min_max_equals_ranx_bit_for_bit():
     """The paper's fusion computed in Python gives ranx's own numbers exactly, edge cases included."""
     from ranx import fuse as ranx_fuse
 
-    from mergekit_ir.fusion import _ranx_runs, _to_dict, wsum_min_max
+    from mergekit_ir.evaluation.fusion import _ranx_runs, _to_dict, wsum_min_max
 
     rng = np.random.default_rng(7)
-    bm25 = {f"q{i}": {f"d{j}": float(rng.normal(10, 3)) for j in rng.choice(60, 30, replace=False)}
-            for i in range(40)}
+    bm25 = {
+        f"q{i}": {f"d{j}": float(rng.normal(10, 3)) for j in rng.choice(60, 30, replace=False)}
+        for i in range(40)
+    }
     model = {q: {d: float(rng.normal()) for d in list(docs)[:20]} for q, docs in bm25.items()}
     bm25["ties"] = {"a": 1.0, "b": 1.0, "c": 0.5}
-    model["ties"] = {"a": 2.0, "c": 2.0, "z": 2.0}          # constant scores: min-max denominator 1e-9
-    bm25["only-first"] = {"a": 3.0, "b": -1.0}                 # query missing from the model run
-    model["only-second"] = {"x": 0.0}                          # one document, and missing from BM25
+    model["ties"] = {"a": 2.0, "c": 2.0, "z": 2.0}  # constant scores: min-max denominator 1e-9
+    bm25["only-first"] = {"a": 3.0, "b": -1.0}  # query missing from the model run
+    model["only-second"] = {"x": 0.0}  # one document, and missing from BM25
     bm25["empty"], model["empty"] = {}, {}
     bm25["nan"], model["nan"] = {"a": math.nan, "b": 1.0, "c": 3.0}, {"a": 5.0, "b": 1.0, "c": 2.0}
-    third = {q: {d: float(rng.uniform(-5, 5)) for d in list(docs)[5:25]} for q, docs in bm25.items()}
+    third = {
+        q: {d: float(rng.uniform(-5, 5)) for d in list(docs)[5:25]} for q, docs in bm25.items()
+    }
 
     def same_bits(a: dict, b: dict) -> bool:  # == would hide -0.0 vs 0.0 and fail on NaN
         return a.keys() == b.keys() and all(
             a[q].keys() == b[q].keys()
-            and all(struct.pack("<d", a[q][d]) == struct.pack("<d", b[q][d]) or (a[q][d] != a[q][d] and b[q][d] != b[q][d])
-                    for d in a[q]) for q in a)
+            and all(
+                struct.pack("<d", a[q][d]) == struct.pack("<d", b[q][d])
+                or (a[q][d] != a[q][d] and b[q][d] != b[q][d])
+                for d in a[q]
+            )
+            for q in a
+        )
 
-    for runs, weights in [([bm25, model], w) for w in ([0.5, 0.5], [0.3, 0.7], [1.0, 0.0], [0.0, 1.0], [0.2, 0.9])] + [
-            ([bm25, model, third], [0.1, 0.7, 0.2]), ([bm25, model, third], [-0.3, 1.7, 3.1])]:
+    for runs, weights in [
+        ([bm25, model], w) for w in ([0.5, 0.5], [0.3, 0.7], [1.0, 0.0], [0.0, 1.0], [0.2, 0.9])
+    ] + [([bm25, model, third], [0.1, 0.7, 0.2]), ([bm25, model, third], [-0.3, 1.7, 3.1])]:
         ours = wsum_min_max(runs, weights)
-        theirs = _to_dict(ranx_fuse(_ranx_runs(runs), norm="min-max", method="wsum", params={"weights": weights}))
+        theirs = _to_dict(
+            ranx_fuse(_ranx_runs(runs), norm="min-max", method="wsum", params={"weights": weights})
+        )
         assert same_bits(ours, theirs), weights
-    assert same_bits(fuse([bm25, model], params={"weights": [0.3, 0.7]}), wsum_min_max([bm25, model], [0.3, 0.7]))
+    assert same_bits(
+        fuse([bm25, model], params={"weights": [0.3, 0.7]}), wsum_min_max([bm25, model], [0.3, 0.7])
+    )
 
 
 def _two_query_case():
@@ -327,8 +407,14 @@ def test_tune_fusion_finds_the_only_good_weights():
     best = tune_fusion(qrels, [run1, run2], metric="NDCG@10")
     assert best == {"weights": (0.3, 0.7)}
     assert tune_fusion(qrels, [run1, run2], metric="NDCG@10") == best
-    theirs = optimize_fusion(Qrels.from_dict(qrels), [Run.from_dict(run1), Run.from_dict(run2)],
-                             norm="min-max", method="wsum", metric="ndcg@10", show_progress=False)
+    theirs = optimize_fusion(
+        Qrels.from_dict(qrels),
+        [Run.from_dict(run1), Run.from_dict(run2)],
+        norm="min-max",
+        method="wsum",
+        metric="ndcg@10",
+        show_progress=False,
+    )
     assert tuple(theirs["weights"]) == best["weights"]
     fused = fuse([run1, run2], params=best)
     assert mean_scores(evaluate(qrels, fused, ["NDCG@10"]))["NDCG@10"] == pytest.approx(1.0)
@@ -336,32 +422,61 @@ def test_tune_fusion_finds_the_only_good_weights():
 
 # --- reports ------------------------------------------------------------------------------------
 
+
 def _results() -> dict:
     def row(label, key, kind, vals, sig=(), alpha=None):
         cells = {}
         for ds, metric_vals in vals.items():
-            cells[ds] = {m: {"mean": v, "per_query": {"q1": v}, "significant": (ds, m) in sig,
-                             **({"p_value": 0.001, "compared_to": "ir"} if kind == "merged" else {})}
-                         for m, v in metric_vals.items()}
+            cells[ds] = {
+                m: {
+                    "mean": v,
+                    "per_query": {"q1": v},
+                    "significant": (ds, m) in sig,
+                    **({"p_value": 0.001, "compared_to": "ir"} if kind == "merged" else {}),
+                }
+                for m, v in metric_vals.items()
+            }
         return {"label": label, "key": key, "kind": kind, "alpha": alpha, "cells": cells}
 
     def vals(a, b):
-        return {"scifact": {"P@10": a, "NDCG@10": a + 0.5}, "nfcorpus": {"P@10": b, "NDCG@10": b + 0.1}}
+        return {
+            "scifact": {"P@10": a, "NDCG@10": a + 0.5},
+            "nfcorpus": {"P@10": b, "NDCG@10": b + 0.1},
+        }
 
     return {
-        "experiment": "table1", "metrics": ["P@10", "NDCG@10"], "datasets": ["scifact", "nfcorpus"],
-        "sections": [{"triplet": "distilbert_bio", "rows": [
-            row("BM25", "bm25", "baseline", vals(0.0912, 0.2401)),
-            row("Θ0", "pretrained", "baseline", vals(0.05, 0.1)),
-            row("ΘT", "ir", "baseline", vals(0.1, 0.25)),
-            row("Θ' (α=1)", "merged@1", "merged", vals(0.1004, 0.2)),
-            row("Θ' (α=0.3)", "merged@best", "merged", vals(0.12, 0.26),
-                sig={("scifact", "P@10"), ("nfcorpus", "NDCG@10")},
-                alpha={"scifact": 0.3, "nfcorpus": 0.5}),
-        ]}],
-        "alpha_ablation": {"distilbert_bio": {"metric": "NDCG@10", "split": "dev", "values": {
-            "scifact": {"0.1": 0.61, "0.2": 0.625, "0.3": 0.62},
-            "nfcorpus": {"0.1": 0.31, "0.2": 0.30}}}},
+        "experiment": "table1",
+        "metrics": ["P@10", "NDCG@10"],
+        "datasets": ["scifact", "nfcorpus"],
+        "sections": [
+            {
+                "triplet": "distilbert_bio",
+                "rows": [
+                    row("BM25", "bm25", "baseline", vals(0.0912, 0.2401)),
+                    row("Θ0", "pretrained", "baseline", vals(0.05, 0.1)),
+                    row("ΘT", "ir", "baseline", vals(0.1, 0.25)),
+                    row("Θ' (α=1)", "merged@1", "merged", vals(0.1004, 0.2)),
+                    row(
+                        "Θ' (α=0.3)",
+                        "merged@best",
+                        "merged",
+                        vals(0.12, 0.26),
+                        sig={("scifact", "P@10"), ("nfcorpus", "NDCG@10")},
+                        alpha={"scifact": 0.3, "nfcorpus": 0.5},
+                    ),
+                ],
+            }
+        ],
+        "alpha_ablation": {
+            "distilbert_bio": {
+                "metric": "NDCG@10",
+                "split": "dev",
+                "values": {
+                    "scifact": {"0.1": 0.61, "0.2": 0.625, "0.3": 0.62},
+                    "nfcorpus": {"0.1": 0.31, "0.2": 0.30},
+                },
+            }
+        },
     }
 
 
@@ -411,7 +526,13 @@ def test_alpha_table():
 def test_write_reports_is_byte_identical(tmp_path):
     a = write_reports(_results(), tmp_path / "a")
     b = write_reports(_results(), tmp_path / "b")
-    assert [p.name for p in a] == ["results.md", "results.tex", "results.csv", "alpha.md", "alpha.png"]
+    assert [p.name for p in a] == [
+        "results.md",
+        "results.tex",
+        "results.csv",
+        "alpha.md",
+        "alpha.png",
+    ]
     for pa, pb in zip(a, b, strict=True):
         assert pa.read_bytes() == pb.read_bytes(), pa.name
     assert a[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -432,7 +553,11 @@ def test_alpha_table_and_plot_with_layer_wise_alpha(tmp_path):
     assert '| {"gradient": [0.0, 1.0]} | **0.700** | – |' in lines
     names = [p.name for p in write_reports(res, tmp_path)]
     assert "alpha.png" in names
-    only_layer_wise = {"alpha_ablation": {"t": {"metric": "NDCG@10", "values": {"d": {'{"gradient": [0, 1]}': 0.5}}}}}
+    only_layer_wise = {
+        "alpha_ablation": {
+            "t": {"metric": "NDCG@10", "values": {"d": {'{"gradient": [0, 1]}': 0.5}}}
+        }
+    }
     assert "alpha.png" not in [p.name for p in write_reports(only_layer_wise, tmp_path / "b")]
 
 
@@ -441,9 +566,16 @@ def test_markdown_and_latex_name_a_layer_wise_best_alpha():
     best = res["sections"][0]["rows"][-1]
     best["alpha"] = {"scifact": '{"gradient": [0.0, 1.0]}', "nfcorpus": "0.5"}
     assert '- distilbert_bio, Θ\' (α=0.3): scifact α={"gradient": [0.0, 1.0]}, nfcorpus α=0.5' in (
-        render_markdown(res).splitlines())
-    assert "\\{" in render_latex({**res, "sections": [{"triplet": "t", "rows": [
-        {**best, "label": 'Θ\' (α={"gradient": [0.0, 1.0]})'}]}]})
+        render_markdown(res).splitlines()
+    )
+    assert "\\{" in render_latex(
+        {
+            **res,
+            "sections": [
+                {"triplet": "t", "rows": [{**best, "label": 'Θ\' (α={"gradient": [0.0, 1.0]})'}]}
+            ],
+        }
+    )
 
 
 def test_reports_survive_the_json_round_trip(tmp_path):
@@ -460,4 +592,6 @@ def test_reports_survive_the_json_round_trip(tmp_path):
     for a, b in zip(direct, again, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
     header = (tmp_path / "direct" / "alpha.md").read_text().splitlines()[4]
-    assert header.startswith("| α | distilbert_bio / scifact | distilbert_bio / nfcorpus | a-first-by-name / scifact")
+    assert header.startswith(
+        "| α | distilbert_bio / scifact | distilbert_bio / nfcorpus | a-first-by-name / scifact"
+    )

@@ -10,22 +10,30 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from mergekit_ir.checkpoint import open_checkpoint
 from mergekit_ir.cli import main
 from mergekit_ir.errors import CheckpointError
-from mergekit_ir.merge import MergeJob, build_plan, merge_to_folder
-from mergekit_ir.plugins import catalog
-from mergekit_ir.task_vector import TaskVector
+from mergekit_ir.merging.checkpoint import open_checkpoint
+from mergekit_ir.merging.engine import MergeJob, build_plan, merge_to_folder
+from mergekit_ir.merging.task_vector import TaskVector
+from mergekit_ir.plugin_host import catalog
 
 Q = "encoder.layer.0.attention.self.query.weight"
 
 
 def job_for(t, alpha=0.5, ir="ir", domain="domain", **kw) -> MergeJob:
     pre = open_checkpoint(str(t["pretrained"]))
-    tv = TaskVector.from_checkpoints(pre, open_checkpoint(str(t[domain] if isinstance(domain, str) else domain)))
+    tv = TaskVector.from_checkpoints(
+        pre, open_checkpoint(str(t[domain] if isinstance(domain, str) else domain))
+    )
     ir_src = open_checkpoint(str(t[ir] if isinstance(ir, str) else ir))
-    return MergeJob(ir_src, [tv], catalog().merge_method("task_arithmetic"),
-                    {"alpha": alpha, "weights": None}, pretrained=pre, **kw)
+    return MergeJob(
+        ir_src,
+        [tv],
+        catalog().merge_method("task_arithmetic"),
+        {"alpha": alpha, "weights": None},
+        pretrained=pre,
+        **kw,
+    )
 
 
 def expected(t, name_t, name_0, alpha):
@@ -44,8 +52,20 @@ def test_cli_merge_reloads_with_transformers(tiny_triplet, tmp_path):
 
     t = tiny_triplet
     out = tmp_path / "merged"
-    res = run_cli("merge", "--ir", str(t["ir"]), "--pretrained", str(t["pretrained"]),
-                  "--domain", str(t["domain"]), "--alpha", "0.3", "--out", str(out), "-q")
+    res = run_cli(
+        "merge",
+        "--ir",
+        str(t["ir"]),
+        "--pretrained",
+        str(t["pretrained"]),
+        "--domain",
+        str(t["domain"]),
+        "--alpha",
+        "0.3",
+        "--out",
+        str(out),
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     assert "merged" in res.output and "copied from ΘT" in res.output
     model = AutoModelForSequenceClassification.from_pretrained(out)
@@ -63,7 +83,10 @@ def test_cli_merge_reloads_with_transformers(tiny_triplet, tmp_path):
 
 def test_alpha_zero_is_theta_t(tiny_triplet, tmp_path):
     merge_to_folder(job_for(tiny_triplet, 0.0), tmp_path / "m", progress=False)
-    assert load_file(tmp_path / "m" / "model.safetensors").keys() == load_file(tiny_triplet["ir"] / "model.safetensors").keys()
+    assert (
+        load_file(tmp_path / "m" / "model.safetensors").keys()
+        == load_file(tiny_triplet["ir"] / "model.safetensors").keys()
+    )
     for k, v in load_file(tiny_triplet["ir"] / "model.safetensors").items():
         assert torch.equal(load_file(tmp_path / "m" / "model.safetensors")[k], v), k
 
@@ -71,12 +94,18 @@ def test_alpha_zero_is_theta_t(tiny_triplet, tmp_path):
 def test_sharded_output_loads(tiny_triplet, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    rep = merge_to_folder(job_for(tiny_triplet, 0.7), tmp_path / "m", shard_size=20_000, progress=False)
+    rep = merge_to_folder(
+        job_for(tiny_triplet, 0.7), tmp_path / "m", shard_size=20_000, progress=False
+    )
     assert rep.shards > 1
     index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) == rep.shards
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
-    assert torch.allclose(model.state_dict()[f"bert.{Q}"], expected(tiny_triplet, f"bert.{Q}", f"bert.{Q}", 0.7), atol=1e-7)
+    assert torch.allclose(
+        model.state_dict()[f"bert.{Q}"],
+        expected(tiny_triplet, f"bert.{Q}", f"bert.{Q}", 0.7),
+        atol=1e-7,
+    )
 
 
 def test_plan_prefix_heads_and_layernorm_names(tiny_triplet, tmp_path):
@@ -85,8 +114,16 @@ def test_plan_prefix_heads_and_layernorm_names(tiny_triplet, tmp_path):
     legacy = tmp_path / "legacy"
     shutil.copytree(t["ir_base"], legacy)
     sd = load_file(legacy / "model.safetensors")
-    renamed = {(k[:-7] + ".gamma" if k.endswith("LayerNorm.weight") else k[:-5] + ".beta" if k.endswith("LayerNorm.bias") else k): v
-               for k, v in sd.items()}
+    renamed = {
+        (
+            k[:-7] + ".gamma"
+            if k.endswith("LayerNorm.weight")
+            else k[:-5] + ".beta"
+            if k.endswith("LayerNorm.bias")
+            else k
+        ): v
+        for k, v in sd.items()
+    }
     save_file(renamed, legacy / "model.safetensors", metadata={"format": "pt"})
     plan = build_plan(job_for(t, ir=legacy))
     actions = {e.name: e.action for e in plan.entries}
@@ -94,7 +131,16 @@ def test_plan_prefix_heads_and_layernorm_names(tiny_triplet, tmp_path):
     assert actions[Q] == "merge"
     assert actions["pooler.dense.weight"] == "copy"
     assert {name for _, name, _ in plan.skipped} >= {"cls.predictions.bias"}
-    out = run_cli("merge", "--ir", str(legacy), "--pretrained", str(t["pretrained"]), "--domain", str(t["domain"]), "--plan")
+    out = run_cli(
+        "merge",
+        "--ir",
+        str(legacy),
+        "--pretrained",
+        str(t["pretrained"]),
+        "--domain",
+        str(t["domain"]),
+        "--plan",
+    )
     assert "skip" in out.output and "only in ΘT (head)" in out.output
 
 
@@ -121,7 +167,10 @@ def test_vocab_rows_and_integer_buffers(tiny_triplet, tmp_path):
     assert torch.equal(out[emb][-3:], extra)
     assert torch.equal(out["bert.embeddings.position_ids"], sd["bert.embeddings.position_ids"])
     n = sd[emb].shape[0] - 3
-    P, D = load_file(t["pretrained"] / "model.safetensors"), load_file(t["domain"] / "model.safetensors")
+    P, D = (
+        load_file(t["pretrained"] / "model.safetensors"),
+        load_file(t["domain"] / "model.safetensors"),
+    )
     assert torch.allclose(out[emb][:n], sd[emb][:n] + D[emb] - P[emb], atol=1e-7)
 
 
@@ -145,7 +194,9 @@ def test_different_architectures(tiny_triplet, tmp_path):
     cfg = json.loads((other / "config.json").read_text())
     cfg["model_type"] = "roberta"
     (other / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"ΘD .* is a roberta model but Θ0 .* is a bert model"):
+    with pytest.raises(
+        CheckpointError, match=r"ΘD .* is a roberta model but Θ0 .* is a bert model"
+    ):
         job_for(t, domain=other)
 
 
@@ -167,7 +218,9 @@ def test_shape_mismatch_names_tensor(tiny_triplet, tmp_path):
     sd = load_file(broken / "model.safetensors")
     sd[f"bert.{Q}"] = torch.zeros(32, 31)
     save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=rf"tensor bert\.{Q}: shape \(32, 32\) in Θ0 but \(32, 31\) in ΘD"):
+    with pytest.raises(
+        CheckpointError, match=rf"tensor bert\.{Q}: shape \(32, 32\) in Θ0 but \(32, 31\) in ΘD"
+    ):
         build_plan(job_for(t, domain=broken))
 
 
@@ -178,11 +231,15 @@ def test_nan_in_task_vector(tiny_triplet, tmp_path):
     sd = load_file(broken / "model.safetensors")
     sd[f"bert.{Q}"][0, 0] = float("nan")
     save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=rf"tensor bert\.{Q}: task vector τ1 .* NaN/Inf .* --allow-nonfinite"):
+    with pytest.raises(
+        CheckpointError, match=rf"tensor bert\.{Q}: task vector τ1 .* NaN/Inf .* --allow-nonfinite"
+    ):
         merge_to_folder(job_for(t, domain=broken), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # nothing half-written
     assert not list(tmp_path.glob(".out.*"))
-    merge_to_folder(job_for(t, domain=broken, allow_nonfinite=True), tmp_path / "out", progress=False)
+    merge_to_folder(
+        job_for(t, domain=broken, allow_nonfinite=True), tmp_path / "out", progress=False
+    )
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
@@ -193,7 +250,9 @@ def test_corrupt_safetensors(tiny_triplet, tmp_path, damage):
     f = broken / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 10)
-    with pytest.raises(CheckpointError, match=r"corrupt.safetensors.*(corrupt or truncated|truncated)"):
+    with pytest.raises(
+        CheckpointError, match=r"corrupt.safetensors.*(corrupt or truncated|truncated)"
+    ):
         open_checkpoint(str(broken))
 
 
@@ -202,8 +261,18 @@ def test_output_exists_refused_unless_overwrite(tiny_triplet, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    args = ["merge", "--ir", str(t["ir"]), "--pretrained", str(t["pretrained"]), "--domain", str(t["domain"]),
-            "--out", str(out), "-q"]
+    args = [
+        "merge",
+        "--ir",
+        str(t["ir"]),
+        "--pretrained",
+        str(t["pretrained"]),
+        "--domain",
+        str(t["domain"]),
+        "--out",
+        str(out),
+        "-q",
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "output folder exists; pass --overwrite" in res.output
     assert (out / "keep.txt").read_text() == "precious"
@@ -213,7 +282,7 @@ def test_output_exists_refused_unless_overwrite(tiny_triplet, tmp_path):
 
 def test_interrupted_write_leaves_nothing(tiny_triplet, tmp_path, monkeypatch):
     """A failure mid-write (disk full, kill) leaves neither a partial model nor temp files."""
-    from mergekit_ir import safetensors_writer
+    from mergekit_ir.merging import safetensors_writer
 
     calls = {"n": 0}
     real = safetensors_writer.ShardedWriter.write
@@ -238,13 +307,26 @@ def test_missing_folder_and_weights(tmp_path):
         open_checkpoint(str(tmp_path / "empty"))
 
 
-@pytest.mark.parametrize("arch", ["BertForMaskedLM", "BertModel", "DistilBertForSequenceClassification",
-                                  "RobertaForMaskedLM", "XLMRobertaModel", "LlamaForCausalLM", "MistralForCausalLM",
-                                  "T5ForConditionalGeneration", "MT5ForConditionalGeneration", "GPT2LMHeadModel",
-                                  "ElectraForPreTraining", "DebertaV2ForSequenceClassification"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "BertForMaskedLM",
+        "BertModel",
+        "DistilBertForSequenceClassification",
+        "RobertaForMaskedLM",
+        "XLMRobertaModel",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "T5ForConditionalGeneration",
+        "MT5ForConditionalGeneration",
+        "GPT2LMHeadModel",
+        "ElectraForPreTraining",
+        "DebertaV2ForSequenceClassification",
+    ],
+)
 def test_family_prefix_table_matches_transformers(arch):
     import transformers
 
-    from mergekit_ir.alignment import architecture_prefix
+    from mergekit_ir.merging.alignment import architecture_prefix
 
     assert architecture_prefix(arch) == getattr(transformers, arch).base_model_prefix

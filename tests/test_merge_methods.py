@@ -78,8 +78,14 @@ class TestTies:
         # agree: T [yes, no], D [yes, yes]; mixed = [3, -3]; Σ|W| = [2, 1]
         theta_0 = torch.tensor([0.5, 0.5])
         tau_t = torch.tensor([2.0, 1.0])
-        out = ties(theta_0 + tau_t, [torch.tensor([-1.0, 3.0])], tau_t=tau_t,
-                   alpha=-1.0, density=1.0, normalize=True)
+        out = ties(
+            theta_0 + tau_t,
+            [torch.tensor([-1.0, 3.0])],
+            tau_t=tau_t,
+            alpha=-1.0,
+            density=1.0,
+            normalize=True,
+        )
         close(out, torch.tensor([0.5 + 1.5, 0.5 - 3.0]))
 
     def test_alpha_zero_is_trimmed_ir_model(self) -> None:
@@ -101,8 +107,14 @@ class TestTies:
         # density 1, 1-D, Θ0 = 0: d_T = [1, 1], d_1 = 0.5·2·[1, -4] = [1, -4],
         # d_2 = 0.5·1·[-1, -1] = [-.5, -.5]; Σ = [1.5, -3.5] -> [+, -]
         # agree: T [y, n], 1 [y, y], 2 [n, y] -> [1 + 1, -4 - .5]
-        out = ties(torch.tensor([1.0, 1.0]), [torch.tensor([1.0, -4.0]), torch.tensor([-1.0, -1.0])],
-                   tau_t=torch.tensor([1.0, 1.0]), alpha=0.5, weights=[2.0, 1.0], density=1.0)
+        out = ties(
+            torch.tensor([1.0, 1.0]),
+            [torch.tensor([1.0, -4.0]), torch.tensor([-1.0, -1.0])],
+            tau_t=torch.tensor([1.0, 1.0]),
+            alpha=0.5,
+            weights=[2.0, 1.0],
+            density=1.0,
+        )
         close(out, torch.tensor([2.0, -4.5]))
 
     def test_no_domain_vectors(self) -> None:
@@ -138,8 +150,14 @@ class TestBreadcrumbs:
     def test_hand_computed(self) -> None:
         # n = 9, density 0.5 -> keep 4; gamma 0.12 -> drop the top 1, the bottom 4.
         # crumbs(τT) = [[0,0,0],[0,.5,-.6],[.7,-.8,0]], crumbs(τD) = [[0,0,0],[0,0,5],[-6,7,-8]]
-        out = breadcrumbs(self.THETA_0 + self.TAU_T, [self.TAU_D], tau_t=self.TAU_T,
-                          alpha=0.5, density=0.5, gamma=0.12)
+        out = breadcrumbs(
+            self.THETA_0 + self.TAU_T,
+            [self.TAU_D],
+            tau_t=self.TAU_T,
+            alpha=0.5,
+            density=0.5,
+            gamma=0.12,
+        )
         close(out, t([[2, 2, 2], [2, 2.5, 3.9], [-0.3, 4.7, -2]]))
 
     def test_density_takes_precedence_over_gamma(self) -> None:
@@ -152,12 +170,20 @@ class TestBreadcrumbs:
 
     def test_density_one_is_task_arithmetic(self) -> None:
         theta_t = self.THETA_0 + self.TAU_T
-        out = breadcrumbs(theta_t, [self.TAU_D], tau_t=self.TAU_T, alpha=0.25, density=1.0, gamma=0.3)
+        out = breadcrumbs(
+            theta_t, [self.TAU_D], tau_t=self.TAU_T, alpha=0.25, density=1.0, gamma=0.3
+        )
         close(out, theta_t + 0.25 * self.TAU_D)
 
     def test_alpha_zero(self) -> None:
-        out = breadcrumbs(self.THETA_0 + self.TAU_T, [self.TAU_D], tau_t=self.TAU_T,
-                          alpha=0.0, density=0.5, gamma=0.12)
+        out = breadcrumbs(
+            self.THETA_0 + self.TAU_T,
+            [self.TAU_D],
+            tau_t=self.TAU_T,
+            alpha=0.0,
+            density=0.5,
+            gamma=0.12,
+        )
         close(out, t([[2, 2, 2], [2, 2.5, 1.4], [2.7, 1.2, 2]]))
 
 
@@ -191,8 +217,9 @@ class TestDare:
         mask_t = torch.rand((4, 4), generator=gen) < 0.5
         mask_d = torch.rand((4, 4), generator=gen) < 0.5
         tau_t, tau_d = torch.ones(4, 4), torch.full((4, 4), 3.0)
-        out = dare_linear(tau_t, [tau_d], tau_t=tau_t, alpha=0.1, density=0.5, seed=11,
-                          name="layer.0.weight")
+        out = dare_linear(
+            tau_t, [tau_d], tau_t=tau_t, alpha=0.1, density=0.5, seed=11, name="layer.0.weight"
+        )
         close(out, mask_t * 2.0 + mask_d * 0.6)
 
     def test_reproducible_and_seed_dependent(self) -> None:
@@ -210,8 +237,10 @@ class TestDare:
     def test_masks_do_not_depend_on_alpha(self) -> None:
         # With τD = 0 the result is Θ0 + dare(τT) for any α: same draw every call.
         tau_t = torch.arange(1.0, 26.0).reshape(5, 5)
-        outs = [dare_ties(tau_t, [torch.zeros(5, 5)], tau_t=tau_t, alpha=a, density=0.4, name="n")
-                for a in (0.0, 0.3, 1.0)]
+        outs = [
+            dare_ties(tau_t, [torch.zeros(5, 5)], tau_t=tau_t, alpha=a, density=0.4, name="n")
+            for a in (0.0, 0.3, 1.0)
+        ]
         assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
     def test_keep_fraction_and_unbiased(self) -> None:
@@ -227,7 +256,9 @@ class TestDare:
         theta, tau_t, tau_d = (torch.randn(32, 32, generator=g) for _ in range(3))
         for fn in (dare_ties, dare_linear):
             cpu = fn(theta, [tau_d], tau_t=tau_t, density=0.4, seed=5, name="z")
-            gpu = fn(theta.cuda(), [tau_d.cuda()], tau_t=tau_t.cuda(), density=0.4, seed=5, name="z")
+            gpu = fn(
+                theta.cuda(), [tau_d.cuda()], tau_t=tau_t.cuda(), density=0.4, seed=5, name="z"
+            )
             close(gpu.cpu(), cpu)
 
 
@@ -235,8 +266,10 @@ class TestSparsifyHelpers:
     def test_magnitude_ties_broken_by_index(self) -> None:
         # k = 2 of [1, -1, 1, .5]: the stable ascending sort ranks index 0 lowest of the
         # equal magnitudes, so the later two are kept.
-        close(trim_magnitude(torch.tensor([1.0, -1.0, 1.0, 0.5]), 0.5),
-              torch.tensor([0.0, -1.0, 1.0, 0.0]))
+        close(
+            trim_magnitude(torch.tensor([1.0, -1.0, 1.0, 0.5]), 0.5),
+            torch.tensor([0.0, -1.0, 1.0, 0.0]),
+        )
 
     def test_rank_window_matches_stable_sort_with_many_ties(self) -> None:
         # The kthvalue-based selection must pick exactly the entries a stable sort
@@ -258,8 +291,9 @@ class TestSparsifyHelpers:
         close(trim_outliers(TAU_T, 1.0, 0.5), TAU_T)
 
     def test_elect_sign(self) -> None:
-        stacked = torch.stack([torch.tensor([2.0, -1.0, 0.0, 1.0]),
-                               torch.tensor([-1.0, 3.0, 0.0, -1.0])])
+        stacked = torch.stack(
+            [torch.tensor([2.0, -1.0, 0.0, 1.0]), torch.tensor([-1.0, 3.0, 0.0, -1.0])]
+        )
         # Σ = [1, 2, 0, 0] -> all +: agreeing are the positive entries only.
         expected = torch.tensor([[True, False, False, True], [False, True, False, False]])
         assert torch.equal(elect_sign(stacked), expected)
@@ -348,8 +382,9 @@ class TestOracles:
         from mergekit.merge_methods.base import TensorGroup
 
         ids = ["base", "ir"] + [f"d{i}" for i in range(len(theta_ds))]
-        group = TensorGroup.from_tensors([theta_0, theta_t, *theta_ds], ids=ids, base_index=0,
-                                         name="x")
+        group = TensorGroup.from_tensors(
+            [theta_0, theta_t, *theta_ds], ids=ids, base_index=0, name="x"
+        )
         weight = dict(zip(ids[1:], [1.0, *ws], strict=True))
         (out,) = method([group], parameters={"weight": weight, **params})
         return out
@@ -367,11 +402,15 @@ class TestOracles:
             x = self.randn(*shape, seed=seed)
             close(trim_magnitude(x, density), sparsify.magnitude(x, density))
 
-    @pytest.mark.parametrize(("density", "gamma"), [(0.5, 0.01), (0.9, 0.05), (0.3, 0.2), (0.8, 0.5)])
+    @pytest.mark.parametrize(
+        ("density", "gamma"), [(0.5, 0.01), (0.9, 0.05), (0.3, 0.2), (0.8, 0.5)]
+    )
     def test_outliers_match_mergekit(self, density: float, gamma: float) -> None:
         sparsify = pytest.importorskip("mergekit.sparsify")
         x = self.randn(11, 19, seed=3)
-        close(trim_outliers(x, density, gamma), sparsify.magnitude_outliers(x, density, gamma=gamma))
+        close(
+            trim_outliers(x, density, gamma), sparsify.magnitude_outliers(x, density, gamma=gamma)
+        )
 
     def test_sign_election_matches_mergekit(self) -> None:
         gta = pytest.importorskip("mergekit.merge_methods.generalized_task_arithmetic")
@@ -385,20 +424,47 @@ class TestOracles:
         registry = pytest.importorskip("mergekit.merge_methods.registry")
         theta_0, theta_t, theta_ds = self.inputs(10)
         ws = [1.0, 0.5]
-        ours = ties(theta_t, [d - theta_0 for d in theta_ds], tau_t=theta_t - theta_0, alpha=alpha,
-                    weights=ws, density=0.4, normalize=normalize)
-        theirs = self.mergekit_merge(registry.get("ties"), theta_0, theta_t, theta_ds,
-                                     [alpha * w for w in ws], density=0.4, normalize=normalize)
+        ours = ties(
+            theta_t,
+            [d - theta_0 for d in theta_ds],
+            tau_t=theta_t - theta_0,
+            alpha=alpha,
+            weights=ws,
+            density=0.4,
+            normalize=normalize,
+        )
+        theirs = self.mergekit_merge(
+            registry.get("ties"),
+            theta_0,
+            theta_t,
+            theta_ds,
+            [alpha * w for w in ws],
+            density=0.4,
+            normalize=normalize,
+        )
         close(ours, theirs)
 
     @pytest.mark.parametrize("alpha", [0.0, 0.6, -0.8])
     def test_breadcrumbs_matches_mergekit(self, alpha: float) -> None:
         registry = pytest.importorskip("mergekit.merge_methods.registry")
         theta_0, theta_t, theta_ds = self.inputs(20)
-        ours = breadcrumbs(theta_t, [d - theta_0 for d in theta_ds], tau_t=theta_t - theta_0,
-                           alpha=alpha, density=0.7, gamma=0.05)
-        theirs = self.mergekit_merge(registry.get("breadcrumbs"), theta_0, theta_t, theta_ds,
-                                     [alpha, alpha], density=0.7, gamma=0.05)
+        ours = breadcrumbs(
+            theta_t,
+            [d - theta_0 for d in theta_ds],
+            tau_t=theta_t - theta_0,
+            alpha=alpha,
+            density=0.7,
+            gamma=0.05,
+        )
+        theirs = self.mergekit_merge(
+            registry.get("breadcrumbs"),
+            theta_0,
+            theta_t,
+            theta_ds,
+            [alpha, alpha],
+            density=0.7,
+            gamma=0.05,
+        )
         close(ours, theirs)
 
     @pytest.mark.parametrize("alpha", [0.4, -1.2])
@@ -407,24 +473,42 @@ class TestOracles:
         from mergekit.sparsify import SparsificationMethod
 
         method = gta.GeneralizedTaskArithmeticMerge(
-            consensus_method=None, sparsification_method=SparsificationMethod.magnitude,
-            default_normalize=False, default_rescale=False, method_name="magnitude_prune",
-            method_pretty_name=None, method_reference_url=None)
+            consensus_method=None,
+            sparsification_method=SparsificationMethod.magnitude,
+            default_normalize=False,
+            default_rescale=False,
+            method_name="magnitude_prune",
+            method_pretty_name=None,
+            method_reference_url=None,
+        )
         theta_0, theta_t, theta_ds = self.inputs(30)
-        ours = magnitude_prune(theta_t, [d - theta_0 for d in theta_ds], tau_t=theta_t - theta_0,
-                               alpha=alpha, weights=[2.0, 1.0], density=0.25)
-        theirs = self.mergekit_merge(method, theta_0, theta_t, theta_ds, [2 * alpha, alpha],
-                                     density=0.25)
+        ours = magnitude_prune(
+            theta_t,
+            [d - theta_0 for d in theta_ds],
+            tau_t=theta_t - theta_0,
+            alpha=alpha,
+            weights=[2.0, 1.0],
+            density=0.25,
+        )
+        theirs = self.mergekit_merge(
+            method, theta_0, theta_t, theta_ds, [2 * alpha, alpha], density=0.25
+        )
         close(ours, theirs)
 
     @pytest.mark.parametrize("name", ["dare_ties", "dare_linear"])
     def test_dare_density_one_matches_mergekit(self, name: str) -> None:
         registry = pytest.importorskip("mergekit.merge_methods.registry")
         theta_0, theta_t, theta_ds = self.inputs(40)
-        ours = SPARSE_METHODS[name](theta_t, [d - theta_0 for d in theta_ds],
-                                    tau_t=theta_t - theta_0, alpha=0.7, density=1.0)
-        theirs = self.mergekit_merge(registry.get(name), theta_0, theta_t, theta_ds, [0.7, 0.7],
-                                     density=1.0)
+        ours = SPARSE_METHODS[name](
+            theta_t,
+            [d - theta_0 for d in theta_ds],
+            tau_t=theta_t - theta_0,
+            alpha=0.7,
+            density=1.0,
+        )
+        theirs = self.mergekit_merge(
+            registry.get(name), theta_0, theta_t, theta_ds, [0.7, 0.7], density=1.0
+        )
         close(ours, theirs)
 
     def test_dare_statistics_match_mergekit(self) -> None:

@@ -28,7 +28,7 @@ def cls_triplet(tmp_path_factory):
     pytest.importorskip("mergekit", reason="mergekit not installed (pip install .[oracle])")
     if shutil.which("mergekit-yaml") is None:
         pytest.skip("mergekit-yaml not on PATH")
-    from mergekit_ir.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
 
     root = tmp_path_factory.mktemp("oracle")
     tok = word_tokenizer(WORDS)
@@ -43,8 +43,11 @@ def mergekit(root, name, config) -> dict[str, torch.Tensor]:
     cfg = root / f"{name}.yml"
     cfg.write_text(yaml.safe_dump(config))
     out = root / f"mk-{name}"
-    subprocess.run(["mergekit-yaml", str(cfg), str(out), "--no-lazy-unpickle", "--allow-crimes"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mergekit-yaml", str(cfg), str(out), "--no-lazy-unpickle", "--allow-crimes"],
+        check=True,
+        capture_output=True,
+    )
     tensors: dict[str, torch.Tensor] = {}
     for f in sorted(out.glob("*.safetensors")):
         tensors.update(load_file(f))
@@ -53,8 +56,23 @@ def mergekit(root, name, config) -> dict[str, torch.Tensor]:
 
 def ours(root, name, pre, dom, ir, *args) -> dict[str, torch.Tensor]:
     out = root / f"ours-{name}"
-    res = CliRunner().invoke(main, ["merge", "--ir", str(ir), "--pretrained", str(pre), "--domain", str(dom),
-                                    "--out", str(out), "-q", *args], catch_exceptions=False)
+    res = CliRunner().invoke(
+        main,
+        [
+            "merge",
+            "--ir",
+            str(ir),
+            "--pretrained",
+            str(pre),
+            "--domain",
+            str(dom),
+            "--out",
+            str(out),
+            "-q",
+            *args,
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     return load_file(out / "model.safetensors")
 
@@ -65,7 +83,10 @@ def compare(a: dict, b: dict, skip=("classifier",)) -> int:
         if k.startswith(skip) or not v.is_floating_point():
             continue
         assert k in a, k
-        assert torch.allclose(a[k].float(), v.float(), atol=1e-6, rtol=0), (k, (a[k] - v).abs().max())
+        assert torch.allclose(a[k].float(), v.float(), atol=1e-6, rtol=0), (
+            k,
+            (a[k] - v).abs().max(),
+        )
         checked += 1
     return checked
 
@@ -73,11 +94,19 @@ def compare(a: dict, b: dict, skip=("classifier",)) -> int:
 @pytest.mark.parametrize("alpha", [0.3, 1.0, -0.5])
 def test_task_arithmetic_matches_mergekit(cls_triplet, alpha):
     root, pre, dom, ir = cls_triplet
-    mk = mergekit(root, f"ta{alpha}", {
-        "merge_method": "task_arithmetic", "base_model": str(pre), "dtype": "float32",
-        "models": [{"model": str(ir), "parameters": {"weight": 1.0}},
-                   {"model": str(dom), "parameters": {"weight": alpha}}],
-    })
+    mk = mergekit(
+        root,
+        f"ta{alpha}",
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": str(pre),
+            "dtype": "float32",
+            "models": [
+                {"model": str(ir), "parameters": {"weight": 1.0}},
+                {"model": str(dom), "parameters": {"weight": alpha}},
+            ],
+        },
+    )
     ou = ours(root, f"ta{alpha}", pre, dom, ir, "--alpha", str(alpha))
     # classifier heads are merged by mergekit as well; ours too, since Θ0 and ΘD have them here
     assert compare(ou, mk, skip=()) >= 30
@@ -85,12 +114,33 @@ def test_task_arithmetic_matches_mergekit(cls_triplet, alpha):
 
 def test_ties_matches_mergekit(cls_triplet):
     root, pre, dom, ir = cls_triplet
-    mk = mergekit(root, "ties", {
-        "merge_method": "ties", "base_model": str(pre), "dtype": "float32",
-        "parameters": {"normalize": False},
-        "models": [{"model": str(ir), "parameters": {"weight": 1.0, "density": 0.5}},
-                   {"model": str(dom), "parameters": {"weight": 0.7, "density": 0.5}}],
-    })
-    ou = ours(root, "ties", pre, dom, ir, "--method", "ties", "--alpha", "0.7", "--param", "density=0.5",
-              "--param", "normalize=false")
+    mk = mergekit(
+        root,
+        "ties",
+        {
+            "merge_method": "ties",
+            "base_model": str(pre),
+            "dtype": "float32",
+            "parameters": {"normalize": False},
+            "models": [
+                {"model": str(ir), "parameters": {"weight": 1.0, "density": 0.5}},
+                {"model": str(dom), "parameters": {"weight": 0.7, "density": 0.5}},
+            ],
+        },
+    )
+    ou = ours(
+        root,
+        "ties",
+        pre,
+        dom,
+        ir,
+        "--method",
+        "ties",
+        "--alpha",
+        "0.7",
+        "--param",
+        "density=0.5",
+        "--param",
+        "normalize=false",
+    )
     assert compare(ou, mk, skip=()) >= 30

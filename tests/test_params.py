@@ -35,8 +35,14 @@ def test_gradient_interpolates_across_layers():
 
 
 def test_filter_rules_first_match_wins():
-    v = ALPHA.check([{"filter": r"attention", "value": 0.2}, {"filter": r"layer\.1\.", "value": 0.7},
-                     {"value": 1.0}], "a")
+    v = ALPHA.check(
+        [
+            {"filter": r"attention", "value": 0.2},
+            {"filter": r"layer\.1\.", "value": 0.7},
+            {"value": 1.0},
+        ],
+        "a",
+    )
     assert resolve(v, TensorPosition("encoder.layer.1.attention.q.weight")) == 0.2
     assert resolve(v, TensorPosition("encoder.layer.1.output.dense.weight")) == 0.7
     assert resolve(v, TensorPosition("embeddings.word_embeddings.weight")) == 1.0

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mergekit_ir import MergeMethod, hookimpl
 from mergekit_ir.cli import main
 from mergekit_ir.errors import PluginError
-from mergekit_ir.plugins import catalog, collect, make_plugin_manager
+from mergekit_ir.plugin_host import catalog, collect, make_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,12 +45,18 @@ def test_duplicate_names_name_both_plugins():
     pm = make_plugin_manager(load_entrypoints=False)
     pm.register(A(), name="plugin_a")
     pm.register(B(), name="plugin_b")
-    with pytest.raises(PluginError, match=r"merge method 'same' is registered twice: by plugin plugin_\w and by plugin plugin_\w"):
+    with pytest.raises(
+        PluginError,
+        match=r"merge method 'same' is registered twice: by plugin plugin_\w and by plugin plugin_\w",
+    ):
         collect(pm)
 
 
 def test_unknown_name_lists_installed():
-    with pytest.raises(PluginError, match=r"--method: unknown merge method 'nope' \(installed: .*ties.*\); see `mergeir plugins`"):
+    with pytest.raises(
+        PluginError,
+        match=r"--method: unknown merge method 'nope' \(installed: .*ties.*\); see `mergeir plugins`",
+    ):
         catalog().merge_method("nope", "--method")
 
 
@@ -63,13 +69,18 @@ def test_plugins_command_lists_params():
 
 def doc_files() -> dict[str, str]:
     text = (ROOT / "docs" / "plugins.md").read_text()
-    return {m.group(1): m.group(2) for m in re.finditer(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", text, re.S)}
+    return {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", text, re.S)
+    }
 
 
 def test_documented_example_function():
     ns: dict = {}
     exec(doc_files()["mergekit-ir-clipped/mergekit_ir_clipped.py"], ns)
-    out = ns["clipped_task_arithmetic"](torch.zeros(3), [torch.tensor([0.5, -0.005, -2.0])], alpha=1.0, clip=0.01)
+    out = ns["clipped_task_arithmetic"](
+        torch.zeros(3), [torch.tensor([0.5, -0.005, -2.0])], alpha=1.0, clip=0.01
+    )
     assert torch.equal(out, torch.tensor([0.01, -0.005, -0.01]))
 
 
@@ -80,25 +91,77 @@ def test_third_party_plugin_from_docs(tmp_path, tiny_triplet):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(content)
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(tmp_path / "mergekit-ir-clipped")], check=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-           "MERGEIR_CACHE": str(tmp_path / "cache")}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(tmp_path / "mergekit-ir-clipped"),
+        ],
+        check=True,
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "MERGEIR_CACHE": str(tmp_path / "cache"),
+    }
     mergeir = [sys.executable, "-c", "from mergekit_ir.cli import main; main()"]
-    listed = subprocess.run([*mergeir, "plugins"], env=env, capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        [*mergeir, "plugins"], env=env, capture_output=True, text=True, check=True
+    )
     assert "clipped_task_arithmetic" in listed.stdout and "mergekit-ir-clipped" in listed.stdout
     assert "clip: float = 0.01 in [0, 10] (layer-wise)" in listed.stdout
-    merged = subprocess.run([*mergeir, "merge", "--ir", str(tiny_triplet["ir"]), "--pretrained", str(tiny_triplet["pretrained"]),
-                             "--domain", str(tiny_triplet["domain"]), "--method", "clipped_task_arithmetic",
-                             "--param", "clip=0.001", "--out", str(tmp_path / "m"), "-q"],
-                            env=env, capture_output=True, text=True)
+    merged = subprocess.run(
+        [
+            *mergeir,
+            "merge",
+            "--ir",
+            str(tiny_triplet["ir"]),
+            "--pretrained",
+            str(tiny_triplet["pretrained"]),
+            "--domain",
+            str(tiny_triplet["domain"]),
+            "--method",
+            "clipped_task_arithmetic",
+            "--param",
+            "clip=0.001",
+            "--out",
+            str(tmp_path / "m"),
+            "-q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert merged.returncode == 0, merged.stderr
     from safetensors.torch import load_file
 
     k = "bert.encoder.layer.0.attention.self.query.weight"
-    diff = load_file(tmp_path / "m" / "model.safetensors")[k] - load_file(tiny_triplet["ir"] / "model.safetensors")[k]
+    diff = (
+        load_file(tmp_path / "m" / "model.safetensors")[k]
+        - load_file(tiny_triplet["ir"] / "model.safetensors")[k]
+    )
     assert diff.abs().max() <= 0.001 + 1e-7 and diff.abs().max() > 0
-    ran = subprocess.run([*mergeir, "run", "clipped", "--registry", str(tmp_path / "registry-clipped.yaml"),
-                          "--out", str(tmp_path / "out"), "-q"], env=env, capture_output=True, text=True)
+    ran = subprocess.run(
+        [
+            *mergeir,
+            "run",
+            "clipped",
+            "--registry",
+            str(tmp_path / "registry-clipped.yaml"),
+            "--out",
+            str(tmp_path / "out"),
+            "-q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ran.returncode == 0, ran.stderr
     assert "Θ' (α=1)" in ran.stdout and (tmp_path / "out" / "results.json").is_file()

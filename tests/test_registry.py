@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from mergekit_ir.cli import main
 from mergekit_ir.errors import ConfigError, PluginError
-from mergekit_ir.registry import load_registry
+from mergekit_ir.experiments.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,14 +38,18 @@ def load(tmp_path: Path, text: str):
 
 def test_bundled_registry_is_valid():
     reg = load_registry(ROOT / "registry.yaml")
-    assert {"quickstart", } <= set(reg.experiments)
+    assert {
+        "quickstart",
+    } <= set(reg.experiments)
     assert {"distilbert-bio", "monot5-base-bio", "llama2-bio"} <= set(reg.triplets)
     assert reg.experiment("quickstart").alphas == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def test_alpha_out_of_range_names_path(tmp_path):
     text = BASE.replace("1.7]", "2.7]")
-    with pytest.raises(ConfigError, match=r"^experiments\.table1\.merge\.alpha\[3\]: 2\.7 is outside \[-2, 2\]$"):
+    with pytest.raises(
+        ConfigError, match=r"^experiments\.table1\.merge\.alpha\[3\]: 2\.7 is outside \[-2, 2\]$"
+    ):
         load(tmp_path, text)
 
 
@@ -56,25 +60,88 @@ def test_valid_minimal(tmp_path):
     assert reg.triplet("t1").domains[0].ref == "some/bio-bert"
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ("method: task_arithmetic", "method: magic", r"experiments\.table1\.merge\.method: unknown merge method 'magic' \(installed: .*task_arithmetic"),
-    ("alpha: [0.1", "gamma: 3, alpha: [0.1", r"experiments\.table1\.merge\.gamma: unknown parameter for merge method 'task_arithmetic'"),
-    ("kind: bi-encoder", "kind: quantum", r"triplets\.t1\.scorer\.kind: unknown scorer 'quantum'"),
-    ("pooling: mean", "pooling: median", r"triplets\.t1\.scorer\.pooling: 'median' is not one of"),
-    ("    ir: some/ir-model\n", "", r"triplets\.t1\.ir: missing required field"),
-    ("triplets: [t1]", "triplets: [t2]", r"experiments\.table1\.triplets\[0\]: unknown triplet 't2'"),
-    ("datasets: [toy]", "datasets: [toy, beir]", r"experiments\.table1\.datasets\[1\]: unknown dataset 'beir'"),
-    ("merge:", "metrics: [P@10, XYZ@3]\n    merge:", r"experiments\.table1\.metrics\[1\]: .*XYZ@3"),
-    ("merge:", "first_stage: {backend: lucene}\n    merge:", r"experiments\.table1\.first_stage\.backend: unknown first-stage backend 'lucene'"),
-    ("merge:", "first_stage: {k1: 20.0}\n    merge:", r"experiments\.table1\.first_stage\.k1: 20 is outside \[0, 10\]"),
-    ("merge:", "fusion: {method: magic}\n    merge:", r"experiments\.table1\.fusion\.method: unknown ranx fusion 'magic'"),
-    ("merge:", "fusion: {weights: [1]}\n    merge:", r"experiments\.table1\.fusion\.weights: give two numbers"),
-    ("merge:", "evaluation: {queries: some}\n    merge:", r"experiments\.table1\.evaluation\.queries: 'some' is not one of all, retrieved"),
-    ("merge:", "colour: red\n    merge:", r"experiments\.table1\.colour: unknown field"),
-    ("merge:", "significance: {comparisons: 0}\n    merge:", r"experiments\.table1\.significance\.comparisons: 0 is not a positive integer"),
-    ("merge:", "significance: {comparisons: 3, correction: none}\n    merge:", r"experiments\.table1\.significance\.comparisons: only used with correction: bonferroni"),
-    ("  toy: {beir: data/toy, test: test, dev: dev}", "  toy: {test: test}", r"datasets\.toy: give 'beir'"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "method: task_arithmetic",
+            "method: magic",
+            r"experiments\.table1\.merge\.method: unknown merge method 'magic' \(installed: .*task_arithmetic",
+        ),
+        (
+            "alpha: [0.1",
+            "gamma: 3, alpha: [0.1",
+            r"experiments\.table1\.merge\.gamma: unknown parameter for merge method 'task_arithmetic'",
+        ),
+        (
+            "kind: bi-encoder",
+            "kind: quantum",
+            r"triplets\.t1\.scorer\.kind: unknown scorer 'quantum'",
+        ),
+        (
+            "pooling: mean",
+            "pooling: median",
+            r"triplets\.t1\.scorer\.pooling: 'median' is not one of",
+        ),
+        ("    ir: some/ir-model\n", "", r"triplets\.t1\.ir: missing required field"),
+        (
+            "triplets: [t1]",
+            "triplets: [t2]",
+            r"experiments\.table1\.triplets\[0\]: unknown triplet 't2'",
+        ),
+        (
+            "datasets: [toy]",
+            "datasets: [toy, beir]",
+            r"experiments\.table1\.datasets\[1\]: unknown dataset 'beir'",
+        ),
+        (
+            "merge:",
+            "metrics: [P@10, XYZ@3]\n    merge:",
+            r"experiments\.table1\.metrics\[1\]: .*XYZ@3",
+        ),
+        (
+            "merge:",
+            "first_stage: {backend: lucene}\n    merge:",
+            r"experiments\.table1\.first_stage\.backend: unknown first-stage backend 'lucene'",
+        ),
+        (
+            "merge:",
+            "first_stage: {k1: 20.0}\n    merge:",
+            r"experiments\.table1\.first_stage\.k1: 20 is outside \[0, 10\]",
+        ),
+        (
+            "merge:",
+            "fusion: {method: magic}\n    merge:",
+            r"experiments\.table1\.fusion\.method: unknown ranx fusion 'magic'",
+        ),
+        (
+            "merge:",
+            "fusion: {weights: [1]}\n    merge:",
+            r"experiments\.table1\.fusion\.weights: give two numbers",
+        ),
+        (
+            "merge:",
+            "evaluation: {queries: some}\n    merge:",
+            r"experiments\.table1\.evaluation\.queries: 'some' is not one of all, retrieved",
+        ),
+        ("merge:", "colour: red\n    merge:", r"experiments\.table1\.colour: unknown field"),
+        (
+            "merge:",
+            "significance: {comparisons: 0}\n    merge:",
+            r"experiments\.table1\.significance\.comparisons: 0 is not a positive integer",
+        ),
+        (
+            "merge:",
+            "significance: {comparisons: 3, correction: none}\n    merge:",
+            r"experiments\.table1\.significance\.comparisons: only used with correction: bonferroni",
+        ),
+        (
+            "  toy: {beir: data/toy, test: test, dev: dev}",
+            "  toy: {test: test}",
+            r"datasets\.toy: give 'beir'",
+        ),
+    ],
+)
 def test_bad_registry(tmp_path, old, new, message):
     assert old in BASE
     with pytest.raises((ConfigError, PluginError), match=message):
@@ -82,8 +149,12 @@ def test_bad_registry(tmp_path, old, new, message):
 
 
 def test_duplicate_name(tmp_path):
-    text = BASE.replace("triplets:\n", "triplets:\n  t1: {scorer: bi-encoder, ir: x, domain: y, pretrained: z}\n", 1)
-    with pytest.raises(ConfigError, match=r"registry\.yaml:\d+: duplicate name 't1' \(first defined on line \d+\)"):
+    text = BASE.replace(
+        "triplets:\n", "triplets:\n  t1: {scorer: bi-encoder, ir: x, domain: y, pretrained: z}\n", 1
+    )
+    with pytest.raises(
+        ConfigError, match=r"registry\.yaml:\d+: duplicate name 't1' \(first defined on line \d+\)"
+    ):
         load(tmp_path, text)
 
 
@@ -114,4 +185,6 @@ def test_readme_registry_example_is_valid(tmp_path):
     block = re.search(r"```yaml\n(datasets:.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert block, "README.md lost its registry example"
     reg = load(tmp_path, block.group(1))
-    assert reg.experiment("my-experiment").tune_fusion and reg.dataset("scifact").dev == "train[:20%]"
+    assert (
+        reg.experiment("my-experiment").tune_fusion and reg.dataset("scifact").dev == "train[:20%]"
+    )

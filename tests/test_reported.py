@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from mergekit_ir.errors import ConfigError
-from mergekit_ir.registry import load_registry
-from mergekit_ir.report import render_reported, write_reports
-from mergekit_ir.reported import ReportedRow, compare, summary
+from mergekit_ir.experiments.registry import load_registry
+from mergekit_ir.reports.render import render_reported, write_reports
+from mergekit_ir.reports.reported import ReportedRow, compare, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,34 +43,88 @@ def load(tmp_path: Path, text: str):
 
 def test_reported_rows_parse(tmp_path):
     rows = load(tmp_path, REGISTRY).experiment("table1").reported
-    assert rows[0] == ReportedRow(dataset="toy", row="bm25", values={"P@10": 0.5, "NDCG@10": 0.691},
-                                  source="Table 1")
+    assert rows[0] == ReportedRow(
+        dataset="toy", row="bm25", values={"P@10": 0.5, "NDCG@10": 0.691}, source="Table 1"
+    )
     assert rows[1].triplet == "t1" and rows[1].alpha == 0.3 and rows[1].values == {"NDCG@10": 0.7}
     assert rows[2].row == "alpha=0.2"
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ("dataset: toy, row: bm25", "dataset: scifact, row: bm25",
-     r"^experiments\.table1\.reported\[0\]\.dataset: 'scifact' is not a dataset of this experiment \(toy, other\)$"),
-    ("row: merged@best", "row: merged@2", r"^experiments\.table1\.reported\[1\]\.row: unknown row 'merged@2'"),
-    ("triplet: t1, dataset: toy, row: merged@best", "dataset: toy, row: merged@best",
-     r"^experiments\.table1\.reported\[1\]: row 'merged@best' needs a 'triplet'"),
-    ("triplet: t1, dataset: toy, row: alpha", "triplet: t9, dataset: toy, row: alpha",
-     r"^experiments\.table1\.reported\[2\]\.triplet: 't9' is not a triplet of this experiment \(t1\)$"),
-    ("P@10: 0.5", "MAP@100: 0.5", r"^experiments\.table1\.reported\[0\]\.MAP@100: not a metric this experiment reports \(P@10, NDCG@10\)$"),
-    ("row: alpha=0.2, NDCG@10", "row: alpha=0.2, P@10", r"^experiments\.table1\.reported\[2\]\.P@10: not a metric of the α ablation \(NDCG@10\)$"),
-    ("NDCG@10: 0.691", "NDCG@10: 69.1", r"^experiments\.table1\.reported\[0\]\.NDCG@10: 69\.1 is not a number in \[0, 1\]"),
-    ("NDCG@10: 0.691", "NDCG@10: high", r"^experiments\.table1\.reported\[0\]\.NDCG@10: 'high' is not a number in \[0, 1\]"),
-    ("alpha: 0.3, NDCG@10: 0.7", "alpha: best", r"^experiments\.table1\.reported\[1\]: no metric values"),
-    ("alpha: 0.3,", "alpha: best,", r"^experiments\.table1\.reported\[1\]\.alpha: 'best' is not a number"),
-    ("row: merged@best", "row: domain2",
-     r"^experiments\.table1\.reported\[1\]\.row: triplet 't1' has no row 'domain2' \(its rows: bm25, pretrained, domain, ir, merged@1, merged@best\)$"),
-    ("row: alpha=0.2", "row: alpha=0.25", r"^experiments\.table1\.reported\[2\]\.row: α=0\.25 is not in merge\.alpha \(0\.1, 0\.2,"),
-    ("dataset: toy, row: alpha=0.2", "dataset: other, row: alpha=0.2",
-     r"^experiments\.table1\.reported\[2\]\.row: no α sweep runs on 'other' in this experiment"),
-    ("    reported:\n      - {dataset: toy, row: bm25, P@10: 0.5, NDCG@10: 0.691, source: \"Table 1\"}\n",
-     "    reported: {dataset: toy}\n", r"^experiments\.table1\.reported: give a list of rows"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "dataset: toy, row: bm25",
+            "dataset: scifact, row: bm25",
+            r"^experiments\.table1\.reported\[0\]\.dataset: 'scifact' is not a dataset of this experiment \(toy, other\)$",
+        ),
+        (
+            "row: merged@best",
+            "row: merged@2",
+            r"^experiments\.table1\.reported\[1\]\.row: unknown row 'merged@2'",
+        ),
+        (
+            "triplet: t1, dataset: toy, row: merged@best",
+            "dataset: toy, row: merged@best",
+            r"^experiments\.table1\.reported\[1\]: row 'merged@best' needs a 'triplet'",
+        ),
+        (
+            "triplet: t1, dataset: toy, row: alpha",
+            "triplet: t9, dataset: toy, row: alpha",
+            r"^experiments\.table1\.reported\[2\]\.triplet: 't9' is not a triplet of this experiment \(t1\)$",
+        ),
+        (
+            "P@10: 0.5",
+            "MAP@100: 0.5",
+            r"^experiments\.table1\.reported\[0\]\.MAP@100: not a metric this experiment reports \(P@10, NDCG@10\)$",
+        ),
+        (
+            "row: alpha=0.2, NDCG@10",
+            "row: alpha=0.2, P@10",
+            r"^experiments\.table1\.reported\[2\]\.P@10: not a metric of the α ablation \(NDCG@10\)$",
+        ),
+        (
+            "NDCG@10: 0.691",
+            "NDCG@10: 69.1",
+            r"^experiments\.table1\.reported\[0\]\.NDCG@10: 69\.1 is not a number in \[0, 1\]",
+        ),
+        (
+            "NDCG@10: 0.691",
+            "NDCG@10: high",
+            r"^experiments\.table1\.reported\[0\]\.NDCG@10: 'high' is not a number in \[0, 1\]",
+        ),
+        (
+            "alpha: 0.3, NDCG@10: 0.7",
+            "alpha: best",
+            r"^experiments\.table1\.reported\[1\]: no metric values",
+        ),
+        (
+            "alpha: 0.3,",
+            "alpha: best,",
+            r"^experiments\.table1\.reported\[1\]\.alpha: 'best' is not a number",
+        ),
+        (
+            "row: merged@best",
+            "row: domain2",
+            r"^experiments\.table1\.reported\[1\]\.row: triplet 't1' has no row 'domain2' \(its rows: bm25, pretrained, domain, ir, merged@1, merged@best\)$",
+        ),
+        (
+            "row: alpha=0.2",
+            "row: alpha=0.25",
+            r"^experiments\.table1\.reported\[2\]\.row: α=0\.25 is not in merge\.alpha \(0\.1, 0\.2,",
+        ),
+        (
+            "dataset: toy, row: alpha=0.2",
+            "dataset: other, row: alpha=0.2",
+            r"^experiments\.table1\.reported\[2\]\.row: no α sweep runs on 'other' in this experiment",
+        ),
+        (
+            '    reported:\n      - {dataset: toy, row: bm25, P@10: 0.5, NDCG@10: 0.691, source: "Table 1"}\n',
+            "    reported: {dataset: toy}\n",
+            r"^experiments\.table1\.reported: give a list of rows",
+        ),
+    ],
+)
 def test_bad_reported_rows(tmp_path, old, new, message):
     assert old in REGISTRY
     text = REGISTRY.replace(old, new, 1)
@@ -82,14 +136,29 @@ def test_bad_reported_rows(tmp_path, old, new, message):
 
 def _results() -> dict:
     def row(key, label, ndcg, alpha=None):
-        return {"key": key, "label": label, "alpha": alpha,
-                "cells": {"toy": {"NDCG@10": {"mean": ndcg}, "P@10": {"mean": 0.5}}}}
+        return {
+            "key": key,
+            "label": label,
+            "alpha": alpha,
+            "cells": {"toy": {"NDCG@10": {"mean": ndcg}, "P@10": {"mean": 0.5}}},
+        }
 
-    return {"experiment": "table1", "sections": [
-        {"triplet": "t1", "rows": [row("bm25", "BM25", 0.6914), row("merged@best", "Θ' (α=0.4)", 0.688,
-                                                                   alpha={"toy": "0.4"})]},
-        {"triplet": "t2", "rows": [row("bm25", "BM25", 0.6914), row("ir", "ΘT", 0.9)]},
-    ], "alpha_ablation": {"t1": {"metric": "NDCG@10", "values": {"toy": {"0.1": 0.55, "0.2": 0.61}}}}}
+    return {
+        "experiment": "table1",
+        "sections": [
+            {
+                "triplet": "t1",
+                "rows": [
+                    row("bm25", "BM25", 0.6914),
+                    row("merged@best", "Θ' (α=0.4)", 0.688, alpha={"toy": "0.4"}),
+                ],
+            },
+            {"triplet": "t2", "rows": [row("bm25", "BM25", 0.6914), row("ir", "ΘT", 0.9)]},
+        ],
+        "alpha_ablation": {
+            "t1": {"metric": "NDCG@10", "values": {"toy": {"0.1": 0.55, "0.2": 0.61}}}
+        },
+    }
 
 
 def test_compare_matches_rows_sections_and_ablation(tmp_path):
@@ -97,16 +166,27 @@ def test_compare_matches_rows_sections_and_ablation(tmp_path):
     rows += (ReportedRow(dataset="other", row="bm25", values={"NDCG@10": 0.3}),)
     cells = compare(_results(), rows)
     by = {(c["row"], c["metric"]): c for c in cells if c["dataset"] == "toy"}
-    assert by["bm25", "NDCG@10"]["ours"] == 0.6914 and by["bm25", "NDCG@10"]["delta"] == pytest.approx(0.0004)
+    assert by["bm25", "NDCG@10"]["ours"] == 0.6914 and by["bm25", "NDCG@10"][
+        "delta"
+    ] == pytest.approx(0.0004)
     assert by["bm25", "P@10"]["delta"] == 0.0
     best = by["merged@best", "NDCG@10"]
-    assert best["delta"] == pytest.approx(-0.012) and best["alpha_ours"] == "0.4" and best["alpha_reported"] == 0.3
-    assert by["alpha=0.2", "NDCG@10"]["ours"] == 0.61 and by["alpha=0.2", "NDCG@10"]["label"] == "dev, α=0.2"
+    assert (
+        best["delta"] == pytest.approx(-0.012)
+        and best["alpha_ours"] == "0.4"
+        and best["alpha_reported"] == 0.3
+    )
+    assert (
+        by["alpha=0.2", "NDCG@10"]["ours"] == 0.61
+        and by["alpha=0.2", "NDCG@10"]["label"] == "dev, α=0.2"
+    )
     assert by["bm25", "NDCG@10"]["triplet"] is None
     other = [c for c in cells if c["dataset"] == "other"]
     assert other[0]["ours"] is None and other[0]["delta"] is None  # dataset not in this run
-    assert summary(cells) == ("4 reported cells compared, 1 not in this run: 2 within ±0.005, "
-                              "largest |Δ| 0.012 (t1 toy merged@best NDCG@10)")
+    assert summary(cells) == (
+        "4 reported cells compared, 1 not in this run: 2 within ±0.005, "
+        "largest |Δ| 0.012 (t1 toy merged@best NDCG@10)"
+    )
     assert summary(other) == "1 reported cells, none of them in this run"
 
 
@@ -116,7 +196,9 @@ def test_render_reported_and_stale_file(tmp_path):
     md = render_reported(res)
     lines = md.splitlines()
     assert "| – | toy | BM25 | NDCG@10 | 0.691 | 0.691 | 0.000 | Table 1 |" in lines
-    assert "| t1 | toy | Θ' (α=0.4); reported α=0.3 | NDCG@10 | 0.700 | 0.688 | -0.012 |  |" in lines
+    assert (
+        "| t1 | toy | Θ' (α=0.4); reported α=0.3 | NDCG@10 | 0.700 | 0.688 | -0.012 |  |" in lines
+    )
     assert "| t1 | toy | dev, α=0.2 | NDCG@10 | 0.600 | 0.610 | +0.010 |  |" in lines
     assert lines[-1].startswith("4 reported cells compared: 2 within ±0.005")
     out = tmp_path / "out"
@@ -131,8 +213,14 @@ def test_render_reported_and_stale_file(tmp_path):
 def test_bundled_paper_experiments_declare_their_recovered_cells():
     reg = load_registry(ROOT / "registry.yaml")
     t1 = {(r.triplet, r.dataset, r.row): r.values for r in reg.experiment("paper-table1").reported}
-    assert t1[None, "scifact", "bm25"]["NDCG@10"] == 0.691 and t1[None, "nfcorpus", "bm25"]["NDCG@10"] == 0.343
-    assert t1[None, "scifact", "bm25"]["MAP@100"] == 0.649 and ("roberta-bio", "scifact", "merged@best") in t1
+    assert (
+        t1[None, "scifact", "bm25"]["NDCG@10"] == 0.691
+        and t1[None, "nfcorpus", "bm25"]["NDCG@10"] == 0.343
+    )
+    assert (
+        t1[None, "scifact", "bm25"]["MAP@100"] == 0.649
+        and ("roberta-bio", "scifact", "merged@best") in t1
+    )
     assert {r.row for r in reg.experiment("paper-table3").reported} == {"alpha=0.7", "alpha=1.0"}
 
 
@@ -140,12 +228,25 @@ def test_tuned_label_says_which_alpha_each_dataset_got():
     res = _results()
     row = res["sections"][0]["rows"][1]
     row["label"], row["alpha"] = "Θ' (tuned α)", {"toy": "0.6", "other": "0.2"}
-    res["reported"] = compare(res, [ReportedRow(dataset="toy", row="merged@best", triplet="t1",
-                                                values={"NDCG@10": 0.7}, alpha=0.3)])
-    assert "| t1 | toy | Θ' (tuned α); ours α=0.6; reported α=0.3 | NDCG@10 |" in render_reported(res)
+    res["reported"] = compare(
+        res,
+        [
+            ReportedRow(
+                dataset="toy", row="merged@best", triplet="t1", values={"NDCG@10": 0.7}, alpha=0.3
+            )
+        ],
+    )
+    assert "| t1 | toy | Θ' (tuned α); ours α=0.6; reported α=0.3 | NDCG@10 |" in render_reported(
+        res
+    )
 
 
 def test_reported_values_keep_their_published_decimals():
     res = _results()
-    res["reported"] = compare(res, [ReportedRow(dataset="toy", row="bm25", values={"NDCG@10": 0.2613})])
-    assert "| – | toy | BM25 | NDCG@10 | 0.2613 | 0.691 | +0.430 |  |" in render_reported(res).splitlines()
+    res["reported"] = compare(
+        res, [ReportedRow(dataset="toy", row="bm25", values={"NDCG@10": 0.2613})]
+    )
+    assert (
+        "| – | toy | BM25 | NDCG@10 | 0.2613 | 0.691 | +0.430 |  |"
+        in render_reported(res).splitlines()
+    )

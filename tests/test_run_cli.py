@@ -20,14 +20,28 @@ def invoke(*args: str, env: dict | None = None):
 
 def numbers(out: Path) -> dict:
     res = json.loads((out / "results.json").read_text())
-    return {(s["triplet"], r["key"], d, m): c["mean"] for s in res["sections"] for r in s["rows"]
-            for d, cells in r["cells"].items() for m, c in cells.items()}
+    return {
+        (s["triplet"], r["key"], d, m): c["mean"]
+        for s in res["sections"]
+        for r in s["rows"]
+        for d, cells in r["cells"].items()
+        for m, c in cells.items()
+    }
 
 
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("qs")
-    res = invoke("run", "--registry", REGISTRY, "--out", str(root / "out"), "--cache-dir", str(root / "cache"), "-q")
+    res = invoke(
+        "run",
+        "--registry",
+        REGISTRY,
+        "--out",
+        str(root / "out"),
+        "--cache-dir",
+        str(root / "cache"),
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     return root, res.output
 
@@ -43,11 +57,28 @@ def test_quickstart_outputs(quickstart_run):
     keys = [r["key"] for r in res["sections"][0]["rows"]]
     assert keys == ["bm25", "pretrained", "domain", "ir", "merged@1", "merged@best"]
     assert set(res["alpha_ablation"]["quickstart-tiny"]["values"]["quickstart-toy"]) == {
-        "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1"}
+        "0.1",
+        "0.2",
+        "0.3",
+        "0.4",
+        "0.5",
+        "0.6",
+        "0.7",
+        "0.8",
+        "0.9",
+        "1",
+    }
     m = res["manifest"]
-    assert m["packages"]["torch"].startswith("2.13") and m["checkpoints"]["quickstart-tiny.ir"]["fingerprint"]
+    assert (
+        m["packages"]["torch"].startswith("2.13")
+        and m["checkpoints"]["quickstart-tiny.ir"]["fingerprint"]
+    )
     assert set(m["timings"]) >= {"first stage", "scoring", "fusion", "evaluation"}
-    trec = (out / "runs" / "quickstart-tiny" / "quickstart-toy" / "merged_at_1.trec").read_text().splitlines()
+    trec = (
+        (out / "runs" / "quickstart-tiny" / "quickstart-toy" / "merged_at_1.trec")
+        .read_text()
+        .splitlines()
+    )
     assert len(trec[0].split()) == 6 and trec[0].split()[1] == "Q0"
     # every value is a real metric, not a placeholder
     assert all(0.0 <= v <= 1.0 for v in numbers(out).values())
@@ -55,7 +86,10 @@ def test_quickstart_outputs(quickstart_run):
 
 def test_report_rerenders_byte_for_byte(quickstart_run):
     out = quickstart_run[0] / "out"
-    before = {f: (out / f).read_bytes() for f in ("results.md", "results.tex", "results.csv", "alpha.md", "alpha.png")}
+    before = {
+        f: (out / f).read_bytes()
+        for f in ("results.md", "results.tex", "results.csv", "alpha.md", "alpha.png")
+    }
     res = invoke("report", str(out))
     assert res.exit_code == 0 and "results.md" in res.output
     for f, data in before.items():
@@ -64,7 +98,7 @@ def test_report_rerenders_byte_for_byte(quickstart_run):
 
 def test_interrupted_run_resumes_from_cache(tmp_path, monkeypatch, quickstart_run):
     """Kill after the first stage (injected failure), re-run: cached work is not redone, numbers identical."""
-    from mergekit_ir import harness
+    from mergekit_ir.experiments import runner as harness
 
     cache, out = tmp_path / "cache", tmp_path / "out"
     real = harness.TripletRunner.model_run
@@ -77,7 +111,9 @@ def test_interrupted_run_resumes_from_cache(tmp_path, monkeypatch, quickstart_ru
         return real(self, *a, **kw)
 
     monkeypatch.setattr(harness.TripletRunner, "model_run", dies_after_three)
-    res = CliRunner().invoke(main, ["run", "--registry", REGISTRY, "--out", str(out), "--cache-dir", str(cache), "-q"])
+    res = CliRunner().invoke(
+        main, ["run", "--registry", REGISTRY, "--out", str(out), "--cache-dir", str(cache), "-q"]
+    )
     assert res.exit_code != 0  # click turns Ctrl-C into "Aborted!"
     assert not (out / "results.json").exists()
     monkeypatch.setattr(harness.TripletRunner, "model_run", real)
@@ -102,8 +138,17 @@ def test_interrupted_run_resumes_from_cache(tmp_path, monkeypatch, quickstart_ru
 
 
 def test_no_cache_recomputes_same_numbers(tmp_path, quickstart_run):
-    res = invoke("run", "--registry", REGISTRY, "--out", str(tmp_path / "o"), "--cache-dir",
-                 str(quickstart_run[0] / "cache"), "--no-cache", "-q")
+    res = invoke(
+        "run",
+        "--registry",
+        REGISTRY,
+        "--out",
+        str(tmp_path / "o"),
+        "--cache-dir",
+        str(quickstart_run[0] / "cache"),
+        "--no-cache",
+        "-q",
+    )
     assert res.exit_code == 0
     assert "cache: 0 hits" in res.output
     assert numbers(tmp_path / "o") == numbers(quickstart_run[0] / "out")
@@ -112,7 +157,9 @@ def test_no_cache_recomputes_same_numbers(tmp_path, quickstart_run):
 def test_run_errors():
     res = CliRunner().invoke(main, ["run", "nope", "--registry", REGISTRY])
     assert res.exit_code == 2 and "no experiment named 'nope'" in res.output
-    res = CliRunner().invoke(main, ["run", "quickstart", "--registry", REGISTRY, "--dataset", "scifact"])
+    res = CliRunner().invoke(
+        main, ["run", "quickstart", "--registry", REGISTRY, "--dataset", "scifact"]
+    )
     assert res.exit_code == 2 and "--dataset scifact: not in experiment quickstart" in res.output
 
 
@@ -127,17 +174,24 @@ def test_run_compares_with_reported_cells(tmp_path, quickstart_run):
     anchor = "    metrics: [P@10, NDCG@3, NDCG@10, MAP@100]\n\n  # -- the paper"
     text = Path(REGISTRY).read_text()
     assert anchor in text
-    block = ("    metrics: [P@10, NDCG@3, NDCG@10, MAP@100]\n    reported:\n"
-             f"      - {{dataset: quickstart-toy, row: bm25, NDCG@10: {bm25:.3f}, source: toy}}\n"
-             f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: merged@1, P@10: {max(merged - 0.02, 0):.3f}}}\n"
-             f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: alpha=0.5, NDCG@10: {dev:.3f}}}\n"
-             "\n  # -- the paper")
+    block = (
+        "    metrics: [P@10, NDCG@3, NDCG@10, MAP@100]\n    reported:\n"
+        f"      - {{dataset: quickstart-toy, row: bm25, NDCG@10: {bm25:.3f}, source: toy}}\n"
+        f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: merged@1, P@10: {max(merged - 0.02, 0):.3f}}}\n"
+        f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: alpha=0.5, NDCG@10: {dev:.3f}}}\n"
+        "\n  # -- the paper"
+    )
     reg = tmp_path / "registry.yaml"
     reg.write_text(text.replace(anchor, block))
     out = tmp_path / "out"
-    run = invoke("run", "--registry", str(reg), "--out", str(out), "--cache-dir", str(root / "cache"), "-q")
+    run = invoke(
+        "run", "--registry", str(reg), "--out", str(out), "--cache-dir", str(root / "cache"), "-q"
+    )
     assert run.exit_code == 0, run.output
-    assert "vs reported (reported.md): 3 reported cells compared: " in run.output and "reported.md" in run.output
+    assert (
+        "vs reported (reported.md): 3 reported cells compared: " in run.output
+        and "reported.md" in run.output
+    )
     cells = json.loads((out / "results.json").read_text())["reported"]
     assert [c["row"] for c in cells] == ["bm25", "merged@1", "alpha=0.5"]
     assert cells[0]["ours"] == pytest.approx(bm25) and abs(cells[0]["delta"]) <= 0.0005
@@ -154,10 +208,25 @@ def test_layer_wise_alpha_grid_runs_to_the_report(tmp_path, quickstart_run):
     grid = "alpha: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}\n    first_stage: {backend: bm25s, k: 100}\n"
     assert grid in text
     reg = tmp_path / "registry.yaml"
-    reg.write_text(text.replace(grid, 'alpha: [0.5, {gradient: [0.0, 1.0]}, [{filter: attention, value: 0.3}, '
-                                      '{value: 1.0}]]}\n    first_stage: {backend: bm25s, k: 100}\n', 1))
+    reg.write_text(
+        text.replace(
+            grid,
+            "alpha: [0.5, {gradient: [0.0, 1.0]}, [{filter: attention, value: 0.3}, "
+            "{value: 1.0}]]}\n    first_stage: {backend: bm25s, k: 100}\n",
+            1,
+        )
+    )
     out = tmp_path / "out"
-    res = invoke("run", "--registry", str(reg), "--out", str(out), "--cache-dir", str(quickstart_run[0] / "cache"), "-q")
+    res = invoke(
+        "run",
+        "--registry",
+        str(reg),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(quickstart_run[0] / "cache"),
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     alpha_md = (out / "alpha.md").read_text()
     assert '| {"gradient": [0.0, 1.0]} |' in alpha_md and '"filter": "attention"' in alpha_md

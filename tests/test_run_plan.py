@@ -35,7 +35,10 @@ def dry_run(*args: str):
 def test_quickstart_dry_run_builds_nothing(tmp_path):
     res = dry_run("--registry", str(ROOT / "registry.yaml"), "--cache-dir", str(tmp_path / "cache"))
     assert res.exit_code == 0, res.output
-    assert "quickstart-tiny (bi-encoder)" in res.output and "generated offline (quickstart)" in res.output
+    assert (
+        "quickstart-tiny (bi-encoder)" in res.output
+        and "generated offline (quickstart)" in res.output
+    )
     assert res.output.rstrip().endswith("ready to run")
     assert not (tmp_path / "cache").exists()  # nothing generated, nothing cached
 
@@ -61,17 +64,29 @@ def test_dry_run_reports_sources_and_problems(tmp_path, monkeypatch):
     assert res.exit_code == 2
     assert any("local " in ln and "test: test from BEIR folder data/local" in ln for ln in lines)
     assert any("dev:  dev from BEIR folder data/local" in ln for ln in lines)
-    assert any("remote" in ln and "ir_datasets beir/scifact/test, downloads on first use" in ln for ln in lines)
-    assert any("Θ0 ./models/base" in ln and f"MISSING: {tmp_path / 'models' / 'base'} does not exist" in ln
-               for ln in lines)
+    assert any(
+        "remote" in ln and "ir_datasets beir/scifact/test, downloads on first use" in ln
+        for ln in lines
+    )
+    assert any(
+        "Θ0 ./models/base" in ln and f"MISSING: {tmp_path / 'models' / 'base'} does not exist" in ln
+        for ln in lines
+    )
     assert any("ΘD some-org/bio-model" in ln and "hub, in the local cache" in ln for ln in lines)
-    assert any("ΘT models/ir" in ln and f"local folder {tmp_path / 'models' / 'ir'}" in ln for ln in lines)
+    assert any(
+        "ΘT models/ir" in ln and f"local folder {tmp_path / 'models' / 'ir'}" in ln for ln in lines
+    )
     assert "  fusion        wsum, min-max, λ tuned on dev (local), else [0.5, 0.5]" in lines
     assert "  α             tuned on the mean dev NDCG@10 of local; remote: α = 1" in lines
-    assert "error: e1: 1 problem(s) to fix before running (lines marked MISSING or UNKNOWN above)" in lines
+    assert (
+        "error: e1: 1 problem(s) to fix before running (lines marked MISSING or UNKNOWN above)"
+        in lines
+    )
 
     (tmp_path / "models" / "base").mkdir()
-    res = dry_run("e1", "--registry", str(reg), "--dataset", "local", "--cache-dir", str(tmp_path / "cache"))
+    res = dry_run(
+        "e1", "--registry", str(reg), "--dataset", "local", "--cache-dir", str(tmp_path / "cache")
+    )
     assert res.exit_code == 0, res.output
     assert "remote" not in res.output and "ready to run" in res.output
 
@@ -91,8 +106,12 @@ def test_bundled_paper_experiments_name_what_they_download():
     assert line.rstrip().endswith(("hub, to download", "hub, in the local cache"))
     assert "reported      6 published row(s)" in res.output
     assert res.output.splitlines()[-1].startswith("ready to run")
-    scifact_only = dry_run("paper-table1", "--registry", str(ROOT / "registry.yaml"), "--dataset", "scifact")
-    assert "reported      5 published row(s)" in scifact_only.output  # the NFCorpus BM25 row is not in it
+    scifact_only = dry_run(
+        "paper-table1", "--registry", str(ROOT / "registry.yaml"), "--dataset", "scifact"
+    )
+    assert (
+        "reported      5 published row(s)" in scifact_only.output
+    )  # the NFCorpus BM25 row is not in it
 
 
 def test_dry_run_checkpoint_sources_follow_the_loader_rules(tmp_path):
@@ -100,12 +119,19 @@ def test_dry_run_checkpoint_sources_follow_the_loader_rules(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "weights.safetensors").write_bytes(b"")
     reg = tmp_path / "registry.yaml"
-    reg.write_text(REGISTRY.replace("pretrained: ./models/base", "pretrained: ./models/weights.safetensors")
-                   .replace("domain: some-org/bio-model", "domain: {lora: some-org/bio-lora}")
-                   .replace("ir: models/ir", 'ir: "not a/valid id"'))
+    reg.write_text(
+        REGISTRY.replace("pretrained: ./models/base", "pretrained: ./models/weights.safetensors")
+        .replace("domain: some-org/bio-model", "domain: {lora: some-org/bio-lora}")
+        .replace("ir: models/ir", 'ir: "not a/valid id"')
+    )
     res = dry_run("e1", "--registry", str(reg), "--dataset", "local")
     lines = res.output.splitlines()
     assert any("Θ0" in ln and "is a file; give the folder that holds it" in ln for ln in lines)
-    assert any("ΘD lora:some-org/bio-lora" in ln and "hub, to download" in ln for ln in lines)  # as the run does
-    assert any("ΘT not a/valid id" in ln and "is neither a local folder nor a valid hub id" in ln for ln in lines)
+    assert any(
+        "ΘD lora:some-org/bio-lora" in ln and "hub, to download" in ln for ln in lines
+    )  # as the run does
+    assert any(
+        "ΘT not a/valid id" in ln and "is neither a local folder nor a valid hub id" in ln
+        for ln in lines
+    )
     assert res.exit_code == 2 and "error: e1: 2 problem(s)" in res.output

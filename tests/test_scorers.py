@@ -17,14 +17,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from mergekit_ir.errors import CheckpointError, ConfigError, MergeIRError
 from mergekit_ir.params import check_params
-from mergekit_ir.plugins import catalog
-from mergekit_ir.scoring import (
+from mergekit_ir.plugin_host import catalog
+from mergekit_ir.scoring.batching import encode_template, parse_template
+from mergekit_ir.scoring.scorer import (
     ScoringSettings,
     length_sorted_batches,
     padding_waste,
     resolve_device,
 )
-from mergekit_ir.text_batches import encode_template, parse_template
 from tiny_checkpoints import (
     WORDS,
     save_cross_encoder,
@@ -44,7 +44,11 @@ def _text(n: int) -> str:
     return " ".join(_rng.choice(_VOCAB) for _ in range(n))
 
 
-QUERIES = ["what is the role of protein in cancer", "drug effects", "how does gene expression increase risk"]
+QUERIES = [
+    "what is the role of protein in cancer",
+    "drug effects",
+    "how does gene expression increase risk",
+]
 DOCS = [_text(n) for n in (3, 40, 7, 1, 18, 60, 11)]
 PAIRS = [(q, d) for q in QUERIES for d in DOCS]
 SOME = PAIRS[::3]  # every document once, each query at least twice
@@ -84,12 +88,15 @@ def load(kind: str, path: Path, batch_size: int = 4, dtype: str = "fp32", **opti
 
 # -- references --------------------------------------------------------------------------
 
+
 def test_bi_encoder_matches_sentence_transformers(ckpt):
     from sentence_transformers import SentenceTransformer
 
     texts = [*DOCS, "", *QUERIES]  # DOCS[5] is longer than max_seq_length=24
     ours = load("bi-encoder", ckpt["st"])
-    ref = SentenceTransformer(str(ckpt["st"]), device="cpu").encode(texts, batch_size=4, convert_to_tensor=True)
+    ref = SentenceTransformer(str(ckpt["st"]), device="cpu").encode(
+        texts, batch_size=4, convert_to_tensor=True
+    )
     got = ours.encode_documents(texts)
     torch.testing.assert_close(got, ref.float().cpu(), atol=1e-5, rtol=0)
     assert ours.truncation.fields["documents"][1] == sum(len(t.split()) + 2 > 24 for t in texts)
@@ -105,15 +112,34 @@ def test_bi_encoder_dense_module_matches_sentence_transformers(ckpt, tmp_path):
 
     from mergekit_ir.cli import main
 
-    ref = SentenceTransformer(str(ckpt["st_dense"]), device="cpu").encode(DOCS, batch_size=4, convert_to_tensor=True)
+    ref = SentenceTransformer(str(ckpt["st_dense"]), device="cpu").encode(
+        DOCS, batch_size=4, convert_to_tensor=True
+    )
     got = load("bi-encoder", ckpt["st_dense"]).encode_documents(DOCS)
     assert got.shape[1] == 16
     torch.testing.assert_close(got, ref.float().cpu(), atol=1e-5, rtol=0)
     out = tmp_path / "merged"
-    res = CliRunner().invoke(main, ["merge", "--ir", str(ckpt["st_dense"]), "--pretrained", str(ckpt["st_dense"]),
-                                    "--domain", str(ckpt["st_dense"]), "--alpha", "0.5", "--out", str(out), "-q"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "merge",
+            "--ir",
+            str(ckpt["st_dense"]),
+            "--pretrained",
+            str(ckpt["st_dense"]),
+            "--domain",
+            str(ckpt["st_dense"]),
+            "--alpha",
+            "0.5",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    merged = SentenceTransformer(str(out), device="cpu").encode(DOCS, batch_size=4, convert_to_tensor=True)
+    merged = SentenceTransformer(str(out), device="cpu").encode(
+        DOCS, batch_size=4, convert_to_tensor=True
+    )
     torch.testing.assert_close(merged, ref, atol=1e-5, rtol=0)  # τ = 0 here: same model, Dense kept
 
 
@@ -122,8 +148,12 @@ def test_cross_encoder_matches_sentence_transformers(ckpt):
 
     ours = load("cross-encoder", ckpt["ce"], max_length=32)
     ref = CrossEncoder(str(ckpt["ce"]), max_length=32, device="cpu")
-    expected = ref.predict(SOME, batch_size=4, activation_fn=torch.nn.Identity(), convert_to_tensor=True)
-    torch.testing.assert_close(torch.tensor(ours.score_pairs(SOME)), expected.float().cpu(), atol=1e-5, rtol=0)
+    expected = ref.predict(
+        SOME, batch_size=4, activation_fn=torch.nn.Identity(), convert_to_tensor=True
+    )
+    torch.testing.assert_close(
+        torch.tensor(ours.score_pairs(SOME)), expected.float().cpu(), atol=1e-5, rtol=0
+    )
     assert ours.truncation.truncated > 0  # the 40- and 60-word documents were cut
 
 
@@ -136,10 +166,21 @@ def test_cross_encoder_query_max_length_cuts_the_query_then_the_document(ckpt):
     expected = []
     with torch.no_grad():
         for q, d in SOME:
-            enc = tok(" ".join(q.split()[:2]), d, truncation="only_second", max_length=16, return_tensors="pt")
+            enc = tok(
+                " ".join(q.split()[:2]),
+                d,
+                truncation="only_second",
+                max_length=16,
+                return_tensors="pt",
+            )
             expected.append(model(**enc).logits[0, 0].item())
-    torch.testing.assert_close(torch.tensor(ours.score_pairs(SOME)), torch.tensor(expected), atol=1e-5, rtol=0)
-    assert ours.truncation.fields["queries"] == [len(SOME), sum(len(q.split()) > 2 for q, _ in SOME)]
+    torch.testing.assert_close(
+        torch.tensor(ours.score_pairs(SOME)), torch.tensor(expected), atol=1e-5, rtol=0
+    )
+    assert ours.truncation.fields["queries"] == [
+        len(SOME),
+        sum(len(q.split()) > 2 for q, _ in SOME),
+    ]
     assert ours.truncation.fields["documents"][1] > 0
     with pytest.raises(ConfigError, match="query_max_length=40: leaves no room for the document"):
         load("cross-encoder", ckpt["ce"], max_length=16, query_max_length=40)
@@ -162,8 +203,9 @@ def _monot5_by_hand(path: Path, pairs):
 def test_monot5_matches_direct_model_call(ckpt):
     ours = load("monot5", ckpt["t5"])
     assert ours.token_rule == "model_type t5"
-    torch.testing.assert_close(torch.tensor(ours.score_pairs(SOME)), _monot5_by_hand(ckpt["t5"], SOME),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(ours.score_pairs(SOME)), _monot5_by_hand(ckpt["t5"], SOME), atol=1e-5, rtol=0
+    )
 
 
 def _query_loglik_by_hand(path: Path, pairs, reduction="mean"):
@@ -187,7 +229,9 @@ def test_causal_lm_query_likelihood_matches_direct_model_call(ckpt, reduction):
     pairs = [*SOME, ("", DOCS[0])]
     ours = load("causal-lm", ckpt["llama"], batch_size=3, reduction=reduction)
     got = torch.tensor(ours.score_pairs(pairs))
-    torch.testing.assert_close(got, _query_loglik_by_hand(ckpt["llama"], pairs, reduction), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        got, _query_loglik_by_hand(ckpt["llama"], pairs, reduction), atol=1e-5, rtol=0
+    )
     assert got[-1].item() == 0.0  # an empty query: log P(nothing) = 0
 
 
@@ -203,7 +247,9 @@ def test_causal_lm_relevance_token_matches_direct_model_call(ckpt):
             prompt = f"Document: {d}\nQuery: {q}\nIs the document relevant to the query? Answer:"
             last = model(tok(prompt, return_tensors="pt")["input_ids"]).logits[0, -1]
             expected.append(torch.log_softmax(last[[yes, no]], dim=-1)[0].item())
-    torch.testing.assert_close(torch.tensor(ours.score_pairs(SOME)), torch.tensor(expected), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(ours.score_pairs(SOME)), torch.tensor(expected), atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("kind,folder", [("causal-lm", "llama"), ("monot5", "t5")])
@@ -211,7 +257,9 @@ def test_bf16_weights_stay_bf16(ckpt, kind, folder):
     low = load(kind, ckpt[folder], dtype="bf16")
     assert {p.dtype for p in low.model.parameters()} == {torch.bfloat16}
     got = torch.tensor(low.score_pairs(SOME))
-    torch.testing.assert_close(got, torch.tensor(load(kind, ckpt[folder]).score_pairs(SOME)), atol=0.1, rtol=0.05)
+    torch.testing.assert_close(
+        got, torch.tensor(load(kind, ckpt[folder]).score_pairs(SOME)), atol=0.1, rtol=0.05
+    )
 
 
 def test_causal_lm_truncates_each_field(ckpt):
@@ -219,8 +267,9 @@ def test_causal_lm_truncates_each_field(ckpt):
     long_q, long_d = "what is the role of protein", _text(30)
     got = ours.score_pairs([(long_q, long_d)])
     cut_q, cut_d = " ".join(long_q.split()[:2]), " ".join(long_d.split()[:5])
-    torch.testing.assert_close(torch.tensor(got), _query_loglik_by_hand(ckpt["llama"], [(cut_q, cut_d)]),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(got), _query_loglik_by_hand(ckpt["llama"], [(cut_q, cut_d)]), atol=1e-5, rtol=0
+    )
     assert ours.truncation.fields == {"documents": [1, 1], "queries": [1, 1]}
 
 
@@ -261,8 +310,13 @@ def test_padding_waste_lower_with_sorting():
 def test_monot5_keeps_the_prompt_when_the_document_is_cut(ckpt):
     tok = AutoTokenizer.from_pretrained(ckpt["t5"])
     parts = parse_template("Query: {query} Document: {document} Relevant:")
-    enc = encode_template(tok, parts, [{"query": "what is the role of protein", "document": _text(50)}],
-                          {"query": 3, "document": None}, max_length=16)
+    enc = encode_template(
+        tok,
+        parts,
+        [{"query": "what is the role of protein", "document": _text(50)}],
+        {"query": 3, "document": None},
+        max_length=16,
+    )
     tokens = tok.convert_ids_to_tokens(enc.input_ids[0])
     assert len(tokens) == 16
     assert tokens[:5] == ["query", ":", "what", "is", "the"]
@@ -273,16 +327,24 @@ def test_monot5_keeps_the_prompt_when_the_document_is_cut(ckpt):
 
 # -- bad input -------------------------------------------------------------------------
 
+
 def test_monot5_rejects_an_encoder_checkpoint(ckpt):
-    with pytest.raises(CheckpointError, match=r"a bert model is not seq2seq \(encoder-decoder\); scorer kind 'monot5'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"a bert model is not seq2seq \(encoder-decoder\); scorer kind 'monot5'",
+    ):
         catalog().scorer("monot5").check(ckpt["ce"])
 
 
 def test_causal_lm_rejects_encoders_and_seq2seq(ckpt):
     check = catalog().scorer("causal-lm").check
-    with pytest.raises(CheckpointError, match="BertForSequenceClassification is not a causal language model"):
+    with pytest.raises(
+        CheckpointError, match="BertForSequenceClassification is not a causal language model"
+    ):
         check(ckpt["ce"])
-    with pytest.raises(CheckpointError, match="seq2seq model is not decoder-only; use scorer kind 'monot5'"):
+    with pytest.raises(
+        CheckpointError, match="seq2seq model is not decoder-only; use scorer kind 'monot5'"
+    ):
         check(ckpt["t5"])
 
 
@@ -290,12 +352,17 @@ def test_monot5_true_token_missing_from_vocabulary(tmp_path):
     folder = save_t5(tmp_path / "t5", extra=("▁false",))
     with pytest.raises(CheckpointError, match="true_token '▁true' is not"):
         load("monot5", folder)
-    with pytest.raises(CheckpointError, match="true_token 'zebra' is not in the tokenizer's vocabulary"):
+    with pytest.raises(
+        CheckpointError, match="true_token 'zebra' is not in the tokenizer's vocabulary"
+    ):
         load("monot5", folder, true_token="zebra", false_token="▁false")
 
 
 def test_monot5_true_token_split_into_pieces(ckpt):
-    with pytest.raises(CheckpointError, match=r"true_token 'drug-cell' is not one token: it splits into 3 pieces \('drug', '-', 'cell'\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"true_token 'drug-cell' is not one token: it splits into 3 pieces \('drug', '-', 'cell'\)",
+    ):
         load("monot5", ckpt["t5"], true_token="drug-cell")
 
 
@@ -313,7 +380,10 @@ def test_monot5_token_detection(tmp_path, ckpt):
     (mt5 / "config.json").write_text(json.dumps(cfg))
     scorer = load("monot5", mt5)
     assert scorer.token_rule == "model_type mt5"
-    assert scorer.tokenizer.convert_ids_to_tokens([scorer.true_id, scorer.false_id]) == ["▁yes", "▁no"]
+    assert scorer.tokenizer.convert_ids_to_tokens([scorer.true_id, scorer.false_id]) == [
+        "▁yes",
+        "▁no",
+    ]
     # a known reranker named in the model card
     t5 = save_t5(tmp_path / "card", extra=both)
     (t5 / "README.md").write_text("---\nbase_model: unicamp-dl/mt5-base-mmarco-v2\n---\nmerged\n")
@@ -335,7 +405,10 @@ def test_template_must_name_both_fields(ckpt):
 def test_device_cuda_absent_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(MergeIRError, match="--device cuda: CUDA is not available on this machine; use --device auto or cpu"):
+    with pytest.raises(
+        MergeIRError,
+        match="--device cuda: CUDA is not available on this machine; use --device auto or cpu",
+    ):
         resolve_device("cuda")
     for kind in ("bi-encoder", "cross-encoder", "monot5", "causal-lm"):  # before any file is read
         with pytest.raises(MergeIRError, match="--device cuda: CUDA is not available"):
@@ -346,10 +419,13 @@ def test_all_scorers_registered():
     names = set(catalog().scorers)
     assert {"bi-encoder", "cross-encoder", "monot5", "causal-lm"} <= names
     with pytest.raises(ConfigError, match="not one of query_likelihood, relevance_token"):
-        check_params(catalog().scorer("causal-lm").params, {"mode": "listwise"}, "scorer", "causal-lm")
+        check_params(
+            catalog().scorer("causal-lm").params, {"mode": "listwise"}, "scorer", "causal-lm"
+        )
 
 
 # -- real model ------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_minilm_bi_encoder_matches_sentence_transformers_on_scifact(monkeypatch):
@@ -366,7 +442,9 @@ def test_minilm_bi_encoder_matches_sentence_transformers_on_scifact(monkeypatch)
             if len(docs) == 20:
                 break
     ours = load("bi-encoder", MINILM, batch_size=8)
-    ref = SentenceTransformer(str(MINILM), device="cpu").encode(docs, batch_size=8, convert_to_tensor=True)
+    ref = SentenceTransformer(str(MINILM), device="cpu").encode(
+        docs, batch_size=8, convert_to_tensor=True
+    )
     torch.testing.assert_close(ours.encode_documents(docs), ref.float().cpu(), atol=1e-5, rtol=0)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
@@ -383,10 +461,16 @@ def test_scorer_plugin_example_in_the_docs_runs(ckpt):
     namespace["register_scorers"](kinds.append)
     kind = kinds[0]
     assert kind.name == "my-scorer"
-    mine = kind.load(ckpt["ce"], check_params(kind.params, {"max_length": 32}, "scorer", "my-scorer"), settings())
+    mine = kind.load(
+        ckpt["ce"], check_params(kind.params, {"max_length": 32}, "scorer", "my-scorer"), settings()
+    )
     builtin = load("cross-encoder", ckpt["ce"], max_length=32)
-    torch.testing.assert_close(torch.tensor(mine.score_pairs(SOME)), torch.tensor(builtin.score_pairs(SOME)),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(mine.score_pairs(SOME)),
+        torch.tensor(builtin.score_pairs(SOME)),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_truncation_warns_once_then_logs_at_info(ckpt, caplog):
@@ -394,7 +478,7 @@ def test_truncation_warns_once_then_logs_at_info(ckpt, caplog):
     import logging
 
     scorer = load("cross-encoder", ckpt["ce"], max_length=16)
-    with caplog.at_level(logging.INFO, logger="mergekit_ir.scoring"):
+    with caplog.at_level(logging.INFO, logger="mergekit_ir.scoring.scorer"):
         scorer.score_pairs(SOME)
         scorer.score_pairs(SOME)
     levels = [r.levelno for r in caplog.records if "truncated" in r.getMessage()]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mergekit_ir.plugins import catalog
+from mergekit_ir.plugin_host import catalog
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mergekit_ir.checkpoint import open_checkpoint
 from mergekit_ir.errors import CheckpointError
-from mergekit_ir.merge import MergeJob, merge_to_folder
-from mergekit_ir.plugins import catalog
-from mergekit_ir.task_vector import TaskVector
+from mergekit_ir.merging.checkpoint import open_checkpoint
+from mergekit_ir.merging.engine import MergeJob, merge_to_folder
+from mergekit_ir.merging.task_vector import TaskVector
+from mergekit_ir.plugin_host import catalog
 
 K = "encoder.layer.1.output.dense.weight"
 
@@ -38,15 +38,23 @@ def test_diff_and_algebra(tiny_triplet, tau):
 def test_save_and_reuse_without_models(tiny_triplet, tau, tmp_path):
     path = (tau * 2.0).save(tmp_path / "tau", {"pretrained": "p0", "domain": "pd"})
     loaded = TaskVector.load(path)
-    assert torch.allclose(loaded.get(K), 2 * (raw(tiny_triplet, "domain") - raw(tiny_triplet, "pretrained")))
+    assert torch.allclose(
+        loaded.get(K), 2 * (raw(tiny_triplet, "domain") - raw(tiny_triplet, "pretrained"))
+    )
     assert "pd" in loaded.describe()
     with pytest.raises(CheckpointError, match="exists; pass --overwrite"):
         tau.save(tmp_path / "tau")
     ir = open_checkpoint(str(tiny_triplet["ir"]))
-    job = MergeJob(ir, [loaded], catalog().merge_method("task_arithmetic"), {"alpha": 0.5, "weights": None})
+    job = MergeJob(
+        ir, [loaded], catalog().merge_method("task_arithmetic"), {"alpha": 0.5, "weights": None}
+    )
     merge_to_folder(job, tmp_path / "m", progress=False)
     out = load_file(tmp_path / "m" / "model.safetensors")[f"bert.{K}"]
-    assert torch.allclose(out, raw(tiny_triplet, "ir") + (raw(tiny_triplet, "domain") - raw(tiny_triplet, "pretrained")), atol=1e-6)
+    assert torch.allclose(
+        out,
+        raw(tiny_triplet, "ir") + (raw(tiny_triplet, "domain") - raw(tiny_triplet, "pretrained")),
+        atol=1e-6,
+    )
 
 
 def test_not_a_task_vector(tiny_triplet):
@@ -62,19 +70,29 @@ def test_lora_adapter_equals_peft_merge(tiny_triplet, tmp_path, rslora):
 
     base = BertModel.from_pretrained(tiny_triplet["pretrained"])
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "dense"], init_lora_weights=False,
-                     use_rslora=rslora)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["query", "value", "dense"],
+        init_lora_weights=False,
+        use_rslora=rslora,
+    )
     peft_model = get_peft_model(base, cfg)
     peft_model.save_pretrained(tmp_path / "adapter")
     merged = peft_model.merge_and_unload().state_dict()
     tv = TaskVector.from_lora(tmp_path / "adapter")
     assert not tv.dense
-    for key in ("encoder.layer.0.attention.self.query.weight", "encoder.layer.1.output.dense.weight"):
+    for key in (
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.1.output.dense.weight",
+    ):
         assert torch.allclose(tv.get(key), merged[key] - before[key], atol=1e-6), key
     assert tv.get("embeddings.word_embeddings.weight") is None  # not adapted: zero delta
     # combined with a full-model vector
-    full = TaskVector.from_checkpoints(open_checkpoint(str(tiny_triplet["pretrained"])),
-                                       open_checkpoint(str(tiny_triplet["domain"])))
+    full = TaskVector.from_checkpoints(
+        open_checkpoint(str(tiny_triplet["pretrained"])),
+        open_checkpoint(str(tiny_triplet["domain"])),
+    )
     both = tv + full
     q = "encoder.layer.0.attention.self.query.weight"
     assert torch.allclose(both.get(q), tv.get(q) + full.get(q), atol=1e-6)
@@ -85,16 +103,28 @@ def test_lora_merge_through_engine(tiny_triplet, tmp_path):
     from transformers import BertModel
 
     base = BertModel.from_pretrained(tiny_triplet["pretrained"])
-    get_peft_model(base, LoraConfig(r=2, target_modules=["query"], init_lora_weights=False)).save_pretrained(tmp_path / "a")
+    get_peft_model(
+        base, LoraConfig(r=2, target_modules=["query"], init_lora_weights=False)
+    ).save_pretrained(tmp_path / "a")
     ir = open_checkpoint(str(tiny_triplet["ir"]))
-    job = MergeJob(ir, [TaskVector.from_lora(tmp_path / "a")], catalog().merge_method("task_arithmetic"),
-                   {"alpha": 1.0, "weights": None})
+    job = MergeJob(
+        ir,
+        [TaskVector.from_lora(tmp_path / "a")],
+        catalog().merge_method("task_arithmetic"),
+        {"alpha": 1.0, "weights": None},
+    )
     rep = merge_to_folder(job, tmp_path / "m", progress=False)
     assert rep.counts["merge"] == 2  # only the two adapted query weights
     out = load_file(tmp_path / "m" / "model.safetensors")
     t = load_file(tiny_triplet["ir"] / "model.safetensors")
-    assert torch.equal(out["bert.encoder.layer.0.attention.self.key.weight"], t["bert.encoder.layer.0.attention.self.key.weight"])
-    assert not torch.equal(out["bert.encoder.layer.0.attention.self.query.weight"], t["bert.encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(
+        out["bert.encoder.layer.0.attention.self.key.weight"],
+        t["bert.encoder.layer.0.attention.self.key.weight"],
+    )
+    assert not torch.equal(
+        out["bert.encoder.layer.0.attention.self.query.weight"],
+        t["bert.encoder.layer.0.attention.self.query.weight"],
+    )
 
 
 def test_lora_bad_folder(tmp_path):

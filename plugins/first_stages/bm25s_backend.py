@@ -29,8 +29,7 @@ import bm25s.stopwords
 import numpy as np
 import Stemmer
 
-from mergekit_ir import FirstStageKind, Param, Run, atomic, hookimpl
-from mergekit_ir.errors import ConfigError
+from mergekit_ir import ConfigError, FirstStageKind, Param, Run, atomic, hookimpl
 
 from . import lucene
 
@@ -73,17 +72,37 @@ TIE_BREAKER = 0.5  # beir's multi_match best_fields tie_breaker
 INDEX_FORMAT = 2
 
 PARAMS = (
-    Param("profile", str, "bm25s",
-          "bm25s: one title+text index, Snowball; elasticsearch: as beir's BM25Search ran "
-          "Elasticsearch (per-field indexes, english analyzer, best_fields, tie_breaker 0.5)",
-          choices=PROFILES),
-    Param("k1", float, None, "term-frequency saturation (default: 1.5 bm25s, 1.2 elasticsearch)",
-          min=0.0, max=10.0),
+    Param(
+        "profile",
+        str,
+        "bm25s",
+        "bm25s: one title+text index, Snowball; elasticsearch: as beir's BM25Search ran "
+        "Elasticsearch (per-field indexes, english analyzer, best_fields, tie_breaker 0.5)",
+        choices=PROFILES,
+    ),
+    Param(
+        "k1",
+        float,
+        None,
+        "term-frequency saturation (default: 1.5 bm25s, 1.2 elasticsearch)",
+        min=0.0,
+        max=10.0,
+    ),
     Param("b", float, 0.75, "length normalisation", min=0.0, max=1.0),
-    Param("method", str, "lucene", "BM25 variant (the elasticsearch profile is always lucene)",
-          choices=("lucene", "robertson", "atire", "bm25l", "bm25+")),
-    Param("language", str, None, "stemmer and stop words (default: the dataset's language)",
-          choices=tuple(LANGUAGES) + tuple(_BY_CODE)),
+    Param(
+        "method",
+        str,
+        "lucene",
+        "BM25 variant (the elasticsearch profile is always lucene)",
+        choices=("lucene", "robertson", "atire", "bm25l", "bm25+"),
+    ),
+    Param(
+        "language",
+        str,
+        None,
+        "stemmer and stop words (default: the dataset's language)",
+        choices=tuple(LANGUAGES) + tuple(_BY_CODE),
+    ),
     Param("stemming", bool, True, "stemming (Snowball; Porter for elasticsearch + english)"),
     Param("stopwords", bool, True, "remove the language's stop words"),
 )
@@ -111,8 +130,10 @@ def resolve_settings(params: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"bm25s.profile: {profile!r} is not one of {', '.join(PROFILES)}")
     method = params.get("method") or "lucene"
     if profile == "elasticsearch" and method != "lucene":
-        raise ConfigError(f"bm25s.method: the elasticsearch profile scores with Lucene's BM25; "
-                          f"drop method={method!r} or use profile=bm25s")
+        raise ConfigError(
+            f"bm25s.method: the elasticsearch profile scores with Lucene's BM25; "
+            f"drop method={method!r} or use profile=bm25s"
+        )
     defaults = PROFILE_DEFAULTS[profile]
     return {
         "profile": profile,
@@ -128,7 +149,9 @@ def resolve_settings(params: Mapping[str, Any]) -> dict[str, Any]:
 def corpus_key(corpus: Mapping[str, Any], settings: Mapping[str, Any], doc_ids: list[str]) -> str:
     """Content hash of the corpus (title and text apart) and every setting."""
     h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode())
-    h.update(f"bm25s={bm25s.__version__};format={INDEX_FORMAT};uax29={lucene.HAS_WORD_BOUNDARIES}".encode())
+    h.update(
+        f"bm25s={bm25s.__version__};format={INDEX_FORMAT};uax29={lucene.HAS_WORD_BOUNDARIES}".encode()
+    )
     for did in doc_ids:
         d = corpus[did]
         h.update(f"{did}\0{d.title}\0{d.text}\n".encode())
@@ -138,7 +161,9 @@ def corpus_key(corpus: Mapping[str, Any], settings: Mapping[str, Any], doc_ids: 
 class BM25sIndex:
     """A bm25s index over one corpus (one retriever, or one per field)."""
 
-    def __init__(self, corpus: Mapping[str, Any], params: Mapping[str, Any], cache_dir: Path | None):
+    def __init__(
+        self, corpus: Mapping[str, Any], params: Mapping[str, Any], cache_dir: Path | None
+    ):
         self.settings = resolve_settings(params)
         self.params = dict(params)
         self.profile = self.settings["profile"]
@@ -168,7 +193,9 @@ class BM25sIndex:
             return
         self.stemmer = None
         if s["language"] == "english":
-            self.analyzer = lucene.english_analyzer(stopwords=s["stopwords"], stemming=s["stemming"])
+            self.analyzer = lucene.english_analyzer(
+                stopwords=s["stopwords"], stemming=s["stemming"]
+            )
         else:  # the same tokenizer, with the language's Snowball stemmer and bm25s stop words
             stem = Stemmer.Stemmer(snowball).stemWord if s["stemming"] and snowball else None
             stops = _stop_list(self.stopwords) if self.stopwords else None
@@ -178,8 +205,13 @@ class BM25sIndex:
         """The terms one text is indexed (and queried) as."""
         if self.analyzer is not None:
             return self.analyzer(text)
-        return bm25s.tokenize([text], stopwords=self.stopwords, stemmer=self.stemmer,
-                              return_ids=False, show_progress=False)[0]
+        return bm25s.tokenize(
+            [text],
+            stopwords=self.stopwords,
+            stemmer=self.stemmer,
+            return_ids=False,
+            show_progress=False,
+        )[0]
 
     # -- building, saving, loading ------------------------------------------------------
 
@@ -187,16 +219,20 @@ class BM25sIndex:
         s = self.settings
         if self.profile == "bm25s":
             texts = [corpus[d].full_text for d in self.doc_ids]
-            tokens = bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stemmer,
-                                    show_progress=False)
+            tokens = bm25s.tokenize(
+                texts, stopwords=self.stopwords, stemmer=self.stemmer, show_progress=False
+            )
             self.retriever = bm25s.BM25(k1=s["k1"], b=s["b"], method=s["method"])
             self.retriever.index(tokens, show_progress=False)
             self.fields = {}
             return
         self.retriever = None
         self.fields = {
-            field: lucene_field_index([self.analyzer(getattr(corpus[d], field) or "")
-                                       for d in self.doc_ids], k1=s["k1"], b=s["b"])
+            field: lucene_field_index(
+                [self.analyzer(getattr(corpus[d], field) or "") for d in self.doc_ids],
+                k1=s["k1"],
+                b=s["b"],
+            )
             for field in FIELDS
         }
 
@@ -224,18 +260,27 @@ class BM25sIndex:
             return self._search_fields(queries, k)
         qids = sorted(queries)
         k = min(k, len(self.doc_ids))
-        tokens = bm25s.tokenize([queries[q] for q in qids], stopwords=self.stopwords,
-                                stemmer=self.stemmer, return_ids=False, show_progress=False)
+        tokens = bm25s.tokenize(
+            [queries[q] for q in qids],
+            stopwords=self.stopwords,
+            stemmer=self.stemmer,
+            return_ids=False,
+            show_progress=False,
+        )
         vocab = self.retriever.vocab_dict
         tokens = [[t for t in toks if t in vocab] for toks in tokens]
         run: Run = {}
         nonempty = [i for i, toks in enumerate(tokens) if toks]
         if nonempty and k > 0:
-            docs, scores = self.retriever.retrieve([tokens[i] for i in nonempty], k=k,
-                                                   show_progress=False, n_threads=1)
+            docs, scores = self.retriever.retrieve(
+                [tokens[i] for i in nonempty], k=k, show_progress=False, n_threads=1
+            )
             for row, i in enumerate(nonempty):
-                pairs = [(self.doc_ids[int(d)], float(s))
-                         for d, s in zip(docs[row], scores[row], strict=True) if s > 0]
+                pairs = [
+                    (self.doc_ids[int(d)], float(s))
+                    for d, s in zip(docs[row], scores[row], strict=True)
+                    if s > 0
+                ]
                 pairs.sort(key=lambda p: (-p[1], p[0]))
                 run[qids[i]] = dict(pairs)
         for q in qids:
@@ -304,8 +349,9 @@ def lucene_field_index(docs: list[list[str]], k1: float, b: float) -> bm25s.BM25
     lengths = np.array([len(d) for d in docs], dtype=np.int64)
     df = np.bincount(term_idx_a, minlength=len(vocab))
     doc_count = max(int((lengths > 0).sum()), 1)  # documents that have the field
-    weights = lucene.lucene_bm25_weights(tf_a, lengths[doc_idx_a], df[term_idx_a], doc_count,
-                                         int(lengths.sum()), k1, b)
+    weights = lucene.lucene_bm25_weights(
+        tf_a, lengths[doc_idx_a], df[term_idx_a], doc_count, int(lengths.sum()), k1, b
+    )
     order = np.lexsort((doc_idx_a, term_idx_a))  # column-major (term, then document)
     indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
     np.cumsum(df, out=indptr[1:])
@@ -327,9 +373,21 @@ def _load_field(folder: Path) -> bm25s.BM25:
     return bm25s.BM25.load(str(folder))
 
 
-_STOP_LISTS = {"en": "EN", "de": "GERMAN", "nl": "DUTCH", "fr": "FRENCH", "es": "SPANISH",
-               "pt": "PORTUGUESE", "it": "ITALIAN", "ru": "RUSSIAN", "sv": "SWEDISH",
-               "no": "NORWEGIAN", "zh": "CHINESE", "tr": "TURKISH", "da": "DANISH"}
+_STOP_LISTS = {
+    "en": "EN",
+    "de": "GERMAN",
+    "nl": "DUTCH",
+    "fr": "FRENCH",
+    "es": "SPANISH",
+    "pt": "PORTUGUESE",
+    "it": "ITALIAN",
+    "ru": "RUSSIAN",
+    "sv": "SWEDISH",
+    "no": "NORWEGIAN",
+    "zh": "CHINESE",
+    "tr": "TURKISH",
+    "da": "DANISH",
+}
 
 
 def _stop_list(code: str) -> tuple[str, ...]:
@@ -337,16 +395,20 @@ def _stop_list(code: str) -> tuple[str, ...]:
     return getattr(bm25s.stopwords, f"STOPWORDS_{_STOP_LISTS[code]}")
 
 
-def build(corpus: Mapping[str, Any], params: Mapping[str, Any], cache_dir: Path | None) -> BM25sIndex:
+def build(
+    corpus: Mapping[str, Any], params: Mapping[str, Any], cache_dir: Path | None
+) -> BM25sIndex:
     return BM25sIndex(corpus, params, cache_dir)
 
 
 @hookimpl
 def register_first_stages(register):
-    register(FirstStageKind(
-        name="bm25s",
-        description="BM25 on bm25s; profile bm25s (title+text, Snowball) or elasticsearch "
-                    "(per-field english analyzer + best_fields, as the paper ran it); index cached on disk",
-        build=build,
-        params=PARAMS,
-    ))
+    register(
+        FirstStageKind(
+            name="bm25s",
+            description="BM25 on bm25s; profile bm25s (title+text, Snowball) or elasticsearch "
+            "(per-field english analyzer + best_fields, as the paper ran it); index cached on disk",
+            build=build,
+            params=PARAMS,
+        )
+    )

@@ -33,11 +33,43 @@ except ImportError:  # pragma: no cover - transformers depends on `regex`
     HAS_WORD_BOUNDARIES = False
 
 # org.apache.lucene.analysis.en.EnglishAnalyzer.ENGLISH_STOP_WORDS_SET
-ENGLISH_STOP_WORDS = frozenset((
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is",
-    "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there",
-    "these", "they", "this", "to", "was", "will", "with",
-))
+ENGLISH_STOP_WORDS = frozenset(
+    (
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "such",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "will",
+        "with",
+    )
+)
 
 MAX_TOKEN_LENGTH = 255  # StandardTokenizer splits longer tokens into chunks of this size
 
@@ -60,7 +92,9 @@ def standard_tokenize(text: str) -> list[str]:
     else:  # pragma: no cover
         tokens = _FALLBACK_WORD.findall(text)
     if any(len(t) > MAX_TOKEN_LENGTH for t in tokens):
-        tokens = [t[i:i + MAX_TOKEN_LENGTH] for t in tokens for i in range(0, len(t), MAX_TOKEN_LENGTH)]
+        tokens = [
+            t[i : i + MAX_TOKEN_LENGTH] for t in tokens for i in range(0, len(t), MAX_TOKEN_LENGTH)
+        ]
     return tokens
 
 
@@ -132,14 +166,14 @@ class _Porter:
     def ends(self, s: str) -> bool:
         n = len(s)
         o = self.k - n + 1
-        if o < 0 or "".join(self.b[o:self.k + 1]) != s:
+        if o < 0 or "".join(self.b[o : self.k + 1]) != s:
             return False
         self.j = self.k - n
         return True
 
     def setto(self, s: str) -> None:
         o = self.j + 1
-        self.b[o:o + len(s)] = list(s)
+        self.b[o : o + len(s)] = list(s)
         self.k = self.j + len(s)
 
     def r(self, s: str) -> None:
@@ -193,9 +227,17 @@ class _Porter:
         "s": (("ness", ""),),
     }
     _STEP5 = {
-        "a": ("al",), "c": ("ance", "ence"), "e": ("er",), "i": ("ic",), "l": ("able", "ible"),
-        "n": ("ant", "ement", "ment", "ent"), "s": ("ism",), "t": ("ate", "iti"), "u": ("ous",),
-        "v": ("ive",), "z": ("ize",),
+        "a": ("al",),
+        "c": ("ance", "ence"),
+        "e": ("er",),
+        "i": ("ic",),
+        "l": ("able", "ible"),
+        "n": ("ant", "ement", "ment", "ent"),
+        "s": ("ism",),
+        "t": ("ate", "iti"),
+        "u": ("ous",),
+        "v": ("ive",),
+        "z": ("ize",),
     }
 
     def _replace(self, rules) -> None:
@@ -217,7 +259,9 @@ class _Porter:
             return
         ch = self.b[self.k - 1]
         if ch == "o":
-            if not ((self.ends("ion") and self.j >= 0 and self.b[self.j] in "st") or self.ends("ou")):
+            if not (
+                (self.ends("ion") and self.j >= 0 and self.b[self.j] in "st") or self.ends("ou")
+            ):
                 return
         elif not any(self.ends(s) for s in self._STEP5.get(ch, ())):
             return
@@ -241,7 +285,7 @@ class _Porter:
             self.step4()
             self.step5()
             self.step6()
-        return "".join(self.b[:self.k + 1])
+        return "".join(self.b[: self.k + 1])
 
 
 @lru_cache(maxsize=1 << 20)
@@ -258,8 +302,9 @@ class Analyzer:
 
     _CACHE_LIMIT = 1 << 20
 
-    def __init__(self, stopwords: Iterable[str] | None, stem: Callable[[str], str] | None,
-                 possessive: bool):
+    def __init__(
+        self, stopwords: Iterable[str] | None, stem: Callable[[str], str] | None, possessive: bool
+    ):
         self.stopwords = frozenset(stopwords or ())
         self.stem = stem
         self.possessive = possessive
@@ -296,8 +341,11 @@ class Analyzer:
 
 def english_analyzer(stopwords: bool = True, stemming: bool = True) -> Analyzer:
     """Elasticsearch's ``english`` analyzer (Lucene EnglishAnalyzer)."""
-    return Analyzer(ENGLISH_STOP_WORDS if stopwords else None,
-                    porter_stem if stemming else None, possessive=True)
+    return Analyzer(
+        ENGLISH_STOP_WORDS if stopwords else None,
+        porter_stem if stemming else None,
+        possessive=True,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -339,8 +387,15 @@ def quantized_length(length: int) -> int:
     return byte4_to_int(int_to_byte4(length))
 
 
-def lucene_bm25_weights(tf: np.ndarray, doc_len: np.ndarray, df: np.ndarray, doc_count: int,
-                        sum_total_tf: int, k1: float, b: float) -> np.ndarray:
+def lucene_bm25_weights(
+    tf: np.ndarray,
+    doc_len: np.ndarray,
+    df: np.ndarray,
+    doc_count: int,
+    sum_total_tf: int,
+    k1: float,
+    b: float,
+) -> np.ndarray:
     """Per-posting BM25 scores exactly as Lucene's BM25Similarity computes them (float32).
 
     ``tf``, ``doc_len`` (the document's field length) and ``df`` are aligned per posting.
@@ -349,8 +404,9 @@ def lucene_bm25_weights(tf: np.ndarray, doc_len: np.ndarray, df: np.ndarray, doc
     if len(tf) == 0:
         return np.zeros(0, dtype=f32)
     avgdl = f32(sum_total_tf / doc_count)
-    norms = np.array([int_to_byte4(int(n)) for n in range(int(doc_len.max(initial=0)) + 1)],
-                     dtype=np.int64)
+    norms = np.array(
+        [int_to_byte4(int(n)) for n in range(int(doc_len.max(initial=0)) + 1)], dtype=np.int64
+    )
     # cache[i] = 1f / (k1 * ((1 - b) + b * LENGTH_TABLE[i] / avgdl)), float arithmetic
     cache = (f32(1) / (f32(k1) * ((f32(1) - f32(b)) + f32(b) * LENGTH_TABLE / avgdl))).astype(f32)
     norm_inverse = cache[norms[doc_len]]

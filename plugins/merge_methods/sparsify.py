@@ -245,7 +245,9 @@ def sparse_task_arithmetic(
     t = theta_t.to(torch.float32)
     vectors = [tau_t.to(torch.float32)] + [tau.to(torch.float32) for tau in taus]
     weight_vec = torch.tensor(ws, dtype=torch.float32, device=t.device)
-    weighted = torch.stack([w * sparsify(v, i) for i, (w, v) in enumerate(zip(ws, vectors, strict=True))])
+    weighted = torch.stack(
+        [w * sparsify(v, i) for i, (w, v) in enumerate(zip(ws, vectors, strict=True))]
+    )
     if consensus:
         merged = disjoint_sum(weighted, weight_vec, elect_sign(weighted), normalize)
     else:

@@ -16,29 +16,63 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from mergekit_ir import Param, Run, Scorer, ScorerKind, ScoringSettings, hookimpl
-from mergekit_ir.errors import CheckpointError
-from mergekit_ir.text_batches import run_batches, tokenize
+from mergekit_ir import (
+    CheckpointError,
+    Param,
+    Run,
+    Scorer,
+    ScorerKind,
+    ScoringSettings,
+    hookimpl,
+    read_model_config,
+    run_batches,
+    tokenize,
+)
 
 PARAMS = (
-    Param("pooling", str, None, "token pooling (default: the sentence-transformers config, else mean)",
-          choices=("mean", "cls", "max", "lasttoken")),
-    Param("similarity", str, None, "dot or cosine (default: cosine if the model normalises, else dot)",
-          choices=("dot", "cosine")),
-    Param("query_prefix", str, None,
-          "text put before each query, e.g. 'query: ' (default: the folder's 'query' prompt, else none)"),
-    Param("doc_prefix", str, None,
-          "text put before each document, e.g. 'passage: ' (default: the folder's 'document', "
-          "'passage' or 'corpus' prompt, else none)"),
-    Param("max_length", int, None, "token limit per text (default: the model's max_seq_length)", min=8),
+    Param(
+        "pooling",
+        str,
+        None,
+        "token pooling (default: the sentence-transformers config, else mean)",
+        choices=("mean", "cls", "max", "lasttoken"),
+    ),
+    Param(
+        "similarity",
+        str,
+        None,
+        "dot or cosine (default: cosine if the model normalises, else dot)",
+        choices=("dot", "cosine"),
+    ),
+    Param(
+        "query_prefix",
+        str,
+        None,
+        "text put before each query, e.g. 'query: ' (default: the folder's 'query' prompt, else none)",
+    ),
+    Param(
+        "doc_prefix",
+        str,
+        None,
+        "text put before each document, e.g. 'passage: ' (default: the folder's 'document', "
+        "'passage' or 'corpus' prompt, else none)",
+    ),
+    Param(
+        "max_length", int, None, "token limit per text (default: the model's max_seq_length)", min=8
+    ),
     Param("query_max_length", int, None, "token limit per query (default: max_length)", min=4),
 )
 
 
 def read_sentence_transformers(path: Path) -> dict[str, Any]:
     """Pooling, normalisation and length settings of a sentence-transformers folder."""
-    info: dict[str, Any] = {"transformer_path": path, "pooling": None, "normalize": False,
-                            "max_length": None, "prompts": {}}
+    info: dict[str, Any] = {
+        "transformer_path": path,
+        "pooling": None,
+        "normalize": False,
+        "max_length": None,
+        "prompts": {},
+    }
     modules_file = path / "modules.json"
     info["is_st"] = modules_file.is_file()
     if not info["is_st"]:
@@ -72,10 +106,14 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
 
 
 _POOLING_NAMES = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "lasttoken"}
-_LEGACY_POOLING = (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-                   ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken"),
-                   ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
-                   ("pooling_mode_weightedmean_tokens", "weightedmean"))
+_LEGACY_POOLING = (
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_lasttoken", "lasttoken"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+    ("pooling_mode_weightedmean_tokens", "weightedmean"),
+)
 
 
 def _pooling_mode(cfg: Mapping[str, Any]) -> str | list[str] | None:
@@ -103,7 +141,9 @@ def load_dense(folder: Path) -> torch.nn.Module:
     else:
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
-    module_name, _, cls_name = cfg.get("activation_function", "torch.nn.modules.linear.Identity").rpartition(".")
+    module_name, _, cls_name = cfg.get(
+        "activation_function", "torch.nn.modules.linear.Identity"
+    ).rpartition(".")
     if not module_name.startswith("torch.nn"):
         raise CheckpointError(f"{folder}: Dense activation {cls_name!r} is not a torch.nn module")
     activation = getattr(importlib.import_module(module_name), cls_name)()
@@ -138,8 +178,17 @@ class BiEncoder(Scorer):
         prompts = st["prompts"]
         # As SentenceTransformer.encode_query / encode_document pick their prompts.
         self.query_prefix = _option_or(options.get("query_prefix"), prompts.get("query"))
-        self.doc_prefix = _option_or(options.get("doc_prefix"), next(
-            (prompts[k] for k in ("document", "passage", "corpus") if prompts.get(k) is not None), None))
+        self.doc_prefix = _option_or(
+            options.get("doc_prefix"),
+            next(
+                (
+                    prompts[k]
+                    for k in ("document", "passage", "corpus")
+                    if prompts.get(k) is not None
+                ),
+                None,
+            ),
+        )
         if not st.get("include_prompt", True) and (self.query_prefix or self.doc_prefix):
             raise CheckpointError(
                 f"{path}: pooling with include_prompt=false is not supported by the bi-encoder scorer; "
@@ -157,14 +206,22 @@ class BiEncoder(Scorer):
         # never merged, kept outside self.model.
         self.dense = torch.nn.Sequential(*(load_dense(d) for d in st.get("dense", [])))
         self.dense.to(device=self.device, dtype=self.dtype).eval()
-        self.query_max_length = min(options.get("query_max_length") or self.max_length, self.max_length)
+        self.query_max_length = min(
+            options.get("query_max_length") or self.max_length, self.max_length
+        )
 
-    def encode(self, texts: Sequence[str], desc: str = "encoding", max_length: int | None = None,
-               name: str = "texts") -> torch.Tensor:
+    def encode(
+        self,
+        texts: Sequence[str],
+        desc: str = "encoding",
+        max_length: int | None = None,
+        name: str = "texts",
+    ) -> torch.Tensor:
         """One embedding per text (fp32, CPU), normalised when the model or similarity asks."""
         self.warn_empty(texts, name)
-        enc = tokenize(self.tokenizer, texts, None, max_length or self.max_length, self.truncation,
-                       name=name)
+        enc = tokenize(
+            self.tokenizer, texts, None, max_length or self.max_length, self.truncation, name=name
+        )
 
         def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             hidden = self.model(**batch).last_hidden_state
@@ -174,15 +231,19 @@ class BiEncoder(Scorer):
             return emb
 
         with self.progress(len(texts), desc, unit="text") as bar:
-            return run_batches(self.tokenizer, enc, self.settings.batch_size, self.device, forward, bar)
+            return run_batches(
+                self.tokenizer, enc, self.settings.batch_size, self.device, forward, bar
+            )
 
     def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.encode([self.query_prefix + t for t in texts], "queries", self.query_max_length,
-                           "queries")
+        return self.encode(
+            [self.query_prefix + t for t in texts], "queries", self.query_max_length, "queries"
+        )
 
     def encode_documents(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.encode([self.doc_prefix + t for t in texts], "documents", self.max_length,
-                           "documents")
+        return self.encode(
+            [self.doc_prefix + t for t in texts], "documents", self.max_length, "documents"
+        )
 
     def rerank(self, queries: Mapping[str, str], candidates: Run, docs: Mapping[str, str]) -> Run:
         qids = sorted(candidates)
@@ -195,7 +256,9 @@ class BiEncoder(Scorer):
         for qi, qid in enumerate(qids):
             idx = torch.tensor([row[d] for d in sorted(candidates[qid])], dtype=torch.long)
             scores = d_emb[idx] @ q_emb[qi]
-            run[qid] = {d: float(s) for d, s in zip(sorted(candidates[qid]), scores.tolist(), strict=True)}
+            run[qid] = {
+                d: float(s) for d, s in zip(sorted(candidates[qid]), scores.tolist(), strict=True)
+            }
         return run
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -220,16 +283,19 @@ def _option_or(value: str | None, default: str | None) -> str:
 
 def check(path: Path) -> None:
     st = read_sentence_transformers(path)
-    if not (Path(st["transformer_path"]) / "config.json").is_file():
-        raise CheckpointError(f"{path}: no config.json; a bi-encoder needs a transformers or sentence-transformers folder")
+    read_model_config(
+        st["transformer_path"], "bi-encoder", "a transformers or sentence-transformers folder"
+    )
 
 
 @hookimpl
 def register_scorers(register):
-    register(ScorerKind(
-        name="bi-encoder",
-        description="embed query and document separately (mean/CLS pooling), dot or cosine; reads sentence-transformers folders",
-        load=BiEncoder,
-        params=PARAMS,
-        check=check,
-    ))
+    register(
+        ScorerKind(
+            name="bi-encoder",
+            description="embed query and document separately (mean/CLS pooling), dot or cosine; reads sentence-transformers folders",
+            load=BiEncoder,
+            params=PARAMS,
+            check=check,
+        )
+    )

@@ -25,13 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mergekit_ir import Param, Scorer, ScorerKind, ScoringSettings, hookimpl
-from mergekit_ir.errors import CheckpointError
-from mergekit_ir.text_batches import (
+from mergekit_ir import (
+    CheckpointError,
+    Param,
+    Scorer,
+    ScorerKind,
+    ScoringSettings,
     encode_template,
+    hookimpl,
     parse_template,
+    read_model_config,
     require_fast,
     resolve_token,
     run_batches,
@@ -43,15 +48,29 @@ TEMPLATES = {
 }
 
 PARAMS = (
-    Param("mode", str, "query_likelihood", "query_likelihood or relevance_token",
-          choices=tuple(TEMPLATES)),
-    Param("template", str, None, "prompt with {query} and {document} (default: per mode, see docs)"),
+    Param(
+        "mode",
+        str,
+        "query_likelihood",
+        "query_likelihood or relevance_token",
+        choices=tuple(TEMPLATES),
+    ),
+    Param(
+        "template", str, None, "prompt with {query} and {document} (default: per mode, see docs)"
+    ),
     Param("doc_max_length", int, 256, "token limit per document", min=1),
     Param("query_max_length", int, 128, "token limit per query", min=1),
-    Param("reduction", str, "mean", "query_likelihood: mean or sum of the query-token log-probs",
-          choices=("mean", "sum")),
+    Param(
+        "reduction",
+        str,
+        "mean",
+        "query_likelihood: mean or sum of the query-token log-probs",
+        choices=("mean", "sum"),
+    ),
     Param("yes_token", str, "yes", "relevance_token: the token (or word) whose logit is the score"),
-    Param("no_token", str, None, "relevance_token: with it, the score is log P(yes) over {yes, no}"),
+    Param(
+        "no_token", str, None, "relevance_token: with it, the score is log P(yes) over {yes, no}"
+    ),
 )
 
 
@@ -62,16 +81,22 @@ class CausalLM(Scorer):
         self.mode = options.get("mode") or "query_likelihood"
         self.parts = parse_template(options.get("template") or TEMPLATES[self.mode])
         self.reduction = options.get("reduction") or "mean"
-        self.limits = {"query": options.get("query_max_length") or 128,
-                       "document": options.get("doc_max_length") or 256}
+        self.limits = {
+            "query": options.get("query_max_length") or 128,
+            "document": options.get("doc_max_length") or 256,
+        }
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         require_fast(self.tokenizer, path, "causal-lm")
         self.yes_id = self.no_id = None
         if self.mode == "relevance_token":
             tail = next((p for p in reversed(self.parts) if isinstance(p, str)), "Answer:").strip()
-            self.yes_id = resolve_token(self.tokenizer, options.get("yes_token") or "yes", tail, "yes_token", path)
+            self.yes_id = resolve_token(
+                self.tokenizer, options.get("yes_token") or "yes", tail, "yes_token", path
+            )
             if options.get("no_token"):
-                self.no_id = resolve_token(self.tokenizer, options["no_token"], tail, "no_token", path)
+                self.no_id = resolve_token(
+                    self.tokenizer, options["no_token"], tail, "no_token", path
+                )
         self.model = self.load_pretrained(AutoModelForCausalLM, path)
         accepted = inspect.signature(self.model.forward).parameters
         self._positions = "position_ids" in accepted
@@ -80,7 +105,11 @@ class CausalLM(Scorer):
     def _logits(self, batch: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
         """Logits of the last ``keep`` columns (B, keep, V), in the model's dtype."""
         mask = batch["attention_mask"]
-        kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": mask, "use_cache": False}
+        kwargs: dict[str, Any] = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": mask,
+            "use_cache": False,
+        }
         if self._positions:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         if self._keep:
@@ -126,26 +155,36 @@ class CausalLM(Scorer):
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         self.warn_empty([p[0] for p in pairs], "queries")
         self.warn_empty([p[1] for p in pairs], "documents")
-        enc = encode_template(self.tokenizer, self.parts, [{"query": q, "document": d} for q, d in pairs],
-                              self.limits, None, self.truncation)
+        enc = encode_template(
+            self.tokenizer,
+            self.parts,
+            [{"query": q, "document": d} for q, d in pairs],
+            self.limits,
+            None,
+            self.truncation,
+        )
         fn = self._query_likelihood if self.mode == "query_likelihood" else self._relevance
         with self.progress(len(pairs), f"causal-lm {self.mode}") as bar:
-            scores = run_batches(self.tokenizer, {"input_ids": enc.input_ids}, self.settings.batch_size,
-                                 self.device, fn, bar, padding_side="left",
-                                 extra={"spans": [s["query"] for s in enc.spans]})
+            scores = run_batches(
+                self.tokenizer,
+                {"input_ids": enc.input_ids},
+                self.settings.batch_size,
+                self.device,
+                fn,
+                bar,
+                padding_side="left",
+                extra={"spans": [s["query"] for s in enc.spans]},
+            )
         self.log_truncation()
         return scores.tolist()
 
 
 def check(path: Path) -> None:
-    if not (Path(path) / "config.json").is_file():
-        raise CheckpointError(f"{path}: no config.json; scorer kind 'causal-lm' needs a decoder-only model folder")
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a transformers checkpoint ({exc})") from None
+    cfg = read_model_config(path, "causal-lm", "a decoder-only model folder")
     if getattr(cfg, "is_encoder_decoder", False):
-        raise CheckpointError(f"{path}: a {cfg.model_type} seq2seq model is not decoder-only; use scorer kind 'monot5'")
+        raise CheckpointError(
+            f"{path}: a {cfg.model_type} seq2seq model is not decoder-only; use scorer kind 'monot5'"
+        )
     archs = list(getattr(cfg, "architectures", None) or [])
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise CheckpointError(
@@ -156,10 +195,12 @@ def check(path: Path) -> None:
 
 @hookimpl
 def register_scorers(register):
-    register(ScorerKind(
-        name="causal-lm",
-        description="decoder-only LM: mean log-prob of the query given the document (query likelihood) or a yes-token logit",
-        load=CausalLM,
-        params=PARAMS,
-        check=check,
-    ))
+    register(
+        ScorerKind(
+            name="causal-lm",
+            description="decoder-only LM: mean log-prob of the query given the document (query likelihood) or a yes-token logit",
+            load=CausalLM,
+            params=PARAMS,
+            check=check,
+        )
+    )

@@ -12,18 +12,40 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from mergekit_ir import Param, Scorer, ScorerKind, ScoringSettings, hookimpl
-from mergekit_ir.errors import CheckpointError, ConfigError
-from mergekit_ir.text_batches import require_fast, run_batches, tokenize, truncate_texts
+from mergekit_ir import (
+    CheckpointError,
+    ConfigError,
+    Param,
+    Scorer,
+    ScorerKind,
+    ScoringSettings,
+    hookimpl,
+    read_model_config,
+    require_fast,
+    run_batches,
+    tokenize,
+    truncate_texts,
+)
 
 PARAMS = (
     Param("max_length", int, 512, "token limit per (query, document) pair", min=8),
-    Param("label", int, None, "which output logit is 'relevant' (default: 0 for one output, else 1)", min=0),
-    Param("query_max_length", int, None,
-          "token limit per query; then only the document is truncated (default: none, longest-first "
-          "truncation of the pair as in sentence-transformers)", min=1),
+    Param(
+        "label",
+        int,
+        None,
+        "which output logit is 'relevant' (default: 0 for one output, else 1)",
+        min=0,
+    ),
+    Param(
+        "query_max_length",
+        int,
+        None,
+        "token limit per query; then only the document is truncated (default: none, longest-first "
+        "truncation of the pair as in sentence-transformers)",
+        min=1,
+    ),
 )
 
 
@@ -37,7 +59,9 @@ class CrossEncoder(Scorer):
         if self.label is None:
             self.label = 0 if n == 1 else 1
         if self.label >= n:
-            raise CheckpointError(f"{path}: scorer option label={self.label} but the model has {n} output(s)")
+            raise CheckpointError(
+                f"{path}: scorer option label={self.label} but the model has {n} output(s)"
+            )
         limit = getattr(self.model.config, "max_position_embeddings", 512)
         self.max_length = min(options.get("max_length") or 512, limit)
         self.query_max_length = options.get("query_max_length")
@@ -56,34 +80,51 @@ class CrossEncoder(Scorer):
         self.warn_empty(queries, "queries")
         self.warn_empty(docs, "documents")
         if self.query_max_length is None:
-            enc = tokenize(self.tokenizer, queries, docs, self.max_length, self.truncation, name="pairs")
+            enc = tokenize(
+                self.tokenizer, queries, docs, self.max_length, self.truncation, name="pairs"
+            )
         else:
-            queries = truncate_texts(self.tokenizer, queries, self.query_max_length, self.truncation,
-                                     "queries")
-            enc = tokenize(self.tokenizer, queries, docs, self.max_length, self.truncation,
-                           truncation="only_second", name="documents")
+            queries = truncate_texts(
+                self.tokenizer, queries, self.query_max_length, self.truncation, "queries"
+            )
+            enc = tokenize(
+                self.tokenizer,
+                queries,
+                docs,
+                self.max_length,
+                self.truncation,
+                truncation="only_second",
+                name="documents",
+            )
         with self.progress(len(pairs), "cross-encoder") as bar:
-            logits = run_batches(self.tokenizer, enc, self.settings.batch_size, self.device,
-                                 lambda b: self.model(**b).logits[:, self.label], bar)
+            logits = run_batches(
+                self.tokenizer,
+                enc,
+                self.settings.batch_size,
+                self.device,
+                lambda b: self.model(**b).logits[:, self.label],
+                bar,
+            )
         self.log_truncation()
         return logits.tolist()
 
 
 def check(path: Path) -> None:
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a transformers checkpoint ({exc})") from None
+    cfg = read_model_config(path, "cross-encoder")
     if cfg.is_encoder_decoder:
-        raise CheckpointError(f"{path}: a {cfg.model_type} seq2seq model cannot be a cross-encoder; use scorer kind 'monot5'")
+        raise CheckpointError(
+            f"{path}: a {cfg.model_type} seq2seq model cannot be a cross-encoder; use scorer kind 'monot5'"
+        )
 
 
 @hookimpl
 def register_scorers(register):
-    register(ScorerKind(
-        name="cross-encoder",
-        description="(query, document) pair through AutoModelForSequenceClassification; the logit is the score",
-        load=CrossEncoder,
-        params=PARAMS,
-        check=check,
-    ))
+    register(
+        ScorerKind(
+            name="cross-encoder",
+            description="(query, document) pair through AutoModelForSequenceClassification; the logit is the score",
+            load=CrossEncoder,
+            params=PARAMS,
+            check=check,
+        )
+    )

@@ -24,11 +24,16 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from mergekit_ir import Param, Scorer, ScorerKind, ScoringSettings, hookimpl
-from mergekit_ir.errors import CheckpointError
-from mergekit_ir.text_batches import (
+from mergekit_ir import (
+    CheckpointError,
+    Param,
+    Scorer,
+    ScorerKind,
+    ScoringSettings,
     encode_template,
+    hookimpl,
     parse_template,
+    read_model_config,
     require_fast,
     resolve_token,
     run_batches,
@@ -39,26 +44,69 @@ log = logging.getLogger(__name__)
 TEMPLATE = "Query: {query} Document: {document} Relevant:"
 
 PARAMS = (
-    Param("true_token", str, "auto", "vocabulary entry (or word) meaning relevant; auto: see docs/scorers.md"),
+    Param(
+        "true_token",
+        str,
+        "auto",
+        "vocabulary entry (or word) meaning relevant; auto: see docs/scorers.md",
+    ),
     Param("false_token", str, "auto", "vocabulary entry (or word) meaning not relevant"),
-    Param("max_length", int, 512, "token limit of the whole input; the document gives way first", min=16),
+    Param(
+        "max_length",
+        int,
+        512,
+        "token limit of the whole input; the document gives way first",
+        min=16,
+    ),
     Param("query_max_length", int, 64, "token limit per query", min=1),
-    Param("doc_max_length", int, None, "token limit per document (default: what max_length leaves)", min=1),
+    Param(
+        "doc_max_length",
+        int,
+        None,
+        "token limit per document (default: what max_length leaves)",
+        min=1,
+    ),
     Param("template", str, TEMPLATE, "prompt with {query} and {document}"),
 )
 
 # Published (true, false) tokens of known seq2seq rerankers (pygaggle's table).
 KNOWN_TOKENS: dict[str, tuple[str, str]] = {
-    **{f"castorini/monot5-{s}": ("▁true", "▁false") for s in (
-        "small-msmarco-10k", "small-msmarco-100k", "base-msmarco", "base-msmarco-10k",
-        "large-msmarco", "large-msmarco-10k", "3b-msmarco", "3b-msmarco-10k", "base-med-msmarco",
-        "3b-med-msmarco")},
-    **{f"unicamp-dl/{s}": ("▁yes", "▁no") for s in (
-        "mt5-base-en-msmarco", "mt5-base-en-pt-msmarco-v1", "mt5-base-en-pt-msmarco-v2",
-        "mt5-base-mmarco-v1", "mt5-base-mmarco-v2")},
-    **{f"unicamp-dl/{s}": ("▁sim", "▁não") for s in (
-        "ptt5-base-pt-msmarco-10k-v1", "ptt5-base-pt-msmarco-100k-v1", "ptt5-base-en-pt-msmarco-10k-v1",
-        "ptt5-base-pt-msmarco-10k-v2", "ptt5-base-pt-msmarco-100k-v2", "ptt5-base-en-pt-msmarco-100k-v2")},
+    **{
+        f"castorini/monot5-{s}": ("▁true", "▁false")
+        for s in (
+            "small-msmarco-10k",
+            "small-msmarco-100k",
+            "base-msmarco",
+            "base-msmarco-10k",
+            "large-msmarco",
+            "large-msmarco-10k",
+            "3b-msmarco",
+            "3b-msmarco-10k",
+            "base-med-msmarco",
+            "3b-med-msmarco",
+        )
+    },
+    **{
+        f"unicamp-dl/{s}": ("▁yes", "▁no")
+        for s in (
+            "mt5-base-en-msmarco",
+            "mt5-base-en-pt-msmarco-v1",
+            "mt5-base-en-pt-msmarco-v2",
+            "mt5-base-mmarco-v1",
+            "mt5-base-mmarco-v2",
+        )
+    },
+    **{
+        f"unicamp-dl/{s}": ("▁sim", "▁não")
+        for s in (
+            "ptt5-base-pt-msmarco-10k-v1",
+            "ptt5-base-pt-msmarco-100k-v1",
+            "ptt5-base-en-pt-msmarco-10k-v1",
+            "ptt5-base-pt-msmarco-10k-v2",
+            "ptt5-base-pt-msmarco-100k-v2",
+            "ptt5-base-en-pt-msmarco-100k-v2",
+        )
+    },
     "unicamp-dl/mt5-3B-mmarco-en-pt": ("▁true", "▁"),
     "unicamp-dl/mt5-13b-mmarco-100k": ("▁true", "▁"),
 }
@@ -95,7 +143,9 @@ class MonoT5(Scorer):
         true_spec = options.get("true_token") or "auto"
         false_spec = options.get("false_token") or "auto"
         if "auto" in (true_spec, false_spec):
-            (auto_true, auto_false), self.token_rule = auto_tokens(path, config, self.tokenizer.get_vocab())
+            (auto_true, auto_false), self.token_rule = auto_tokens(
+                path, config, self.tokenizer.get_vocab()
+            )
             true_spec = auto_true if true_spec == "auto" else true_spec
             false_spec = auto_false if false_spec == "auto" else false_spec
         else:
@@ -104,41 +154,58 @@ class MonoT5(Scorer):
         self.true_id = resolve_token(self.tokenizer, true_spec, tail, "true_token", path)
         self.false_id = resolve_token(self.tokenizer, false_spec, tail, "false_token", path)
         if self.true_id == self.false_id:
-            raise CheckpointError(f"{path}: true_token {true_spec!r} and false_token {false_spec!r} are the same token")
+            raise CheckpointError(
+                f"{path}: true_token {true_spec!r} and false_token {false_spec!r} are the same token"
+            )
         self.max_length = options.get("max_length") or 512
-        self.limits = {"query": options.get("query_max_length"), "document": options.get("doc_max_length")}
+        self.limits = {
+            "query": options.get("query_max_length"),
+            "document": options.get("doc_max_length"),
+        }
         if self.dtype == torch.float16 and config.model_type in ("t5", "mt5", "umt5"):
-            log.warning("%s: T5 models overflow in fp16 (NaN scores); use --dtype bf16 or fp32", path)
+            log.warning(
+                "%s: T5 models overflow in fp16 (NaN scores); use --dtype bf16 or fp32", path
+            )
         self.model = self.load_pretrained(AutoModelForSeq2SeqLM, path)
         start = self.model.config.decoder_start_token_id
         self.decoder_start = start if start is not None else self.model.config.pad_token_id or 0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = batch["input_ids"]
-        decoder = torch.full((ids.shape[0], 1), self.decoder_start, dtype=torch.long, device=ids.device)
-        logits = self.model(input_ids=ids, attention_mask=batch["attention_mask"],
-                            decoder_input_ids=decoder).logits[:, 0, [self.true_id, self.false_id]]
+        decoder = torch.full(
+            (ids.shape[0], 1), self.decoder_start, dtype=torch.long, device=ids.device
+        )
+        logits = self.model(
+            input_ids=ids, attention_mask=batch["attention_mask"], decoder_input_ids=decoder
+        ).logits[:, 0, [self.true_id, self.false_id]]
         return torch.log_softmax(logits.float(), dim=-1)[:, 0]
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         self.warn_empty([p[0] for p in pairs], "queries")
         self.warn_empty([p[1] for p in pairs], "documents")
-        enc = encode_template(self.tokenizer, self.parts, [{"query": q, "document": d} for q, d in pairs],
-                              self.limits, self.max_length, self.truncation)
+        enc = encode_template(
+            self.tokenizer,
+            self.parts,
+            [{"query": q, "document": d} for q, d in pairs],
+            self.limits,
+            self.max_length,
+            self.truncation,
+        )
         with self.progress(len(pairs), "monot5") as bar:
-            scores = run_batches(self.tokenizer, {"input_ids": enc.input_ids}, self.settings.batch_size,
-                                 self.device, self.forward, bar)
+            scores = run_batches(
+                self.tokenizer,
+                {"input_ids": enc.input_ids},
+                self.settings.batch_size,
+                self.device,
+                self.forward,
+                bar,
+            )
         self.log_truncation()
         return scores.tolist()
 
 
 def check(path: Path) -> None:
-    if not (Path(path) / "config.json").is_file():
-        raise CheckpointError(f"{path}: no config.json; scorer kind 'monot5' needs a T5/mT5-style seq2seq folder")
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a transformers checkpoint ({exc})") from None
+    cfg = read_model_config(path, "monot5", "a T5/mT5-style seq2seq folder")
     if not getattr(cfg, "is_encoder_decoder", False):
         raise CheckpointError(
             f"{path}: a {cfg.model_type} model is not seq2seq (encoder-decoder); scorer kind 'monot5' "
@@ -149,10 +216,12 @@ def check(path: Path) -> None:
 
 @hookimpl
 def register_scorers(register):
-    register(ScorerKind(
-        name="monot5",
-        description="seq2seq reranker (monoT5/mT5): log P(true) over the true/false tokens at the first decoder step",
-        load=MonoT5,
-        params=PARAMS,
-        check=check,
-    ))
+    register(
+        ScorerKind(
+            name="monot5",
+            description="seq2seq reranker (monoT5/mT5): log P(true) over the true/false tokens at the first decoder step",
+            load=MonoT5,
+            params=PARAMS,
+            check=check,
+        )
+    )

@@ -4,7 +4,7 @@ Numbers are shown with three decimals in ``0.691`` style (the paper prints ``.69
 a leading zero is easier to read and to parse). Within each triplet section the
 best value of every column is bold (every row that ties at three decimals), and a
 ``*`` marks a cell whose ``significant`` flag is set (see
-:mod:`mergekit_ir.significance`). Output bytes depend only on the input, so reruns
+:mod:`mergekit_ir.evaluation.significance`). Output bytes depend only on the input, so reruns
 diff cleanly.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import atomic
-from .reported import TOLERANCE, summary
+from mergekit_ir.reports.reported import TOLERANCE, summary
+from mergekit_ir.storage import atomic
 
 _DASH = "–"
 _PNG_DPI = 100
@@ -52,20 +52,28 @@ def _datasets(results: Mapping[str, Any]) -> list[str]:
 
 def _best(section: Mapping[str, Any], dataset: str, metric: str) -> str | None:
     """The best shown value of a column in one section (compared as displayed)."""
-    shown = [_fmt(v) for r in section.get("rows", []) if (v := _mean(r, dataset, metric)) is not None]
+    shown = [
+        _fmt(v) for r in section.get("rows", []) if (v := _mean(r, dataset, metric)) is not None
+    ]
     return max(shown, key=float) if shown else None
 
 
-def _cells(section: Mapping[str, Any], row: Mapping[str, Any], datasets: list[str],
-           metrics: list[str]) -> list[tuple[str | None, bool, bool]]:
+def _cells(
+    section: Mapping[str, Any], row: Mapping[str, Any], datasets: list[str], metrics: list[str]
+) -> list[tuple[str | None, bool, bool]]:
     """(shown value or None, is best, is significant) per column."""
     out = []
     for ds in datasets:
         for m in metrics:
             v = _mean(row, ds, m)
             shown = _fmt(v) if v is not None else None
-            out.append((shown, shown is not None and shown == _best(section, ds, m),
-                        _significant(row, ds, m)))
+            out.append(
+                (
+                    shown,
+                    shown is not None and shown == _best(section, ds, m),
+                    _significant(row, ds, m),
+                )
+            )
     return out
 
 
@@ -83,36 +91,50 @@ def _alpha_notes(results: Mapping[str, Any]) -> list[str]:
             a = r.get("alpha")
             if isinstance(a, Mapping) and a:
                 a = {ds: a[ds] for ds in _ordered(a, datasets)}
-                per = ", ".join(f"{ds} α={v:g}" if isinstance(v, int | float) else
-                                f"{ds} α={n:g}" if (n := _number(str(v))) is not None else f"{ds} α={v}"
-                                for ds, v in a.items())
+                per = ", ".join(
+                    f"{ds} α={v:g}"
+                    if isinstance(v, int | float)
+                    else f"{ds} α={n:g}"
+                    if (n := _number(str(v))) is not None
+                    else f"{ds} α={v}"
+                    for ds, v in a.items()
+                )
                 notes.append(f"{s.get('triplet', '')}, {r.get('label', r.get('key', ''))}: {per}")
     return notes
 
 
 def _legend(results: Mapping[str, Any]) -> str:
     sig = results.get("significance") or next(
-        (s["significance"] for s in results.get("sections", []) if s.get("significance")), {})
+        (s["significance"] for s in results.get("sections", []) if s.get("significance")), {}
+    )
     test = {"student": "paired t-test", "fisher": "Fisher randomisation test"}.get(
-        sig.get("test", "student"), str(sig.get("test")))
+        sig.get("test", "student"), str(sig.get("test"))
+    )
     corr = sig.get("correction", "bonferroni")
     corr_txt = ""
     if corr == "bonferroni":
         m = sig.get("comparisons")
         corr_txt = f"Bonferroni-corrected for {m} comparisons, " if m else "Bonferroni-corrected, "
-    return (f"Best value per column within each block in bold; `*` marks a significant "
-            f"improvement over the best baseline ({test}, {corr_txt}p < {sig.get('max_p', 0.01):g}).")
+    return (
+        f"Best value per column within each block in bold; `*` marks a significant "
+        f"improvement over the best baseline ({test}, {corr_txt}p < {sig.get('max_p', 0.01):g})."
+    )
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
     """Table 1 as a GitHub Markdown table: one block of rows per triplet."""
     datasets, metrics = _datasets(results), list(results.get("metrics", []))
     header = ["Model"] + [f"{ds} {m}" for ds in datasets for m in metrics]
-    lines = [f"# Results: {results.get('experiment', '')}".rstrip(), "",
-             "| " + " | ".join(header) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        f"# Results: {results.get('experiment', '')}".rstrip(),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     for s in results.get("sections", []):
-        lines.append("| " + " | ".join([f"*{s.get('triplet', '')}*"] + [""] * (len(header) - 1)) + " |")
+        lines.append(
+            "| " + " | ".join([f"*{s.get('triplet', '')}*"] + [""] * (len(header) - 1)) + " |"
+        )
         for r in s.get("rows", []):
             shown = []
             for v, best, sig in _cells(s, r, datasets, metrics):
@@ -130,9 +152,18 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                "^": r"\textasciicircum{}"}
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 _THETA = re.compile(r"Θ(')?([0-9A-Za-z](?![0-9A-Za-z]))?")
 
 
@@ -152,18 +183,29 @@ def render_latex(results: Mapping[str, Any]) -> str:
     """Table 1 as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
     datasets, metrics = _datasets(results), list(results.get("metrics", []))
     ncols = 1 + len(datasets) * len(metrics)
-    out = ["% generated by mergekit-ir; needs \\usepackage{booktabs}",
-           "\\begin{tabular}{l" + "c" * (ncols - 1) + "}", "\\toprule"]
-    out.append(" & ".join([""] + [f"\\multicolumn{{{len(metrics)}}}{{c}}{{{_tex(ds)}}}"
-                                  for ds in datasets]) + " \\\\")
-    rules = [f"\\cmidrule(lr){{{2 + i * len(metrics)}-{1 + (i + 1) * len(metrics)}}}"
-             for i in range(len(datasets))]
+    out = [
+        "% generated by mergekit-ir; needs \\usepackage{booktabs}",
+        "\\begin{tabular}{l" + "c" * (ncols - 1) + "}",
+        "\\toprule",
+    ]
+    out.append(
+        " & ".join(
+            [""] + [f"\\multicolumn{{{len(metrics)}}}{{c}}{{{_tex(ds)}}}" for ds in datasets]
+        )
+        + " \\\\"
+    )
+    rules = [
+        f"\\cmidrule(lr){{{2 + i * len(metrics)}-{1 + (i + 1) * len(metrics)}}}"
+        for i in range(len(datasets))
+    ]
     if rules and metrics:
         out.append(" ".join(rules))
     out.append(" & ".join(["Model"] + [_tex(m) for _ in datasets for m in metrics]) + " \\\\")
     for s in results.get("sections", []):
         out.append("\\midrule")
-        out.append(f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{_tex(s.get('triplet', ''))}}}}} \\\\")
+        out.append(
+            f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{_tex(s.get('triplet', ''))}}}}} \\\\"
+        )
         out.append("\\midrule")
         for r in s.get("rows", []):
             shown = []
@@ -192,10 +234,17 @@ def render_csv(results: Mapping[str, Any]) -> str:
                     if not isinstance(cell, Mapping) or cell.get("mean") is None:
                         continue
                     p = cell.get("p_value")
-                    w.writerow([s.get("triplet", ""), r.get("key", ""), ds, m,
-                                repr(float(cell["mean"])),
-                                "true" if cell.get("significant") else "false",
-                                "" if p is None else repr(float(p))])
+                    w.writerow(
+                        [
+                            s.get("triplet", ""),
+                            r.get("key", ""),
+                            ds,
+                            m,
+                            repr(float(cell["mean"])),
+                            "true" if cell.get("significant") else "false",
+                            "" if p is None else repr(float(p)),
+                        ]
+                    )
     return buf.getvalue()
 
 
@@ -227,9 +276,15 @@ def _alpha_columns(results: Mapping[str, Any]) -> list[tuple[str, str, str, str,
         for ds in _ordered(values, _datasets(results)):
             vals = values[ds]
             if vals:
-                cols.append((str(triplet), str(ds), str(abl.get("metric", "NDCG@10")),
-                             str(abl.get("split", "dev")),
-                             {str(a): float(v) for a, v in vals.items()}))
+                cols.append(
+                    (
+                        str(triplet),
+                        str(ds),
+                        str(abl.get("metric", "NDCG@10")),
+                        str(abl.get("split", "dev")),
+                        {str(a): float(v) for a, v in vals.items()},
+                    )
+                )
     return cols
 
 
@@ -246,8 +301,10 @@ def render_alpha_table(results: Mapping[str, Any]) -> str:
     lines = ["# α ablation", ""]
     if same:
         lines += [f"{kinds[0][0]} on the {kinds[0][1]} split for each α.", ""]
-    lines += ["| " + " | ".join(header) + " |",
-              "|" + "|".join([":---"] + ["---:"] * len(cols)) + "|"]
+    lines += [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * len(cols)) + "|",
+    ]
     for a in alphas:
         n = _number(a)
         row = [f"{n:g}" if n is not None else a.replace("|", "\\|")]
@@ -262,8 +319,11 @@ def render_alpha_table(results: Mapping[str, Any]) -> str:
 
 def _alpha_png(results: Mapping[str, Any]) -> bytes | None:
     """The scalar α points of each column (layer-wise α have no x position; the table has them)."""
-    cols = [(t, d, m, sp, pts) for t, d, m, sp, v in _alpha_columns(results)
-            if (pts := {n: x for a, x in v.items() if (n := _number(a)) is not None})]
+    cols = [
+        (t, d, m, sp, pts)
+        for t, d, m, sp, v in _alpha_columns(results)
+        if (pts := {n: x for a, x in v.items() if (n := _number(a)) is not None})
+    ]
     if not cols:
         return None
     # Figure + Agg canvas directly: no pyplot state, no global backend switch.
@@ -302,24 +362,39 @@ def render_reported(results: Mapping[str, Any]) -> str | None:
     cells = results.get("reported")
     if not cells:
         return None
-    lines = [f"# Compared with reported numbers: {results.get('experiment', '')}".rstrip(), "",
-             f"Δ = ours − reported; |Δ| ≤ {TOLERANCE:g} counts as reproduced. `–`: not in this run.", "",
-             "| triplet | dataset | row | metric | reported | ours | Δ | source |",
-             "|:---|:---|:---|:---|---:|---:|---:|:---|"]
+    lines = [
+        f"# Compared with reported numbers: {results.get('experiment', '')}".rstrip(),
+        "",
+        f"Δ = ours − reported; |Δ| ≤ {TOLERANCE:g} counts as reproduced. `–`: not in this run.",
+        "",
+        "| triplet | dataset | row | metric | reported | ours | Δ | source |",
+        "|:---|:---|:---|:---|---:|---:|---:|:---|",
+    ]
     for c in cells:
         label = str(c.get("label") or c.get("row"))
         ours_alpha = c.get("alpha_ours")
-        if ours_alpha is not None and "α=" not in label:  # "Θ' (tuned α)": say which α this dataset got
+        if (
+            ours_alpha is not None and "α=" not in label
+        ):  # "Θ' (tuned α)": say which α this dataset got
             n = _number(str(ours_alpha))
             label += f"; ours α={n:g}" if n is not None else f"; ours α={ours_alpha}"
         if c.get("alpha_reported") is not None:
             label += f"; reported α={float(c['alpha_reported']):g}"
         ours, delta = c.get("ours"), c.get("delta")
         reported = float(c["reported"])
-        shown = _fmt(reported) if round(reported, 3) == reported else f"{reported:.4f}"  # as published
-        row = [c.get("triplet") or _DASH, c["dataset"], label, c["metric"], shown,
-               _DASH if ours is None else _fmt(ours),
-               _DASH if delta is None else _signed(delta), str(c.get("source", ""))]
+        shown = (
+            _fmt(reported) if round(reported, 3) == reported else f"{reported:.4f}"
+        )  # as published
+        row = [
+            c.get("triplet") or _DASH,
+            c["dataset"],
+            label,
+            c["metric"],
+            shown,
+            _DASH if ours is None else _fmt(ours),
+            _DASH if delta is None else _signed(delta),
+            str(c.get("source", "")),
+        ]
         lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |")
     lines += ["", summary(cells)]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ Two ways in:
   field then cut to its own token limit and the template itself always kept.
 
 Both return plain lists; :func:`run_batches` cuts them into batches of similar
-length (:func:`mergekit_ir.scoring.length_sorted_batches`), pads each batch only
+length (:func:`mergekit_ir.scoring.scorer.length_sorted_batches`), pads each batch only
 to its own longest input, runs the model under ``torch.inference_mode()`` and puts
 results back in input order.
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError
-from .scoring import TruncationStats, length_sorted_batches
+from mergekit_ir.errors import CheckpointError, ConfigError
+from mergekit_ir.scoring.scorer import TruncationStats, length_sorted_batches
 
 # The value padding takes per model input (input_ids: the tokenizer's pad id).
 _PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
@@ -49,9 +49,15 @@ def require_fast(tokenizer: Any, path: Any, kind: str) -> None:
         )
 
 
-def tokenize(tokenizer: Any, first: Sequence[str], second: Sequence[str] | None, max_length: int,
-             stats: TruncationStats | None = None, truncation: bool | str = True,
-             name: str = "text") -> dict[str, list]:
+def tokenize(
+    tokenizer: Any,
+    first: Sequence[str],
+    second: Sequence[str] | None,
+    max_length: int,
+    stats: TruncationStats | None = None,
+    truncation: bool | str = True,
+    name: str = "text",
+) -> dict[str, list]:
     """Tokenise texts (or text pairs) once without padding, counting truncations under ``name``.
 
     With a fast tokenizer the count comes from the same pass (an encoding cut to
@@ -69,8 +75,13 @@ def tokenize(tokenizer: Any, first: Sequence[str], second: Sequence[str] | None,
     return {k: enc[k] for k in _MODEL_INPUTS if k in enc}
 
 
-def truncate_texts(tokenizer: Any, texts: Sequence[str], limit: int | None,
-                   stats: TruncationStats | None = None, name: str = "text") -> list[str]:
+def truncate_texts(
+    tokenizer: Any,
+    texts: Sequence[str],
+    limit: int | None,
+    stats: TruncationStats | None = None,
+    name: str = "text",
+) -> list[str]:
     """Cut each text after its ``limit``-th token (a text-level cut at a token boundary)."""
     texts = list(texts)
     if limit is None:
@@ -100,7 +111,11 @@ def resolve_token(tokenizer: Any, spec: str, context: str, option: str, path: An
         return vocab[spec]
     base = tokenizer(context, add_special_tokens=False)["input_ids"]
     full = tokenizer(f"{context} {spec}", add_special_tokens=False)["input_ids"]
-    pieces = full[len(base):] if full[: len(base)] == base else tokenizer(spec, add_special_tokens=False)["input_ids"]
+    pieces = (
+        full[len(base) :]
+        if full[: len(base)] == base
+        else tokenizer(spec, add_special_tokens=False)["input_ids"]
+    )
     unk = tokenizer.unk_token_id
     if len(pieces) == 1 and pieces[0] != unk:
         return pieces[0]
@@ -123,8 +138,9 @@ def resolve_token(tokenizer: Any, spec: str, context: str, option: str, path: An
 _PLACEHOLDER = re.compile(r"\{(query|document)\}")
 
 
-def parse_template(template: str, option: str = "template",
-                   required: Sequence[str] = ("query", "document")) -> list[str | tuple[str]]:
+def parse_template(
+    template: str, option: str = "template", required: Sequence[str] = ("query", "document")
+) -> list[str | tuple[str]]:
     """Split a template into literal text and ``(field,)`` placeholders."""
     parts: list[str | tuple[str]] = []
     pos = 0
@@ -146,7 +162,9 @@ def parse_template(template: str, option: str = "template",
     return parts
 
 
-def fill_template(parts: Sequence[str | tuple[str]], values: Mapping[str, str]) -> tuple[str, dict[str, tuple[int, int]]]:
+def fill_template(
+    parts: Sequence[str | tuple[str]], values: Mapping[str, str]
+) -> tuple[str, dict[str, tuple[int, int]]]:
     """The filled text and each field's character span in it (no ``str.format``: texts may hold braces)."""
     chunks: list[str] = []
     spans: dict[str, tuple[int, int]] = {}
@@ -168,11 +186,16 @@ class TemplateEncoding:
     spans: list[dict[str, tuple[int, int]]]  # field -> [start, end) token positions
 
 
-def encode_template(tokenizer: Any, parts: Sequence[str | tuple[str]], rows: Sequence[Mapping[str, str]],
-                    limits: Mapping[str, int | None], max_length: int | None = None,
-                    stats: TruncationStats | None = None,
-                    shrink: Sequence[str] = ("document", "query"),
-                    names: Mapping[str, str] | None = None) -> TemplateEncoding:
+def encode_template(
+    tokenizer: Any,
+    parts: Sequence[str | tuple[str]],
+    rows: Sequence[Mapping[str, str]],
+    limits: Mapping[str, int | None],
+    max_length: int | None = None,
+    stats: TruncationStats | None = None,
+    shrink: Sequence[str] = ("document", "query"),
+    names: Mapping[str, str] | None = None,
+) -> TemplateEncoding:
     """Tokenise filled templates whole, then cut each field to its token limit.
 
     The whole string is tokenised once (special tokens as the tokenizer adds them),
@@ -184,8 +207,14 @@ def encode_template(tokenizer: Any, parts: Sequence[str | tuple[str]], rows: Seq
     """
     names = names or {"query": "queries", "document": "documents"}
     filled = [fill_template(parts, row) for row in rows]
-    enc = tokenizer([t for t, _ in filled], add_special_tokens=True, return_offsets_mapping=True,
-                    return_special_tokens_mask=True, truncation=False, verbose=False)
+    enc = tokenizer(
+        [t for t, _ in filled],
+        add_special_tokens=True,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        truncation=False,
+        verbose=False,
+    )
     fields = [p[0] for p in parts if isinstance(p, tuple)]
     out_ids: list[list[int]] = []
     out_spans: list[dict[str, tuple[int, int]]] = []
@@ -242,8 +271,13 @@ def encode_template(tokenizer: Any, parts: Sequence[str | tuple[str]], rows: Seq
 
 # -- batches ---------------------------------------------------------------------------
 
-def pad(encoded: Mapping[str, Sequence[Sequence[int]]], idx: Sequence[int], pad_id: int,
-        side: str = "right") -> dict[str, torch.Tensor]:
+
+def pad(
+    encoded: Mapping[str, Sequence[Sequence[int]]],
+    idx: Sequence[int],
+    pad_id: int,
+    side: str = "right",
+) -> dict[str, torch.Tensor]:
     """Pad rows ``idx`` of every input to the longest among them; adds ``attention_mask``."""
     rows = [encoded["input_ids"][i] for i in idx]
     width = max((len(r) for r in rows), default=0)
@@ -259,15 +293,20 @@ def pad(encoded: Mapping[str, Sequence[Sequence[int]]], idx: Sequence[int], pad_
             if not seq:
                 continue
             if side == "left":
-                t[j, width - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
+                t[j, width - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
             else:
                 t[j, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         out[key] = t
     return out
 
 
-def padded_batches(encoded: Mapping[str, Sequence[Sequence[int]]], batch_size: int, device: torch.device,
-                   pad_id: int, side: str = "right") -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+def padded_batches(
+    encoded: Mapping[str, Sequence[Sequence[int]]],
+    batch_size: int,
+    device: torch.device,
+    pad_id: int,
+    side: str = "right",
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """(indices, model inputs) per batch, longest inputs first."""
     lengths = [len(ids) for ids in encoded["input_ids"]]
     for idx in length_sorted_batches(lengths, batch_size):
@@ -275,10 +314,16 @@ def padded_batches(encoded: Mapping[str, Sequence[Sequence[int]]], batch_size: i
         yield idx, {k: v.to(device) for k, v in batch.items()}
 
 
-def run_batches(tokenizer: Any, encoded: Mapping[str, Sequence[Sequence[int]]], batch_size: int,
-                device: torch.device, fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-                progress: Any = None, padding_side: str = "right",
-                extra: Mapping[str, Sequence[Any]] | None = None) -> torch.Tensor:
+def run_batches(
+    tokenizer: Any,
+    encoded: Mapping[str, Sequence[Sequence[int]]],
+    batch_size: int,
+    device: torch.device,
+    fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    progress: Any = None,
+    padding_side: str = "right",
+    extra: Mapping[str, Sequence[Any]] | None = None,
+) -> torch.Tensor:
     """Apply ``fn`` to every batch; results come back in input order (fp32, CPU).
 
     ``extra`` holds per-input values that are not tensors to pad (e.g. token spans);

@@ -17,14 +17,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .errors import MergeIRError
-from .first_stage import Run
-from .params import Param
+from mergekit_ir.errors import MergeIRError
+from mergekit_ir.evaluation.first_stage import Run
+from mergekit_ir.params import Param
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -40,7 +46,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise MergeIRError(
             f"--device {device}: CUDA is not available on this machine; use --device auto or cpu"
         )
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise MergeIRError(f"--device {device}: MPS is not available; use --device auto or cpu")
     return dev
 
@@ -120,7 +128,10 @@ def padding_waste(lengths: Sequence[int], batch_size: int, sort: bool = True) ->
     batches = (
         length_sorted_batches(lengths, batch_size)
         if sort
-        else (list(range(i, min(i + batch_size, len(lengths)))) for i in range(0, len(lengths), batch_size))
+        else (
+            list(range(i, min(i + batch_size, len(lengths))))
+            for i in range(0, len(lengths), batch_size)
+        )
     )
     real = padded = 0
     for b in batches:
@@ -162,8 +173,14 @@ class Scorer(ABC):
         return run
 
     def progress(self, total: int, desc: str, unit: str = "pair") -> tqdm:
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.settings.show_progress,
-                    leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=not self.settings.show_progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def load_pretrained(self, auto_class: Any, path: Path, **kwargs: Any) -> torch.nn.Module:
         """``auto_class.from_pretrained`` in the run's dtype, on the run's device, in eval mode.
@@ -196,8 +213,13 @@ class Scorer(ABC):
             return
         first = not getattr(self, "_truncation_warned", False)
         self._truncation_warned = True
-        log.log(logging.WARNING if first else logging.INFO, "%s: %s (so far%s)", type(self).__name__,
-                self.truncation.summary(), "; later passes are logged at INFO level" if first else "")
+        log.log(
+            logging.WARNING if first else logging.INFO,
+            "%s: %s (so far%s)",
+            type(self).__name__,
+            self.truncation.summary(),
+            "; later passes are logged at INFO level" if first else "",
+        )
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic
-from .alignment import AlignmentRules, MergePlan, NameIndex, PlanEntry, is_head, vocab_case
-from .checkpoint import TensorSource
-from .errors import CheckpointError
-from .merge_method import MergeMethod
-from .params import TensorPosition, layer_index, resolve_all
-from .safetensors_writer import ShardedWriter, TensorSpec
-from .task_vector import TaskVector
+from mergekit_ir.errors import CheckpointError
+from mergekit_ir.merging.alignment import (
+    AlignmentRules,
+    MergePlan,
+    NameIndex,
+    PlanEntry,
+    is_head,
+    vocab_case,
+)
+from mergekit_ir.merging.checkpoint import TensorSource
+from mergekit_ir.merging.method import MergeMethod
+from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
+from mergekit_ir.merging.task_vector import TaskVector
+from mergekit_ir.params import TensorPosition, layer_index, resolve_all
+from mergekit_ir.storage import atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +56,21 @@ class MergeJob:
 
     def __post_init__(self) -> None:
         self.ir_index = NameIndex.build("ΘT", self.ir.names(), self.ir.config)
-        self.p_index = (NameIndex.build("Θ0", self.pretrained.names(), self.pretrained.config)
-                        if self.pretrained is not None else None)
+        self.p_index = (
+            NameIndex.build("Θ0", self.pretrained.names(), self.pretrained.config)
+            if self.pretrained is not None
+            else None
+        )
         if self.method.needs_ir_vector and self.pretrained is None:
             raise CheckpointError(
                 f"merge method '{self.method.name}' needs Θ0 (it treats ΘT − Θ0 as a task vector); "
                 "give the triplet a 'pretrained' checkpoint"
             )
         if self.pretrained is not None:
-            t_type, p_type = self.ir.config.get("model_type"), self.pretrained.config.get("model_type")
+            t_type, p_type = (
+                self.ir.config.get("model_type"),
+                self.pretrained.config.get("model_type"),
+            )
             if t_type and p_type and t_type != p_type:
                 raise CheckpointError(
                     f"ΘT {self.ir.ref} is a {t_type} model but Θ0 {self.pretrained.ref} is a {p_type} model; "
@@ -74,12 +87,21 @@ def build_plan(job: MergeJob) -> MergePlan:
         info = ir.info(name)
         shape, dtype = info.shape, info.dtype
 
-        def entry(action: str, reason: str, rows: int | None = None,
-                  _n: str = name, _k: str = key, _s: tuple = shape, _d: torch.dtype = dtype) -> PlanEntry:
+        def entry(
+            action: str,
+            reason: str,
+            rows: int | None = None,
+            _n: str = name,
+            _k: str = key,
+            _s: tuple = shape,
+            _d: torch.dtype = dtype,
+        ) -> PlanEntry:
             return PlanEntry(_n, _k, action, reason, _s, _d, rows)
 
         if not dtype.is_floating_point:
-            entries.append(entry("copy", f"{str(dtype).removeprefix('torch.')} buffer, never merged"))
+            entries.append(
+                entry("copy", f"{str(dtype).removeprefix('torch.')} buffer, never merged")
+            )
             continue
         if job.rules.forces_copy(name):
             entries.append(entry("copy", "alignment.copy rule"))
@@ -88,7 +110,11 @@ def build_plan(job: MergeJob) -> MergePlan:
         covered = [s for s in shapes if s is not None]
         if not covered:
             if is_head(key) or job.rules.skip_missing or not any(v.dense for v in job.vectors):
-                entries.append(entry("copy", "only in ΘT (head)" if is_head(key) else "no task vector touches it"))
+                entries.append(
+                    entry(
+                        "copy", "only in ΘT (head)" if is_head(key) else "no task vector touches it"
+                    )
+                )
                 continue
             raise CheckpointError(
                 f"tensor {name} is in ΘT ({ir.ref}) but not in Θ0/ΘD; if it is a task head, "
@@ -115,10 +141,16 @@ def build_plan(job: MergeJob) -> MergePlan:
                 if not vocab_case(key, shape, ps):
                     raise CheckpointError(f"tensor {name}: shape {shape} in ΘT but {ps} in Θ0")
                 rows = min(rows or shape[0], ps[0])
-        reason = "merged" if rows is None else f"merged rows [0, {rows}), extra vocabulary rows from ΘT"
+        reason = (
+            "merged" if rows is None else f"merged rows [0, {rows}), extra vocabulary rows from ΘT"
+        )
         entries.append(entry("merge", reason, rows))
-    skipped = [(f"τ{i + 1}", k, "not in ΘT") for i, v in enumerate(job.vectors) for k in v.keys()
-               if k not in ir_keys and job.ir_index.find(k) is None]
+    skipped = [
+        (f"τ{i + 1}", k, "not in ΘT")
+        for i, v in enumerate(job.vectors)
+        for k in v.keys()
+        if k not in ir_keys and job.ir_index.find(k) is None
+    ]
     return MergePlan(entries, skipped)
 
 
@@ -134,9 +166,16 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def merged_tensor(job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device,
-                  theta_t: torch.Tensor | None = None, taus: list[torch.Tensor] | None = None,
-                  tau_t: torch.Tensor | None = None, params: Mapping[str, Any] | None = None) -> torch.Tensor:
+def merged_tensor(
+    job: MergeJob,
+    plan: MergePlan,
+    e: PlanEntry,
+    device: torch.device,
+    theta_t: torch.Tensor | None = None,
+    taus: list[torch.Tensor] | None = None,
+    tau_t: torch.Tensor | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
     """Θ' for one planned tensor (fp32), reading inputs unless they are given (α sweep)."""
     rows = e.rows
     if theta_t is None:
@@ -169,8 +208,9 @@ def merged_tensor(job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.de
     return out
 
 
-def iter_merged(job: MergeJob, plan: MergePlan, device: str | torch.device = "cpu",
-                progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_merged(
+    job: MergeJob, plan: MergePlan, device: str | torch.device = "cpu", progress: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor in ΘT's dtype) for every planned tensor, in plan order."""
     device = torch.device(device)
     for e in tqdm(plan.entries, desc="merging", unit="tensor", disable=not progress, leave=False):
@@ -198,10 +238,19 @@ def copy_side_files(src: Path, dst: Path) -> None:
     """Config, tokenizer and sentence-transformers files of ΘT: everything but weights and card."""
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        top_level = len(rel.parts) == 1  # weights of sub-modules (e.g. sentence-transformers Dense) are kept
-        if path.is_dir() or rel.parts[0].startswith(".") or top_level and (
+        top_level = (
+            len(rel.parts) == 1
+        )  # weights of sub-modules (e.g. sentence-transformers Dense) are kept
+        if (
+            path.is_dir()
+            or rel.parts[0].startswith(".")
+            or top_level
+            and (
                 path.name.endswith(WEIGHT_SUFFIXES)
-                or path.name in ("model.safetensors.index.json", "pytorch_model.bin.index.json", "README.md")):
+                or path.name
+                in ("model.safetensors.index.json", "pytorch_model.bin.index.json", "README.md")
+            )
+        ):
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dst / rel)
@@ -220,9 +269,9 @@ tags: [mergekit-ir, merge, {job.method.name}]
 Θ' = merge(ΘT, τ) with method **{job.method.name}**, parameters `{params}`.
 
 {sources}
-- **task vectors**: {'; '.join(v.describe() for v in job.vectors)}
+- **task vectors**: {"; ".join(v.describe() for v in job.vectors)}
 
-Tensors: {c['merge']} merged, {c['copy']} copied from ΘT, {c['skip']} skipped (present only in Θ0/ΘD).
+Tensors: {c["merge"]} merged, {c["copy"]} copied from ΘT, {c["skip"]} skipped (present only in Θ0/ΘD).
 Made with `mergekit-ir` (`mergeir merge`); method from Braga et al., *Investigating Task Arithmetic
 for Zero-Shot Information Retrieval* (SIGIR 2025).
 
@@ -236,10 +285,17 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
 """
 
 
-def merge_to_folder(job: MergeJob, out: str | Path, *, shard_size: int = 5 * 10**9,
-                    overwrite: bool = False, device: str = "cpu", progress: bool = True,
-                    provenance: Mapping[str, Any] | None = None,
-                    plan: MergePlan | None = None) -> MergeReport:
+def merge_to_folder(
+    job: MergeJob,
+    out: str | Path,
+    *,
+    shard_size: int = 5 * 10**9,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    plan: MergePlan | None = None,
+) -> MergeReport:
     """Write Θ' as a Hugging Face folder (config + tokenizer of ΘT, sharded safetensors, card)."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -247,7 +303,10 @@ def merge_to_folder(job: MergeJob, out: str | Path, *, shard_size: int = 5 * 10*
     start = time.perf_counter()
     plan = plan or build_plan(job)
     specs = [TensorSpec(e.name, e.shape, e.dtype) for e in plan.entries]
-    meta = {"mergekit_ir_method": job.method.name, "mergekit_ir_params": json.dumps(job.params, default=str)}
+    meta = {
+        "mergekit_ir_method": job.method.name,
+        "mergekit_ir_params": json.dumps(job.params, default=str),
+    }
     with atomic.directory(out, overwrite=overwrite) as tmp:
         copy_side_files(job.ir.folder, tmp)
         writer = ShardedWriter(tmp, specs, shard_size, meta)
@@ -255,10 +314,21 @@ def merge_to_folder(job: MergeJob, out: str | Path, *, shard_size: int = 5 * 10*
             for name, tensor in iter_merged(job, plan, device, progress):
                 writer.write(name, tensor)
         (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
-        (tmp / "mergekit_ir.json").write_text(json.dumps({
-            "method": job.method.name, "params": job.params, "plan": plan.counts(),
-            "sources": dict(provenance or {}), "task_vectors": [v.describe() for v in job.vectors],
-        }, indent=2, default=str))
+        (tmp / "mergekit_ir.json").write_text(
+            json.dumps(
+                {
+                    "method": job.method.name,
+                    "params": job.params,
+                    "plan": plan.counts(),
+                    "sources": dict(provenance or {}),
+                    "task_vectors": [v.describe() for v in job.vectors],
+                },
+                indent=2,
+                default=str,
+            )
+        )
     counts = plan.counts()
     log.info("merged %(merge)d tensors, copied %(copy)d from ΘT, skipped %(skip)d", counts)
-    return MergeReport(out, counts, time.perf_counter() - start, writer.total_bytes, len(writer.files))
+    return MergeReport(
+        out, counts, time.perf_counter() - start, writer.total_bytes, len(writer.files)
+    )

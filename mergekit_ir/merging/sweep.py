@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .alignment import MergePlan, NameIndex
-from .merge import MergeJob, merged_tensor
+from mergekit_ir.merging.alignment import MergePlan, NameIndex
+from mergekit_ir.merging.engine import MergeJob, merged_tensor
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ class InPlaceSweep:
         state = model.state_dict(keep_vars=True)
         index = NameIndex.build("model", list(state), {"architectures": [type(model).__name__]})
         self.job, self.plan = job, plan
-        self.slots: list[tuple[Any, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None]] = []
+        self.slots: list[
+            tuple[Any, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None]
+        ] = []
         seen: set[int] = set()
         missing = []
         with torch.no_grad():
@@ -56,8 +58,11 @@ class InPlaceSweep:
                     tau_t = (theta_t.float() - (p[:rows] if rows else p).to(device)).to(dtype)
                 self.slots.append((e, target, theta_t, taus, tau_t))
         if missing:
-            log.info("α sweep: %d merged tensors are not used by the scorer's model (e.g. %s)",
-                     len(missing), missing[0])
+            log.info(
+                "α sweep: %d merged tensors are not used by the scorer's model (e.g. %s)",
+                len(missing),
+                missing[0],
+            )
 
     def apply(self, params: Mapping[str, Any]) -> None:
         """Set the model's weights to Θ'(params)."""
@@ -65,8 +70,13 @@ class InPlaceSweep:
         with torch.no_grad():
             for e, target, theta_t, taus, tau_t in self.slots:
                 out = merged_tensor(
-                    self.job, self.plan, e, target.device, theta_t=theta_t.float(),
-                    taus=[t.float() for t in taus], tau_t=None if tau_t is None else tau_t.float(),
+                    self.job,
+                    self.plan,
+                    e,
+                    target.device,
+                    theta_t=theta_t.float(),
+                    taus=[t.float() for t in taus],
+                    tau_t=None if tau_t is None else tau_t.float(),
                     params=full,
                 )
                 target.copy_(out.to(target.dtype))

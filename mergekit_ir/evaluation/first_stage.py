@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .params import Param
+from mergekit_ir.params import Param
 
 # A run: query id -> document id -> score. Ids are always strings.
 Run = dict[str, dict[str, float]]
@@ -26,7 +26,7 @@ class FirstStageKind:
     """A named retrieval backend.
 
     ``build(corpus, params, cache_dir)`` returns a :class:`FirstStage`; ``corpus``
-    maps document id to a :class:`mergekit_ir.datasets.Document`. ``cache_dir`` is
+    maps document id to a :class:`mergekit_ir.evaluation.datasets.Document`. ``cache_dir`` is
     where the backend may persist its index, or ``None`` to keep it in memory.
     """
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import quickstart
-from .checkpoint import is_path_ref
-from .registry import CheckpointRef, DatasetSpec, Experiment, Registry
+from mergekit_ir.experiments import quickstart
+from mergekit_ir.experiments.registry import CheckpointRef, DatasetSpec, Experiment, Registry
+from mergekit_ir.merging.checkpoint import is_path_ref
 
 
-def local_beir_folder(spec: DatasetSpec, reg: Registry, cache_root: Path, build: bool = True) -> Path | None:
+def local_beir_folder(
+    spec: DatasetSpec, reg: Registry, cache_root: Path, build: bool = True
+) -> Path | None:
     """The dataset's BEIR folder when it exists locally (relative paths from the registry's folder).
 
     ``build=False`` answers for a ``quickstart:`` folder without generating it.
@@ -69,13 +71,19 @@ def checkpoint_source(ref: CheckpointRef, reg: Registry) -> str:
 def ir_datasets_id(spec: DatasetSpec, split: str) -> str:
     """``beir/scifact`` + ``train[:20%]`` -> ``beir/scifact/train[:20%]``."""
     name, _, rest = split.partition("[")
-    return (f"{spec.ir_datasets}/{name}" if name else str(spec.ir_datasets)) + (f"[{rest}" if rest else "")
+    return (f"{spec.ir_datasets}/{name}" if name else str(spec.ir_datasets)) + (
+        f"[{rest}" if rest else ""
+    )
 
 
 def dataset_source(spec: DatasetSpec, split: str, reg: Registry, cache_root: Path) -> str:
     """Where a split will be read from; flags ids ``ir_datasets`` does not know."""
     if local_beir_folder(spec, reg, cache_root, build=False) is not None:
-        where = "generated offline (quickstart)" if spec.beir.startswith(quickstart.SCHEME) else f"BEIR folder {spec.beir}"
+        where = (
+            "generated offline (quickstart)"
+            if spec.beir.startswith(quickstart.SCHEME)
+            else f"BEIR folder {spec.beir}"
+        )
         return f"{split or 'all'} from {where}"
     if not spec.ir_datasets:
         hint = f" ({spec.description})" if spec.description else ""
@@ -96,15 +104,20 @@ def _grid(exp: Experiment) -> str:
     return ", ".join(f"{a:g}" if isinstance(a, int | float) else "layer-wise" for a in exp.alphas)
 
 
-def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path,
-             out_dir: Path) -> tuple[str, int]:
+def describe(
+    reg: Registry, name: str, datasets: list[str], cache_root: Path, out_dir: Path
+) -> tuple[str, int]:
     """The experiment as ``mergeir run`` will execute it, and how many sources need fixing.
 
     Sources that need fixing read ``MISSING …`` or ``UNKNOWN …`` in the text.
     """
     exp = reg.experiment(name)
-    lines = [f"{name}: {len(exp.triplets)} triplet(s) × {len(datasets)} dataset(s)"
-             + (f" — {exp.description}" if exp.description else ""), "", "datasets:"]
+    lines = [
+        f"{name}: {len(exp.triplets)} triplet(s) × {len(datasets)} dataset(s)"
+        + (f" — {exp.description}" if exp.description else ""),
+        "",
+        "datasets:",
+    ]
     has_dev: list[str] = []
     sources: list[str] = []
     width = max(len(d) for d in datasets) + 1
@@ -133,7 +146,9 @@ def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path,
     elif has_dev:
         alpha_rule = f"tuned on the mean dev {exp.objective} of {', '.join(has_dev)}"
         if without_dev:
-            alpha_rule += f"; {', '.join(without_dev)}: " + ("the tuned α" if exp.transfer_alpha else "α = 1")
+            alpha_rule += f"; {', '.join(without_dev)}: " + (
+                "the tuned α" if exp.transfer_alpha else "α = 1"
+            )
     else:
         alpha_rule = "no dev split: α = 1 (zero-shot)"
     if exp.fusion_method == "wsum" and not exp.tune_fusion:
@@ -141,26 +156,42 @@ def describe(reg: Registry, name: str, datasets: list[str], cache_root: Path,
     else:
         fusion = f"{exp.fusion_method}, {exp.fusion_norm}" + (
             f", λ tuned on dev ({', '.join(has_dev)}), else {exp.fusion_params.get('weights', 'defaults')}"
-            if exp.tune_fusion else "")
-    lines += ["", "protocol:",
-              f"  first stage   {exp.first_stage} top {exp.k}" + (f" ({fs})" if fs else ""),
-              f"  merge         {exp.method}, α grid {_grid(exp)}, swept in place"
-              + (f" ({mp})" if mp else ""),
-              f"  α             {alpha_rule}",
-              f"  fusion        {fusion}",
-              f"  metrics       {', '.join(exp.metrics)}"
-              + (" (queries BM25 retrieved anything for)" if exp.eval_queries == "retrieved" else ""),
-              f"  significance  {exp.significance_test}, p < {exp.max_p:g}, correction {exp.correction}"
-              + (f" (m = {exp.comparisons})" if exp.comparisons and exp.correction == "bonferroni" else ""),
-              f"  scoring       batch {exp.batch_size}, dtype {exp.dtype}"]
+            if exp.tune_fusion
+            else ""
+        )
+    lines += [
+        "",
+        "protocol:",
+        f"  first stage   {exp.first_stage} top {exp.k}" + (f" ({fs})" if fs else ""),
+        f"  merge         {exp.method}, α grid {_grid(exp)}, swept in place"
+        + (f" ({mp})" if mp else ""),
+        f"  α             {alpha_rule}",
+        f"  fusion        {fusion}",
+        f"  metrics       {', '.join(exp.metrics)}"
+        + (" (queries BM25 retrieved anything for)" if exp.eval_queries == "retrieved" else ""),
+        f"  significance  {exp.significance_test}, p < {exp.max_p:g}, correction {exp.correction}"
+        + (
+            f" (m = {exp.comparisons})"
+            if exp.comparisons and exp.correction == "bonferroni"
+            else ""
+        ),
+        f"  scoring       batch {exp.batch_size}, dtype {exp.dtype}",
+    ]
     reported = [r for r in exp.reported if r.dataset in datasets]
     if reported:
-        lines.append(f"  reported      {len(reported)} published row(s) to compare with (reported.md)")
+        lines.append(
+            f"  reported      {len(reported)} published row(s) to compare with (reported.md)"
+        )
     lines += ["", f"outputs: {out_dir}/   cache: {cache_root}"]
     problems = [s for s in sources if s.startswith(PROBLEM)]
-    downloads = sum(s == "hub, to download" or s.endswith("downloads on first use") for s in sources)
+    downloads = sum(
+        s == "hub, to download" or s.endswith("downloads on first use") for s in sources
+    )
     if problems:
         lines.append(f"{len(problems)} problem(s) to fix before running")
     else:
-        lines.append("ready to run" + (f" ({downloads} download(s): needs network access)" if downloads else ""))
+        lines.append(
+            "ready to run"
+            + (f" ({downloads} download(s): needs network access)" if downloads else "")
+        )
     return "\n".join(lines), len(problems)

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import atomic
-from .first_stage import Run
+from mergekit_ir.evaluation.first_stage import Run
+from mergekit_ir.storage import atomic
 
 log = logging.getLogger(__name__)
 

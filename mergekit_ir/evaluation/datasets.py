@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DatasetError
+from mergekit_ir.errors import DatasetError
 
 _SLICE = re.compile(r"^(?P<split>[^\[\]]*)(?:\[:(?P<n>\d+)(?P<pct>%?)\])?$")
 
@@ -69,7 +69,9 @@ def parse_split(spec: str) -> tuple[str, int | None, bool]:
     """``train[:20%]`` -> ("train", 20, True); ``test`` -> ("test", None, False)."""
     m = _SLICE.match(spec.strip())
     if not m:
-        raise DatasetError(f"split {spec!r}: write a split name, optionally sliced like train[:20%] or train[:161]")
+        raise DatasetError(
+            f"split {spec!r}: write a split name, optionally sliced like train[:20%] or train[:161]"
+        )
     n = m.group("n")
     return m.group("split"), (int(n) if n is not None else None), bool(m.group("pct"))
 
@@ -83,7 +85,9 @@ def slice_queries(qids: list[str], n: int | None, pct: bool) -> list[str]:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+        raise DatasetError(
+            f"{path}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
+        )
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -91,7 +95,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or re-download the file") from None
+                raise DatasetError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or re-download the file"
+                ) from None
             if not isinstance(rec, dict) or "_id" not in rec:
                 raise DatasetError(f"{path}:{lineno}: record has no '_id' field")
             yield lineno, rec
@@ -114,7 +120,9 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
             if len(row) == 4:  # TREC: qid iter docid rel
                 row = [row[0], row[2], row[3]]
             if len(row) != 3:
-                raise DatasetError(f"{path}:{lineno}: expected 'query-id corpus-id score', got {len(row)} columns")
+                raise DatasetError(
+                    f"{path}:{lineno}: expected 'query-id corpus-id score', got {len(row)} columns"
+                )
             try:
                 rel = int(float(row[2]))
             except ValueError:
@@ -125,8 +133,9 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir_folder(folder: str | Path, split: str = "test", name: str | None = None,
-                     language: str = "english") -> Dataset:
+def load_beir_folder(
+    folder: str | Path, split: str = "test", name: str | None = None, language: str = "english"
+) -> Dataset:
     """A split of a local BEIR folder."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -141,7 +150,9 @@ def load_beir_folder(folder: str | Path, split: str = "test", name: str | None =
         all_queries[str(rec["_id"])] = str(rec.get("text") or "")  # metadata is never read
     missing = [q for q in qrels if q not in all_queries]
     if missing:
-        raise DatasetError(f"{folder / 'queries.jsonl'}: query id {missing[0]!r} from qrels/{split_name}.tsv is missing")
+        raise DatasetError(
+            f"{folder / 'queries.jsonl'}: query id {missing[0]!r} from qrels/{split_name}.tsv is missing"
+        )
     keep = slice_queries(list(qrels), n, pct)
     return Dataset(
         name=name or folder.name,
@@ -153,7 +164,9 @@ def load_beir_folder(folder: str | Path, split: str = "test", name: str | None =
     )
 
 
-def load_ir_datasets(dataset_id: str, name: str | None = None, language: str = "english") -> Dataset:
+def load_ir_datasets(
+    dataset_id: str, name: str | None = None, language: str = "english"
+) -> Dataset:
     """An ``ir_datasets`` id, optionally sliced: ``beir/scifact/train[:20%]``."""
     import ir_datasets
 
@@ -167,7 +180,9 @@ def load_ir_datasets(dataset_id: str, name: str | None = None, language: str = "
             f"ir_datasets id {base_id!r} is unknown; see https://ir-datasets.com for ids (e.g. beir/scifact/test)"
         ) from None
     if not (ds.has_docs() and ds.has_queries() and ds.has_qrels()):
-        raise DatasetError(f"ir_datasets id {base_id!r} lacks docs, queries or qrels; pick a split id such as {base_id}/test")
+        raise DatasetError(
+            f"ir_datasets id {base_id!r} lacks docs, queries or qrels; pick a split id such as {base_id}/test"
+        )
     qrels: dict[str, dict[str, int]] = {}
     for qr in ds.qrels_iter():
         qrels.setdefault(str(qr.query_id), {})[str(qr.doc_id)] = int(qr.relevance)

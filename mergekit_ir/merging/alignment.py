@@ -27,30 +27,70 @@ from functools import cached_property
 import torch
 
 # First name component of task heads; tensors under these may exist in one model only.
-HEAD_PREFIXES = ("classifier", "pre_classifier", "pooler", "cls", "lm_head", "score", "qa_outputs",
-                 "vocab_transform", "vocab_layer_norm", "vocab_projector", "predictions", "lm_loss",
-                 "head", "generator_lm_head", "discriminator_predictions")
+HEAD_PREFIXES = (
+    "classifier",
+    "pre_classifier",
+    "pooler",
+    "cls",
+    "lm_head",
+    "score",
+    "qa_outputs",
+    "vocab_transform",
+    "vocab_layer_norm",
+    "vocab_projector",
+    "predictions",
+    "lm_loss",
+    "head",
+    "generator_lm_head",
+    "discriminator_predictions",
+)
 # Prefixes used when a checkpoint has no config naming its class.
-KNOWN_BASE_PREFIXES = ("bert", "distilbert", "roberta", "electra", "deberta", "albert", "mpnet",
-                       "xlm_roberta", "model", "transformer")
+KNOWN_BASE_PREFIXES = (
+    "bert",
+    "distilbert",
+    "roberta",
+    "electra",
+    "deberta",
+    "albert",
+    "mpnet",
+    "xlm_roberta",
+    "model",
+    "transformer",
+)
 # canonical key -> keys it may be stored under when weights are tied.
 TIED_ALIASES = {
     "encoder.embed_tokens.weight": ("shared.weight",),
     "decoder.embed_tokens.weight": ("shared.weight",),
     "lm_head.weight": ("shared.weight", "embed_tokens.weight", "embeddings.word_embeddings.weight"),
 }
-_VOCAB_HINT = re.compile(r"(embed|word_embeddings|shared|lm_head|decoder\.weight|decoder\.bias|predictions\.bias)")
+_VOCAB_HINT = re.compile(
+    r"(embed|word_embeddings|shared|lm_head|decoder\.weight|decoder\.bias|predictions\.bias)"
+)
 
 
 # base_model_prefix of common families, so alignment need not import their modelling code
 # (importing e.g. the Llama classes costs ~160 MB and seconds); tests check it against transformers.
 FAMILY_PREFIXES = {
-    "Bert": "bert", "DistilBert": "distilbert", "Roberta": "roberta", "XLMRoberta": "roberta",
-    "Electra": "electra", "Deberta": "deberta", "DebertaV2": "deberta", "Albert": "albert",
-    "MPNet": "mpnet", "Llama": "model", "Mistral": "model", "Qwen2": "model", "Gemma": "model",
-    "T5": "transformer", "MT5": "transformer", "GPT2": "transformer",
+    "Bert": "bert",
+    "DistilBert": "distilbert",
+    "Roberta": "roberta",
+    "XLMRoberta": "roberta",
+    "Electra": "electra",
+    "Deberta": "deberta",
+    "DebertaV2": "deberta",
+    "Albert": "albert",
+    "MPNet": "mpnet",
+    "Llama": "model",
+    "Mistral": "model",
+    "Qwen2": "model",
+    "Gemma": "model",
+    "T5": "transformer",
+    "MT5": "transformer",
+    "GPT2": "transformer",
 }
-_ARCH_FAMILY = re.compile(r"^(?P<family>[A-Za-z0-9]+?)(?:For[A-Za-z]+|Model|LMHeadModel|EncoderModel)$")
+_ARCH_FAMILY = re.compile(
+    r"^(?P<family>[A-Za-z0-9]+?)(?:For[A-Za-z]+|Model|LMHeadModel|EncoderModel)$"
+)
 
 
 def architecture_prefix(arch: str) -> str | None:
@@ -148,7 +188,7 @@ class MergePlan:
 
     @cached_property
     def num_layers(self) -> int:
-        from .params import layer_index
+        from mergekit_ir.params import layer_index
 
         idx = [i for e in self.entries if (i := layer_index(e.key)) is not None]
         return max(idx) + 1 if idx else 1
@@ -179,4 +219,10 @@ class AlignmentRules:
 
 def vocab_case(key: str, a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     """Shapes that differ only in their first (vocabulary) dimension of an embedding or head."""
-    return len(a) == len(b) and len(a) >= 1 and a[1:] == b[1:] and a[0] != b[0] and bool(_VOCAB_HINT.search(key))
+    return (
+        len(a) == len(b)
+        and len(a) >= 1
+        and a[1:] == b[1:]
+        and a[0] != b[0]
+        and bool(_VOCAB_HINT.search(key))
+    )

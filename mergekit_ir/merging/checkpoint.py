@@ -25,16 +25,27 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import CheckpointError
+from mergekit_ir.errors import CheckpointError
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,9 @@ class _SafetensorsFile:
             self.entries[name] = (e["dtype"], tuple(e["shape"]), begin, end)
         size = path.stat().st_size
         if any(self.data_start + e[3] > size for e in self.entries.values()):
-            raise CheckpointError(f"{path}: truncated (tensor data runs past the end of the file); re-download it")
+            raise CheckpointError(
+                f"{path}: truncated (tensor data runs past the end of the file); re-download it"
+            )
         self.metadata = header.get("__metadata__") or {}
 
     def info(self, name: str) -> TensorInfo:
@@ -93,7 +106,9 @@ class _SafetensorsFile:
             while off < len(view):
                 got = os.preadv(fd, [view[off:]], self.data_start + begin + off)
                 if got <= 0:
-                    raise CheckpointError(f"{self.path}: unexpected end of file reading tensor {name}")
+                    raise CheckpointError(
+                        f"{self.path}: unexpected end of file reading tensor {name}"
+                    )
                 off += got
         finally:
             os.close(fd)
@@ -124,7 +139,9 @@ class TensorSource:
             try:
                 weight_map = json.loads(idx_path.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError) as exc:
-                raise CheckpointError(f"{idx_path}: broken shard index ({exc}); re-download the checkpoint") from None
+                raise CheckpointError(
+                    f"{idx_path}: broken shard index ({exc}); re-download the checkpoint"
+                ) from None
             files = {f: None for f in dict.fromkeys(weight_map.values())}
         elif (folder / "pytorch_model.bin").is_file():
             files = {"pytorch_model.bin": None}
@@ -140,7 +157,9 @@ class TensorSource:
         for fname in files:
             path = folder / fname
             if not path.is_file():
-                raise CheckpointError(f"{path}: shard listed in the index is missing; re-download the checkpoint")
+                raise CheckpointError(
+                    f"{path}: shard listed in the index is missing; re-download the checkpoint"
+                )
             if fname.endswith(".safetensors"):
                 sf = _SafetensorsFile(path)
                 self._files[fname] = sf
@@ -151,7 +170,9 @@ class TensorSource:
                 try:
                     sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
                 except Exception as exc:
-                    raise CheckpointError(f"{path}: cannot read PyTorch weights ({exc}); the file is corrupt") from None
+                    raise CheckpointError(
+                        f"{path}: cannot read PyTorch weights ({exc}); the file is corrupt"
+                    ) from None
                 self._bin[fname] = sd
                 for name, t in sd.items():
                     self._where[name] = fname
@@ -216,10 +237,21 @@ def resolve_folder(ref: str, revision: str | None = None, base_dir: Path | None 
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(
-            repo_id=ref, revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin", "*.py", "*/*.json"],
-        ))
+        return Path(
+            snapshot_download(
+                repo_id=ref,
+                revision=revision,
+                allow_patterns=[
+                    "*.json",
+                    "*.safetensors",
+                    "*.txt",
+                    "*.model",
+                    "*.bin",
+                    "*.py",
+                    "*/*.json",
+                ],
+            )
+        )
     except Exception as exc:
         raise CheckpointError(
             f"{ref}: not a local folder and the hub download failed ({type(exc).__name__}); "
@@ -227,7 +259,9 @@ def resolve_folder(ref: str, revision: str | None = None, base_dir: Path | None 
         ) from None
 
 
-def open_checkpoint(ref: str, revision: str | None = None, base_dir: Path | None = None) -> TensorSource:
+def open_checkpoint(
+    ref: str, revision: str | None = None, base_dir: Path | None = None
+) -> TensorSource:
     folder = resolve_folder(ref, revision, base_dir)
     weights_folder = sentence_transformers_weights(folder)
     return TensorSource(weights_folder, ref=ref, revision=revision)

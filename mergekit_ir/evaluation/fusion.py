@@ -20,24 +20,64 @@ from collections.abc import Mapping, Sequence
 from itertools import product
 from typing import Any
 
-from .errors import ConfigError
-from .evaluation import Qrels, evaluate, mean_scores, ranx_metric
-from .first_stage import Run
+from mergekit_ir.errors import ConfigError
+from mergekit_ir.evaluation.first_stage import Run
+from mergekit_ir.evaluation.metrics import Qrels, evaluate, mean_scores, ranx_metric
 
 # Friendly aliases -> ranx's names (ranx's own names are accepted as they are).
 _ALIASES: dict[str, str] = {
-    "combsum": "sum", "combmnz": "mnz", "combmax": "max", "combmin": "min",
-    "combmed": "med", "combanz": "anz", "combgmnz": "gmnz",
-    "weighted_bordafuse": "w_bordafuse", "weighted_condorcet": "w_condorcet",
+    "combsum": "sum",
+    "combmnz": "mnz",
+    "combmax": "max",
+    "combmin": "min",
+    "combmed": "med",
+    "combanz": "anz",
+    "combgmnz": "gmnz",
+    "weighted_bordafuse": "w_bordafuse",
+    "weighted_condorcet": "w_condorcet",
 }
-_METHODS = frozenset({
-    "bayesfuse", "bordafuse", "anz", "gmnz", "max", "med", "min", "mnz", "sum",
-    "condorcet", "isr", "log_isr", "logn_isr", "mapfuse", "mixed", "posfuse",
-    "probfuse", "rbc", "rrf", "segfuse", "slidefuse", "w_bordafuse", "w_condorcet",
-    "wmnz", "wsum",
-})
-_NORMS = frozenset({"min-max", "min_max", "min-max-inverted", "min_max_inverted", "max",
-                    "rank", "sum", "zmuv", "borda"})
+_METHODS = frozenset(
+    {
+        "bayesfuse",
+        "bordafuse",
+        "anz",
+        "gmnz",
+        "max",
+        "med",
+        "min",
+        "mnz",
+        "sum",
+        "condorcet",
+        "isr",
+        "log_isr",
+        "logn_isr",
+        "mapfuse",
+        "mixed",
+        "posfuse",
+        "probfuse",
+        "rbc",
+        "rrf",
+        "segfuse",
+        "slidefuse",
+        "w_bordafuse",
+        "w_condorcet",
+        "wmnz",
+        "wsum",
+    }
+)
+_NORMS = frozenset(
+    {
+        "min-max",
+        "min_max",
+        "min-max-inverted",
+        "min_max_inverted",
+        "max",
+        "rank",
+        "sum",
+        "zmuv",
+        "borda",
+    }
+)
 # Methods whose only hyper-parameter is one weight per run (searched on a grid here).
 _WEIGHTED = frozenset({"wsum", "wmnz", "w_bordafuse", "w_condorcet", "mixed"})
 
@@ -54,7 +94,9 @@ def _norm(norm: str | None) -> str | None:
     if norm is None or norm == "none":
         return None
     if norm not in _NORMS:
-        raise ConfigError(f"unknown fusion norm {norm!r}: use one of {', '.join(sorted(_NORMS))} or none")
+        raise ConfigError(
+            f"unknown fusion norm {norm!r}: use one of {', '.join(sorted(_NORMS))} or none"
+        )
     return norm
 
 
@@ -72,7 +114,9 @@ def _ranx_runs(runs: Sequence[Run], qids: Sequence[str] | None = None) -> list[A
 
 
 def _to_dict(run: Any) -> Run:
-    return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.to_dict().items()}
+    return {
+        str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.to_dict().items()
+    }
 
 
 def _min_max(results: Mapping[str, float]) -> dict[str, float]:
@@ -115,18 +159,25 @@ def wsum_min_max(runs: Sequence[Run], weights: Sequence[float]) -> Run:
     return out
 
 
-def fuse(runs: Sequence[Run], method: str = "wsum", norm: str | None = "min-max",
-         params: Mapping[str, Any] | None = None) -> Run:
+def fuse(
+    runs: Sequence[Run],
+    method: str = "wsum",
+    norm: str | None = "min-max",
+    params: Mapping[str, Any] | None = None,
+) -> Run:
     """Normalise each run per query, then combine them with a ranx fusion method."""
     name, nrm = _method(method), _norm(norm)
     p = dict(params or {})
     if "weights" in p:
         if len(p["weights"]) != len(runs):
-            raise ConfigError(f"fusion weights {list(p['weights'])}: give one weight per run ({len(runs)})")
+            raise ConfigError(
+                f"fusion weights {list(p['weights'])}: give one weight per run ({len(runs)})"
+            )
         p["weights"] = [float(w) for w in p["weights"]]
     if name == "wsum" and nrm in ("min-max", "min_max") and set(p) == {"weights"}:
         return wsum_min_max(runs, p["weights"])
     from ranx import fuse as ranx_fuse
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's uint64->int64 cast notices
         try:
@@ -152,9 +203,14 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def tune_fusion(qrels: Qrels, runs: Sequence[Run], method: str = "wsum",
-                norm: str | None = "min-max", metric: str = "NDCG@10",
-                step: float = 0.1) -> dict[str, Any]:
+def tune_fusion(
+    qrels: Qrels,
+    runs: Sequence[Run],
+    method: str = "wsum",
+    norm: str | None = "min-max",
+    metric: str = "NDCG@10",
+    step: float = 0.1,
+) -> dict[str, Any]:
     """Best fusion params on ``qrels`` (e.g. ``{"weights": (0.3, 0.7)}``).
 
     For weight-only methods and ``rrf`` this replays ``ranx.optimize_fusion``'s grid
@@ -177,8 +233,13 @@ def tune_fusion(qrels: Qrels, runs: Sequence[Run], method: str = "wsum",
             warnings.simplefilter("ignore")
             try:
                 best = optimize_fusion(
-                    RanxQrels.from_dict({q: dict(qrels[q]) for q in qids}), _ranx_runs(runs, qids),
-                    norm=nrm, method=name, metric=ranx_metric(metric), show_progress=False)
+                    RanxQrels.from_dict({q: dict(qrels[q]) for q in qids}),
+                    _ranx_runs(runs, qids),
+                    norm=nrm,
+                    method=name,
+                    metric=ranx_metric(metric),
+                    show_progress=False,
+                )
             except ValueError as e:
                 raise ConfigError(f"fusion method {method!r} cannot be tuned: {e}") from e
         return {str(k): _plain(v) for k, v in dict(best).items()}

@@ -23,11 +23,11 @@ from typing import Protocol
 
 import torch
 
-from . import atomic
-from .alignment import NameIndex, base_prefix, canonical, is_head, vocab_case
-from .checkpoint import TensorSource, _SafetensorsFile
-from .errors import CheckpointError
-from .safetensors_writer import ShardedWriter, TensorSpec
+from mergekit_ir.errors import CheckpointError
+from mergekit_ir.merging.alignment import NameIndex, base_prefix, canonical, is_head, vocab_case
+from mergekit_ir.merging.checkpoint import TensorSource, _SafetensorsFile
+from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
+from mergekit_ir.storage import atomic
 
 
 class Term(Protocol):
@@ -47,7 +47,11 @@ class DiffTerm:
     def __init__(self, domain: TensorSource, pretrained: TensorSource):
         self.domain, self.pretrained = domain, pretrained
         d_cfg, p_cfg = domain.config, pretrained.config
-        if d_cfg.get("model_type") and p_cfg.get("model_type") and d_cfg["model_type"] != p_cfg["model_type"]:
+        if (
+            d_cfg.get("model_type")
+            and p_cfg.get("model_type")
+            and d_cfg["model_type"] != p_cfg["model_type"]
+        ):
             raise CheckpointError(
                 f"ΘD {domain.ref} is a {d_cfg['model_type']} model but Θ0 {pretrained.ref} is a "
                 f"{p_cfg['model_type']} model; a triplet needs one architecture"
@@ -67,9 +71,13 @@ class DiffTerm:
                     f"tensor {self.d_index.names[key]} is in ΘD ({domain.ref}) but not in Θ0 "
                     f"({pretrained.ref}); the checkpoints differ in architecture"
                 )
-        self._keys = [k for k in self.p_index.keys()
-                      if (dn := self.d_index.find(k)) is not None
-                      and _floating(pretrained, self.p_index.names[k]) and _floating(domain, dn)]
+        self._keys = [
+            k
+            for k in self.p_index.keys()
+            if (dn := self.d_index.find(k)) is not None
+            and _floating(pretrained, self.p_index.names[k])
+            and _floating(domain, dn)
+        ]
 
     def keys(self) -> list[str]:
         return self._keys
@@ -87,7 +95,9 @@ class DiffTerm:
             return ps
         if vocab_case(key, ps, ds):
             return (min(ps[0], ds[0]), *ps[1:])
-        raise CheckpointError(f"tensor {names[0]}: shape {ps} in Θ0 but {ds} in ΘD; the models do not match")
+        raise CheckpointError(
+            f"tensor {names[0]}: shape {ps} in Θ0 but {ds} in ΘD; the models do not match"
+        )
 
     def get(self, key: str) -> torch.Tensor | None:
         shape = self.shape(key)
@@ -117,7 +127,9 @@ class StoredTerm:
         self.metadata = self.files[0].metadata
         self.dense = self.metadata.get("dense", "true") == "true"
         if self.metadata.get("format_mergekit_ir") != "task_vector":
-            raise CheckpointError(f"{path}: not a mergekit-ir task vector (saved with `mergeir task-vector`?)")
+            raise CheckpointError(
+                f"{path}: not a mergekit-ir task vector (saved with `mergeir task-vector`?)"
+            )
 
     def keys(self) -> list[str]:
         return list(self.where)
@@ -138,7 +150,9 @@ class LoraTerm:
 
     dense = False  # modules without an adapter have a zero delta
 
-    _NAME = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$")
+    _NAME = re.compile(
+        r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
+    )
 
     def __init__(self, folder: Path):
         from peft import LoraConfig
@@ -149,13 +163,17 @@ class LoraTerm:
         except Exception as exc:
             raise CheckpointError(f"{folder}: not a PEFT LoRA adapter ({exc})") from None
         if getattr(self.config, "use_dora", False):
-            raise CheckpointError(f"{folder}: DoRA adapters are not linear task vectors; merge it with peft first")
+            raise CheckpointError(
+                f"{folder}: DoRA adapters are not linear task vectors; merge it with peft first"
+            )
         weights = folder / "adapter_model.safetensors"
         if weights.is_file():
             sf = _SafetensorsFile(weights)
             tensors = {n: sf.get(n) for n in sf.entries}
         elif (folder / "adapter_model.bin").is_file():
-            tensors = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+            tensors = torch.load(
+                folder / "adapter_model.bin", map_location="cpu", weights_only=True
+            )
         else:
             raise CheckpointError(f"{folder}: no adapter_model.safetensors or adapter_model.bin")
         pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -198,7 +216,11 @@ class LoraTerm:
 
 def _pattern_value(patterns: dict[str, float], module: str, default: float) -> float:
     for key, value in patterns.items():
-        if module == key or re.search(rf"(^|\.){re.escape(key)}$", module) or re.fullmatch(key, module):
+        if (
+            module == key
+            or re.search(rf"(^|\.){re.escape(key)}$", module)
+            or re.fullmatch(key, module)
+        ):
             return value
     return default
 
@@ -252,7 +274,9 @@ class TaskVector:
     def shape(self, key: str) -> tuple[int, ...] | None:
         shapes = {s for _, t in self.terms if (s := t.shape(key)) is not None}
         if len(shapes) > 1:
-            raise CheckpointError(f"tensor {key}: task vectors disagree on its shape {sorted(shapes)}")
+            raise CheckpointError(
+                f"tensor {key}: task vectors disagree on its shape {sorted(shapes)}"
+            )
         return shapes.pop() if shapes else None
 
     def get(self, key: str) -> torch.Tensor | None:
@@ -271,16 +295,25 @@ class TaskVector:
     def describe(self) -> str:
         return " + ".join(f"{c:g}·{t.describe()}" for c, t in self.terms)
 
-    def save(self, path: str | Path, metadata: dict[str, str] | None = None, overwrite: bool = False,
-             dtype: torch.dtype = torch.float32) -> Path:
+    def save(
+        self,
+        path: str | Path,
+        metadata: dict[str, str] | None = None,
+        overwrite: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> Path:
         """Write τ as safetensors (canonical keys) so it can be reused without its models."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise CheckpointError(f"{path}: exists; pass --overwrite to replace it")
         keys = [k for k in self.keys() if self.shape(k) is not None]
         specs = [TensorSpec(k, self.shape(k), dtype) for k in keys]  # type: ignore[arg-type]
-        meta = {"format_mergekit_ir": "task_vector", "terms": self.describe(),
-                "dense": str(self.dense).lower(), **(metadata or {})}
+        meta = {
+            "format_mergekit_ir": "task_vector",
+            "terms": self.describe(),
+            "dense": str(self.dense).lower(),
+            **(metadata or {}),
+        }
         with atomic.directory(path, overwrite=overwrite) as tmp:
             with ShardedWriter(tmp, specs, 2**62, meta, basename="task_vector") as w:
                 for k in keys:

@@ -24,14 +24,20 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from mergekit_ir.errors import ConfigError
 
 TESTS = ("student", "fisher")
 CORRECTIONS = ("bonferroni", "none")
 
 
-def p_values(baseline: Mapping[str, float], candidate: Mapping[str, float], test: str = "student",
-             *, n_permutations: int = 1000, random_seed: int = 42) -> float:
+def p_values(
+    baseline: Mapping[str, float],
+    candidate: Mapping[str, float],
+    test: str = "student",
+    *,
+    n_permutations: int = 1000,
+    random_seed: int = 42,
+) -> float:
     """Two-sided paired p-value over the queries both score vectors share.
 
     ``student`` is scipy's ``ttest_rel`` (via ranx); ``fisher`` is a seeded
@@ -78,11 +84,19 @@ def _cell(row: Mapping[str, Any], dataset: str, metric: str) -> dict[str, Any] |
     return cell if isinstance(cell, dict) and cell.get("mean") is not None else None
 
 
-def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candidates: Sequence[str],
-                      metrics: Sequence[str] | None = None, max_p: float = 0.01,
-                      test: str = "student", correction: str = "bonferroni",
-                      comparisons: int | None = None,
-                      n_permutations: int = 1000, random_seed: int = 42) -> None:
+def mark_improvements(
+    table: dict[str, Any],
+    *,
+    baselines: Sequence[str],
+    candidates: Sequence[str],
+    metrics: Sequence[str] | None = None,
+    max_p: float = 0.01,
+    test: str = "student",
+    correction: str = "bonferroni",
+    comparisons: int | None = None,
+    n_permutations: int = 1000,
+    random_seed: int = 42,
+) -> None:
     """Mark candidate cells that beat the best baseline of their column, in place.
 
     ``table`` is the results dict or one of its sections; the settings used are
@@ -102,8 +116,12 @@ def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candid
     metric_list = list(metrics) if metrics is not None else list(table.get("metrics", []))
     if comparisons is not None and comparisons < 1:
         raise ConfigError(f"comparisons must be at least 1, not {comparisons}")
-    table["significance"] = {"test": test, "max_p": max_p, "correction": correction,
-                             "family": "section x dataset x metric: candidates vs best baseline"}
+    table["significance"] = {
+        "test": test,
+        "max_p": max_p,
+        "correction": correction,
+        "family": "section x dataset x metric: candidates vs best baseline",
+    }
     if comparisons is not None:
         table["significance"]["comparisons"] = comparisons
     # A whole results dict, or a single section ({"triplet", "rows"}) as the harness passes.
@@ -113,7 +131,8 @@ def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candid
         base_rows = [rows[k] for k in baselines if k in rows]
         cand_rows = [rows[k] for k in candidates if k in rows]
         datasets = table.get("datasets") or sorted(
-            {d for r in section.get("rows", []) for d in r.get("cells", {})})
+            {d for r in section.get("rows", []) for d in r.get("cells", {})}
+        )
         for ds in datasets:
             for metric in metric_list:
                 base = [(r["key"], c) for r in base_rows if (c := _cell(r, ds, metric))]
@@ -124,8 +143,13 @@ def mark_improvements(table: dict[str, Any], *, baselines: Sequence[str], candid
                 m = (comparisons or len(cands)) if correction == "bonferroni" else 1
                 threshold = bonferroni(max_p, m)
                 for cell in cands:
-                    p = p_values(best.get("per_query", {}), cell.get("per_query", {}), test,
-                                 n_permutations=n_permutations, random_seed=random_seed)
+                    p = p_values(
+                        best.get("per_query", {}),
+                        cell.get("per_query", {}),
+                        test,
+                        n_permutations=n_permutations,
+                        random_seed=random_seed,
+                    )
                     cell["p_value"] = p
                     cell["compared_to"] = best_key
                     cell["significant"] = bool(cell["mean"] > best["mean"] and p < threshold)

@@ -19,8 +19,8 @@ from typing import BinaryIO
 
 import torch
 
-from .checkpoint import DTYPE_CODES
-from .errors import CheckpointError
+from mergekit_ir.errors import CheckpointError
+from mergekit_ir.merging.checkpoint import DTYPE_CODES
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,11 @@ def _header(specs: Sequence[TensorSpec], metadata: dict[str, str]) -> bytes:
     header: dict[str, object] = {"__metadata__": {"format": "pt", **metadata}}
     offset = 0
     for s in specs:
-        header[s.name] = {"dtype": DTYPE_CODES[s.dtype], "shape": list(s.shape),
-                          "data_offsets": [offset, offset + s.nbytes]}
+        header[s.name] = {
+            "dtype": DTYPE_CODES[s.dtype],
+            "shape": list(s.shape),
+            "data_offsets": [offset, offset + s.nbytes],
+        }
         offset += s.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned, as safetensors does
@@ -61,13 +64,22 @@ def _header(specs: Sequence[TensorSpec], metadata: dict[str, str]) -> bytes:
 class ShardedWriter:
     """Write tensors in the order of ``specs`` into ``folder``."""
 
-    def __init__(self, folder: Path, specs: Sequence[TensorSpec], max_shard_bytes: int,
-                 metadata: dict[str, str] | None = None, basename: str = "model"):
+    def __init__(
+        self,
+        folder: Path,
+        specs: Sequence[TensorSpec],
+        max_shard_bytes: int,
+        metadata: dict[str, str] | None = None,
+        basename: str = "model",
+    ):
         self.folder = folder
         self.shards = plan_shards(specs, max_shard_bytes)
         n = len(self.shards)
-        self.files = ([f"{basename}.safetensors"] if n == 1 else
-                      [f"{basename}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+        self.files = (
+            [f"{basename}.safetensors"]
+            if n == 1
+            else [f"{basename}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
         self.metadata = metadata or {}
         self._queue = [(i, s) for i, shard in enumerate(self.shards) for s in shard]
         self._pos = 0
@@ -105,8 +117,12 @@ class ShardedWriter:
             missing = self._queue[self._pos][1].name
             raise CheckpointError(f"output incomplete: tensor {missing} was never written")
         if len(self.files) > 1:
-            index = {"metadata": {"total_size": self.total_bytes},
-                     "weight_map": {s.name: self.files[i] for i, shard in enumerate(self.shards) for s in shard}}
+            index = {
+                "metadata": {"total_size": self.total_bytes},
+                "weight_map": {
+                    s.name: self.files[i] for i, shard in enumerate(self.shards) for s in shard
+                },
+            }
             (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
     def __enter__(self) -> ShardedWriter:
@@ -123,7 +139,15 @@ def parse_size(text: str | int) -> int:
     """``5GB``, ``500MB``, ``1.5GiB`` or a byte count."""
     if isinstance(text, int):
         return text
-    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    units = {
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+    }
     t = text.strip().lower().replace(" ", "")
     for unit in sorted(units, key=len, reverse=True):
         if t.endswith(unit):
@@ -134,4 +158,6 @@ def parse_size(text: str | int) -> int:
     try:
         return int(t)
     except ValueError:
-        raise CheckpointError(f"shard size {text!r}: write e.g. 5GB, 500MB or a byte count") from None
+        raise CheckpointError(
+            f"shard size {text!r}: write e.g. 5GB, 500MB or a byte count"
+        ) from None

@@ -17,8 +17,8 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping
 
-from .errors import ConfigError
-from .first_stage import Run
+from mergekit_ir.errors import ConfigError
+from mergekit_ir.evaluation.first_stage import Run
 
 DEFAULT_METRICS: tuple[str, ...] = ("P@10", "NDCG@3", "NDCG@10", "MAP@100")
 
@@ -68,10 +68,7 @@ def evaluate(qrels: Qrels, run: Run, metrics: Iterable[str]) -> dict[str, dict[s
     out: dict[str, dict[str, float]] = {n: {} for n in names}
     qids = sorted(str(q) for q in qrels)
     # ranx cannot take empty queries; they score 0 for every metric here.
-    scored = [
-        q for q in qids
-        if run.get(q) and any(int(r) >= 1 for r in qrels[q].values())
-    ]
+    scored = [q for q in qids if run.get(q) and any(int(r) >= 1 for r in qrels[q].values())]
     values: dict[str, list[float]] = {}
     if scored:
         from ranx import evaluate as ranx_evaluate
@@ -85,8 +82,7 @@ def evaluate(qrels: Qrels, run: Run, metrics: Iterable[str]) -> dict[str, dict[s
         asked = unique if len(unique) > 1 else unique * 2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numba's uint64->int64 cast notices
-            res = ranx_evaluate(q_dict, r_dict, asked, return_mean=False,
-                                save_results_in_run=False)
+            res = ranx_evaluate(q_dict, r_dict, asked, return_mean=False, save_results_in_run=False)
         values = {rn: [float(x) for x in res[rn]] for rn in set(ranx_names)}
     for name, rn in zip(names, ranx_names, strict=True):
         per_q = dict(zip(scored, values.get(rn, []), strict=True))

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from mergekit_ir.errors import ConfigError
 
 ROW_KEYS = ("bm25", "pretrained", "domain", "ir", "merged@1", "merged@best")
 _ROW = re.compile(r"^(bm25|pretrained|domain\d*|ir|merged@1|merged@best)$")
@@ -43,9 +43,17 @@ class ReportedRow:
     source: str = ""
 
 
-def parse_reported(raw: Any, path: str, *, triplets: Mapping[str, Sequence[str]], datasets: Iterable[str],
-                   metrics: Iterable[str], ablation_metric: str, sweep_datasets: Iterable[str] = (),
-                   alphas: Iterable[Any] = ()) -> tuple[ReportedRow, ...]:
+def parse_reported(
+    raw: Any,
+    path: str,
+    *,
+    triplets: Mapping[str, Sequence[str]],
+    datasets: Iterable[str],
+    metrics: Iterable[str],
+    ablation_metric: str,
+    sweep_datasets: Iterable[str] = (),
+    alphas: Iterable[Any] = (),
+) -> tuple[ReportedRow, ...]:
     """Validate an experiment's ``reported`` list; errors name the YAML path.
 
     ``triplets`` maps each of the experiment's triplets to the row keys its runs produce;
@@ -53,10 +61,14 @@ def parse_reported(raw: Any, path: str, *, triplets: Mapping[str, Sequence[str]]
     A row that the experiment can never produce is an error, not a silent "–".
     """
     datasets, metrics, sweep_datasets = list(datasets), list(metrics), list(sweep_datasets)
-    scalar_alphas = [float(a) for a in alphas if isinstance(a, int | float) and not isinstance(a, bool)]
+    scalar_alphas = [
+        float(a) for a in alphas if isinstance(a, int | float) and not isinstance(a, bool)
+    ]
     if not isinstance(raw, list):
-        raise ConfigError(f"{path}: give a list of rows, e.g. "
-                          "- {dataset: scifact, row: bm25, NDCG@10: 0.691, source: 'Table 1'}")
+        raise ConfigError(
+            f"{path}: give a list of rows, e.g. "
+            "- {dataset: scifact, row: bm25, NDCG@10: 0.691, source: 'Table 1'}"
+        )
     rows = []
     for i, item in enumerate(raw):
         where = f"{path}[{i}]"
@@ -67,56 +79,80 @@ def parse_reported(raw: Any, path: str, *, triplets: Mapping[str, Sequence[str]]
                 raise ConfigError(f"{where}: missing '{key}'")
         dataset, row = str(item["dataset"]), str(item["row"])
         if dataset not in datasets:
-            raise ConfigError(f"{where}.dataset: {dataset!r} is not a dataset of this experiment "
-                              f"({', '.join(datasets)})")
+            raise ConfigError(
+                f"{where}.dataset: {dataset!r} is not a dataset of this experiment "
+                f"({', '.join(datasets)})"
+            )
         alpha_row = _ALPHA_ROW.match(row)
         if not (alpha_row or _ROW.match(row)):
-            raise ConfigError(f"{where}.row: unknown row {row!r} (one of {', '.join(ROW_KEYS)}, "
-                              "or alpha=0.7 for the dev-split α ablation)")
+            raise ConfigError(
+                f"{where}.row: unknown row {row!r} (one of {', '.join(ROW_KEYS)}, "
+                "or alpha=0.7 for the dev-split α ablation)"
+            )
         triplet = item.get("triplet")
         if triplet is None and row != "bm25":
-            raise ConfigError(f"{where}: row {row!r} needs a 'triplet' (only bm25 rows are model-free)")
+            raise ConfigError(
+                f"{where}: row {row!r} needs a 'triplet' (only bm25 rows are model-free)"
+            )
         if triplet is not None and str(triplet) not in triplets:
-            raise ConfigError(f"{where}.triplet: {triplet!r} is not a triplet of this experiment "
-                              f"({', '.join(triplets)})")
+            raise ConfigError(
+                f"{where}.triplet: {triplet!r} is not a triplet of this experiment "
+                f"({', '.join(triplets)})"
+            )
         if triplet is not None and not alpha_row and row not in triplets[str(triplet)]:
-            raise ConfigError(f"{where}.row: triplet {triplet!r} has no row {row!r} "
-                              f"(its rows: {', '.join(triplets[str(triplet)])})")
+            raise ConfigError(
+                f"{where}.row: triplet {triplet!r} has no row {row!r} "
+                f"(its rows: {', '.join(triplets[str(triplet)])})"
+            )
         if alpha_row:
             a = float(alpha_row.group(1))
             if dataset not in sweep_datasets:
-                raise ConfigError(f"{where}.row: no α sweep runs on {dataset!r} in this experiment "
-                                  "(it needs a dev split and tuning.alpha: true)")
+                raise ConfigError(
+                    f"{where}.row: no α sweep runs on {dataset!r} in this experiment "
+                    "(it needs a dev split and tuning.alpha: true)"
+                )
             if not any(math.isclose(a, x, abs_tol=1e-9) for x in scalar_alphas):
-                raise ConfigError(f"{where}.row: α={a:g} is not in merge.alpha "
-                                  f"({', '.join(f'{x:g}' for x in scalar_alphas) or 'no scalar α'})")
+                raise ConfigError(
+                    f"{where}.row: α={a:g} is not in merge.alpha "
+                    f"({', '.join(f'{x:g}' for x in scalar_alphas) or 'no scalar α'})"
+                )
         allowed = [ablation_metric] if alpha_row else metrics
         values: dict[str, float] = {}
         for key, value in item.items():
             if key in ("dataset", "row", "triplet", "alpha", "source"):
                 continue
             if str(key) not in allowed:
-                raise ConfigError(f"{where}.{key}: not a metric "
-                                  f"{'of the α ablation' if alpha_row else 'this experiment reports'} "
-                                  f"({', '.join(allowed)})")
+                raise ConfigError(
+                    f"{where}.{key}: not a metric "
+                    f"{'of the α ablation' if alpha_row else 'this experiment reports'} "
+                    f"({', '.join(allowed)})"
+                )
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ConfigError(f"{where}.{key}: {value!r} is not a number in [0, 1] "
-                                  "(write .691 as 0.691)")
+                raise ConfigError(
+                    f"{where}.{key}: {value!r} is not a number in [0, 1] (write .691 as 0.691)"
+                )
             values[str(key)] = float(value)
         if not values:
             raise ConfigError(f"{where}: no metric values (e.g. NDCG@10: 0.691)")
         alpha = item.get("alpha")
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float)):
             raise ConfigError(f"{where}.alpha: {alpha!r} is not a number (the α the paper chose)")
-        rows.append(ReportedRow(dataset=dataset, row=row, values=values,
-                                triplet=None if triplet is None else str(triplet),
-                                alpha=None if alpha is None else float(alpha),
-                                source=str(item.get("source", ""))))
+        rows.append(
+            ReportedRow(
+                dataset=dataset,
+                row=row,
+                values=values,
+                triplet=None if triplet is None else str(triplet),
+                alpha=None if alpha is None else float(alpha),
+                source=str(item.get("source", "")),
+            )
+        )
     return tuple(rows)
 
 
-def _ablation_value(results: Mapping[str, Any], triplet: str, dataset: str, alpha: float,
-                    metric: str) -> float | None:
+def _ablation_value(
+    results: Mapping[str, Any], triplet: str, dataset: str, alpha: float, metric: str
+) -> float | None:
     abl = (results.get("alpha_ablation") or {}).get(triplet) or {}
     if abl.get("metric") != metric:
         return None
@@ -129,7 +165,9 @@ def _ablation_value(results: Mapping[str, Any], triplet: str, dataset: str, alph
     return None
 
 
-def _section_row(results: Mapping[str, Any], triplet: str | None, key: str) -> tuple[str, Mapping] | None:
+def _section_row(
+    results: Mapping[str, Any], triplet: str | None, key: str
+) -> tuple[str, Mapping] | None:
     for section in results.get("sections", []):
         if triplet is not None and section.get("triplet") != triplet:
             continue
@@ -158,16 +196,29 @@ def compare(results: Mapping[str, Any], rows: Iterable[ReportedRow]) -> list[dic
         for metric, reported in r.values.items():
             ours = None
             if alpha_row:
-                ours = _ablation_value(results, r.triplet or "", r.dataset, float(alpha_row.group(1)), metric)
+                ours = _ablation_value(
+                    results, r.triplet or "", r.dataset, float(alpha_row.group(1)), metric
+                )
                 label = f"dev, α={float(alpha_row.group(1)):g}"
             elif found is not None:
                 cell = found[1].get("cells", {}).get(r.dataset, {}).get(metric)
                 if isinstance(cell, Mapping) and cell.get("mean") is not None:
                     ours = float(cell["mean"])
-            out.append({"triplet": r.triplet, "dataset": r.dataset, "row": r.row, "label": label,
-                        "metric": metric, "reported": reported, "ours": ours,
-                        "delta": None if ours is None else ours - reported,
-                        "alpha_reported": r.alpha, "alpha_ours": ours_alpha, "source": r.source})
+            out.append(
+                {
+                    "triplet": r.triplet,
+                    "dataset": r.dataset,
+                    "row": r.row,
+                    "label": label,
+                    "metric": metric,
+                    "reported": reported,
+                    "ours": ours,
+                    "delta": None if ours is None else ours - reported,
+                    "alpha_reported": r.alpha,
+                    "alpha_ours": ours_alpha,
+                    "source": r.source,
+                }
+            )
     return out
 
 
@@ -180,6 +231,10 @@ def summary(cells: Iterable[Mapping[str, Any]], tolerance: float = TOLERANCE) ->
     worst = max(run, key=lambda c: abs(c["delta"]))
     within = sum(abs(c["delta"]) <= tolerance + 1e-12 for c in run)
     missing = f", {len(cells) - len(run)} not in this run" if len(run) < len(cells) else ""
-    where = " ".join(str(x) for x in (worst["triplet"], worst["dataset"], worst["row"], worst["metric"]) if x)
-    return (f"{len(run)} reported cells compared{missing}: {within} within ±{tolerance:g}, "
-            f"largest |Δ| {abs(worst['delta']):.3f} ({where})")
+    where = " ".join(
+        str(x) for x in (worst["triplet"], worst["dataset"], worst["row"], worst["metric"]) if x
+    )
+    return (
+        f"{len(run)} reported cells compared{missing}: {within} within ±{tolerance:g}, "
+        f"largest |Δ| {abs(worst['delta']):.3f} ({where})"
+    )

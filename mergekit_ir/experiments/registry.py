@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from .alignment import AlignmentRules
-from .errors import ConfigError
-from .params import check_params
-from .reported import ReportedRow, parse_reported
+from mergekit_ir.errors import ConfigError
+from mergekit_ir.merging.alignment import AlignmentRules
+from mergekit_ir.params import check_params
+from mergekit_ir.reports.reported import ReportedRow, parse_reported
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -102,8 +102,14 @@ class Triplet:
     @property
     def rows(self) -> tuple[str, ...]:
         """Every result row key a run of this triplet produces, in table order."""
-        return ("bm25", *(("pretrained",) if self.pretrained else ()), *self.domain_rows, "ir",
-                "merged@1", "merged@best")
+        return (
+            "bm25",
+            *(("pretrained",) if self.pretrained else ()),
+            *self.domain_rows,
+            "ir",
+            "merged@1",
+            "merged@best",
+        )
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,9 @@ def _expect(value: Any, typ: type | tuple[type, ...], path: str, what: str) -> A
     return value
 
 
-def _keys(block: Mapping[str, Any], path: str, allowed: set[str], required: set[str] = frozenset()) -> None:
+def _keys(
+    block: Mapping[str, Any], path: str, allowed: set[str], required: set[str] = frozenset()
+) -> None:
     for k in block:
         if k not in allowed:
             raise ConfigError(f"{path}.{k}: unknown field (allowed: {', '.join(sorted(allowed))})")
@@ -207,22 +215,33 @@ def _ref(value: Any, path: str) -> CheckpointRef:
         if rev is not None:
             _expect(rev, str, f"{path}.revision", "a revision string")
         return CheckpointRef(ref, kind, rev)
-    raise ConfigError(f"{path}: expected a hub id, a folder, or {{checkpoint|lora|task_vector: ...}}")
+    raise ConfigError(
+        f"{path}: expected a hub id, a folder, or {{checkpoint|lora|task_vector: ...}}"
+    )
 
 
 def _triplet(name: str, raw: Any, catalog: Any) -> Triplet:
     path = f"triplets.{name}"
     _expect(raw, Mapping, path, "a mapping")
-    _keys(raw, path, {"description", "scorer", "pretrained", "domain", "ir", "alignment"}, {"ir", "domain", "scorer"})
+    _keys(
+        raw,
+        path,
+        {"description", "scorer", "pretrained", "domain", "ir", "alignment"},
+        {"ir", "domain", "scorer"},
+    )
     ir = _ref(raw["ir"], f"{path}.ir")
     if ir.kind != "checkpoint":
         raise ConfigError(f"{path}.ir: ΘT must be a full checkpoint, not a {ir.kind}")
     domains_raw = raw["domain"] if isinstance(raw["domain"], list) else [raw["domain"]]
     if not domains_raw:
         raise ConfigError(f"{path}.domain: give at least one domain checkpoint")
-    domains = tuple(_ref(d, f"{path}.domain[{i}]" if isinstance(raw["domain"], list) else f"{path}.domain")
-                    for i, d in enumerate(domains_raw))
-    pretrained = _ref(raw["pretrained"], f"{path}.pretrained") if raw.get("pretrained") is not None else None
+    domains = tuple(
+        _ref(d, f"{path}.domain[{i}]" if isinstance(raw["domain"], list) else f"{path}.domain")
+        for i, d in enumerate(domains_raw)
+    )
+    pretrained = (
+        _ref(raw["pretrained"], f"{path}.pretrained") if raw.get("pretrained") is not None else None
+    )
     if pretrained is None and any(d.kind == "checkpoint" for d in domains):
         raise ConfigError(f"{path}.pretrained: missing required field (needed to form ΘD − Θ0)")
     scorer_raw = raw["scorer"]
@@ -233,15 +252,21 @@ def _triplet(name: str, raw: Any, catalog: Any) -> Triplet:
         raise ConfigError(f"{path}.scorer.kind: missing required field")
     kind = scorer_raw["kind"]
     scorer = catalog.scorer(kind, f"{path}.scorer.kind")
-    options = check_params(scorer.params, {k: v for k, v in scorer_raw.items() if k != "kind"},
-                           f"{path}.scorer", f"scorer '{kind}'")
+    options = check_params(
+        scorer.params,
+        {k: v for k, v in scorer_raw.items() if k != "kind"},
+        f"{path}.scorer",
+        f"scorer '{kind}'",
+    )
     align_raw = raw.get("alignment") or {}
     _expect(align_raw, Mapping, f"{path}.alignment", "a mapping")
     _keys(align_raw, f"{path}.alignment", {"copy", "skip_missing"})
     copy = align_raw.get("copy") or []
     _expect(copy, list, f"{path}.alignment.copy", "a list of regexes")
     rules = AlignmentRules(tuple(copy), bool(align_raw.get("skip_missing", False)))
-    return Triplet(name, ir, domains, pretrained, kind, options, rules, str(raw.get("description", "")))
+    return Triplet(
+        name, ir, domains, pretrained, kind, options, rules, str(raw.get("description", ""))
+    )
 
 
 def _dataset(name: str, raw: Any) -> DatasetSpec:
@@ -253,34 +278,96 @@ def _dataset(name: str, raw: Any) -> DatasetSpec:
     for k in ("beir", "ir_datasets", "test", "dev", "language"):
         if raw.get(k) is not None:
             _expect(raw[k], str, f"{path}.{k}", "a string")
-    return DatasetSpec(name, raw.get("beir"), raw.get("ir_datasets"), raw.get("test", "test"),
-                       raw.get("dev"), raw.get("language", "english"), str(raw.get("description", "")))
+    return DatasetSpec(
+        name,
+        raw.get("beir"),
+        raw.get("ir_datasets"),
+        raw.get("test", "test"),
+        raw.get("dev"),
+        raw.get("language", "english"),
+        str(raw.get("description", "")),
+    )
 
 
-FUSION_METHODS = ("wsum", "rrf", "combsum", "combmnz", "combmax", "combmin", "combmed", "combanz",
-                  "isr", "log_isr", "logn_isr", "mixed", "bayesfuse", "posfuse", "probfuse",
-                  "segfuse", "slidefuse", "mapfuse", "w_bordafuse", "bordafuse", "condorcet",
-                  "w_condorcet", "rbc", "gmnz", "wmnz", "sum", "max", "min", "anz", "med", "mnz")
+FUSION_METHODS = (
+    "wsum",
+    "rrf",
+    "combsum",
+    "combmnz",
+    "combmax",
+    "combmin",
+    "combmed",
+    "combanz",
+    "isr",
+    "log_isr",
+    "logn_isr",
+    "mixed",
+    "bayesfuse",
+    "posfuse",
+    "probfuse",
+    "segfuse",
+    "slidefuse",
+    "mapfuse",
+    "w_bordafuse",
+    "bordafuse",
+    "condorcet",
+    "w_condorcet",
+    "rbc",
+    "gmnz",
+    "wmnz",
+    "sum",
+    "max",
+    "min",
+    "anz",
+    "med",
+    "mnz",
+)
 NORMS = ("min-max", "max", "sum", "zmuv", "rank", "borda", "min-max-inverted")
 
 
 def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
-    from .evaluation import ranx_metric
+    from mergekit_ir.evaluation.metrics import ranx_metric
 
     path = f"experiments.{name}"
     _expect(raw, Mapping, path, "a mapping")
-    _keys(raw, path, {"description", "triplets", "datasets", "merge", "first_stage", "fusion", "metrics",
-                      "tuning", "significance", "scoring", "seed", "evaluation", "reported"}, {"triplets", "datasets"})
+    _keys(
+        raw,
+        path,
+        {
+            "description",
+            "triplets",
+            "datasets",
+            "merge",
+            "first_stage",
+            "fusion",
+            "metrics",
+            "tuning",
+            "significance",
+            "scoring",
+            "seed",
+            "evaluation",
+            "reported",
+        },
+        {"triplets", "datasets"},
+    )
     trips = raw["triplets"] if isinstance(raw["triplets"], list) else [raw["triplets"]]
     for i, t in enumerate(trips):
         if t not in reg.triplets:
-            raise ConfigError(f"{path}.triplets[{i}]: unknown triplet {t!r} (defined: {', '.join(sorted(reg.triplets)) or 'none'})")
+            raise ConfigError(
+                f"{path}.triplets[{i}]: unknown triplet {t!r} (defined: {', '.join(sorted(reg.triplets)) or 'none'})"
+            )
     dsets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
     for i, d in enumerate(dsets):
         if d not in reg.datasets:
-            raise ConfigError(f"{path}.datasets[{i}]: unknown dataset {d!r} (defined: {', '.join(sorted(reg.datasets)) or 'none'})")
-    kw: dict[str, Any] = {"name": name, "triplets": tuple(trips), "datasets": tuple(dsets),
-                          "description": str(raw.get("description", ""))}
+            raise ConfigError(
+                f"{path}.datasets[{i}]: unknown dataset {d!r} (defined: {', '.join(sorted(reg.datasets)) or 'none'})"
+            )
+    kw: dict[str, Any] = {
+        "name": name,
+        "triplets": tuple(trips),
+        "datasets": tuple(dsets),
+        "description": str(raw.get("description", "")),
+    }
 
     merge = dict(raw.get("merge") or {})
     _expect(merge, Mapping, f"{path}.merge", "a mapping")
@@ -289,13 +376,23 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     alpha_param = method.param("alpha")
     alphas = merge.pop("alpha", list(DEFAULT_ALPHAS))
     if alpha_param is None:
-        raise ConfigError(f"{path}.merge.method: '{method_name}' declares no 'alpha' parameter to sweep")
-    if not isinstance(alphas, list) or (alphas and all(isinstance(a, Mapping) and "filter" in a for a in alphas)):
+        raise ConfigError(
+            f"{path}.merge.method: '{method_name}' declares no 'alpha' parameter to sweep"
+        )
+    if not isinstance(alphas, list) or (
+        alphas and all(isinstance(a, Mapping) and "filter" in a for a in alphas)
+    ):
         alphas = [alphas]
-    kw["alphas"] = tuple(alpha_param.check(a, f"{path}.merge.alpha[{i}]") for i, a in enumerate(alphas))
+    kw["alphas"] = tuple(
+        alpha_param.check(a, f"{path}.merge.alpha[{i}]") for i, a in enumerate(alphas)
+    )
     kw["method"] = method_name
-    fixed = check_params([p for p in method.params if p.name != "alpha"], merge, f"{path}.merge",
-                         f"merge method '{method_name}'")
+    fixed = check_params(
+        [p for p in method.params if p.name != "alpha"],
+        merge,
+        f"{path}.merge",
+        f"merge method '{method_name}'",
+    )
     kw["merge_params"] = fixed
 
     fs = dict(raw.get("first_stage") or {})
@@ -305,27 +402,42 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     _expect(k, int, f"{path}.first_stage.k", "a positive integer")
     if k < 1:
         raise ConfigError(f"{path}.first_stage.k: {k} must be at least 1")
-    kw.update(first_stage=backend, k=k,
-              first_stage_params=check_params(kind.params, fs, f"{path}.first_stage", f"backend '{backend}'"))
+    kw.update(
+        first_stage=backend,
+        k=k,
+        first_stage_params=check_params(
+            kind.params, fs, f"{path}.first_stage", f"backend '{backend}'"
+        ),
+    )
 
     fusion = dict(raw.get("fusion") or {})
     _keys(fusion, f"{path}.fusion", {"method", "norm", "weights", "params", "tune"})
     fmethod = fusion.get("method", "wsum")
     if fmethod not in FUSION_METHODS:
-        raise ConfigError(f"{path}.fusion.method: unknown ranx fusion {fmethod!r} (e.g. wsum, rrf, combsum, combmnz)")
+        raise ConfigError(
+            f"{path}.fusion.method: unknown ranx fusion {fmethod!r} (e.g. wsum, rrf, combsum, combmnz)"
+        )
     norm = fusion.get("norm", "min-max")
     if norm not in NORMS:
-        raise ConfigError(f"{path}.fusion.norm: unknown normalisation {norm!r} (one of {', '.join(NORMS)})")
+        raise ConfigError(
+            f"{path}.fusion.norm: unknown normalisation {norm!r} (one of {', '.join(NORMS)})"
+        )
     params = dict(fusion.get("params") or {})
     if "weights" in fusion:
         w = fusion["weights"]
         if not (isinstance(w, list) and len(w) == 2 and all(isinstance(x, int | float) for x in w)):
-            raise ConfigError(f"{path}.fusion.weights: give two numbers [λ_BM25, λ_model], e.g. [0.5, 0.5]")
+            raise ConfigError(
+                f"{path}.fusion.weights: give two numbers [λ_BM25, λ_model], e.g. [0.5, 0.5]"
+            )
         params["weights"] = [float(x) for x in w]
     elif fmethod == "wsum":
         params.setdefault("weights", [0.5, 0.5])
-    kw.update(fusion_method=fmethod, fusion_norm=norm, fusion_params=params,
-              tune_fusion=bool(fusion.get("tune", False)))
+    kw.update(
+        fusion_method=fmethod,
+        fusion_norm=norm,
+        fusion_params=params,
+        tune_fusion=bool(fusion.get("tune", False)),
+    )
 
     metrics = raw.get("metrics")
     if metrics is not None:
@@ -350,49 +462,72 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     evaluation = dict(raw.get("evaluation") or {})
     _keys(evaluation, f"{path}.evaluation", {"queries"})
     if evaluation.get("queries", "all") not in ("all", "retrieved"):
-        raise ConfigError(f"{path}.evaluation.queries: {evaluation['queries']!r} is not one of all, retrieved")
+        raise ConfigError(
+            f"{path}.evaluation.queries: {evaluation['queries']!r} is not one of all, retrieved"
+        )
     kw["eval_queries"] = evaluation.get("queries", "all")
 
     sig = dict(raw.get("significance") or {})
     _keys(sig, f"{path}.significance", {"test", "max_p", "correction", "comparisons"})
     if sig.get("test", "student") not in ("student", "fisher"):
-        raise ConfigError(f"{path}.significance.test: {sig['test']!r} is not one of student, fisher")
+        raise ConfigError(
+            f"{path}.significance.test: {sig['test']!r} is not one of student, fisher"
+        )
     if sig.get("correction", "bonferroni") not in ("bonferroni", "none"):
-        raise ConfigError(f"{path}.significance.correction: {sig['correction']!r} is not one of bonferroni, none")
+        raise ConfigError(
+            f"{path}.significance.correction: {sig['correction']!r} is not one of bonferroni, none"
+        )
     max_p = sig.get("max_p", 0.01)
     if not isinstance(max_p, int | float) or not 0 < max_p < 1:
         raise ConfigError(f"{path}.significance.max_p: {max_p!r} is outside (0, 1)")
     comparisons = sig.get("comparisons")
-    if comparisons is not None and (isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1):
-        raise ConfigError(f"{path}.significance.comparisons: {comparisons!r} is not a positive integer "
-                          "(the Bonferroni m; leave it out to use the number of merged rows)")
+    if comparisons is not None and (
+        isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1
+    ):
+        raise ConfigError(
+            f"{path}.significance.comparisons: {comparisons!r} is not a positive integer "
+            "(the Bonferroni m; leave it out to use the number of merged rows)"
+        )
     if comparisons is not None and sig.get("correction", "bonferroni") != "bonferroni":
-        raise ConfigError(f"{path}.significance.comparisons: only used with correction: bonferroni; "
-                          "remove it or set the correction")
-    kw.update(significance_test=sig.get("test", "student"), max_p=float(max_p),
-              correction=sig.get("correction", "bonferroni"), comparisons=comparisons)
+        raise ConfigError(
+            f"{path}.significance.comparisons: only used with correction: bonferroni; "
+            "remove it or set the correction"
+        )
+    kw.update(
+        significance_test=sig.get("test", "student"),
+        max_p=float(max_p),
+        correction=sig.get("correction", "bonferroni"),
+        comparisons=comparisons,
+    )
 
     scoring = dict(raw.get("scoring") or {})
     _keys(scoring, f"{path}.scoring", {"batch_size", "dtype"})
     bs = scoring.get("batch_size", 32)
     _expect(bs, int, f"{path}.scoring.batch_size", "a positive integer")
     if scoring.get("dtype", "auto") not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"{path}.scoring.dtype: {scoring['dtype']!r} is not one of auto, fp32, bf16, fp16")
+        raise ConfigError(
+            f"{path}.scoring.dtype: {scoring['dtype']!r} is not one of auto, fp32, bf16, fp16"
+        )
     kw.update(batch_size=bs, dtype=scoring.get("dtype", "auto"))
     if "seed" in raw:
         kw["seed"] = _expect(raw["seed"], int, f"{path}.seed", "an integer")
     if raw.get("reported") is not None:
         kw["reported"] = parse_reported(
-            raw["reported"], f"{path}.reported", triplets={t: reg.triplets[t].rows for t in trips},
-            datasets=dsets, metrics=kw.get("metrics", Experiment.metrics),
-            ablation_metric=kw.get("objective", Experiment.objective), alphas=kw["alphas"],
-            sweep_datasets=[d for d in dsets if reg.datasets[d].dev] if kw["tune_alpha"] else [])
+            raw["reported"],
+            f"{path}.reported",
+            triplets={t: reg.triplets[t].rows for t in trips},
+            datasets=dsets,
+            metrics=kw.get("metrics", Experiment.metrics),
+            ablation_metric=kw.get("objective", Experiment.objective),
+            alphas=kw["alphas"],
+            sweep_datasets=[d for d in dsets if reg.datasets[d].dev] if kw["tune_alpha"] else [],
+        )
     return Experiment(**kw)
 
 
 def load_registry(path: str | Path) -> Registry:
     """Parse and validate a registry file (no weights or data are touched)."""
-    from .plugins import catalog
+    from mergekit_ir.plugin_host import catalog
 
     path = Path(path)
     raw = read_yaml(path)
@@ -401,7 +536,9 @@ def load_registry(path: str | Path) -> Registry:
     _expect(raw, Mapping, str(path), "a mapping with datasets, triplets and experiments")
     for k in raw:
         if k not in ("version", "datasets", "triplets", "experiments"):
-            raise ConfigError(f"{k}: unknown top-level section (allowed: version, datasets, triplets, experiments)")
+            raise ConfigError(
+                f"{k}: unknown top-level section (allowed: version, datasets, triplets, experiments)"
+            )
     cat = catalog()
     reg = Registry(path.resolve(), {}, {}, {})
     for section in ("datasets", "triplets", "experiments"):
@@ -409,19 +546,28 @@ def load_registry(path: str | Path) -> Registry:
             _expect(raw[section], Mapping, section, "a mapping of names")
     reg.datasets = {n: _dataset(str(n), v) for n, v in (raw.get("datasets") or {}).items()}
     reg.triplets = {n: _triplet(str(n), v, cat) for n, v in (raw.get("triplets") or {}).items()}
-    reg.experiments = {n: _experiment(str(n), v, reg, cat) for n, v in (raw.get("experiments") or {}).items()}
+    reg.experiments = {
+        n: _experiment(str(n), v, reg, cat) for n, v in (raw.get("experiments") or {}).items()
+    }
     return reg
 
 
+def bundled_registry_path() -> Path:
+    """The registry shipped inside the package (the repository's top-level ``registry.yaml``)."""
+    from importlib.resources import files
+
+    return Path(str(files("mergekit_ir") / "registry.yaml"))
+
+
 def default_registry_path() -> Path:
-    """``$MERGEIR_REGISTRY``, else ``./registry.yaml``, else the one beside the installed sources."""
+    """``$MERGEIR_REGISTRY``, else ``./registry.yaml``, else the one bundled with the package."""
     env = os.environ.get("MERGEIR_REGISTRY")
     if env:
         return Path(env)
     local = Path("registry.yaml")
     if local.is_file():
         return local
-    bundled = Path(__file__).resolve().parent.parent / "registry.yaml"
+    bundled = bundled_registry_path()
     if bundled.is_file():
         return bundled
     raise ConfigError("no registry.yaml in this folder and none bundled; pass --registry FILE")

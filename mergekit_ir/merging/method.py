@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .params import Param
+from mergekit_ir.params import Param
 
 MergeFn = Callable[..., torch.Tensor]
 

@@ -14,11 +14,11 @@ from typing import Any, Generic, TypeVar
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError
-from .first_stage import FirstStageKind
-from .merge_method import MergeMethod
-from .scoring import ScorerKind
+from mergekit_ir import hookspecs
+from mergekit_ir.errors import PluginError
+from mergekit_ir.evaluation.first_stage import FirstStageKind
+from mergekit_ir.merging.method import MergeMethod
+from mergekit_ir.scoring.scorer import ScorerKind
 
 T = TypeVar("T")
 
@@ -97,13 +97,17 @@ def collect(pm: pluggy.PluginManager) -> PluginCatalog:
     names = _plugin_names(pm)
     catalog = PluginCatalog({}, {}, {})
 
-    def run(hook: pluggy.HookCaller, table: dict[str, Registered[Any]], kind: str, cls: type) -> None:
+    def run(
+        hook: pluggy.HookCaller, table: dict[str, Registered[Any]], kind: str, cls: type
+    ) -> None:
         for impl in hook.get_hookimpls():
             plugin_name = names.get(id(impl.plugin), impl.plugin_name)
 
             def register(item: Any, _plugin: str = plugin_name) -> None:
                 if not isinstance(item, cls):
-                    raise PluginError(f"plugin {_plugin}: register() expects a {cls.__name__}, got {type(item).__name__}")
+                    raise PluginError(
+                        f"plugin {_plugin}: register() expects a {cls.__name__}, got {type(item).__name__}"
+                    )
                 if item.name in table:
                     raise PluginError(
                         f"{kind} '{item.name}' is registered twice: by plugin {table[item.name].plugin} "
@@ -133,11 +137,21 @@ def catalog() -> PluginCatalog:
 def installed_distributions() -> dict[str, str]:
     """Versions of the packages a run depends on, for manifests."""
     out = {}
-    for dist in ("mergekit-ir", "torch", "transformers", "safetensors", "peft", "bm25s", "ranx",
-                 "ir_datasets", "pluggy", "PyStemmer", "sentence-transformers"):
+    for dist in (
+        "mergekit-ir",
+        "torch",
+        "transformers",
+        "safetensors",
+        "peft",
+        "bm25s",
+        "ranx",
+        "ir_datasets",
+        "pluggy",
+        "PyStemmer",
+        "sentence-transformers",
+    ):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
-

@@ -1,0 +1,1 @@
+"""Experiments: the registry, where inputs come from, the runner and its steps, the dry run, the quickstart."""

@@ -1,0 +1,1 @@
+"""Bytes on disk: atomic writes and the content-addressed cache."""
