@@ -404,14 +404,10 @@ def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) ->
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List installed merge methods, scorers and first-stage backends with their parameters."""
-    from mergekit_ir.plugin_host import catalog
+    from mergekit_ir.plugin_host import KINDS, catalog
 
     cat = catalog()
-    kinds = {
-        "merge methods": cat.merge_methods,
-        "scorers": cat.scorers,
-        "first stages": cat.first_stages,
-    }
+    kinds = {kind.heading: cat.table(kind) for kind in KINDS}
     if as_json:
         click.echo(
             json.dumps(
