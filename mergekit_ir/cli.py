@@ -12,6 +12,7 @@ import click
 import yaml
 
 from mergekit_ir.errors import ConfigError, MergeIRError
+from mergekit_ir.scoring.scorer import DTYPES
 
 
 class _Group(click.Group):
@@ -93,7 +94,7 @@ def _cache(cache_dir: str | None, no_cache: bool):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    type=click.Choice(DTYPES),
     help="Scoring dtype (default: the experiment's, auto = bf16 on CUDA, fp32 on CPU).",
 )
 @click.option(

@@ -49,10 +49,16 @@ class PluginKind:
 #: Every kind of plugin, in the order ``mergeir plugins`` lists them. A new kind is one line
 #: here, one hook in ``hookspecs`` and one type.
 KINDS = (
-    PluginKind("register_merge_methods", "merge method", MergeMethod, "merge_methods", "merge methods"),
+    PluginKind(
+        "register_merge_methods", "merge method", MergeMethod, "merge_methods", "merge methods"
+    ),
     PluginKind("register_scorers", "scorer", ScorerKind, "scorers", "scorers"),
     PluginKind(
-        "register_first_stages", "first-stage backend", FirstStageKind, "first_stages", "first stages"
+        "register_first_stages",
+        "first-stage backend",
+        FirstStageKind,
+        "first_stages",
+        "first stages",
     ),
 )
 
@@ -165,18 +171,23 @@ def collect(pm: pluggy.PluginManager) -> PluginCatalog:
         for impl in getattr(pm.hook, kind.hook).get_hookimpls():
             plugin_name = _LABELS.get(impl.plugin_name, impl.plugin_name)
 
-            def register(item: Any, _plugin: str = plugin_name, _kind: PluginKind = kind) -> None:
+            def register(
+                item: Any,
+                _plugin: str = plugin_name,
+                _kind: PluginKind = kind,
+                _table: dict = table,
+            ) -> None:
                 if not isinstance(item, _kind.cls):
                     raise PluginError(
                         f"plugin {_plugin}: register() in {_kind.hook} expects a {_kind.cls.__name__}, "
                         f"got {type(item).__name__}"
                     )
-                if item.name in table:
+                if item.name in _table:
                     raise PluginError(
                         f"{_kind.label} '{item.name}' is registered twice: by plugin "
-                        f"{table[item.name].plugin} and by plugin {_plugin}; uninstall one of them"
+                        f"{_table[item.name].plugin} and by plugin {_plugin}; uninstall one of them"
                     )
-                table[item.name] = Registered(item, _plugin)
+                _table[item.name] = Registered(item, _plugin)
 
             try:
                 impl.function(register=register)
