@@ -24,6 +24,7 @@ from mergekit_ir.evaluation.significance import CORRECTIONS, TESTS
 from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.params import check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
+from mergekit_ir.reports.results import domain_row_keys, model_row_keys
 from mergekit_ir.scoring.scorer import DTYPES
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -99,20 +100,13 @@ class Triplet:
 
         LoRA adapters and saved task vectors have no model of their own to run, so no row.
         """
-        n = sum(d.kind == "checkpoint" for d in self.domains)
-        return ("domain",) if n == 1 else tuple(f"domain{i + 1}" for i in range(n))
+        return domain_row_keys(sum(d.kind == "checkpoint" for d in self.domains))
 
     @property
     def rows(self) -> tuple[str, ...]:
-        """Every result row key a run of this triplet produces, in table order."""
-        return (
-            "bm25",
-            *(("pretrained",) if self.pretrained else ()),
-            *self.domain_rows,
-            "ir",
-            "merged@1",
-            "merged@best",
-        )
+        """Every model row key a run of this triplet produces, in table order (after the
+        first stage's own row)."""
+        return model_row_keys(self.pretrained is not None, len(self.domain_rows))
 
 
 @dataclass(frozen=True)
@@ -483,7 +477,8 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         kw["reported"] = parse_reported(
             raw["reported"],
             f"{path}.reported",
-            triplets={t: reg.triplets[t].rows for t in trips},
+            triplets={t: (kind.row_key, *reg.triplets[t].rows) for t in trips},
+            first_stage_row=kind.row_key,
             datasets=dsets,
             metrics=kw.get("metrics", Experiment.metrics),
             ablation_metric=kw.get("objective", Experiment.objective),
