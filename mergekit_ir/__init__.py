@@ -69,4 +69,30 @@ __all__ = [
     "truncate_texts",
 ]
 
+#: The Python API for scripts, imported on first use (``import mergekit_ir`` stays light for
+#: plugins): name -> (module, attribute).
+_LAZY = {
+    "merge": ("mergekit_ir.merging.api", "merge"),
+    "prepare_merge": ("mergekit_ir.merging.api", "prepare_merge"),
+    "merge_triplet": ("mergekit_ir.experiments.triplet_merge", "merge_triplet"),
+    "TaskVector": ("mergekit_ir.merging.task_vector", "TaskVector"),
+    "open_checkpoint": ("mergekit_ir.merging.checkpoint", "open_checkpoint"),
+    "load_registry": ("mergekit_ir.experiments.registry", "load_registry"),
+    "run_experiment": ("mergekit_ir.experiments.runner", "run_experiment"),
+    "RunOptions": ("mergekit_ir.experiments.runner", "RunOptions"),
+    "Results": ("mergekit_ir.reports.results", "Results"),
+    "write_reports": ("mergekit_ir.reports.render", "write_reports"),
+}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'mergekit_ir' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

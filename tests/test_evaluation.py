@@ -23,7 +23,6 @@ from mergekit_ir.errors import ConfigError
 from mergekit_ir.evaluation.fusion import fuse, tune_fusion
 from mergekit_ir.evaluation.metrics import DEFAULT_METRICS, evaluate, mean_scores, ranx_metric
 from mergekit_ir.evaluation.significance import bonferroni, mark_improvements, p_values
-from mergekit_ir.reports.results import Results
 from mergekit_ir.reports.render import (
     render_alpha_table,
     render_csv,
@@ -31,6 +30,7 @@ from mergekit_ir.reports.render import (
     render_markdown,
     write_reports,
 )
+from mergekit_ir.reports.results import Results
 
 IRM = {
     "P@10": P @ 10,

@@ -188,3 +188,49 @@ def test_readme_registry_example_is_valid(tmp_path):
     assert (
         reg.experiment("my-experiment").tune_fusion and reg.dataset("scifact").dev == "train[:20%]"
     )
+
+
+def test_validate_accepts_exactly_what_the_code_runs(tmp_path):
+    """Every choice list has one source: each listed value validates *and* runs."""
+    import torch
+
+    from mergekit_ir.evaluation.fusion import FUSION_METHODS, NORMS, fusion_method_name, norm_name
+    from mergekit_ir.evaluation.significance import CORRECTIONS, TESTS, mark_improvements
+    from mergekit_ir.reports.results import Cell, Row, Section
+    from mergekit_ir.scoring.scorer import DTYPES, resolve_dtype
+
+    for method in FUSION_METHODS:  # fuse() resolves names with fusion_method_name
+        exp = load(tmp_path, BASE + f"    fusion: {{method: {method}}}\n").experiment("table1")
+        assert fusion_method_name(exp.fusion_method)
+    for norm in NORMS:
+        exp = load(tmp_path, BASE + f"    fusion: {{norm: {norm}}}\n").experiment("table1")
+        norm_name(exp.fusion_norm)
+    for test in TESTS:
+        for correction in CORRECTIONS:
+            block = f"    significance: {{test: {test}, correction: {correction}}}\n"
+            exp = load(tmp_path, BASE + block).experiment("table1")
+            pq = {f"q{i}": float(i % 3) for i in range(6)}
+            section = Section(
+                "t",
+                [
+                    Row("ir", "ΘT", cells={"d": {"m": Cell(1.0, pq)}}),
+                    Row(
+                        "merged@1",
+                        "Θ'",
+                        cells={"d": {"m": Cell(2.0, {k: v + 1 for k, v in pq.items()})}},
+                    ),
+                ],
+            )
+            mark_improvements(
+                section,
+                baselines=["ir"],
+                candidates=["merged@1"],
+                metrics=["m"],
+                test=exp.significance_test,
+                correction=exp.correction,
+            )
+    for dtype in DTYPES:
+        exp = load(tmp_path, BASE + f"    scoring: {{dtype: {dtype}}}\n").experiment("table1")
+        assert isinstance(resolve_dtype(exp.dtype, torch.device("cpu")), torch.dtype)
+    with pytest.raises(ConfigError, match=r"fusion\.method: unknown ranx fusion 'magic'"):
+        load(tmp_path, BASE + "    fusion: {method: magic}\n")
