@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mergekit_ir.reports.reported import TOLERANCE, summary
+from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
 from mergekit_ir.storage import atomic
 
 _DASH = "–"
@@ -366,6 +366,8 @@ def render_reported(results: Mapping[str, Any]) -> str | None:
         f"# Compared with reported numbers: {results.get('experiment', '')}".rstrip(),
         "",
         f"Δ = ours − reported; |Δ| ≤ {TOLERANCE:g} counts as reproduced. `–`: not in this run.",
+        "`*`: a significant improvement over the best baseline, as the paper marks it (reported) "
+        "and as this run does (ours).",
         "",
         "| triplet | dataset | row | metric | reported | ours | Δ | source |",
         "|:---|:---|:---|:---|---:|---:|---:|:---|",
@@ -390,13 +392,16 @@ def render_reported(results: Mapping[str, Any]) -> str | None:
             c["dataset"],
             label,
             c["metric"],
-            shown,
-            _DASH if ours is None else _fmt(ours),
+            shown + ("*" if c.get("significant_reported") else ""),
+            _DASH if ours is None else _fmt(ours) + ("*" if c.get("significant_ours") else ""),
             _DASH if delta is None else _signed(delta),
             str(c.get("source", "")),
         ]
-        lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |")
-    lines += ["", summary(cells)]
+        lines.append(
+            "| " + " | ".join(str(x).replace("|", "\\|").replace("*", "\\*") for x in row) + " |"
+        )
+    marks = marks_summary(cells)
+    lines += ["", *([marks, ""] if marks else []), summary(cells)]
     return "\n".join(lines) + "\n"
 
 

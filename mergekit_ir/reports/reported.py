@@ -33,6 +33,8 @@ class ReportedRow:
     ``row`` is a results row key (``bm25``, ``pretrained``, ``domain``, ``ir``,
     ``merged@1``, ``merged@best``) or ``alpha=<α>`` for a cell of the dev-split α
     ablation. ``triplet`` is None for rows that do not depend on the model (BM25).
+    ``significant`` names the metrics whose printed value carries the paper's ``*``
+    (a significant improvement over the best baseline), so our marks can be checked too.
     """
 
     dataset: str
@@ -41,6 +43,7 @@ class ReportedRow:
     triplet: str | None = None
     alpha: float | None = None
     source: str = ""
+    significant: tuple[str, ...] = ()
 
 
 def parse_reported(
@@ -119,7 +122,7 @@ def parse_reported(
         allowed = [ablation_metric] if alpha_row else metrics
         values: dict[str, float] = {}
         for key, value in item.items():
-            if key in ("dataset", "row", "triplet", "alpha", "source"):
+            if key in ("dataset", "row", "triplet", "alpha", "source", "significant"):
                 continue
             if str(key) not in allowed:
                 raise ConfigError(
@@ -134,6 +137,9 @@ def parse_reported(
             values[str(key)] = float(value)
         if not values:
             raise ConfigError(f"{where}: no metric values (e.g. NDCG@10: 0.691)")
+        significant = _significant_metrics(
+            item.get("significant", []), f"{where}.significant", values
+        )
         alpha = item.get("alpha")
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float)):
             raise ConfigError(f"{where}.alpha: {alpha!r} is not a number (the α the paper chose)")
@@ -145,9 +151,30 @@ def parse_reported(
                 triplet=None if triplet is None else str(triplet),
                 alpha=None if alpha is None else float(alpha),
                 source=str(item.get("source", "")),
+                significant=significant,
             )
         )
     return tuple(rows)
+
+
+def _significant_metrics(raw: Any, where: str, values: Mapping[str, float]) -> tuple[str, ...]:
+    """The row's ``significant:`` list: metric names of this row, each at most once."""
+    if not isinstance(raw, list):
+        raise ConfigError(
+            f"{where}: give a list of this row's metrics that the paper marks with *, "
+            "e.g. significant: [NDCG@10, MAP@100]"
+        )
+    seen: list[str] = []
+    for j, name in enumerate(raw):
+        if str(name) not in values:
+            raise ConfigError(
+                f"{where}[{j}]: {name!r} is not a metric of this row "
+                f"({', '.join(values)}); a mark needs its value"
+            )
+        if str(name) in seen:
+            raise ConfigError(f"{where}[{j}]: {name!r} is listed twice")
+        seen.append(str(name))
+    return tuple(seen)
 
 
 def _ablation_value(
@@ -180,8 +207,11 @@ def _section_row(
 def compare(results: Mapping[str, Any], rows: Iterable[ReportedRow]) -> list[dict[str, Any]]:
     """One entry per reported cell: ours, reported and ours − reported (None when not run).
 
-    A model-free row (BM25) is matched against the first triplet section that has it, since
-    every section carries the same BM25 numbers.
+    ``significant_reported`` is the paper's ``*`` on the cell, ``significant_ours`` our
+    cell's ``significant`` flag (None when the cell is not in this run, and for the dev
+    α ablation, which has no significance test). A model-free row (BM25) is matched
+    against the first triplet section that has it, since every section carries the same
+    BM25 numbers.
     """
     out = []
     for r in rows:
@@ -194,7 +224,7 @@ def compare(results: Mapping[str, Any], rows: Iterable[ReportedRow]) -> list[dic
             a = found[1].get("alpha")
             ours_alpha = a.get(r.dataset) if isinstance(a, Mapping) else a
         for metric, reported in r.values.items():
-            ours = None
+            ours, ours_mark = None, None
             if alpha_row:
                 ours = _ablation_value(
                     results, r.triplet or "", r.dataset, float(alpha_row.group(1)), metric
@@ -204,6 +234,7 @@ def compare(results: Mapping[str, Any], rows: Iterable[ReportedRow]) -> list[dic
                 cell = found[1].get("cells", {}).get(r.dataset, {}).get(metric)
                 if isinstance(cell, Mapping) and cell.get("mean") is not None:
                     ours = float(cell["mean"])
+                    ours_mark = bool(cell.get("significant"))
             out.append(
                 {
                     "triplet": r.triplet,
@@ -216,6 +247,8 @@ def compare(results: Mapping[str, Any], rows: Iterable[ReportedRow]) -> list[dic
                     "delta": None if ours is None else ours - reported,
                     "alpha_reported": r.alpha,
                     "alpha_ours": ours_alpha,
+                    "significant_reported": metric in r.significant,
+                    "significant_ours": ours_mark,
                     "source": r.source,
                 }
             )
@@ -238,3 +271,37 @@ def summary(cells: Iterable[Mapping[str, Any]], tolerance: float = TOLERANCE) ->
         f"{len(run)} reported cells compared{missing}: {within} within ±{tolerance:g}, "
         f"largest |Δ| {abs(worst['delta']):.3f} ({where})"
     )
+
+
+def _where(c: Mapping[str, Any]) -> str:
+    return " ".join(str(x) for x in (c["triplet"], c["dataset"], c["row"], c["metric"]) if x)
+
+
+def marks_summary(cells: Iterable[Mapping[str, Any]], listed: int = 8) -> str | None:
+    """One line: do our ``*`` marks agree with the paper's? None when neither side has any.
+
+    Only cells in this run are compared; the disagreements are named (the first
+    ``listed`` of each kind), since a mark the paper prints and we do not is a finding.
+    """
+    cells = list(cells)
+    run = [c for c in cells if c.get("significant_ours") is not None]
+    if not any(c.get("significant_reported") for c in cells) and not any(
+        c["significant_ours"] for c in run
+    ):
+        return None
+    paper_only = [c for c in run if c.get("significant_reported") and not c["significant_ours"]]
+    ours_only = [c for c in run if c["significant_ours"] and not c.get("significant_reported")]
+    unrun = sum(bool(c.get("significant_reported")) for c in cells if c not in run)
+
+    def named(group: list[Mapping[str, Any]]) -> str:
+        shown = ", ".join(_where(c) for c in group[:listed])
+        return f"{len(group)} ({shown}{', …' if len(group) > listed else ''})"
+
+    parts = [f"`*` marks: {len(run) - len(paper_only) - len(ours_only)} of {len(run)} cells agree"]
+    if paper_only:
+        parts.append(f"paper only: {named(paper_only)}")
+    if ours_only:
+        parts.append(f"ours only: {named(ours_only)}")
+    if unrun:
+        parts.append(f"{unrun} marked by the paper not in this run")
+    return "; ".join(parts)
