@@ -128,9 +128,8 @@ def row_line(r: Row) -> str:
     parts.append(f'source: "paper Table {r.table}"')
     notes = [_comment(c) for c in r.cells if c.note]
     if marks and not r.row.startswith("merged@"):
-        notes.append(
-            f"the paper marks {r.row} here; runs test only the merged rows, so ours has no *"
-        )
+        label = {"ir": "ΘT", "pretrained": "Θ0", "domain": "ΘD", "bm25": "BM25"}.get(r.row, r.row)
+        notes.append(f"the paper marks {label} here; runs test only Θ' rows, so ours has no *")
     return "- {" + ", ".join(parts) + "}" + (f"   # {'; '.join(notes)}" if notes else "")
 
 
