@@ -151,3 +151,12 @@ def test_cli_reported_prints_the_tables_and_refuses_an_experiment_without_cells(
         "error: experiments.quickstart: declares no reported: cells "
         "(docs/registry.md, 'Published numbers')"
     )
+
+
+@pytest.mark.parametrize("experiment", ["paper-table1", "paper-table2", "paper-table3"])
+def test_reproduce_md_shows_the_tables_as_the_registry_prints_them(experiment):
+    exp = load_registry(ROOT / "registry.yaml").experiment(experiment)
+    printed = render_published(experiment, exp.reported, exp.metrics)
+    assert printed in (ROOT / "docs" / "reproduce.md").read_text(encoding="utf-8"), (
+        f"docs/reproduce.md is stale: paste `mergeir reported {experiment}` there"
+    )

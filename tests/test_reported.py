@@ -309,7 +309,7 @@ def test_compare_carries_both_marks(tmp_path):
     assert by["toy", "alpha=0.2", "NDCG@10"]["significant_ours"] is None  # no test on dev α
     assert by["other", "bm25", "NDCG@10"]["significant_ours"] is None  # not in this run
     assert marks_summary(by.values()) == (
-        "`*` marks: 1 of 4 cells agree; paper only: 2 (toy bm25 NDCG@10, t1 toy merged@best NDCG@10); "
+        "`*` marks in this run's 4 cells: paper 2, ours 1, both 0; paper only: 2 (toy bm25 NDCG@10, t1 toy merged@best NDCG@10); "
         "ours only: 1 (t1 toy merged@best P@10); 1 marked by the paper not in this run"
     )
 
@@ -324,7 +324,9 @@ def test_render_reported_shows_both_marks(tmp_path):
         in lines
     )
     assert "| t1 | toy | Θ' (α=0.4); reported α=0.3 | P@10 | 0.500 | 0.500\\* | 0.000 |  |" in lines
-    assert lines[-3].startswith("`*` marks: 1 of 4 cells agree; paper only: 2 (")
+    assert lines[-3].startswith(
+        "`*` marks in this run's 4 cells: paper 2, ours 1, both 0; paper only: 2 ("
+    )
     assert lines[-1].startswith("5 reported cells compared: ")
 
 
@@ -336,3 +338,12 @@ def test_no_marks_line_when_neither_side_marks():
     assert res["reported"][0]["significant_reported"] is False
     assert "`*` marks" not in render_reported(res)
     assert marks_summary(res["reported"]) is None
+
+
+def test_marks_on_the_same_cell_count_as_both(tmp_path):
+    res, rows = _marked(tmp_path)
+    res["sections"][0]["rows"][1]["cells"]["toy"]["NDCG@10"]["significant"] = True
+    assert marks_summary(compare(res, rows)) == (
+        "`*` marks in this run's 4 cells: paper 2, ours 2, both 1; paper only: 1 (toy bm25 NDCG@10); "
+        "ours only: 1 (t1 toy merged@best P@10)"
+    )

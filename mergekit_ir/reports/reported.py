@@ -297,7 +297,11 @@ def marks_summary(cells: Iterable[Mapping[str, Any]], listed: int = 8) -> str | 
         shown = ", ".join(_where(c) for c in group[:listed])
         return f"{len(group)} ({shown}{', …' if len(group) > listed else ''})"
 
-    parts = [f"`*` marks: {len(run) - len(paper_only) - len(ours_only)} of {len(run)} cells agree"]
+    both = sum(bool(c.get("significant_reported")) and c["significant_ours"] for c in run)
+    parts = [
+        f"`*` marks in this run's {len(run)} cells: paper {both + len(paper_only)}, "
+        f"ours {both + len(ours_only)}, both {both}"
+    ]
     if paper_only:
         parts.append(f"paper only: {named(paper_only)}")
     if ours_only:
