@@ -201,7 +201,7 @@ def test_run_compares_with_reported_cells(tmp_path, quickstart_run):
     assert cells[1]["significant_reported"] is True and cells[1]["significant_ours"] is ours_mark
     assert cells[2]["significant_ours"] is None  # the dev α sweep has no significance test
     md = (out / "reported.md").read_bytes()
-    assert b"`*` marks: " in md
+    assert b"`*` marks in this run's 2 cells: paper 1, " in md
     assert invoke("report", str(out)).exit_code == 0
     assert (out / "reported.md").read_bytes() == md
 
