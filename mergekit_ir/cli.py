@@ -12,6 +12,7 @@ import click
 import yaml
 
 from mergekit_ir.errors import ConfigError, MergeIRError
+from mergekit_ir.scoring.scorer import DTYPES
 
 
 class _Group(click.Group):
@@ -94,7 +95,7 @@ def _cache(cache_dir: str | None, no_cache: bool):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    type=click.Choice(DTYPES),
     help="Scoring dtype (default: the experiment's, auto = bf16 on CUDA, fp32 on CPU).",
 )
 @click.option(
@@ -177,19 +178,19 @@ def run(
         dtype=dtype,
         echo=click.echo,
     )
-    results = run_experiment(reg, experiment, opts)
+    outcome = run_experiment(reg, experiment, opts)
     click.echo("")
     click.echo((out / "results.md").read_text())
     if (out / "alpha.md").is_file():
         click.echo((out / "alpha.md").read_text())
-    if results.get("reported"):
+    if outcome.results.reported:
         from mergekit_ir.reports.reported import summary
 
-        click.echo(f"vs reported (reported.md): {summary(results['reported'])}\n")
-    click.echo(results["_timer"].table())
+        click.echo(f"vs reported (reported.md): {summary(outcome.results.reported)}\n")
+    click.echo(outcome.timer.table())
     c = opts.cache
     click.echo(f"cache: {c.hits()} hits, {c.misses()} misses ({c.root})")
-    names = ", ".join(Path(p).name for p in results["_written"])
+    names = ", ".join(p.name for p in outcome.written)
     click.echo(f"outputs in {out}/: {names}, runs/")
 
 
@@ -276,99 +277,65 @@ def merge(
           --domain my/bio-bert --method ties --param density=0.3 --alpha 0.7 --out merged/
       mergeir merge quickstart-tiny --plan
     """
-    from mergekit_ir.experiments.runner import resolve_ref_folder
-    from mergekit_ir.merging.checkpoint import open_checkpoint, resolve_folder
-    from mergekit_ir.merging.engine import MergeJob, build_plan, merge_to_folder
+    from mergekit_ir.merging.api import DomainRef, prepare_merge, write_merge
     from mergekit_ir.merging.safetensors_writer import parse_size
-    from mergekit_ir.merging.task_vector import TaskVector
-    from mergekit_ir.params import check_params
     from mergekit_ir.plugin_host import catalog
-    from mergekit_ir.scoring.scorer import resolve_device
 
-    cache = _cache(None, False)
+    try:
+        alpha_value = yaml.safe_load(alpha)
+    except yaml.YAMLError:
+        raise ConfigError(f"--alpha {alpha!r}: not a number or YAML value") from None
+    mm = catalog().merge_method(method, "--method")
+    alpha_param = mm.param("alpha")
+    if alpha_param is not None:
+        alpha_value = alpha_param.check(alpha_value, "--alpha")
+    given = {**_parse_params(params), "alpha": alpha_value}
     if triplet:
         if ir_ref or pre_ref or domain_refs:
             raise ConfigError(
                 "give either a registry TRIPLET or --ir/--pretrained/--domain, not both"
             )
-        reg = _registry(registry_path)
-        t = reg.triplet(triplet)
-        ir_folder = resolve_ref_folder(t.ir, reg, cache)
-        pre_folder = resolve_ref_folder(t.pretrained, reg, cache) if t.pretrained else None
-        domains = [(d.kind, resolve_ref_folder(d, reg, cache)) for d in t.domains]
-        rules = t.alignment
+        from mergekit_ir.experiments.triplet_merge import prepare_triplet_merge
+
+        prepared = prepare_triplet_merge(
+            _registry(registry_path),
+            triplet,
+            method=method,
+            params=given,
+            allow_nonfinite=allow_nonfinite,
+            cache_root=_cache(None, False).root,
+        )
     else:
         if not ir_ref or not domain_refs:
             raise ConfigError(
                 "give a registry TRIPLET, or --ir and at least one --domain (and --pretrained)"
             )
-        from mergekit_ir.merging.alignment import AlignmentRules
-
-        ir_folder = resolve_folder(ir_ref)
-        pre_folder = resolve_folder(pre_ref) if pre_ref else None
-        domains = []
-        for d in domain_refs:
-            kind, sep, ref = d.partition(":")
-            if sep and kind in ("lora", "task_vector"):
-                domains.append((kind, Path(ref)))
-            else:
-                domains.append(("checkpoint", resolve_folder(d)))
-        rules = AlignmentRules()
-    mm = catalog().merge_method(method, "--method")
-    try:
-        alpha_value = yaml.safe_load(alpha)
-    except yaml.YAMLError:
-        raise ConfigError(f"--alpha {alpha!r}: not a number or YAML value") from None
-    given = {**_parse_params(params), "alpha": alpha_value}
-    checked = check_params(mm.params, given, "--param", f"merge method '{method}'")
-    ir_src = open_checkpoint(str(ir_folder))
-    pre_src = open_checkpoint(str(pre_folder)) if pre_folder else None
-    vectors = []
-    for kind, folder in domains:
-        if kind == "lora":
-            vectors.append(TaskVector.from_lora(folder))
-        elif kind == "task_vector":
-            vectors.append(TaskVector.load(folder))
-        else:
-            if pre_src is None:
-                raise ConfigError(
-                    "--pretrained is needed to form ΘD − Θ0 from a full domain checkpoint"
-                )
-            vectors.append(TaskVector.from_checkpoints(pre_src, open_checkpoint(str(folder))))
-    job = MergeJob(
-        ir_src,
-        vectors,
-        mm,
-        checked,
-        pretrained=pre_src,
-        rules=rules,
-        allow_nonfinite=allow_nonfinite,
-    )
-    the_plan = build_plan(job)
+        domains = [DomainRef.parse(d) for d in domain_refs]
+        if pre_ref is None and any(d.kind == "checkpoint" for d in domains):
+            raise ConfigError(
+                "--pretrained is needed to form ΘD − Θ0 from a full domain checkpoint"
+            )
+        prepared = prepare_merge(
+            ir_ref,
+            domains,
+            pretrained=pre_ref,
+            method=method,
+            params=given,
+            allow_nonfinite=allow_nonfinite,
+            provenance={"ΘT": str(ir_ref), "Θ0": str(pre_ref or "-"), "ΘD": ", ".join(domain_refs)},
+        )
     if plan:
-        click.echo(the_plan.table())
+        click.echo(prepared.plan.table())
         return
     if not out_dir:
         raise ConfigError("--out DIR is required (or use --plan to only print the plan)")
-    dev = str(resolve_device(device))
-    if triplet:
-        provenance = {
-            "triplet": triplet,
-            "ΘT": t.ir.describe(),
-            "Θ0": t.pretrained.describe() if t.pretrained else "-",
-            "ΘD": ", ".join(d.describe() for d in t.domains),
-        }
-    else:
-        provenance = {"ΘT": str(ir_ref), "Θ0": str(pre_ref or "-"), "ΘD": ", ".join(domain_refs)}
-    report = merge_to_folder(
-        job,
+    report = write_merge(
+        prepared,
         out_dir,
         shard_size=parse_size(out_shard_size),
         overwrite=overwrite,
-        device=dev,
+        device=device,
         progress=not quiet,
-        provenance=provenance,
-        plan=the_plan,
     )
     c = report.counts
     click.echo(
@@ -405,14 +372,10 @@ def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) ->
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List installed merge methods, scorers and first-stage backends with their parameters."""
-    from mergekit_ir.plugin_host import catalog
+    from mergekit_ir.plugin_host import KINDS, catalog
 
     cat = catalog()
-    kinds = {
-        "merge methods": cat.merge_methods,
-        "scorers": cat.scorers,
-        "first stages": cat.first_stages,
-    }
+    kinds = {kind.heading: cat.table(kind) for kind in KINDS}
     if as_json:
         click.echo(
             json.dumps(

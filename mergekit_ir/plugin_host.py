@@ -1,21 +1,25 @@
 """The plugin host: one pluggy PluginManager, fed from the ``mergekit_ir`` entry points.
 
 Built-in plugins (``plugins/`` in the source tree, installed as ``mergekit_ir_plugins``)
-are listed under the same entry-point group as third-party ones; nothing here
-knows their names.
+are listed under the same entry-point group as third-party ones; nothing here knows
+their names. The host enforces the one door: a misspelt hook, a hook with a wrong
+argument name, a plugin that fails to import, two packages claiming one entry-point
+name and two plugins claiming one registered name are each a one-line
+:class:`PluginError` naming the plugin and its package.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Generic, TypeVar
 
 import pluggy
 
 from mergekit_ir import hookspecs
-from mergekit_ir.errors import PluginError
+from mergekit_ir.errors import MergeIRError, PluginError
 from mergekit_ir.evaluation.first_stage import FirstStageKind
 from mergekit_ir.merging.method import MergeMethod
 from mergekit_ir.scoring.scorer import ScorerKind
@@ -31,13 +35,44 @@ class Registered(Generic[T]):
     plugin: str
 
 
+@dataclass(frozen=True)
+class PluginKind:
+    """One kind of plugin: its hook, what it registers, and how messages call it."""
+
+    hook: str
+    label: str
+    cls: type
+    attr: str
+    heading: str
+
+
+#: Every kind of plugin, in the order ``mergeir plugins`` lists them. A new kind is one line
+#: here, one hook in ``hookspecs`` and one type.
+KINDS = (
+    PluginKind(
+        "register_merge_methods", "merge method", MergeMethod, "merge_methods", "merge methods"
+    ),
+    PluginKind("register_scorers", "scorer", ScorerKind, "scorers", "scorers"),
+    PluginKind(
+        "register_first_stages",
+        "first-stage backend",
+        FirstStageKind,
+        "first_stages",
+        "first stages",
+    ),
+)
+
+
 @dataclass
 class PluginCatalog:
     """Everything the installed plugins registered, by kind and name."""
 
-    merge_methods: dict[str, Registered[MergeMethod]]
-    scorers: dict[str, Registered[ScorerKind]]
-    first_stages: dict[str, Registered[FirstStageKind]]
+    merge_methods: dict[str, Registered[MergeMethod]] = field(default_factory=dict)
+    scorers: dict[str, Registered[ScorerKind]] = field(default_factory=dict)
+    first_stages: dict[str, Registered[FirstStageKind]] = field(default_factory=dict)
+
+    def table(self, kind: PluginKind) -> dict[str, Registered[Any]]:
+        return getattr(self, kind.attr)
 
     def merge_method(self, name: str, where: str = "merge method") -> MergeMethod:
         return _lookup(self.merge_methods, name, where, "merge method")
@@ -60,66 +95,108 @@ def _lookup(table: dict[str, Registered[Any]], name: str, where: str, kind: str)
         ) from None
 
 
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
+    return ep.dist.name if ep.dist else "?"
+
+
 def make_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """A manager with our hook specs and, by default, every ``mergekit_ir`` entry point."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     if load_entrypoints:
+        owners: dict[str, str] = {}
         for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
-            if pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
-                continue
+            dist = _dist_name(ep)
+            if ep.name in owners:
+                if owners[ep.name] == dist:  # the same distribution seen twice on sys.path
+                    continue
+                raise PluginError(
+                    f"entry point '{ep.name}' of group {hookspecs.PROJECT} is declared by two packages, "
+                    f"{owners[ep.name]} and {dist}; uninstall one of them"
+                )
+            owners[ep.name] = dist
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must say which one it is
-                dist = ep.dist.name if ep.dist else "?"
                 raise PluginError(
                     f"plugin '{ep.name}' ({ep.value}, from package {dist}) failed to load: {exc}; "
                     f"fix it or `pip uninstall {dist}`"
-                ) from exc
-            pm.register(plugin, name=ep.name)
-            _DISTS[ep.name] = ep.dist.name if ep.dist else ""
+                ) from None
+            register_plugin(pm, plugin, ep.name, dist)
     return pm
 
 
-_DISTS: dict[str, str] = {}
+def register_plugin(pm: pluggy.PluginManager, plugin: Any, name: str, dist: str = "") -> None:
+    """Register one plugin object; pluggy's validation errors become one line naming it."""
+    label = f"{name} ({dist})" if dist else name
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise PluginError(f"plugin {label}: {detail}; fix the hook's signature") from None
+    _LABELS[name] = label
 
 
-def _plugin_names(pm: pluggy.PluginManager) -> dict[int, str]:
-    """Plugin object -> "entry-point name (package)" for messages."""
-    names = {}
-    for name, plugin in pm.list_name_plugin():
-        dist = _DISTS.get(name)
-        names[id(plugin)] = f"{name} ({dist})" if dist else name
-    return names
+_LABELS: dict[str, str] = {}
+
+
+def check_hooks(pm: pluggy.PluginManager) -> None:
+    """Every hookimpl must match a hook spec: a misspelt hook would otherwise contribute nothing."""
+    known = sorted(k.hook for k in KINDS)
+    for hook_name, caller in vars(pm.hook).items():
+        if hook_name.startswith("_") or getattr(caller, "spec", None) is not None:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            close = difflib.get_close_matches(hook_name, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known hooks: {', '.join(known)}"
+            raise PluginError(
+                f"plugin {_LABELS.get(impl.plugin_name, impl.plugin_name)}: '{hook_name}' is not a "
+                f"mergekit_ir hook; {hint}"
+            )
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:  # anything pluggy finds that we did not
+        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise PluginError(f"plugin validation failed: {detail}") from None
 
 
 def collect(pm: pluggy.PluginManager) -> PluginCatalog:
     """Call every registration hook; two plugins claiming one name is an error naming both."""
-    names = _plugin_names(pm)
-    catalog = PluginCatalog({}, {}, {})
+    check_hooks(pm)
+    catalog = PluginCatalog()
+    for kind in KINDS:
+        table = catalog.table(kind)
+        for impl in getattr(pm.hook, kind.hook).get_hookimpls():
+            plugin_name = _LABELS.get(impl.plugin_name, impl.plugin_name)
 
-    def run(
-        hook: pluggy.HookCaller, table: dict[str, Registered[Any]], kind: str, cls: type
-    ) -> None:
-        for impl in hook.get_hookimpls():
-            plugin_name = names.get(id(impl.plugin), impl.plugin_name)
-
-            def register(item: Any, _plugin: str = plugin_name) -> None:
-                if not isinstance(item, cls):
+            def register(
+                item: Any,
+                _plugin: str = plugin_name,
+                _kind: PluginKind = kind,
+                _table: dict = table,
+            ) -> None:
+                if not isinstance(item, _kind.cls):
                     raise PluginError(
-                        f"plugin {_plugin}: register() expects a {cls.__name__}, got {type(item).__name__}"
+                        f"plugin {_plugin}: register() in {_kind.hook} expects a {_kind.cls.__name__}, "
+                        f"got {type(item).__name__}"
                     )
-                if item.name in table:
+                if item.name in _table:
                     raise PluginError(
-                        f"{kind} '{item.name}' is registered twice: by plugin {table[item.name].plugin} "
-                        f"and by plugin {_plugin}; uninstall one of them"
+                        f"{_kind.label} '{item.name}' is registered twice: by plugin "
+                        f"{_table[item.name].plugin} and by plugin {_plugin}; uninstall one of them"
                     )
-                table[item.name] = Registered(item, _plugin)
+                _table[item.name] = Registered(item, _plugin)
 
-            impl.function(register=register)
-
-    run(pm.hook.register_merge_methods, catalog.merge_methods, "merge method", MergeMethod)
-    run(pm.hook.register_scorers, catalog.scorers, "scorer", ScorerKind)
-    run(pm.hook.register_first_stages, catalog.first_stages, "first-stage backend", FirstStageKind)
+            try:
+                impl.function(register=register)
+            except MergeIRError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {plugin_name}: {kind.hook} failed ({type(exc).__name__}: {exc})"
+                ) from None
     return catalog
 
 

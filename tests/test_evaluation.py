@@ -23,6 +23,7 @@ from mergekit_ir.errors import ConfigError
 from mergekit_ir.evaluation.fusion import fuse, tune_fusion
 from mergekit_ir.evaluation.metrics import DEFAULT_METRICS, evaluate, mean_scores, ranx_metric
 from mergekit_ir.evaluation.significance import bonferroni, mark_improvements, p_values
+from mergekit_ir.reports.results import Results
 from mergekit_ir.reports.render import (
     render_alpha_table,
     render_csv,
@@ -243,25 +244,26 @@ def test_mark_improvements_at_the_bonferroni_boundary():
             }
         ],
     }
-    untouched = copy.deepcopy(table)
+    untouched = Results.from_json(copy.deepcopy(table))
+    table = Results.from_json(table)
     kw = {
         "baselines": ["bm25", "ir"],
         "candidates": ["merged@1", "merged@best"],
         "metrics": ["NDCG@10"],
     }
     mark_improvements(table, **kw)
-    rows = {r["key"]: r["cells"]["scifact"]["NDCG@10"] for r in table["sections"][0]["rows"]}
-    assert rows["merged@1"]["significant"] is True
-    assert rows["merged@best"]["significant"] is False  # p < 0.01 but not < 0.01 / 2
-    assert rows["merged@1"]["compared_to"] == "ir"
-    assert rows["merged@best"]["p_value"] == pytest.approx(threshold * 1.001, rel=1e-6)
-    assert rows["bm25"]["significant"] is False and "p_value" not in rows["bm25"]
+    rows = {r.key: r.cell("scifact", "NDCG@10") for r in table.sections[0].rows}
+    assert rows["merged@1"].significant is True
+    assert rows["merged@best"].significant is False  # p < 0.01 but not < 0.01 / 2
+    assert rows["merged@1"].compared_to == "ir"
+    assert rows["merged@best"].p_value == pytest.approx(threshold * 1.001, rel=1e-6)
+    assert rows["bm25"].significant is False and rows["bm25"].to_json().get("p_value") is None
 
-    section = untouched["sections"][0]  # a single section works too (the harness passes one)
+    section = untouched.sections[0]  # a single section works too (the runner passes one)
     mark_improvements(section, correction="none", **kw)
-    rows = {r["key"]: r["cells"]["scifact"]["NDCG@10"] for r in section["rows"]}
-    assert rows["merged@1"]["significant"] and rows["merged@best"]["significant"]
-    assert section["significance"]["correction"] == "none"
+    rows = {r.key: r.cell("scifact", "NDCG@10") for r in section.rows}
+    assert rows["merged@1"].significant and rows["merged@best"].significant
+    assert section.significance.correction == "none"
     assert "p < 0.01)" in render_markdown(untouched) and "Bonferroni" not in render_markdown(
         untouched
     )
@@ -294,14 +296,14 @@ def test_explicit_bonferroni_comparisons_set_the_threshold():
         "candidates": ["merged@1", "merged@best"],
         "metrics": ["NDCG@10"],
     }
-    default, three = table(), table()
+    default, three = Results.from_json(table()), Results.from_json(table())
     mark_improvements(default, **kw)
     mark_improvements(three, comparisons=3, **kw)
-    assert default["sections"][0]["rows"][2]["cells"]["d"]["NDCG@10"]["significant"] is True
-    assert three["sections"][0]["rows"][2]["cells"]["d"]["NDCG@10"]["significant"] is False
+    assert default.sections[0].rows[2].cell("d", "NDCG@10").significant is True
+    assert three.sections[0].rows[2].cell("d", "NDCG@10").significant is False
     assert "Bonferroni-corrected for 3 comparisons, p < 0.01" in render_markdown(three)
     with pytest.raises(ConfigError, match="comparisons must be at least 1"):
-        mark_improvements(table(), comparisons=0, **kw)
+        mark_improvements(Results.from_json(table()), comparisons=0, **kw)
 
 
 def test_a_worse_candidate_is_never_marked():
@@ -322,9 +324,10 @@ def test_a_worse_candidate_is_never_marked():
             }
         ],
     }
+    table = Results.from_json(table)
     mark_improvements(table, baselines=["ir"], candidates=["m"], metrics=["P@10"])
-    cell = table["sections"][0]["rows"][1]["cells"]["d"]["P@10"]
-    assert cell["p_value"] < 1e-5 and cell["significant"] is False
+    cell = table.sections[0].rows[1].cell("d", "P@10")
+    assert cell.p_value < 1e-5 and cell.significant is False
 
 
 # --- fusion -------------------------------------------------------------------------------------

@@ -165,3 +165,100 @@ def test_third_party_plugin_from_docs(tmp_path, tiny_triplet):
     )
     assert ran.returncode == 0, ran.stderr
     assert "Θ' (α=1)" in ran.stdout and (tmp_path / "out" / "results.json").is_file()
+
+
+# -- the one door, enforced -------------------------------------------------------------------
+def test_misspelt_hook_is_an_error_naming_the_plugin():
+    from mergekit_ir.plugin_host import register_plugin
+
+    class Typo:
+        @hookimpl
+        def register_merge_method(self, register):  # missing "s": would contribute nothing
+            raise AssertionError("never called")
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    register_plugin(pm, Typo(), "typo_plugin", "typo-dist")
+    with pytest.raises(PluginError) as err:
+        collect(pm)
+    assert str(err.value) == (
+        "plugin typo_plugin (typo-dist): 'register_merge_method' is not a mergekit_ir hook; "
+        "did you mean 'register_merge_methods'?"
+    )
+
+
+def test_wrong_hook_argument_is_one_line():
+    from mergekit_ir.plugin_host import register_plugin
+
+    class WrongArg:
+        @hookimpl
+        def register_scorers(self, reg):
+            pass
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    with pytest.raises(
+        PluginError, match=r"^plugin wrong \(wrong-dist\): .*reg.*; fix the hook's signature$"
+    ):
+        register_plugin(pm, WrongArg(), "wrong", "wrong-dist")
+
+
+def test_failing_registration_names_the_plugin():
+    from mergekit_ir.plugin_host import register_plugin
+
+    class Broken:
+        @hookimpl
+        def register_first_stages(self, register):
+            raise RuntimeError("boom")
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    register_plugin(pm, Broken(), "broken", "broken-dist")
+    with pytest.raises(
+        PluginError,
+        match=r"^plugin broken \(broken-dist\): register_first_stages failed \(RuntimeError: boom\)$",
+    ):
+        collect(pm)
+
+
+def _fake_distribution(site: Path, dist: str, module: str, ep_name: str) -> None:
+    """A real installed distribution (dist-info with entry points) that importlib.metadata finds."""
+    (site / f"{module}.py").write_text("")
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[mergekit_ir]\n{ep_name} = {module}\n")
+
+
+def test_entry_point_name_collision_names_both_packages(tmp_path, monkeypatch):
+    _fake_distribution(tmp_path, "first-pkg", "first_mod", "shared_name")
+    _fake_distribution(tmp_path, "second-pkg", "second_mod", "shared_name")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as err:
+        make_plugin_manager()
+    msg = str(err.value)
+    assert "entry point 'shared_name'" in msg and "first-pkg" in msg and "second-pkg" in msg
+    assert msg.endswith("uninstall one of them")
+
+
+def test_builtin_plugins_import_only_public_names():
+    """Built-ins use the same toolkit a third-party author sees: ``from mergekit_ir import ...``."""
+    import ast
+
+    import mergekit_ir
+
+    public = set(mergekit_ir.__all__)
+    offenders = []
+    for path in sorted((ROOT / "plugins").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.startswith("mergekit_ir.") or node.module == "mergekit_ir_plugins":
+                    offenders.append(f"{path.name}: from {node.module}")
+                elif node.module == "mergekit_ir":
+                    offenders += [
+                        f"{path.name}: {a.name}" for a in node.names if a.name not in public
+                    ]
+            elif isinstance(node, ast.Import):
+                offenders += [
+                    f"{path.name}: import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("mergekit_ir")
+                ]
+    assert offenders == []

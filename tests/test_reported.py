@@ -165,24 +165,23 @@ def test_compare_matches_rows_sections_and_ablation(tmp_path):
     rows = load(tmp_path, REGISTRY).experiment("table1").reported
     rows += (ReportedRow(dataset="other", row="bm25", values={"NDCG@10": 0.3}),)
     cells = compare(_results(), rows)
-    by = {(c["row"], c["metric"]): c for c in cells if c["dataset"] == "toy"}
-    assert by["bm25", "NDCG@10"]["ours"] == 0.6914 and by["bm25", "NDCG@10"][
-        "delta"
-    ] == pytest.approx(0.0004)
-    assert by["bm25", "P@10"]["delta"] == 0.0
+    by = {(c.row, c.metric): c for c in cells if c.dataset == "toy"}
+    assert by["bm25", "NDCG@10"].ours == 0.6914 and by["bm25", "NDCG@10"].delta == pytest.approx(
+        0.0004
+    )
+    assert by["bm25", "P@10"].delta == 0.0
     best = by["merged@best", "NDCG@10"]
     assert (
-        best["delta"] == pytest.approx(-0.012)
-        and best["alpha_ours"] == "0.4"
-        and best["alpha_reported"] == 0.3
+        best.delta == pytest.approx(-0.012)
+        and best.alpha_ours == "0.4"
+        and best.alpha_reported == 0.3
     )
     assert (
-        by["alpha=0.2", "NDCG@10"]["ours"] == 0.61
-        and by["alpha=0.2", "NDCG@10"]["label"] == "dev, α=0.2"
+        by["alpha=0.2", "NDCG@10"].ours == 0.61 and by["alpha=0.2", "NDCG@10"].label == "dev, α=0.2"
     )
-    assert by["bm25", "NDCG@10"]["triplet"] is None
-    other = [c for c in cells if c["dataset"] == "other"]
-    assert other[0]["ours"] is None and other[0]["delta"] is None  # dataset not in this run
+    assert by["bm25", "NDCG@10"].triplet is None
+    other = [c for c in cells if c.dataset == "other"]
+    assert other[0].ours is None and other[0].delta is None  # dataset not in this run
     assert summary(cells) == (
         "4 reported cells compared, 1 not in this run: 2 within ±0.005, "
         "largest |Δ| 0.012 (t1 toy merged@best NDCG@10)"
@@ -300,14 +299,14 @@ def test_compare_carries_both_marks(tmp_path):
     rows += (
         ReportedRow(dataset="other", row="bm25", values={"NDCG@10": 0.3}, significant=("NDCG@10",)),
     )
-    by = {(c["dataset"], c["row"], c["metric"]): c for c in compare(res, rows)}
-    assert by["toy", "merged@best", "NDCG@10"]["significant_reported"] is True
-    assert by["toy", "merged@best", "NDCG@10"]["significant_ours"] is False
-    assert by["toy", "merged@best", "P@10"]["significant_reported"] is False
-    assert by["toy", "merged@best", "P@10"]["significant_ours"] is True
-    assert by["toy", "bm25", "P@10"]["significant_ours"] is False  # run, unmarked
-    assert by["toy", "alpha=0.2", "NDCG@10"]["significant_ours"] is None  # no test on dev α
-    assert by["other", "bm25", "NDCG@10"]["significant_ours"] is None  # not in this run
+    by = {(c.dataset, c.row, c.metric): c for c in compare(res, rows)}
+    assert by["toy", "merged@best", "NDCG@10"].significant_reported is True
+    assert by["toy", "merged@best", "NDCG@10"].significant_ours is False
+    assert by["toy", "merged@best", "P@10"].significant_reported is False
+    assert by["toy", "merged@best", "P@10"].significant_ours is True
+    assert by["toy", "bm25", "P@10"].significant_ours is False  # run, unmarked
+    assert by["toy", "alpha=0.2", "NDCG@10"].significant_ours is None  # no test on dev α
+    assert by["other", "bm25", "NDCG@10"].significant_ours is None  # not in this run
     assert marks_summary(by.values()) == (
         "`*` marks in this run's 4 cells: paper 2, ours 1, both 0; paper only: 2 (toy bm25 NDCG@10, t1 toy merged@best NDCG@10); "
         "ours only: 1 (t1 toy merged@best P@10); 1 marked by the paper not in this run"
@@ -335,7 +334,7 @@ def test_no_marks_line_when_neither_side_marks():
     res["reported"] = compare(
         res, [ReportedRow(dataset="toy", row="bm25", values={"NDCG@10": 0.69})]
     )
-    assert res["reported"][0]["significant_reported"] is False
+    assert res["reported"][0].significant_reported is False
     assert "`*` marks" not in render_reported(res)
     assert marks_summary(res["reported"]) is None
 

@@ -81,22 +81,29 @@ _NORMS = frozenset(
 # Methods whose only hyper-parameter is one weight per run (searched on a grid here).
 _WEIGHTED = frozenset({"wsum", "wmnz", "w_bordafuse", "w_condorcet", "mixed"})
 
+#: Every fusion method name :func:`fuse` accepts (ranx's names and our aliases): the one list
+#: that ``mergeir validate`` checks against.
+FUSION_METHODS: tuple[str, ...] = tuple(sorted(_METHODS | set(_ALIASES)))
+#: Every normalisation :func:`fuse` accepts; ``none`` means no normalisation.
+NORMS: tuple[str, ...] = (*sorted(_NORMS), "none")
 
-def _method(method: str) -> str:
+
+def fusion_method_name(method: str) -> str:
+    """ranx's name for a fusion method (aliases and case folded); a ConfigError for unknown ones."""
     name = _ALIASES.get(method.lower(), method.lower()) if isinstance(method, str) else ""
     if name not in _METHODS:
-        known = ", ".join(sorted(_METHODS | set(_ALIASES)))
-        raise ConfigError(f"unknown fusion method {method!r}: use one of {known}")
+        raise ConfigError(
+            f"unknown ranx fusion method {method!r}: use one of {', '.join(FUSION_METHODS)}"
+        )
     return name
 
 
-def _norm(norm: str | None) -> str | None:
+def norm_name(norm: str | None) -> str | None:
+    """ranx's name for a normalisation (None for none); a ConfigError for unknown ones."""
     if norm is None or norm == "none":
         return None
     if norm not in _NORMS:
-        raise ConfigError(
-            f"unknown fusion norm {norm!r}: use one of {', '.join(sorted(_NORMS))} or none"
-        )
+        raise ConfigError(f"unknown fusion norm {norm!r}: use one of {', '.join(NORMS)}")
     return norm
 
 
@@ -166,7 +173,7 @@ def fuse(
     params: Mapping[str, Any] | None = None,
 ) -> Run:
     """Normalise each run per query, then combine them with a ranx fusion method."""
-    name, nrm = _method(method), _norm(norm)
+    name, nrm = fusion_method_name(method), norm_name(norm)
     p = dict(params or {})
     if "weights" in p:
         if len(p["weights"]) != len(runs):
@@ -218,7 +225,7 @@ def tune_fusion(
     whose tie-breaking does not depend on the hash seed, so the answer is
     reproducible. Other methods go to ``ranx.optimize_fusion`` unchanged.
     """
-    name, nrm = _method(method), _norm(norm)
+    name, nrm = fusion_method_name(method), norm_name(norm)
     ranx_metric(metric)  # validate early
     if name in _WEIGHTED:
         trials: list[dict[str, Any]] = [{"weights": w} for w in _weight_grid(len(runs), step)]

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
 from mergekit_ir.errors import ConfigError
+from mergekit_ir.reports.results import Results, Section, SignificanceSettings
 
 TESTS = ("student", "fisher")
 CORRECTIONS = ("bonferroni", "none")
@@ -79,13 +79,8 @@ def bonferroni(alpha: float, n_comparisons: int) -> float:
     return alpha / max(1, int(n_comparisons))
 
 
-def _cell(row: Mapping[str, Any], dataset: str, metric: str) -> dict[str, Any] | None:
-    cell = row.get("cells", {}).get(dataset, {}).get(metric)
-    return cell if isinstance(cell, dict) and cell.get("mean") is not None else None
-
-
 def mark_improvements(
-    table: dict[str, Any],
+    target: Results | Section,
     *,
     baselines: Sequence[str],
     candidates: Sequence[str],
@@ -99,8 +94,8 @@ def mark_improvements(
 ) -> None:
     """Mark candidate cells that beat the best baseline of their column, in place.
 
-    ``table`` is the results dict or one of its sections; the settings used are
-    recorded under its ``"significance"`` key for the report legend.
+    ``target`` is a whole :class:`Results` or one :class:`Section` (as the runner passes);
+    the settings used are recorded on it (``significance``) for the report legend.
 
     Per section, dataset and metric the best baseline is the baseline row with the
     highest mean (the first one listed wins a tie). Each candidate cell gets
@@ -113,43 +108,39 @@ def mark_improvements(
         raise ConfigError(f"unknown correction {correction!r}: use one of {', '.join(CORRECTIONS)}")
     if test not in TESTS:
         raise ConfigError(f"unknown significance test {test!r}: use one of {', '.join(TESTS)}")
-    metric_list = list(metrics) if metrics is not None else list(table.get("metrics", []))
     if comparisons is not None and comparisons < 1:
         raise ConfigError(f"comparisons must be at least 1, not {comparisons}")
-    table["significance"] = {
-        "test": test,
-        "max_p": max_p,
-        "correction": correction,
-        "family": "section x dataset x metric: candidates vs best baseline",
-    }
-    if comparisons is not None:
-        table["significance"]["comparisons"] = comparisons
-    # A whole results dict, or a single section ({"triplet", "rows"}) as the harness passes.
-    sections = [table] if "rows" in table else table.get("sections", [])
+    if isinstance(target, Section):
+        sections, metric_list, declared = [target], list(metrics or []), []
+    else:
+        sections = target.sections
+        metric_list = list(metrics) if metrics is not None else list(target.metrics)
+        declared = list(target.datasets)
+    target.significance = SignificanceSettings(
+        test=test, max_p=max_p, correction=correction, comparisons=comparisons
+    )
     for section in sections:
-        rows = {r.get("key"): r for r in section.get("rows", [])}
+        rows = {r.key: r for r in section.rows}
         base_rows = [rows[k] for k in baselines if k in rows]
         cand_rows = [rows[k] for k in candidates if k in rows]
-        datasets = table.get("datasets") or sorted(
-            {d for r in section.get("rows", []) for d in r.get("cells", {})}
-        )
+        datasets = declared or sorted({d for r in section.rows for d in r.cells})
         for ds in datasets:
             for metric in metric_list:
-                base = [(r["key"], c) for r in base_rows if (c := _cell(r, ds, metric))]
-                cands = [c for r in cand_rows if (c := _cell(r, ds, metric))]
+                base = [(r.key, c) for r in base_rows if (c := r.cell(ds, metric))]
+                cands = [c for r in cand_rows if (c := r.cell(ds, metric))]
                 if not base or not cands:
                     continue
-                best_key, best = max(base, key=lambda kc: kc[1]["mean"])  # first max wins
+                best_key, best = max(base, key=lambda kc: kc[1].mean)  # first max wins
                 m = (comparisons or len(cands)) if correction == "bonferroni" else 1
                 threshold = bonferroni(max_p, m)
                 for cell in cands:
                     p = p_values(
-                        best.get("per_query", {}),
-                        cell.get("per_query", {}),
+                        best.per_query,
+                        cell.per_query,
                         test,
                         n_permutations=n_permutations,
                         random_seed=random_seed,
                     )
-                    cell["p_value"] = p
-                    cell["compared_to"] = best_key
-                    cell["significant"] = bool(cell["mean"] > best["mean"] and p < threshold)
+                    cell.p_value = p
+                    cell.compared_to = best_key
+                    cell.significant = bool(cell.mean > best.mean and p < threshold)

@@ -19,9 +19,13 @@ from typing import Any
 import yaml
 
 from mergekit_ir.errors import ConfigError
+from mergekit_ir.evaluation.fusion import FUSION_METHODS, NORMS
+from mergekit_ir.evaluation.significance import CORRECTIONS, TESTS
 from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.params import check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
+from mergekit_ir.reports.results import domain_row_keys, model_row_keys
+from mergekit_ir.scoring.scorer import DTYPES
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -96,20 +100,13 @@ class Triplet:
 
         LoRA adapters and saved task vectors have no model of their own to run, so no row.
         """
-        n = sum(d.kind == "checkpoint" for d in self.domains)
-        return ("domain",) if n == 1 else tuple(f"domain{i + 1}" for i in range(n))
+        return domain_row_keys(sum(d.kind == "checkpoint" for d in self.domains))
 
     @property
     def rows(self) -> tuple[str, ...]:
-        """Every result row key a run of this triplet produces, in table order."""
-        return (
-            "bm25",
-            *(("pretrained",) if self.pretrained else ()),
-            *self.domain_rows,
-            "ir",
-            "merged@1",
-            "merged@best",
-        )
+        """Every model row key a run of this triplet produces, in table order (after the
+        first stage's own row)."""
+        return model_row_keys(self.pretrained is not None, len(self.domain_rows))
 
 
 @dataclass(frozen=True)
@@ -289,42 +286,6 @@ def _dataset(name: str, raw: Any) -> DatasetSpec:
     )
 
 
-FUSION_METHODS = (
-    "wsum",
-    "rrf",
-    "combsum",
-    "combmnz",
-    "combmax",
-    "combmin",
-    "combmed",
-    "combanz",
-    "isr",
-    "log_isr",
-    "logn_isr",
-    "mixed",
-    "bayesfuse",
-    "posfuse",
-    "probfuse",
-    "segfuse",
-    "slidefuse",
-    "mapfuse",
-    "w_bordafuse",
-    "bordafuse",
-    "condorcet",
-    "w_condorcet",
-    "rbc",
-    "gmnz",
-    "wmnz",
-    "sum",
-    "max",
-    "min",
-    "anz",
-    "med",
-    "mnz",
-)
-NORMS = ("min-max", "max", "sum", "zmuv", "rank", "borda", "min-max-inverted")
-
-
 def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     from mergekit_ir.evaluation.metrics import ranx_metric
 
@@ -413,7 +374,7 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     fusion = dict(raw.get("fusion") or {})
     _keys(fusion, f"{path}.fusion", {"method", "norm", "weights", "params", "tune"})
     fmethod = fusion.get("method", "wsum")
-    if fmethod not in FUSION_METHODS:
+    if not isinstance(fmethod, str) or fmethod.lower() not in FUSION_METHODS:
         raise ConfigError(
             f"{path}.fusion.method: unknown ranx fusion {fmethod!r} (e.g. wsum, rrf, combsum, combmnz)"
         )
@@ -469,13 +430,14 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
 
     sig = dict(raw.get("significance") or {})
     _keys(sig, f"{path}.significance", {"test", "max_p", "correction", "comparisons"})
-    if sig.get("test", "student") not in ("student", "fisher"):
+    if sig.get("test", "student") not in TESTS:
         raise ConfigError(
-            f"{path}.significance.test: {sig['test']!r} is not one of student, fisher"
+            f"{path}.significance.test: {sig['test']!r} is not one of {', '.join(TESTS)}"
         )
-    if sig.get("correction", "bonferroni") not in ("bonferroni", "none"):
+    if sig.get("correction", "bonferroni") not in CORRECTIONS:
         raise ConfigError(
-            f"{path}.significance.correction: {sig['correction']!r} is not one of bonferroni, none"
+            f"{path}.significance.correction: {sig['correction']!r} is not one of "
+            f"{', '.join(CORRECTIONS)}"
         )
     max_p = sig.get("max_p", 0.01)
     if not isinstance(max_p, int | float) or not 0 < max_p < 1:
@@ -504,9 +466,9 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     _keys(scoring, f"{path}.scoring", {"batch_size", "dtype"})
     bs = scoring.get("batch_size", 32)
     _expect(bs, int, f"{path}.scoring.batch_size", "a positive integer")
-    if scoring.get("dtype", "auto") not in ("auto", "fp32", "bf16", "fp16"):
+    if scoring.get("dtype", "auto") not in DTYPES:
         raise ConfigError(
-            f"{path}.scoring.dtype: {scoring['dtype']!r} is not one of auto, fp32, bf16, fp16"
+            f"{path}.scoring.dtype: {scoring['dtype']!r} is not one of {', '.join(DTYPES)}"
         )
     kw.update(batch_size=bs, dtype=scoring.get("dtype", "auto"))
     if "seed" in raw:
@@ -515,7 +477,8 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         kw["reported"] = parse_reported(
             raw["reported"],
             f"{path}.reported",
-            triplets={t: reg.triplets[t].rows for t in trips},
+            triplets={t: (kind.row_key, *reg.triplets[t].rows) for t in trips},
+            first_stage_row=kind.row_key,
             datasets=dsets,
             metrics=kw.get("metrics", Experiment.metrics),
             ablation_metric=kw.get("objective", Experiment.objective),

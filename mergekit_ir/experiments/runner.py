@@ -1,22 +1,33 @@
-"""The evaluation harness: one experiment from registry to report.
+"""The experiment runner: one experiment from registry to report, in named steps.
 
-For each dataset: BM25 top-k (cached). For each triplet: re-rank the top-k with
-Θ0, ΘD and ΘT (each loaded once, runs cached), then sweep α in place on the
-loaded ΘT (no reload per α) over the dev split(s), pick α on the dev objective,
-score the test split at α = 1 and at the tuned α, fuse each model run with BM25
-(min-max, weighted sum, λ fixed or tuned on dev), evaluate, mark significant
-improvements over the best baseline, and write reports, run files and a manifest.
+:class:`ExperimentRun` runs these steps; each is a method, so a new tuning strategy or
+executor replaces one step and leaves the others alone:
+
+1. :meth:`~ExperimentRun.prepare_splits`: load each dataset's test (and dev) split and run
+   the first stage (cached);
+2. :meth:`~ExperimentRun.tune_alpha`: sweep α in place on the loaded ΘT over the dev
+   split(s) and pick α on the dev objective;
+3. :meth:`~ExperimentRun.model_runs`: re-rank with Θ0, ΘD, ΘT (each loaded once, runs
+   cached) and Θ' at α = 1 and the tuned α;
+4. :meth:`~ExperimentRun.build_section`: fuse each model run with the first stage (λ fixed
+   or tuned on dev), evaluate, and mark significant improvements over the best baseline;
+5. :meth:`~ExperimentRun.write_outputs`: reports, TREC runs and ``results.json``, written
+   as one atomic step.
+
+:class:`TripletRunner` owns one triplet's models: ΘT is loaded once and every Θ'(α) is
+applied to it in place (:meth:`InPlaceSweep.merged`), never reloaded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -26,31 +37,34 @@ from typing import Any
 import torch
 
 from mergekit_ir.errors import ConfigError
-from mergekit_ir.evaluation.datasets import Dataset, load_beir_folder, load_ir_datasets
-from mergekit_ir.evaluation.first_stage import Run
-from mergekit_ir.experiments import quickstart
-from mergekit_ir.experiments.dry_run import ir_datasets_id, local_beir_folder
-from mergekit_ir.experiments.registry import (
-    CheckpointRef,
-    DatasetSpec,
-    Experiment,
-    Registry,
-    Triplet,
-)
-from mergekit_ir.merging.checkpoint import open_checkpoint, resolve_folder
+from mergekit_ir.evaluation.datasets import Dataset
+from mergekit_ir.evaluation.first_stage import FirstStageKind, Run
+from mergekit_ir.experiments.registry import Experiment, Registry, Triplet
+from mergekit_ir.experiments.sources import load_dataset, resolve_ref
+from mergekit_ir.merging.checkpoint import open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, build_plan
 from mergekit_ir.merging.sweep import InPlaceSweep
 from mergekit_ir.merging.task_vector import TaskVector
 from mergekit_ir.plugin_host import catalog, installed_distributions
-from mergekit_ir.reports.reported import compare as compare_reported
-from mergekit_ir.scoring.scorer import Scorer, ScoringSettings
+from mergekit_ir.reports.results import (
+    CANDIDATE_KEYS,
+    IR,
+    MERGED_AT_1,
+    MERGED_BEST,
+    PRETRAINED,
+    AlphaAblation,
+    Cell,
+    Results,
+    Row,
+    Section,
+    alpha_label,
+    row_label,
+)
+from mergekit_ir.scoring.scorer import Scorer, ScoringSettings, resolve_device, resolve_dtype
 from mergekit_ir.storage import atomic
 from mergekit_ir.storage.cache import Cache, cache_key
 
 log = logging.getLogger(__name__)
-
-BASELINE_KEYS = ("bm25", "pretrained", "domain", "ir")
-CANDIDATE_KEYS = ("merged@1", "merged@best")
 
 
 @dataclass
@@ -85,26 +99,31 @@ class StageTimer:
         return "\n".join(["stage timings:", *rows, f"  {'total':<13} {total:8.2f}s"])
 
 
-def alpha_label(alpha: Any) -> str:
-    return f"{alpha:g}" if isinstance(alpha, int | float) else json.dumps(alpha, sort_keys=True)
+@dataclass
+class RunOutcome:
+    """What a finished run hands back: its results, the files it wrote and where time went."""
+
+    results: Results
+    written: list[Path]
+    timer: StageTimer
 
 
-def resolve_ref_folder(ref: CheckpointRef, reg: Registry, cache: Cache) -> Path:
-    return quickstart.resolve(ref.ref, cache.root) or resolve_folder(
-        ref.ref, ref.revision, reg.base_dir
-    )
+@dataclass
+class Split:
+    """One dataset split with its first-stage run (what every model re-ranks)."""
+
+    dataset: Dataset
+    first_stage: Run
+    fs_key: str
+    role: str  # test | dev
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset.name}:{self.role}"
 
 
-def load_dataset(spec: DatasetSpec, split: str, reg: Registry, cache: Cache) -> Dataset:
-    """A dataset split from its local BEIR folder when present, else from ir_datasets."""
-    folder = local_beir_folder(spec, reg, cache.root)
-    if folder is not None:
-        return load_beir_folder(folder, split, name=spec.name, language=spec.language)
-    if not spec.ir_datasets:
-        raise ConfigError(
-            f"datasets.{spec.name}.beir: folder {spec.beir} not found (and no ir_datasets id to fall back on)"
-        )
-    return load_ir_datasets(ir_datasets_id(spec, split), name=spec.name, language=spec.language)
+def split_id(s: Split) -> str:
+    return s.id
 
 
 def selected_datasets(exp: Experiment, requested: Sequence[str] | None) -> list[str]:
@@ -130,12 +149,23 @@ def write_trec(path: Path, run: Run, tag: str) -> None:
     atomic.write_text(path, "\n".join(lines) + "\n")
 
 
-@dataclass
-class Split:
-    dataset: Dataset
-    first_stage: Run
-    fs_key: str
-    role: str  # test | dev
+def resolved_settings(exp: Experiment, opts: RunOptions) -> ScoringSettings:
+    """Scoring settings with the device checked now, before any work (not after a long run)."""
+    settings = ScoringSettings(
+        opts.device, opts.dtype or exp.dtype, opts.batch_size or exp.batch_size, opts.progress
+    )
+    resolve_dtype(settings.dtype, resolve_device(settings.device))
+    return settings
+
+
+def settings_identity(settings: ScoringSettings) -> dict[str, Any]:
+    """The resolved settings that can change a score: part of every model-run cache key."""
+    device = settings.torch_device
+    return {
+        "device": device.type,
+        "dtype": str(settings.torch_dtype).removeprefix("torch."),
+        "batch_size": settings.batch_size,
+    }
 
 
 class TripletRunner:
@@ -148,43 +178,33 @@ class TripletRunner:
         cat = catalog()
         self.kind = cat.scorer(triplet.scorer, f"triplets.{triplet.name}.scorer.kind")
         self.method = cat.merge_method(exp.method, f"experiments.{exp.name}.merge.method")
-        self.settings = ScoringSettings(
-            opts.device, opts.dtype or exp.dtype, opts.batch_size or exp.batch_size, opts.progress
-        )
+        self.settings = resolved_settings(exp, opts)
+        base, cache_root = reg.base_dir, opts.cache.root
         with timer("loading"):
-            self.ir_folder = resolve_ref_folder(triplet.ir, reg, opts.cache)
+            self.ir_folder = resolve_ref(triplet.ir, base, cache_root)
             if self.kind.check:
                 self.kind.check(self.ir_folder)
             self.ir_source = open_checkpoint(str(self.ir_folder))
             self.pre_folder = (
-                resolve_ref_folder(triplet.pretrained, reg, opts.cache)
-                if triplet.pretrained
-                else None
+                resolve_ref(triplet.pretrained, base, cache_root) if triplet.pretrained else None
             )
             self.pre_source = open_checkpoint(str(self.pre_folder)) if self.pre_folder else None
-            self.domain_folders = [resolve_ref_folder(d, reg, opts.cache) for d in triplet.domains]
-        self.fingerprints = {"ir": self.ir_source.fingerprint()}
+            self.domain_folders = [resolve_ref(d, base, cache_root) for d in triplet.domains]
+        self.fingerprints = {IR: self.ir_source.fingerprint()}
         if self.pre_source is not None:
-            self.fingerprints["pretrained"] = self.pre_source.fingerprint()
+            self.fingerprints[PRETRAINED] = self.pre_source.fingerprint()
         self._vectors: list[TaskVector] | None = None
         self._ir_scorer: Scorer | None = None
         self._sweep: InPlaceSweep | None = None
+        self._memo: dict[str, Run] = {}  # identical models score once, also with --no-cache
 
     # -- models -------------------------------------------------------------------------------
     def vectors(self) -> list[TaskVector]:
         if self._vectors is None:
-            out = []
-            for ref, folder in zip(self.triplet.domains, self.domain_folders, strict=True):
-                if ref.kind == "lora":
-                    out.append(TaskVector.from_lora(folder))
-                elif ref.kind == "task_vector":
-                    out.append(TaskVector.load(folder))
-                else:
-                    assert self.pre_source is not None
-                    out.append(
-                        TaskVector.from_checkpoints(self.pre_source, open_checkpoint(str(folder)))
-                    )
-            self._vectors = out
+            self._vectors = [
+                TaskVector.from_reference(ref.kind, folder, self.pre_source)
+                for ref, folder in zip(self.triplet.domains, self.domain_folders, strict=True)
+            ]
         return self._vectors
 
     @cached_property
@@ -254,43 +274,61 @@ class TripletRunner:
         identity: list[Any],
         split: Split,
         scorer_fn: Callable[[], Scorer],
-        before: Callable[[], None] | None = None,
+        merged: Mapping[str, Any] | None = None,
     ) -> Run:
+        """One model's run on one split, from the cache when it is there.
+
+        ``identity`` says which weights score (fingerprints, merge settings); ``merged``
+        holds the merge parameters when the weights are Θ'(α) applied in place on ΘT.
+        """
         key = cache_key(
             "model-run",
             self.triplet.scorer,
             dict(self.triplet.scorer_options),
+            settings_identity(self.settings),
             identity,
             split.fs_key,
             split.dataset.queries_fingerprint(),
         )
+        if key in self._memo:
+            return self._memo[key]
         label = f"{self.triplet.name}/{variant}/{split.dataset.name}:{split.role}"
         run = self.opts.cache.load_run("model", key, label)
         if run is None:
             scorer = scorer_fn()
-            if before is not None:
+            if merged is None:
+                run = self._rerank(scorer, split)
+            else:
+                sweep = self.sweep()
                 with self.timer("merge"):
-                    before()
-            run = self._rerank(scorer, split)
+                    sweep.apply(merged)
+                try:
+                    run = self._rerank(scorer, split)
+                finally:
+                    with self.timer("merge"):
+                        sweep.restore()
             self.opts.cache.save_run("model", key, run)
+        self._memo[key] = run
         return run
 
     def baseline_runs(self, splits: list[Split]) -> dict[str, dict[str, Run]]:
         """variant key -> split id -> run, for Θ0, each ΘD and ΘT."""
         out: dict[str, dict[str, Run]] = {}
-        singles: list[tuple[str, Path | None]] = []
+        singles: list[tuple[str, Path]] = []
         if self.pre_folder is not None:
-            singles.append(("pretrained", self.pre_folder))
+            singles.append((PRETRAINED, self.pre_folder))
         domain_checkpoints = [
-            (r, f)
+            f
             for r, f in zip(self.triplet.domains, self.domain_folders, strict=True)
             if r.kind == "checkpoint"
         ]
-        for key, (_, f) in zip(self.triplet.domain_rows, domain_checkpoints, strict=True):
-            singles.append((key, f))
+        singles += list(zip(self.triplet.domain_rows, domain_checkpoints, strict=True))
         for variant, folder in singles:
             holder: dict[str, Scorer] = {}
             fp = open_checkpoint(str(folder)).fingerprint()
+            if fp == self.fingerprints[IR]:  # the same weights as ΘT: score them once, as ΘT
+                out[variant] = {s.id: self.ir_run(s) for s in splits}
+                continue
 
             def get(_folder: Path = folder, _holder: dict = holder) -> Scorer:
                 if "s" not in _holder:
@@ -298,14 +336,13 @@ class TripletRunner:
                         _holder["s"] = self.load_scorer(_folder)
                 return _holder["s"]
 
-            out[variant] = {split_id(s): self.model_run(variant, [fp], s, get) for s in splits}
+            out[variant] = {s.id: self.model_run(variant, [fp], s, get) for s in splits}
             holder.clear()
-        restore = self._sweep.restore if self._sweep is not None else None
-        out["ir"] = {
-            split_id(s): self.model_run("ir", [self.fingerprints["ir"]], s, self.ir_scorer, restore)
-            for s in splits
-        }
+        out[IR] = {s.id: self.ir_run(s) for s in splits}
         return out
+
+    def ir_run(self, split: Split) -> Run:
+        return self.model_run(IR, [self.fingerprints[IR]], split, self.ir_scorer)
 
     def merged_run(self, alpha: Any, split: Split) -> Run:
         identity = [
@@ -316,211 +353,229 @@ class TripletRunner:
             self.vector_fingerprints,
         ]
         return self.model_run(
-            f"merged@{alpha_label(alpha)}",
-            identity,
-            split,
-            self.ir_scorer,
-            lambda: self.sweep().apply({"alpha": alpha}),
+            f"merged@{alpha_label(alpha)}", identity, split, self.ir_scorer, {"alpha": alpha}
         )
 
 
-def split_id(s: Split) -> str:
-    return f"{s.dataset.name}:{s.role}"
+@dataclass
+class TunedAlpha:
+    """The α each dataset's Θ'(tuned α) row uses, and the sweep it came from (None: not tuned)."""
+
+    per_dataset: dict[str, Any]
+    ablation: AlphaAblation | None = None
 
 
-def first_stage_split(
-    exp: Experiment,
-    ds: Dataset,
-    role: str,
-    opts: RunOptions,
-    timer: StageTimer,
-    indexes: dict[str, Any],
-) -> Split:
-    kind = catalog().first_stage(exp.first_stage)
-    params = dict(exp.first_stage_params)
-    if "language" in params and params["language"] is None:
-        params["language"] = ds.language
-    fs_key = cache_key(
-        "first-stage", exp.first_stage, params, ds.fingerprint(), ds.queries_fingerprint(), exp.k
-    )
-    run = opts.cache.load_run("first_stage", fs_key, f"{exp.first_stage}/{ds.name}:{role}")
-    if run is None:
-        with timer("first stage"):
-            ikey = cache_key(exp.first_stage, params, ds.fingerprint())
-            if ikey not in indexes:
-                indexes[ikey] = kind.build(ds.corpus, params, opts.cache.index_dir())
-            run = indexes[ikey].search(ds.queries, exp.k)
-        opts.cache.save_run("first_stage", fs_key, run)
-    return Split(ds, run, fs_key, role)
+class ExperimentRun:
+    """One experiment's run, step by step (see the module docstring)."""
 
-
-def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]:
-    """Run one experiment end to end; returns the results dict that reports render."""
-    from mergekit_ir.evaluation.fusion import fuse, tune_fusion
-    from mergekit_ir.evaluation.metrics import evaluate, mean_scores
-    from mergekit_ir.evaluation.significance import mark_improvements
-    from mergekit_ir.reports.render import write_reports
-
-    exp = reg.experiment(name)
-    timer = StageTimer()
-    started = time.time()
-    dataset_names = selected_datasets(exp, opts.datasets)
-
-    # 1. data and first stage
-    tests: dict[str, Split] = {}
-    devs: dict[str, Split] = {}
-    indexes: dict[str, Any] = {}
-    for dname in dataset_names:
-        spec = reg.dataset(dname)
-        with timer("loading"):
-            test_ds = load_dataset(spec, spec.test, reg, opts.cache)
-        opts.echo(
-            f"dataset {dname}: {len(test_ds.corpus)} docs, {len(test_ds.queries)} test queries"
-            + (f", dev split '{spec.dev}'" if spec.dev else " (no dev split: zero-shot α = 1)")
+    def __init__(self, reg: Registry, name: str, opts: RunOptions):
+        self.reg, self.opts = reg, opts
+        self.exp = reg.experiment(name)
+        self.timer = StageTimer()
+        self.started = time.time()
+        self.datasets = selected_datasets(self.exp, opts.datasets)
+        self.first_stage: FirstStageKind = catalog().first_stage(
+            self.exp.first_stage, f"experiments.{name}.first_stage.backend"
         )
-        tests[dname] = first_stage_split(exp, test_ds, "test", opts, timer, indexes)
-        if spec.dev and (exp.tune_alpha or exp.tune_fusion):
-            with timer("loading"):
-                dev_ds = load_dataset(spec, spec.dev, reg, opts.cache)
-            devs[dname] = first_stage_split(exp, dev_ds, "dev", opts, timer, indexes)
+        self.settings = resolved_settings(self.exp, opts)  # a bad --device fails here, first
+        check_output_folder(opts.out_dir)
+        self.tests: dict[str, Split] = {}
+        self.devs: dict[str, Split] = {}
+        self.runs: dict[str, Run] = {}  # TREC files to write: "triplet/dataset/row" -> run
+        self._indexes: dict[str, Any] = {}
 
-    fixed = dict(exp.fusion_params)
+    # -- helpers ------------------------------------------------------------------------------
+    def fused(self, first: Run, model: Run, params: Mapping[str, Any]) -> Run:
+        from mergekit_ir.evaluation.fusion import fuse
 
-    def fused(bm25: Run, model: Run, params: dict) -> Run:
-        with timer("fusion"):
+        with self.timer("fusion"):
             return fuse(
-                [bm25, model], method=exp.fusion_method, norm=exp.fusion_norm, params=params
+                [first, model],
+                method=self.exp.fusion_method,
+                norm=self.exp.fusion_norm,
+                params=dict(params),
             )
 
-    def judged(split: Split) -> dict[str, dict[str, int]]:
-        """The qrels evaluated: all judged queries, or (as beir did) those BM25 retrieved anything for."""
+    def judged(self, split: Split) -> dict[str, dict[str, int]]:
+        """The qrels evaluated: all judged queries, or (as beir did) those the first stage
+        retrieved anything for."""
         qrels = split.dataset.qrels
-        if exp.eval_queries == "retrieved":
+        if self.exp.eval_queries == "retrieved":
             return {q: r for q, r in qrels.items() if split.first_stage.get(q)}
         return qrels
 
-    def objective(split: Split, run: Run) -> float:
-        with timer("evaluation"):
-            return mean_scores(evaluate(judged(split), run, [exp.objective]))[exp.objective]
+    def evaluate(
+        self, split: Split, run: Run, metrics: Sequence[str]
+    ) -> dict[str, dict[str, float]]:
+        from mergekit_ir.evaluation.metrics import evaluate
 
-    results: dict[str, Any] = {
-        "experiment": name,
-        "metrics": list(exp.metrics),
-        "datasets": dataset_names,
-        "sections": [],
-        "alpha_ablation": {},
-        "fusion": {},
-    }
-    all_runs: dict[str, Run] = {}
+        with self.timer("evaluation"):
+            return evaluate(self.judged(split), run, list(metrics))
 
-    for tname in exp.triplets:
-        triplet = reg.triplet(tname)
-        opts.echo(f"triplet {tname} ({triplet.scorer}): ΘT={triplet.ir.describe()}")
-        runner = TripletRunner(exp, triplet, reg, opts, timer)
-        # 2. α sweep on dev
-        ablation: dict[str, dict[str, float]] = {}
-        best_alpha: dict[str, Any] = {d: 1.0 for d in dataset_names}
-        if exp.tune_alpha and devs:
-            for alpha in exp.alphas:
-                for dname, split in devs.items():
-                    run = runner.merged_run(alpha, split)
-                    ablation.setdefault(dname, {})[alpha_label(alpha)] = objective(
-                        split, fused(split.first_stage, run, fixed)
-                    )
-            means = {
-                alpha_label(a): sum(ablation[d][alpha_label(a)] for d in devs) / len(devs)
-                for a in exp.alphas
-            }
-            best = max(exp.alphas, key=lambda a: (means[alpha_label(a)], -exp.alphas.index(a)))
-            for dname in dataset_names:
-                if dname in devs or exp.transfer_alpha:
-                    best_alpha[dname] = best
-            opts.echo(
-                f"  tuned α = {alpha_label(best)} (mean dev {exp.objective} {means[alpha_label(best)]:.4f})"
-            )
-            results["alpha_ablation"][tname] = {
-                "metric": exp.objective,
-                "split": "dev",
-                "values": ablation,
-                "mean": means,
-                "best": alpha_label(best),
-            }
-        # 3. baselines and merged variants on test (and dev when λ is tuned)
-        need_dev = list(devs.values()) if exp.tune_fusion else []
-        baselines = runner.baseline_runs(list(tests.values()) + need_dev)
-        variants: dict[str, dict[str, Run]] = dict(baselines)
-        variants["merged@1"] = {}
-        variants["merged@best"] = {}
-        for dname, split in tests.items():
-            variants["merged@1"][split_id(split)] = runner.merged_run(1.0, split)
-            variants["merged@best"][split_id(split)] = runner.merged_run(best_alpha[dname], split)
-            if exp.tune_fusion and dname in devs:
-                variants["merged@1"][split_id(devs[dname])] = runner.merged_run(1.0, devs[dname])
-                variants["merged@best"][split_id(devs[dname])] = runner.merged_run(
-                    best_alpha[dname], devs[dname]
-                )
-        # 4. fusion, evaluation
-        labels = {
-            "bm25": "BM25",
-            "pretrained": "Θ0",
-            "domain": "ΘD",
-            "ir": "ΘT",
-            "merged@1": "Θ' (α=1)",
-        }
-        distinct_best = {alpha_label(best_alpha[d]) for d in dataset_names}
-        labels["merged@best"] = (
-            f"Θ' (α={distinct_best.pop()})" if len(distinct_best) == 1 else "Θ' (tuned α)"
+    def objective(self, split: Split, run: Run) -> float:
+        from mergekit_ir.evaluation.metrics import mean_scores
+
+        return mean_scores(self.evaluate(split, run, [self.exp.objective]))[self.exp.objective]
+
+    def first_stage_split(self, ds: Dataset, role: str) -> Split:
+        exp, opts = self.exp, self.opts
+        params = dict(exp.first_stage_params)
+        fs_key = cache_key(
+            "first-stage",
+            exp.first_stage,
+            params,
+            ds.language,
+            ds.fingerprint(),
+            ds.queries_fingerprint(),
+            exp.k,
         )
-        rows = []
-        for key in ["bm25", *[k for k in variants if k not in CANDIDATE_KEYS], *CANDIDATE_KEYS]:
-            row: dict[str, Any] = {
-                "label": labels.get(key, f"ΘD{key.removeprefix('domain')}"),
-                "key": key,
-                "kind": "merged" if key in CANDIDATE_KEYS else "baseline",
-                "alpha": None,
-                "cells": {},
-            }
-            if key == "merged@1":
-                row["alpha"] = 1.0
-            elif key == "merged@best":
-                row["alpha"] = {d: alpha_label(best_alpha[d]) for d in dataset_names}
-            for dname, split in tests.items():
-                sid = split_id(split)
-                if key == "bm25":
-                    final, lam = split.first_stage, None
-                else:
-                    model_run = variants[key][sid]
-                    lam = fixed
-                    if exp.tune_fusion and dname in devs:
-                        with timer("fusion"):
-                            lam = tune_fusion(
-                                judged(devs[dname]),
-                                [devs[dname].first_stage, variants[key][split_id(devs[dname])]],
-                                method=exp.fusion_method,
-                                norm=exp.fusion_norm,
-                                metric=exp.objective,
-                            )
-                    final = fused(split.first_stage, model_run, dict(lam))
-                    with timer("evaluation"):
-                        row.setdefault("unfused", {})[dname] = mean_scores(
-                            evaluate(judged(split), model_run, list(exp.metrics))
-                        )
-                    results["fusion"].setdefault(tname, {}).setdefault(key, {})[dname] = {
-                        k: list(v) if isinstance(v, tuple | list) else v
-                        for k, v in dict(lam).items()
-                    }
-                with timer("evaluation"):
-                    per_query = evaluate(judged(split), final, list(exp.metrics))
-                    means = mean_scores(per_query)
-                row["cells"][dname] = {
-                    m: {"mean": means[m], "per_query": per_query[m], "significant": False}
-                    for m in exp.metrics
+        run = opts.cache.load_run("first_stage", fs_key, f"{exp.first_stage}/{ds.name}:{role}")
+        if run is None:
+            with self.timer("first stage"):
+                ikey = cache_key(exp.first_stage, params, ds.language, ds.fingerprint())
+                if ikey not in self._indexes:
+                    self._indexes[ikey] = self.first_stage.build(
+                        ds.corpus, params, opts.cache.index_dir(), language=ds.language
+                    )
+                run = self._indexes[ikey].search(ds.queries, exp.k)
+            opts.cache.save_run("first_stage", fs_key, run)
+        return Split(ds, run, fs_key, role)
+
+    # -- 1. data and first stage ----------------------------------------------------------------
+    def prepare_splits(self) -> None:
+        exp, reg, opts = self.exp, self.reg, self.opts
+        for dname in self.datasets:
+            spec = reg.dataset(dname)
+            with self.timer("loading"):
+                test_ds = load_dataset(spec, spec.test, reg.base_dir, opts.cache.root)
+            opts.echo(
+                f"dataset {dname}: {len(test_ds.corpus)} docs, {len(test_ds.queries)} test queries"
+                + (f", dev split '{spec.dev}'" if spec.dev else " (no dev split: zero-shot α = 1)")
+            )
+            self.tests[dname] = self.first_stage_split(test_ds, "test")
+            if spec.dev and (exp.tune_alpha or exp.tune_fusion):
+                with self.timer("loading"):
+                    dev_ds = load_dataset(spec, spec.dev, reg.base_dir, opts.cache.root)
+                self.devs[dname] = self.first_stage_split(dev_ds, "dev")
+
+    # -- 2. α on dev ----------------------------------------------------------------------------
+    def tune_alpha(self, runner: TripletRunner) -> TunedAlpha:
+        """α per dataset: the α grid's best mean dev objective (λ fixed), else α = 1.
+
+        Ties go to the earlier α in the grid.
+        """
+        exp = self.exp
+        tuned = TunedAlpha({d: 1.0 for d in self.datasets})
+        if not (exp.tune_alpha and self.devs):
+            return tuned
+        fixed = dict(exp.fusion_params)
+        values: dict[str, dict[str, float]] = {}
+        for alpha in exp.alphas:
+            for dname, split in self.devs.items():
+                run = runner.merged_run(alpha, split)
+                values.setdefault(dname, {})[alpha_label(alpha)] = self.objective(
+                    split, self.fused(split.first_stage, run, fixed)
+                )
+        means = {
+            alpha_label(a): sum(values[d][alpha_label(a)] for d in self.devs) / len(self.devs)
+            for a in exp.alphas
+        }
+        best = max(exp.alphas, key=lambda a: (means[alpha_label(a)], -exp.alphas.index(a)))
+        for dname in self.datasets:
+            if dname in self.devs or exp.transfer_alpha:
+                tuned.per_dataset[dname] = best
+        self.opts.echo(
+            f"  tuned α = {alpha_label(best)} (mean dev {exp.objective} {means[alpha_label(best)]:.4f})"
+        )
+        tuned.ablation = AlphaAblation(
+            metric=exp.objective, split="dev", values=values, mean=means, best=alpha_label(best)
+        )
+        return tuned
+
+    # -- 3. model runs --------------------------------------------------------------------------
+    def model_runs(self, runner: TripletRunner, tuned: TunedAlpha) -> dict[str, dict[str, Run]]:
+        """Row key -> split id -> model run, for the baselines and both Θ' rows (test, and dev
+        when λ is tuned there)."""
+        exp = self.exp
+        need_dev = list(self.devs.values()) if exp.tune_fusion else []
+        variants = runner.baseline_runs(list(self.tests.values()) + need_dev)
+        variants[MERGED_AT_1], variants[MERGED_BEST] = {}, {}
+        for dname, split in self.tests.items():
+            splits = [split] + (
+                [self.devs[dname]] if exp.tune_fusion and dname in self.devs else []
+            )
+            for s in splits:
+                variants[MERGED_AT_1][s.id] = runner.merged_run(1.0, s)
+                variants[MERGED_BEST][s.id] = runner.merged_run(tuned.per_dataset[dname], s)
+        return variants
+
+    # -- 4. fusion, metrics, significance -------------------------------------------------------
+    def fusion_params(self, dname: str, key: str, variants: dict[str, dict[str, Run]]) -> Any:
+        """λ for one row on one dataset: tuned on its dev split, else the experiment's."""
+        exp = self.exp
+        if not (exp.tune_fusion and dname in self.devs):
+            return dict(exp.fusion_params)
+        from mergekit_ir.evaluation.fusion import tune_fusion
+
+        dev = self.devs[dname]
+        with self.timer("fusion"):
+            return tune_fusion(
+                self.judged(dev),
+                [dev.first_stage, variants[key][dev.id]],
+                method=exp.fusion_method,
+                norm=exp.fusion_norm,
+                metric=exp.objective,
+            )
+
+    def cells(self, split: Split, run: Run) -> dict[str, Cell]:
+        from mergekit_ir.evaluation.metrics import mean_scores
+
+        per_query = self.evaluate(split, run, self.exp.metrics)
+        means = mean_scores(per_query)
+        return {m: Cell(mean=means[m], per_query=per_query[m]) for m in self.exp.metrics}
+
+    def build_section(
+        self,
+        tname: str,
+        variants: dict[str, dict[str, Run]],
+        tuned: TunedAlpha,
+        fusion: dict[str, dict[str, dict[str, Any]]],
+    ) -> Section:
+        from mergekit_ir.evaluation.metrics import mean_scores
+        from mergekit_ir.evaluation.significance import mark_improvements
+
+        exp, fs = self.exp, self.first_stage
+        distinct_best = {alpha_label(tuned.per_dataset[d]) for d in self.datasets}
+        best_label = f"Θ' (α={distinct_best.pop()})" if len(distinct_best) == 1 else "Θ' (tuned α)"
+        section = Section(tname)
+        first_row = Row(key=fs.row_key, label=fs.row_label)
+        for dname, split in self.tests.items():
+            first_row.cells[dname] = self.cells(split, split.first_stage)
+            self.runs[f"{tname}/{dname}/{fs.row_key}"] = split.first_stage
+        section.rows.append(first_row)
+        for key, runs in variants.items():
+            row = Row(key=key, label=row_label(key))
+            if key in CANDIDATE_KEYS:
+                row.kind = "merged"
+            if key == MERGED_AT_1:
+                row.alpha = 1.0
+            elif key == MERGED_BEST:
+                row.label = best_label
+                row.alpha = {d: alpha_label(tuned.per_dataset[d]) for d in self.datasets}
+            row.unfused = {}
+            for dname, split in self.tests.items():
+                model_run = runs[split.id]
+                lam = self.fusion_params(dname, key, variants)
+                final = self.fused(split.first_stage, model_run, lam)
+                row.unfused[dname] = mean_scores(self.evaluate(split, model_run, exp.metrics))
+                fusion.setdefault(key, {})[dname] = {
+                    k: list(v) if isinstance(v, tuple | list) else v for k, v in dict(lam).items()
                 }
-                all_runs[f"{tname}/{dname}/{key}"] = final
-            rows.append(row)
-        section = {"triplet": tname, "rows": rows}
-        with timer("evaluation"):
-            present = [r["key"] for r in rows]
+                row.cells[dname] = self.cells(split, final)
+                self.runs[f"{tname}/{dname}/{key}"] = final
+            section.rows.append(row)
+        with self.timer("evaluation"):
+            present = [r.key for r in section.rows]
             mark_improvements(
                 section,
                 baselines=[k for k in present if k not in CANDIDATE_KEYS],
@@ -531,28 +586,86 @@ def run_experiment(reg: Registry, name: str, opts: RunOptions) -> dict[str, Any]
                 correction=exp.correction,
                 comparisons=exp.comparisons,
             )
-        results["sections"].append(section)
+        return section
 
-    if exp.reported:
-        results["reported"] = compare_reported(results, exp.reported)
+    # -- 5. outputs -----------------------------------------------------------------------------
+    def write_outputs(self, results: Results) -> list[Path]:
+        """Every output into a temporary sibling folder, then one rename: the output folder is
+        the previous complete run or the new complete run, never a mix."""
+        from mergekit_ir.reports.render import write_reports
 
-    # 5. outputs
-    with timer("reporting"):
-        out = opts.out_dir
-        for rid, run in all_runs.items():
-            write_trec(
-                out / "runs" / f"{rid.replace('@', '_at_')}.trec", run, rid.replace("/", "_")
+        out = self.opts.out_dir
+        with atomic.directory(out, overwrite=True) as tmp:
+            with self.timer("reporting"):
+                for rid, run in self.runs.items():
+                    write_trec(
+                        tmp / "runs" / f"{rid.replace('@', '_at_')}.trec",
+                        run,
+                        rid.replace("/", "_"),
+                    )
+                results.manifest = manifest(self.exp, self.reg, self.opts, self.started)
+                # Rendered from the JSON round trip, exactly what `mergeir report` reads back.
+                written = write_reports(Results.from_json(_json_round_trip(results)), tmp)
+            results.manifest["timings"] = {k: round(v, 3) for k, v in self.timer.seconds.items()}
+            atomic.write_text(
+                tmp / "results.json",
+                json.dumps(results.to_json(), indent=1, sort_keys=True, default=str),
             )
-        results["manifest"] = manifest(exp, reg, opts, started)
-        # Rendered from the JSON round trip, exactly what `mergeir report` will read back.
-        written = write_reports(json.loads(json.dumps(results, sort_keys=True, default=str)), out)
-    results["manifest"]["timings"] = {k: round(v, 3) for k, v in timer.seconds.items()}
-    atomic.write_text(
-        out / "results.json", json.dumps(results, indent=1, sort_keys=True, default=str)
-    )
-    results["_written"] = [str(p) for p in [*written, out / "results.json"]]
-    results["_timer"] = timer
-    return results
+            written = [out / p.relative_to(tmp) for p in [*written, tmp / "results.json"]]
+        return written
+
+    # -- all steps ------------------------------------------------------------------------------
+    def run(self) -> RunOutcome:
+        from mergekit_ir.reports.reported import compare as compare_reported
+
+        self.prepare_splits()
+        results = Results(
+            experiment=self.exp.name, metrics=list(self.exp.metrics), datasets=self.datasets
+        )
+        for tname in self.exp.triplets:
+            triplet = self.reg.triplet(tname)
+            self.opts.echo(f"triplet {tname} ({triplet.scorer}): ΘT={triplet.ir.describe()}")
+            runner = TripletRunner(self.exp, triplet, self.reg, self.opts, self.timer)
+            tuned = self.tune_alpha(runner)
+            if tuned.ablation is not None:
+                results.alpha_ablation[tname] = tuned.ablation
+            variants = self.model_runs(runner, tuned)
+            results.sections.append(
+                self.build_section(tname, variants, tuned, results.fusion.setdefault(tname, {}))
+            )
+        if self.exp.reported:
+            results.reported = compare_reported(results, self.exp.reported)
+        written = self.write_outputs(results)
+        return RunOutcome(results, written, self.timer)
+
+
+def _json_round_trip(results: Results) -> dict[str, Any]:
+    return json.loads(json.dumps(results.to_json(), sort_keys=True, default=str))
+
+
+def check_output_folder(out: Path) -> None:
+    """Fail before any work when the run could not write its outputs, or would replace a
+    folder that is not an earlier run's."""
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out}: is a file; give a folder for the run's outputs")
+        if any(out.iterdir()) and not (out / "results.json").is_file():
+            raise ConfigError(
+                f"--out {out}: exists and is not the output of an earlier `mergeir run` "
+                "(no results.json); choose an empty or new folder"
+            )
+    parent = out.parent if not out.exists() else out
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+        out.exists() and not os.access(out.parent, os.W_OK | os.X_OK)
+    ):
+        raise ConfigError(f"--out {out}: {parent} is not writable; choose another folder")
+
+
+def run_experiment(reg: Registry, name: str, opts: RunOptions) -> RunOutcome:
+    """Run one experiment end to end (see :class:`ExperimentRun` for its steps)."""
+    return ExperimentRun(reg, name, opts).run()
 
 
 def manifest(exp: Experiment, reg: Registry, opts: RunOptions, started: float) -> dict[str, Any]:
@@ -568,13 +681,14 @@ def manifest(exp: Experiment, reg: Registry, opts: RunOptions, started: float) -
                 continue
             entry: dict[str, Any] = {"ref": ref.ref, "kind": ref.kind, "revision": ref.revision}
             try:
-                folder = resolve_ref_folder(ref, reg, opts.cache)
+                folder = resolve_ref(ref, reg.base_dir, opts.cache.root)
                 if ref.kind == "checkpoint":
                     entry["fingerprint"] = open_checkpoint(str(folder)).fingerprint()
             except Exception as exc:  # the manifest must not fail a finished run
                 entry["error"] = str(exc)
             checkpoints[f"{tname}.{role}"] = entry
-    device = str(ScoringSettings(opts.device).torch_device)
+    settings = resolved_settings(exp, opts)
+    device = str(settings.torch_device)
     return {
         "experiment": asdict(exp),
         "registry": str(reg.path),
@@ -584,6 +698,7 @@ def manifest(exp: Experiment, reg: Registry, opts: RunOptions, started: float) -
         "platform": platform.platform(),
         "device": device,
         "cuda": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "scoring": settings_identity(settings),
         "seed": exp.seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "cache": {

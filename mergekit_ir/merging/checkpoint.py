@@ -218,51 +218,13 @@ class TensorSource:
         return h.hexdigest()[:16]
 
 
-def is_path_ref(ref: str) -> bool:
-    """A reference that can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``), never a hub id."""
-    return ref.startswith((".", "/", "~")) or ref.count("/") > 1
-
-
-def resolve_folder(ref: str, revision: str | None = None, base_dir: Path | None = None) -> Path:
-    """A local folder for ``ref``: an existing path, else a Hugging Face hub download."""
-    candidate = Path(ref).expanduser()
-    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).exists():
-        candidate = base_dir / candidate
-    if candidate.exists():
-        if not candidate.is_dir():
-            raise CheckpointError(f"{candidate}: a checkpoint is a folder, not a file")
-        return candidate
-    if is_path_ref(ref):
-        raise CheckpointError(f"{ref}: checkpoint folder not found")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(
-            snapshot_download(
-                repo_id=ref,
-                revision=revision,
-                allow_patterns=[
-                    "*.json",
-                    "*.safetensors",
-                    "*.txt",
-                    "*.model",
-                    "*.bin",
-                    "*.py",
-                    "*/*.json",
-                ],
-            )
-        )
-    except Exception as exc:
-        raise CheckpointError(
-            f"{ref}: not a local folder and the hub download failed ({type(exc).__name__}); "
-            "check the id and network, or pass a local folder"
-        ) from None
-
-
 def open_checkpoint(
     ref: str, revision: str | None = None, base_dir: Path | None = None
 ) -> TensorSource:
-    folder = resolve_folder(ref, revision, base_dir)
+    """A :class:`TensorSource` for a folder or hub id (resolved by ``experiments.sources``)."""
+    from mergekit_ir.experiments.sources import resolve_checkpoint
+
+    folder = resolve_checkpoint(ref, revision, base_dir)
     weights_folder = sentence_transformers_weights(folder)
     return TensorSource(weights_folder, ref=ref, revision=revision)
 

@@ -10,7 +10,8 @@ it calls the same pure per-tensor function as the on-disk merge.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 
 
 class InPlaceSweep:
+    """The live model's merged tensors, switchable between ΘT and Θ'(α) without a reload.
+
+    ``state`` says which weights the model holds now: ``"ir"`` (ΘT) or the α label last
+    applied. Use :meth:`merged` to hold Θ'(α) for a block and be back at ΘT after it.
+    """
+
     def __init__(self, model: torch.nn.Module, job: MergeJob, plan: MergePlan):
         state = model.state_dict(keep_vars=True)
         index = NameIndex.build("model", list(state), {"architectures": [type(model).__name__]})
@@ -57,6 +64,7 @@ class InPlaceSweep:
                     p = job.pretrained.get(job.p_index.find(e.key)).float()  # type: ignore[union-attr]
                     tau_t = (theta_t.float() - (p[:rows] if rows else p).to(device)).to(dtype)
                 self.slots.append((e, target, theta_t, taus, tau_t))
+        self.state: Any = "ir"
         if missing:
             log.info(
                 "α sweep: %d merged tensors are not used by the scorer's model (e.g. %s)",
@@ -80,9 +88,22 @@ class InPlaceSweep:
                     params=full,
                 )
                 target.copy_(out.to(target.dtype))
+        self.state = dict(params)
 
     def restore(self) -> None:
         """Back to ΘT."""
+        if self.state == "ir":
+            return
         with torch.no_grad():
             for _, target, theta_t, _, _ in self.slots:
                 target.copy_(theta_t)
+        self.state = "ir"
+
+    @contextmanager
+    def merged(self, params: Mapping[str, Any]) -> Iterator[None]:
+        """The model holds Θ'(params) inside the block and ΘT after it, even on errors."""
+        self.apply(params)
+        try:
+            yield
+        finally:
+            self.restore()

@@ -241,6 +241,29 @@ class TaskVector:
         return cls([(1.0, LoraTerm(Path(folder)))])
 
     @classmethod
+    def from_reference(
+        cls, kind: str, folder: str | Path, pretrained: TensorSource | None = None
+    ) -> TaskVector:
+        """τ for one domain reference: a ``checkpoint`` (ΘD − Θ0), a ``lora`` adapter or a
+        saved ``task_vector``; the one place that knows the three kinds."""
+        if kind == "lora":
+            return cls.from_lora(folder)
+        if kind == "task_vector":
+            return cls.load(folder)
+        if kind != "checkpoint":
+            raise ValueError(f"unknown domain reference kind {kind!r}")
+        if pretrained is None:
+            from mergekit_ir.errors import ConfigError
+
+            raise ConfigError(
+                f"{folder}: a full domain checkpoint needs Θ0 (--pretrained, or the triplet's "
+                "pretrained:) to form ΘD − Θ0"
+            )
+        from mergekit_ir.merging.checkpoint import open_checkpoint
+
+        return cls.from_checkpoints(pretrained, open_checkpoint(str(folder)))
+
+    @classmethod
     def load(cls, path: str | Path) -> TaskVector:
         return cls([(1.0, StoredTerm(Path(path)))])
 

@@ -1,4 +1,4 @@
-"""Render a results dict as the paper's tables (Markdown, LaTeX, CSV) and the α plot.
+"""Render :class:`~mergekit_ir.reports.results.Results` as the paper's tables (Markdown, LaTeX, CSV) and the α plot.
 
 Numbers are shown with three decimals in ``0.691`` style (the paper prints ``.691``;
 a leading zero is easier to read and to parse). Within each triplet section the
@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
+from mergekit_ir.reports.results import Results, Row, Section, as_results
 from mergekit_ir.storage import atomic
+
+ResultsLike = Results | Mapping[str, Any]
 
 _DASH = "–"
 _PNG_DPI = 100
@@ -28,50 +31,26 @@ def _fmt(v: float) -> str:
     return f"{float(v):.3f}"
 
 
-def _mean(row: Mapping[str, Any], dataset: str, metric: str) -> float | None:
-    cell = row.get("cells", {}).get(dataset, {}).get(metric)
-    if not isinstance(cell, Mapping) or cell.get("mean") is None:
-        return None
-    return float(cell["mean"])
-
-
-def _significant(row: Mapping[str, Any], dataset: str, metric: str) -> bool:
-    cell = row.get("cells", {}).get(dataset, {}).get(metric)
-    return bool(isinstance(cell, Mapping) and cell.get("significant"))
-
-
-def _datasets(results: Mapping[str, Any]) -> list[str]:
-    if results.get("datasets"):
-        return list(results["datasets"])
-    seen: dict[str, None] = {}
-    for s in results.get("sections", []):
-        for r in s.get("rows", []):
-            seen.update(dict.fromkeys(r.get("cells", {})))
-    return list(seen)
-
-
-def _best(section: Mapping[str, Any], dataset: str, metric: str) -> str | None:
+def _best(section: Section, dataset: str, metric: str) -> str | None:
     """The best shown value of a column in one section (compared as displayed)."""
-    shown = [
-        _fmt(v) for r in section.get("rows", []) if (v := _mean(r, dataset, metric)) is not None
-    ]
+    shown = [_fmt(v) for r in section.rows if (v := r.mean(dataset, metric)) is not None]
     return max(shown, key=float) if shown else None
 
 
 def _cells(
-    section: Mapping[str, Any], row: Mapping[str, Any], datasets: list[str], metrics: list[str]
+    section: Section, row: Row, datasets: list[str], metrics: list[str]
 ) -> list[tuple[str | None, bool, bool]]:
     """(shown value or None, is best, is significant) per column."""
     out = []
     for ds in datasets:
         for m in metrics:
-            v = _mean(row, ds, m)
-            shown = _fmt(v) if v is not None else None
+            cell = row.cell(ds, m)
+            shown = _fmt(cell.mean) if cell is not None else None
             out.append(
                 (
                     shown,
                     shown is not None and shown == _best(section, ds, m),
-                    _significant(row, ds, m),
+                    bool(cell is not None and cell.significant),
                 )
             )
     return out
@@ -83,12 +62,12 @@ def _ordered(keys: Any, order: list[str]) -> list[str]:
     return [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
 
 
-def _alpha_notes(results: Mapping[str, Any]) -> list[str]:
+def _alpha_notes(results: Results) -> list[str]:
     notes = []
-    datasets = _datasets(results)
-    for s in results.get("sections", []):
-        for r in s.get("rows", []):
-            a = r.get("alpha")
+    datasets = results.all_datasets()
+    for s in results.sections:
+        for r in s.rows:
+            a = r.alpha
             if isinstance(a, Mapping) and a:
                 a = {ds: a[ds] for ds in _ordered(a, datasets)}
                 per = ", ".join(
@@ -99,43 +78,39 @@ def _alpha_notes(results: Mapping[str, Any]) -> list[str]:
                     else f"{ds} α={v}"
                     for ds, v in a.items()
                 )
-                notes.append(f"{s.get('triplet', '')}, {r.get('label', r.get('key', ''))}: {per}")
+                notes.append(f"{s.triplet}, {r.label}: {per}")
     return notes
 
 
-def _legend(results: Mapping[str, Any]) -> str:
-    sig = results.get("significance") or next(
-        (s["significance"] for s in results.get("sections", []) if s.get("significance")), {}
-    )
+def _legend(results: Results) -> str:
+    sig = results.legend_significance()
     test = {"student": "paired t-test", "fisher": "Fisher randomisation test"}.get(
-        sig.get("test", "student"), str(sig.get("test"))
+        sig.test, str(sig.test)
     )
-    corr = sig.get("correction", "bonferroni")
     corr_txt = ""
-    if corr == "bonferroni":
-        m = sig.get("comparisons")
+    if sig.correction == "bonferroni":
+        m = sig.comparisons
         corr_txt = f"Bonferroni-corrected for {m} comparisons, " if m else "Bonferroni-corrected, "
     return (
         f"Best value per column within each block in bold; `*` marks a significant "
-        f"improvement over the best baseline ({test}, {corr_txt}p < {sig.get('max_p', 0.01):g})."
+        f"improvement over the best baseline ({test}, {corr_txt}p < {sig.max_p:g})."
     )
 
 
-def render_markdown(results: Mapping[str, Any]) -> str:
+def render_markdown(results: ResultsLike) -> str:
     """Table 1 as a GitHub Markdown table: one block of rows per triplet."""
-    datasets, metrics = _datasets(results), list(results.get("metrics", []))
+    results = as_results(results)
+    datasets, metrics = results.all_datasets(), list(results.metrics)
     header = ["Model"] + [f"{ds} {m}" for ds in datasets for m in metrics]
     lines = [
-        f"# Results: {results.get('experiment', '')}".rstrip(),
+        f"# Results: {results.experiment}".rstrip(),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
-    for s in results.get("sections", []):
-        lines.append(
-            "| " + " | ".join([f"*{s.get('triplet', '')}*"] + [""] * (len(header) - 1)) + " |"
-        )
-        for r in s.get("rows", []):
+    for s in results.sections:
+        lines.append("| " + " | ".join([f"*{s.triplet}*"] + [""] * (len(header) - 1)) + " |")
+        for r in s.rows:
             shown = []
             for v, best, sig in _cells(s, r, datasets, metrics):
                 if v is None:
@@ -143,7 +118,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                     continue
                 text = f"**{v}**" if best else v
                 shown.append(text + ("\\*" if sig else ""))
-            label = str(r.get("label", r.get("key", ""))).replace("|", "\\|")
+            label = r.label.replace("|", "\\|")
             lines.append("| " + " | ".join([label] + shown) + " |")
     lines += ["", _legend(results)]
     notes = _alpha_notes(results)
@@ -179,9 +154,10 @@ def _tex(text: str) -> str:
     return s.replace("α", r"$\alpha$").replace("λ", r"$\lambda$")
 
 
-def render_latex(results: Mapping[str, Any]) -> str:
+def render_latex(results: ResultsLike) -> str:
     """Table 1 as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
-    datasets, metrics = _datasets(results), list(results.get("metrics", []))
+    results = as_results(results)
+    datasets, metrics = results.all_datasets(), list(results.metrics)
     ncols = 1 + len(datasets) * len(metrics)
     out = [
         "% generated by mergekit-ir; needs \\usepackage{booktabs}",
@@ -201,13 +177,11 @@ def render_latex(results: Mapping[str, Any]) -> str:
     if rules and metrics:
         out.append(" ".join(rules))
     out.append(" & ".join(["Model"] + [_tex(m) for _ in datasets for m in metrics]) + " \\\\")
-    for s in results.get("sections", []):
+    for s in results.sections:
         out.append("\\midrule")
-        out.append(
-            f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{_tex(s.get('triplet', ''))}}}}} \\\\"
-        )
+        out.append(f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{_tex(s.triplet)}}}}} \\\\")
         out.append("\\midrule")
-        for r in s.get("rows", []):
+        for r in s.rows:
             shown = []
             for v, best, sig in _cells(s, r, datasets, metrics):
                 if v is None:
@@ -215,34 +189,34 @@ def render_latex(results: Mapping[str, Any]) -> str:
                     continue
                 text = f"\\textbf{{{v}}}" if best else v
                 shown.append(text + ("$^{*}$" if sig else ""))
-            out.append(" & ".join([_tex(r.get("label", r.get("key", "")))] + shown) + " \\\\")
+            out.append(" & ".join([_tex(r.label)] + shown) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
 
-def render_csv(results: Mapping[str, Any]) -> str:
+def render_csv(results: ResultsLike) -> str:
     """Long format, one line per cell, full precision: for spreadsheets and diffs."""
+    results = as_results(results)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["triplet", "row", "dataset", "metric", "value", "significant", "p_value"])
-    datasets, metrics = _datasets(results), list(results.get("metrics", []))
-    for s in results.get("sections", []):
-        for r in s.get("rows", []):
+    datasets, metrics = results.all_datasets(), list(results.metrics)
+    for s in results.sections:
+        for r in s.rows:
             for ds in datasets:
                 for m in metrics:
-                    cell = r.get("cells", {}).get(ds, {}).get(m)
-                    if not isinstance(cell, Mapping) or cell.get("mean") is None:
+                    cell = r.cell(ds, m)
+                    if cell is None:
                         continue
-                    p = cell.get("p_value")
                     w.writerow(
                         [
-                            s.get("triplet", ""),
-                            r.get("key", ""),
+                            s.triplet,
+                            r.key,
                             ds,
                             m,
-                            repr(float(cell["mean"])),
-                            "true" if cell.get("significant") else "false",
-                            "" if p is None else repr(float(p)),
+                            repr(float(cell.mean)),
+                            "true" if cell.significant else "false",
+                            "" if cell.p_value is None else repr(float(cell.p_value)),
                         ]
                     )
     return buf.getvalue()
@@ -266,31 +240,22 @@ def _alpha_order(labels: list[str]) -> list[str]:
     return scalars + sorted({lb for lb in labels if _number(lb) is None})
 
 
-def _alpha_columns(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, dict[str, float]]]:
+def _alpha_columns(results: Results) -> list[tuple[str, str, str, str, dict[str, float]]]:
     """(triplet, dataset, metric, split, α label -> value) per plotted/tabled column."""
     cols = []
-    ablation = results.get("alpha_ablation") or {}
-    for triplet in _ordered(ablation, [str(s.get("triplet")) for s in results.get("sections", [])]):
+    ablation = results.alpha_ablation
+    for triplet in _ordered(ablation, [s.triplet for s in results.sections]):
         abl = ablation[triplet]
-        values = abl.get("values") or {}
-        for ds in _ordered(values, _datasets(results)):
-            vals = values[ds]
+        for ds in _ordered(abl.values, results.all_datasets()):
+            vals = abl.values[ds]
             if vals:
-                cols.append(
-                    (
-                        str(triplet),
-                        str(ds),
-                        str(abl.get("metric", "NDCG@10")),
-                        str(abl.get("split", "dev")),
-                        {str(a): float(v) for a, v in vals.items()},
-                    )
-                )
+                cols.append((triplet, ds, abl.metric, abl.split, dict(vals)))
     return cols
 
 
-def render_alpha_table(results: Mapping[str, Any]) -> str:
+def render_alpha_table(results: ResultsLike) -> str:
     """Table 3: the α ablation, rows α, columns triplet × dataset, best α per column bold."""
-    cols = _alpha_columns(results)
+    cols = _alpha_columns(as_results(results))
     if not cols:
         return "# α ablation\n\nNo α ablation in these results.\n"
     kinds = sorted({(m, sp) for _, _, m, sp, _ in cols})
@@ -317,7 +282,7 @@ def render_alpha_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _alpha_png(results: Mapping[str, Any]) -> bytes | None:
+def _alpha_png(results: Results) -> bytes | None:
     """The scalar α points of each column (layer-wise α have no x position; the table has them)."""
     cols = [
         (t, d, m, sp, pts)
@@ -347,9 +312,9 @@ def _alpha_png(results: Mapping[str, Any]) -> bytes | None:
     return buf.getvalue()
 
 
-def plot_alpha(results: Mapping[str, Any], path: str | Path) -> Path | None:
+def plot_alpha(results: ResultsLike, path: str | Path) -> Path | None:
     """The α ablation as a PNG (a line per triplet × dataset); None without data."""
-    png = _alpha_png(results)
+    png = _alpha_png(as_results(results))
     return None if png is None else atomic.write_bytes(path, png)
 
 
@@ -357,13 +322,14 @@ def _signed(v: float) -> str:
     return f"{v:+.3f}" if round(v, 3) != 0 else "0.000"
 
 
-def render_reported(results: Mapping[str, Any]) -> str | None:
+def render_reported(results: ResultsLike) -> str | None:
     """Ours next to the published cells (an experiment's ``reported:`` block); None without any."""
-    cells = results.get("reported")
+    results = as_results(results)
+    cells = results.reported
     if not cells:
         return None
     lines = [
-        f"# Compared with reported numbers: {results.get('experiment', '')}".rstrip(),
+        f"# Compared with reported numbers: {results.experiment}".rstrip(),
         "",
         f"Δ = ours − reported; |Δ| ≤ {TOLERANCE:g} counts as reproduced. `–`: not in this run.",
         "`*`: a significant improvement over the best baseline, as the paper marks it (reported) "
@@ -373,29 +339,23 @@ def render_reported(results: Mapping[str, Any]) -> str | None:
         "|:---|:---|:---|:---|---:|---:|---:|:---|",
     ]
     for c in cells:
-        label = str(c.get("label") or c.get("row"))
-        ours_alpha = c.get("alpha_ours")
-        if (
-            ours_alpha is not None and "α=" not in label
-        ):  # "Θ' (tuned α)": say which α this dataset got
-            n = _number(str(ours_alpha))
-            label += f"; ours α={n:g}" if n is not None else f"; ours α={ours_alpha}"
-        if c.get("alpha_reported") is not None:
-            label += f"; reported α={float(c['alpha_reported']):g}"
-        ours, delta = c.get("ours"), c.get("delta")
-        reported = float(c["reported"])
-        shown = (
-            _fmt(reported) if round(reported, 3) == reported else f"{reported:.4f}"
-        )  # as published
+        label = c.label or c.row
+        if c.alpha_ours is not None and "α=" not in label:  # "Θ' (tuned α)": which α it got here
+            n = _number(str(c.alpha_ours))
+            label += f"; ours α={n:g}" if n is not None else f"; ours α={c.alpha_ours}"
+        if c.alpha_reported is not None:
+            label += f"; reported α={float(c.alpha_reported):g}"
+        reported = float(c.reported)
+        shown = _fmt(reported) if round(reported, 3) == reported else f"{reported:.4f}"
         row = [
-            c.get("triplet") or _DASH,
-            c["dataset"],
+            c.triplet or _DASH,
+            c.dataset,
             label,
-            c["metric"],
-            shown + ("*" if c.get("significant_reported") else ""),
-            _DASH if ours is None else _fmt(ours) + ("*" if c.get("significant_ours") else ""),
-            _DASH if delta is None else _signed(delta),
-            str(c.get("source", "")),
+            c.metric,
+            shown + ("*" if c.significant_reported else ""),
+            _DASH if c.ours is None else _fmt(c.ours) + ("*" if c.significant_ours else ""),
+            _DASH if c.delta is None else _signed(c.delta),
+            c.source,
         ]
         lines.append(
             "| " + " | ".join(str(x).replace("|", "\\|").replace("*", "\\*") for x in row) + " |"
@@ -405,12 +365,13 @@ def render_reported(results: Mapping[str, Any]) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(results: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+def write_reports(results: ResultsLike, out_dir: str | Path) -> list[Path]:
     """Write results.md/.tex/.csv, alpha.md, alpha.png and reported.md (when there is data), atomically.
 
     An optional file without data is removed, so a stale plot or comparison from an
     earlier run never sits next to tables it does not match.
     """
+    results = as_results(results)
     out = Path(out_dir)
     written = [
         atomic.write_text(out / "results.md", render_markdown(results)),

@@ -16,9 +16,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from mergekit_ir.errors import ConfigError
+from mergekit_ir.reports.results import (
+    CANDIDATE_KEYS,
+    DOMAIN,
+    IR,
+    PRETRAINED,
+    ReportedCell,
+    Results,
+    Row,
+    as_results,
+)
 
-ROW_KEYS = ("bm25", "pretrained", "domain", "ir", "merged@1", "merged@best")
-_ROW = re.compile(r"^(bm25|pretrained|domain\d*|ir|merged@1|merged@best)$")
+_MODEL_ROW = re.compile(
+    rf"^({PRETRAINED}|{DOMAIN}\d*|{IR}|{'|'.join(re.escape(k) for k in CANDIDATE_KEYS)})$"
+)
 _ALPHA_ROW = re.compile(r"^alpha=(-?\d+(?:\.\d+)?)$")
 #: The band within which a cell counts as reproduced. A chosen width, not a rounding
 #: bound (three printed decimals are only ±0.0005): reruns of the same protocol move by
@@ -56,10 +67,12 @@ def parse_reported(
     ablation_metric: str,
     sweep_datasets: Iterable[str] = (),
     alphas: Iterable[Any] = (),
+    first_stage_row: str = "bm25",
 ) -> tuple[ReportedRow, ...]:
     """Validate an experiment's ``reported`` list; errors name the YAML path.
 
     ``triplets`` maps each of the experiment's triplets to the row keys its runs produce;
+    ``first_stage_row`` is the row key of the experiment's first stage (its backend names it);
     ``sweep_datasets`` are the datasets whose dev split gets the α sweep over ``alphas``.
     A row that the experiment can never produce is an error, not a silent "–".
     """
@@ -87,15 +100,16 @@ def parse_reported(
                 f"({', '.join(datasets)})"
             )
         alpha_row = _ALPHA_ROW.match(row)
-        if not (alpha_row or _ROW.match(row)):
+        if not (alpha_row or row == first_stage_row or _MODEL_ROW.match(row)):
+            row_keys = (first_stage_row, PRETRAINED, DOMAIN, IR, *CANDIDATE_KEYS)
             raise ConfigError(
-                f"{where}.row: unknown row {row!r} (one of {', '.join(ROW_KEYS)}, "
+                f"{where}.row: unknown row {row!r} (one of {', '.join(row_keys)}, "
                 "or alpha=0.7 for the dev-split α ablation)"
             )
         triplet = item.get("triplet")
-        if triplet is None and row != "bm25":
+        if triplet is None and row != first_stage_row:
             raise ConfigError(
-                f"{where}: row {row!r} needs a 'triplet' (only bm25 rows are model-free)"
+                f"{where}: row {row!r} needs a 'triplet' (only {first_stage_row} rows are model-free)"
             )
         if triplet is not None and str(triplet) not in triplets:
             raise ConfigError(
@@ -178,12 +192,12 @@ def _significant_metrics(raw: Any, where: str, values: Mapping[str, float]) -> t
 
 
 def _ablation_value(
-    results: Mapping[str, Any], triplet: str, dataset: str, alpha: float, metric: str
+    results: Results, triplet: str, dataset: str, alpha: float, metric: str
 ) -> float | None:
-    abl = (results.get("alpha_ablation") or {}).get(triplet) or {}
-    if abl.get("metric") != metric:
+    abl = results.alpha_ablation.get(triplet)
+    if abl is None or abl.metric != metric:
         return None
-    for label, value in ((abl.get("values") or {}).get(dataset) or {}).items():
+    for label, value in abl.values.get(dataset, {}).items():
         try:
             if math.isclose(float(label), alpha, abs_tol=1e-9):
                 return float(value)
@@ -192,37 +206,34 @@ def _ablation_value(
     return None
 
 
-def _section_row(
-    results: Mapping[str, Any], triplet: str | None, key: str
-) -> tuple[str, Mapping] | None:
-    for section in results.get("sections", []):
-        if triplet is not None and section.get("triplet") != triplet:
+def _section_row(results: Results, triplet: str | None, key: str) -> Row | None:
+    for section in results.sections:
+        if triplet is not None and section.triplet != triplet:
             continue
-        for row in section.get("rows", []):
-            if row.get("key") == key:
-                return str(section.get("triplet", "")), row
+        row = section.row(key)
+        if row is not None:
+            return row
     return None
 
 
-def compare(results: Mapping[str, Any], rows: Iterable[ReportedRow]) -> list[dict[str, Any]]:
-    """One entry per reported cell: ours, reported and ours − reported (None when not run).
+def compare(
+    results: Results | Mapping[str, Any], rows: Iterable[ReportedRow]
+) -> list[ReportedCell]:
+    """One cell per reported value: ours, reported and ours − reported (None when not run).
 
     ``significant_reported`` is the paper's ``*`` on the cell, ``significant_ours`` our
     cell's ``significant`` flag (None when the cell is not in this run, and for the dev
     α ablation, which has no significance test). A model-free row (BM25) is matched
     against the first triplet section that has it, since every section carries the same
-    BM25 numbers.
+    first-stage numbers.
     """
+    results = as_results(results)
     out = []
     for r in rows:
         alpha_row = _ALPHA_ROW.match(r.row)
         found = None if alpha_row else _section_row(results, r.triplet, r.row)
-        label = r.row
-        ours_alpha = None
-        if found is not None:
-            label = str(found[1].get("label", r.row))
-            a = found[1].get("alpha")
-            ours_alpha = a.get(r.dataset) if isinstance(a, Mapping) else a
+        label = r.row if found is None else found.label
+        ours_alpha = None if found is None else found.alpha_for(r.dataset)
         for metric, reported in r.values.items():
             ours, ours_mark = None, None
             if alpha_row:
@@ -231,73 +242,68 @@ def compare(results: Mapping[str, Any], rows: Iterable[ReportedRow]) -> list[dic
                 )
                 label = f"dev, α={float(alpha_row.group(1)):g}"
             elif found is not None:
-                cell = found[1].get("cells", {}).get(r.dataset, {}).get(metric)
-                if isinstance(cell, Mapping) and cell.get("mean") is not None:
-                    ours = float(cell["mean"])
-                    ours_mark = bool(cell.get("significant"))
+                cell = found.cell(r.dataset, metric)
+                if cell is not None:
+                    ours, ours_mark = cell.mean, cell.significant
             out.append(
-                {
-                    "triplet": r.triplet,
-                    "dataset": r.dataset,
-                    "row": r.row,
-                    "label": label,
-                    "metric": metric,
-                    "reported": reported,
-                    "ours": ours,
-                    "delta": None if ours is None else ours - reported,
-                    "alpha_reported": r.alpha,
-                    "alpha_ours": ours_alpha,
-                    "significant_reported": metric in r.significant,
-                    "significant_ours": ours_mark,
-                    "source": r.source,
-                }
+                ReportedCell(
+                    triplet=r.triplet,
+                    dataset=r.dataset,
+                    row=r.row,
+                    label=label,
+                    metric=metric,
+                    reported=reported,
+                    ours=ours,
+                    delta=None if ours is None else ours - reported,
+                    alpha_reported=r.alpha,
+                    alpha_ours=ours_alpha,
+                    significant_reported=metric in r.significant,
+                    significant_ours=ours_mark,
+                    source=r.source,
+                )
             )
     return out
 
 
-def summary(cells: Iterable[Mapping[str, Any]], tolerance: float = TOLERANCE) -> str:
+def summary(cells: Iterable[ReportedCell], tolerance: float = TOLERANCE) -> str:
     """One line: how many reported cells were run and how close they came."""
     cells = list(cells)
-    run = [c for c in cells if c.get("delta") is not None]
+    run = [c for c in cells if c.delta is not None]
     if not run:
         return f"{len(cells)} reported cells, none of them in this run"
-    worst = max(run, key=lambda c: abs(c["delta"]))
-    within = sum(abs(c["delta"]) <= tolerance + 1e-12 for c in run)
+    worst = max(run, key=lambda c: abs(c.delta))
+    within = sum(abs(c.delta) <= tolerance + 1e-12 for c in run)
     missing = f", {len(cells) - len(run)} not in this run" if len(run) < len(cells) else ""
-    where = " ".join(
-        str(x) for x in (worst["triplet"], worst["dataset"], worst["row"], worst["metric"]) if x
-    )
+    where = " ".join(str(x) for x in (worst.triplet, worst.dataset, worst.row, worst.metric) if x)
     return (
         f"{len(run)} reported cells compared{missing}: {within} within ±{tolerance:g}, "
-        f"largest |Δ| {abs(worst['delta']):.3f} ({where})"
+        f"largest |Δ| {abs(worst.delta):.3f} ({where})"
     )
 
 
-def _where(c: Mapping[str, Any]) -> str:
-    return " ".join(str(x) for x in (c["triplet"], c["dataset"], c["row"], c["metric"]) if x)
+def _where(c: ReportedCell) -> str:
+    return " ".join(str(x) for x in (c.triplet, c.dataset, c.row, c.metric) if x)
 
 
-def marks_summary(cells: Iterable[Mapping[str, Any]], listed: int = 8) -> str | None:
+def marks_summary(cells: Iterable[ReportedCell], listed: int = 8) -> str | None:
     """One line: do our ``*`` marks agree with the paper's? None when neither side has any.
 
     Only cells in this run are compared; the disagreements are named (the first
     ``listed`` of each kind), since a mark the paper prints and we do not is a finding.
     """
     cells = list(cells)
-    run = [c for c in cells if c.get("significant_ours") is not None]
-    if not any(c.get("significant_reported") for c in cells) and not any(
-        c["significant_ours"] for c in run
-    ):
+    run = [c for c in cells if c.significant_ours is not None]
+    if not any(c.significant_reported for c in cells) and not any(c.significant_ours for c in run):
         return None
-    paper_only = [c for c in run if c.get("significant_reported") and not c["significant_ours"]]
-    ours_only = [c for c in run if c["significant_ours"] and not c.get("significant_reported")]
-    unrun = sum(bool(c.get("significant_reported")) for c in cells if c not in run)
+    paper_only = [c for c in run if c.significant_reported and not c.significant_ours]
+    ours_only = [c for c in run if c.significant_ours and not c.significant_reported]
+    both = sum(bool(c.significant_reported and c.significant_ours) for c in run)
+    unrun = sum(c.significant_reported for c in cells if c.significant_ours is None)
 
-    def named(group: list[Mapping[str, Any]]) -> str:
+    def named(group: list[ReportedCell]) -> str:
         shown = ", ".join(_where(c) for c in group[:listed])
         return f"{len(group)} ({shown}{', …' if len(group) > listed else ''})"
 
-    both = sum(bool(c.get("significant_reported")) and c["significant_ours"] for c in run)
     parts = [
         f"`*` marks in this run's {len(run)} cells: paper {both + len(paper_only)}, "
         f"ours {both + len(ours_only)}, both {both}"

@@ -23,14 +23,9 @@ from mergekit_ir.params import Param
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The scoring dtypes a run, the registry's ``scoring.dtype`` and ``--dtype`` accept.
+DTYPES: tuple[str, ...] = ("auto", *_DTYPES)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -62,7 +57,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise MergeIRError(f"dtype {dtype!r}: use one of auto, {', '.join(_DTYPES)}") from None
+        raise MergeIRError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
 
 
 @dataclass

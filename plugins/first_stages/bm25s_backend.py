@@ -396,9 +396,13 @@ def _stop_list(code: str) -> tuple[str, ...]:
 
 
 def build(
-    corpus: Mapping[str, Any], params: Mapping[str, Any], cache_dir: Path | None
+    corpus: Mapping[str, Any],
+    params: Mapping[str, Any],
+    cache_dir: Path | None,
+    language: str = "english",
 ) -> BM25sIndex:
-    return BM25sIndex(corpus, params, cache_dir)
+    """The index; ``language: null`` in the experiment means the dataset's own language."""
+    return BM25sIndex(corpus, {**params, "language": params.get("language") or language}, cache_dir)
 
 
 @hookimpl
@@ -410,5 +414,7 @@ def register_first_stages(register):
             "(per-field english analyzer + best_fields, as the paper ran it); index cached on disk",
             build=build,
             params=PARAMS,
+            row="bm25",
+            label="BM25",
         )
     )

@@ -1,0 +1,70 @@
+"""Merging a registry triplet: its three checkpoints, its alignment rules, its provenance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mergekit_ir.experiments.registry import Registry, load_registry
+from mergekit_ir.experiments.sources import resolve_ref
+from mergekit_ir.merging.api import DomainRef, PreparedMerge, prepare_merge, write_merge
+from mergekit_ir.merging.engine import MergeReport
+
+
+def prepare_triplet_merge(
+    registry: Registry,
+    triplet: str,
+    *,
+    method: str = "task_arithmetic",
+    params: Mapping[str, Any] | None = None,
+    allow_nonfinite: bool = False,
+    cache_root: Path | None = None,
+    where: str = "--param",
+) -> PreparedMerge:
+    """A validated, planned merge of one registry triplet (nothing written yet)."""
+    t = registry.triplet(triplet)
+    base = registry.base_dir
+    domains = [DomainRef(str(resolve_ref(d, base, cache_root)), d.kind) for d in t.domains]
+    return prepare_merge(
+        resolve_ref(t.ir, base, cache_root),
+        domains,
+        pretrained=resolve_ref(t.pretrained, base, cache_root) if t.pretrained else None,
+        method=method,
+        params=params,
+        alignment=t.alignment,
+        allow_nonfinite=allow_nonfinite,
+        provenance={
+            "triplet": triplet,
+            "ΘT": t.ir.describe(),
+            "Θ0": t.pretrained.describe() if t.pretrained else "-",
+            "ΘD": ", ".join(d.describe() for d in t.domains),
+        },
+        where=where,
+    )
+
+
+def merge_triplet(
+    triplet: str,
+    out: str | Path,
+    *,
+    registry: Registry | str | Path | None = None,
+    method: str = "task_arithmetic",
+    params: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    shard_size: int = 5 * 10**9,
+) -> MergeReport:
+    """Write Θ' for a registry triplet; ``registry`` defaults to the bundled ``registry.yaml``.
+
+    >>> merge_triplet("quickstart-tiny", "merged/", params={"alpha": 0.5})  # doctest: +SKIP
+    """
+    from mergekit_ir.experiments.registry import default_registry_path
+
+    if not isinstance(registry, Registry):
+        registry = load_registry(registry or default_registry_path())
+    prepared = prepare_triplet_merge(registry, triplet, method=method, params=params)
+    return write_merge(
+        prepared, out, shard_size=shard_size, overwrite=overwrite, device=device, progress=progress
+    )

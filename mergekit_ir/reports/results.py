@@ -1,0 +1,383 @@
+"""The typed results of an experiment: what the runner produces and every report reads.
+
+``results.json`` is :meth:`Results.to_json` and ``mergeir report`` reads it back with
+:meth:`Results.from_json`, so a run and a re-render see the same object. Readers are
+tolerant (missing keys take defaults) because hand-written and older results files
+must still render; writers emit exactly the documented shape (``docs/reports.md``).
+
+The row keys live here too, the one list that the runner, the registry's ``reported:``
+validation and the reports share.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Row keys of the model rows, in table order (the first-stage row comes first and is named
+#: by its backend; ΘD rows are ``domain`` or ``domain1``, ``domain2``… for several).
+PRETRAINED, DOMAIN, IR = "pretrained", "domain", "ir"
+MERGED_AT_1, MERGED_BEST = "merged@1", "merged@best"
+CANDIDATE_KEYS = (MERGED_AT_1, MERGED_BEST)
+#: The row labels the tables print; ``merged@best`` is labelled by the α it used.
+ROW_LABELS = {PRETRAINED: "Θ0", DOMAIN: "ΘD", IR: "ΘT", MERGED_AT_1: "Θ' (α=1)"}
+_DOMAIN_N = re.compile(r"^domain(\d+)$")
+
+
+def domain_row_keys(n: int) -> tuple[str, ...]:
+    """Row keys of ``n`` ΘD checkpoints run alone."""
+    if n == 0:
+        return ()
+    return (DOMAIN,) if n == 1 else tuple(f"{DOMAIN}{i + 1}" for i in range(n))
+
+
+def model_row_keys(has_pretrained: bool, n_domain_checkpoints: int) -> tuple[str, ...]:
+    """Every model row a triplet produces, in table order (the first-stage row not included)."""
+    return (
+        *((PRETRAINED,) if has_pretrained else ()),
+        *domain_row_keys(n_domain_checkpoints),
+        IR,
+        *CANDIDATE_KEYS,
+    )
+
+
+def row_label(key: str) -> str:
+    """The printed label of a model row key (``domain2`` -> ``ΘD2``)."""
+    m = _DOMAIN_N.match(key)
+    return f"ΘD{m.group(1)}" if m else ROW_LABELS.get(key, key)
+
+
+def alpha_label(alpha: Any) -> str:
+    """How an α is written in results: ``0.3`` for a scalar, sorted JSON for a layer-wise α."""
+    import json
+
+    if isinstance(alpha, int | float) and not isinstance(alpha, bool):
+        return f"{alpha:g}"
+    return json.dumps(alpha, sort_keys=True)
+
+
+@dataclass
+class Cell:
+    """One metric of one row on one dataset: the mean, per-query scores and the significance mark."""
+
+    mean: float
+    per_query: dict[str, float] = field(default_factory=dict)
+    significant: bool = False
+    p_value: float | None = None
+    compared_to: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mean": self.mean,
+            "per_query": self.per_query,
+            "significant": self.significant,
+        }
+        if self.p_value is not None:
+            out["p_value"] = self.p_value
+        if self.compared_to is not None:
+            out["compared_to"] = self.compared_to
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Cell | None:
+        if not isinstance(raw, Mapping) or raw.get("mean") is None:
+            return None
+        return cls(
+            mean=float(raw["mean"]),
+            per_query=dict(raw.get("per_query") or {}),
+            significant=bool(raw.get("significant", False)),
+            p_value=None if raw.get("p_value") is None else float(raw["p_value"]),
+            compared_to=raw.get("compared_to"),
+        )
+
+
+@dataclass
+class Row:
+    """One row of a triplet's table: a baseline or a merged model, fused with the first stage.
+
+    ``alpha`` is None for baselines, a number for ``merged@1`` and dataset -> α label for
+    ``merged@best``; ``unfused`` holds the model's own means before fusion.
+    """
+
+    key: str
+    label: str
+    kind: str = "baseline"  # baseline | merged
+    alpha: float | dict[str, str] | None = None
+    cells: dict[str, dict[str, Cell]] = field(default_factory=dict)
+    unfused: dict[str, dict[str, float]] | None = None
+
+    def cell(self, dataset: str, metric: str) -> Cell | None:
+        return self.cells.get(dataset, {}).get(metric)
+
+    def mean(self, dataset: str, metric: str) -> float | None:
+        c = self.cell(dataset, metric)
+        return None if c is None else c.mean
+
+    def alpha_for(self, dataset: str) -> Any:
+        """The α this row used on ``dataset`` (None for baselines)."""
+        return self.alpha.get(dataset) if isinstance(self.alpha, Mapping) else self.alpha
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "key": self.key,
+            "label": self.label,
+            "kind": self.kind,
+            "alpha": self.alpha,
+            "cells": {d: {m: c.to_json() for m, c in ms.items()} for d, ms in self.cells.items()},
+        }
+        if self.unfused is not None:
+            out["unfused"] = self.unfused
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Row:
+        cells: dict[str, dict[str, Cell]] = {}
+        for ds, metrics in (raw.get("cells") or {}).items():
+            for m, c in (metrics or {}).items():
+                cell = Cell.from_json(c)
+                if cell is not None:
+                    cells.setdefault(str(ds), {})[str(m)] = cell
+        key = str(raw.get("key", ""))
+        return cls(
+            key=key,
+            label=str(raw.get("label", key)),
+            kind=str(raw.get("kind", "baseline")),
+            alpha=raw.get("alpha"),
+            cells=cells,
+            unfused=raw.get("unfused"),
+        )
+
+
+@dataclass
+class SignificanceSettings:
+    """How the ``*`` marks were decided, for the report legend."""
+
+    test: str = "student"
+    max_p: float = 0.01
+    correction: str = "bonferroni"
+    comparisons: int | None = None
+    family: str = "section x dataset x metric: candidates vs best baseline"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "test": self.test,
+            "max_p": self.max_p,
+            "correction": self.correction,
+            "family": self.family,
+        }
+        if self.comparisons is not None:
+            out["comparisons"] = self.comparisons
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> SignificanceSettings | None:
+        if not raw:
+            return None
+        return cls(
+            test=str(raw.get("test", "student")),
+            max_p=float(raw.get("max_p", 0.01)),
+            correction=str(raw.get("correction", "bonferroni")),
+            comparisons=raw.get("comparisons"),
+            family=str(raw.get("family", cls.family)),
+        )
+
+
+@dataclass
+class Section:
+    """One triplet's block of rows."""
+
+    triplet: str
+    rows: list[Row] = field(default_factory=list)
+    significance: SignificanceSettings | None = None
+
+    def row(self, key: str) -> Row | None:
+        return next((r for r in self.rows if r.key == key), None)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"triplet": self.triplet, "rows": [r.to_json() for r in self.rows]}
+        if self.significance is not None:
+            out["significance"] = self.significance.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Section:
+        return cls(
+            triplet=str(raw.get("triplet", "")),
+            rows=[Row.from_json(r) for r in raw.get("rows") or []],
+            significance=SignificanceSettings.from_json(raw.get("significance")),
+        )
+
+
+@dataclass
+class AlphaAblation:
+    """The α sweep of one triplet: the objective per dev split and α, and the α chosen."""
+
+    metric: str = "NDCG@10"
+    split: str = "dev"
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> α -> value
+    mean: dict[str, float] = field(default_factory=dict)  # α -> mean over datasets
+    best: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "split": self.split,
+            "values": self.values,
+            "mean": self.mean,
+            "best": self.best,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> AlphaAblation:
+        return cls(
+            metric=str(raw.get("metric", "NDCG@10")),
+            split=str(raw.get("split", "dev")),
+            values={
+                str(d): {str(a): float(v) for a, v in (vals or {}).items()}
+                for d, vals in (raw.get("values") or {}).items()
+            },
+            mean={str(a): float(v) for a, v in (raw.get("mean") or {}).items()},
+            best=None if raw.get("best") is None else str(raw["best"]),
+        )
+
+
+@dataclass
+class ReportedCell:
+    """One published cell next to ours (``reported.md``); ``ours``/``delta`` None when not run."""
+
+    dataset: str
+    row: str
+    label: str
+    metric: str
+    reported: float
+    ours: float | None = None
+    delta: float | None = None
+    triplet: str | None = None
+    alpha_reported: float | None = None
+    alpha_ours: Any = None
+    source: str = ""
+    #: the paper's ``*`` on this cell; ours: the run's ``significant`` flag (None: not run,
+    #: or a dev α-ablation cell, which has no significance test)
+    significant_reported: bool = False
+    significant_ours: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "triplet": self.triplet,
+            "dataset": self.dataset,
+            "row": self.row,
+            "label": self.label,
+            "metric": self.metric,
+            "reported": self.reported,
+            "ours": self.ours,
+            "delta": self.delta,
+            "alpha_reported": self.alpha_reported,
+            "alpha_ours": self.alpha_ours,
+            "significant_reported": self.significant_reported,
+            "significant_ours": self.significant_ours,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ReportedCell:
+        return cls(
+            dataset=str(raw["dataset"]),
+            row=str(raw.get("row", "")),
+            label=str(raw.get("label") or raw.get("row", "")),
+            metric=str(raw["metric"]),
+            reported=float(raw["reported"]),
+            ours=None if raw.get("ours") is None else float(raw["ours"]),
+            delta=None if raw.get("delta") is None else float(raw["delta"]),
+            triplet=raw.get("triplet"),
+            alpha_reported=raw.get("alpha_reported"),
+            alpha_ours=raw.get("alpha_ours"),
+            source=str(raw.get("source", "")),
+            significant_reported=bool(raw.get("significant_reported", False)),
+            significant_ours=(
+                None if raw.get("significant_ours") is None else bool(raw["significant_ours"])
+            ),
+        )
+
+
+@dataclass
+class Results:
+    """Everything a finished run knows; ``results.json`` is its :meth:`to_json`.
+
+    ``fusion`` is triplet -> row key -> dataset -> the fusion parameters used (λ);
+    ``manifest`` is the run's provenance (see :func:`mergekit_ir.experiments.manifest`).
+    """
+
+    experiment: str = ""
+    metrics: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    alpha_ablation: dict[str, AlphaAblation] = field(default_factory=dict)
+    fusion: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    reported: list[ReportedCell] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+    significance: SignificanceSettings | None = None
+
+    def section(self, triplet: str) -> Section | None:
+        return next((s for s in self.sections if s.triplet == triplet), None)
+
+    def all_datasets(self) -> list[str]:
+        """The declared datasets, else every dataset a cell mentions (in first-seen order)."""
+        if self.datasets:
+            return list(self.datasets)
+        seen: dict[str, None] = {}
+        for s in self.sections:
+            for r in s.rows:
+                seen.update(dict.fromkeys(r.cells))
+        return list(seen)
+
+    def legend_significance(self) -> SignificanceSettings:
+        return (
+            self.significance
+            or next((s.significance for s in self.sections if s.significance), None)
+            or SignificanceSettings()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "experiment": self.experiment,
+            "metrics": list(self.metrics),
+            "datasets": list(self.datasets),
+            "sections": [s.to_json() for s in self.sections],
+            "alpha_ablation": {t: a.to_json() for t, a in self.alpha_ablation.items()},
+            "fusion": self.fusion,
+        }
+        if self.reported:
+            out["reported"] = [c.to_json() for c in self.reported]
+        if self.manifest is not None:
+            out["manifest"] = self.manifest
+        if self.significance is not None:
+            out["significance"] = self.significance.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Results:
+        """Read a results mapping (``results.json``, or a hand-made one); unknown keys are ignored."""
+        return cls(
+            experiment=str(raw.get("experiment", "")),
+            metrics=[str(m) for m in raw.get("metrics") or []],
+            datasets=[str(d) for d in raw.get("datasets") or []],
+            sections=[Section.from_json(s) for s in raw.get("sections") or []],
+            alpha_ablation={
+                str(t): AlphaAblation.from_json(a)
+                for t, a in (raw.get("alpha_ablation") or {}).items()
+            },
+            fusion=dict(raw.get("fusion") or {}),
+            reported=[
+                c if isinstance(c, ReportedCell) else ReportedCell.from_json(c)
+                for c in raw.get("reported") or []
+            ],
+            manifest=raw.get("manifest"),
+            significance=SignificanceSettings.from_json(raw.get("significance")),
+        )
+
+
+def as_results(results: Results | Mapping[str, Any]) -> Results:
+    """Accept a :class:`Results` or its JSON form (what ``results.json`` holds)."""
+    return results if isinstance(results, Results) else Results.from_json(results)
