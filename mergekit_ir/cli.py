@@ -38,6 +38,7 @@ def main(verbose: bool) -> None:
     mergeir merge quickstart-tiny --alpha 0.5 --out merged/
     mergeir plugins                # installed merge methods, scorers, backends
     mergeir validate registry.yaml
+    mergeir reported paper-table1  # the paper's published cells, as Markdown
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -416,6 +417,31 @@ def validate(file: str | None) -> None:
         f"{reg.path}: ok — {len(reg.datasets)} datasets, {len(reg.triplets)} triplets, "
         f"{len(reg.experiments)} experiments"
     )
+
+
+@main.command("reported")
+@click.argument("experiment")
+@click.option(
+    "--registry",
+    "registry_path",
+    type=click.Path(dir_okay=False),
+    help="Registry YAML (default: $MERGEIR_REGISTRY, ./registry.yaml, or the bundled one).",
+)
+def reported_cmd(experiment: str, registry_path: str | None) -> None:
+    """Print the published cells EXPERIMENT declares (its reported: block) as Markdown tables.
+
+    \b
+    Example:
+      mergeir reported paper-table1
+    """
+    from mergekit_ir.reports.published import render_published
+
+    exp = _registry(registry_path).experiment(experiment)
+    if not exp.reported:
+        raise ConfigError(
+            f"experiments.{experiment}: declares no reported: cells (docs/registry.md, 'Published numbers')"
+        )
+    click.echo(render_published(experiment, exp.reported, exp.metrics), nl=False)
 
 
 @main.command()

@@ -9,7 +9,7 @@ import pytest
 from mergekit_ir.errors import ConfigError
 from mergekit_ir.experiments.registry import load_registry
 from mergekit_ir.reports.render import render_reported, write_reports
-from mergekit_ir.reports.reported import ReportedRow, compare, summary
+from mergekit_ir.reports.reported import ReportedRow, compare, marks_summary, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,7 +220,9 @@ def test_bundled_paper_experiments_declare_their_recovered_cells():
         t1[None, "scifact", "bm25"]["MAP@100"] == 0.649
         and ("roberta-bio", "scifact", "merged@best") in t1
     )
-    assert {r.row for r in reg.experiment("paper-table3").reported} == {"alpha=0.7", "alpha=1.0"}
+    t3 = {(r.triplet, r.dataset, r.row): r.values for r in reg.experiment("paper-table3").reported}
+    assert t3["monot5-base-bio", "scifact", "alpha=0.7"] == {"NDCG@10": 0.722}
+    assert t3["monot5-base-bio", "scifact", "alpha=1.0"] == {"NDCG@10": 0.640}
 
 
 def test_tuned_label_says_which_alpha_each_dataset_got():
@@ -248,4 +250,99 @@ def test_reported_values_keep_their_published_decimals():
     assert (
         "| – | toy | BM25 | NDCG@10 | 0.2613 | 0.691 | +0.430 |  |"
         in render_reported(res).splitlines()
+    )
+
+
+@pytest.mark.parametrize(
+    ("marks", "message"),
+    [
+        (
+            "significant: NDCG@10",
+            r"^experiments\.table1\.reported\[0\]\.significant: give a list of this row's metrics "
+            r"that the paper marks with \*",
+        ),
+        (
+            "significant: [MAP@100]",
+            r"^experiments\.table1\.reported\[0\]\.significant\[0\]: 'MAP@100' is not a metric of "
+            r"this row \(P@10, NDCG@10\); a mark needs its value$",
+        ),
+        (
+            "significant: [NDCG@10, NDCG@10]",
+            r"^experiments\.table1\.reported\[0\]\.significant\[1\]: 'NDCG@10' is listed twice$",
+        ),
+    ],
+)
+def test_bad_significance_marks(tmp_path, marks, message):
+    text = REGISTRY.replace("NDCG@10: 0.691, source:", f"NDCG@10: 0.691, {marks}, source:")
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, text)
+
+
+def _marked(tmp_path):
+    text = REGISTRY.replace(
+        'NDCG@10: 0.691, source: "Table 1"}',
+        'NDCG@10: 0.691, significant: [NDCG@10], source: "Table 1"}',
+    ).replace(
+        "alpha: 0.3, NDCG@10: 0.7}", "alpha: 0.3, NDCG@10: 0.7, P@10: 0.5, significant: [NDCG@10]}"
+    )
+    rows = load(tmp_path, text).experiment("table1").reported
+    assert rows[0].significant == ("NDCG@10",) and rows[1].significant == ("NDCG@10",)
+    assert rows[2].significant == ()
+    res = _results()
+    best = res["sections"][0]["rows"][1]["cells"]["toy"]
+    best["P@10"]["significant"] = True  # ours marks P@10, the paper NDCG@10
+    return res, rows
+
+
+def test_compare_carries_both_marks(tmp_path):
+    res, rows = _marked(tmp_path)
+    rows += (
+        ReportedRow(dataset="other", row="bm25", values={"NDCG@10": 0.3}, significant=("NDCG@10",)),
+    )
+    by = {(c.dataset, c.row, c.metric): c for c in compare(res, rows)}
+    assert by["toy", "merged@best", "NDCG@10"].significant_reported is True
+    assert by["toy", "merged@best", "NDCG@10"].significant_ours is False
+    assert by["toy", "merged@best", "P@10"].significant_reported is False
+    assert by["toy", "merged@best", "P@10"].significant_ours is True
+    assert by["toy", "bm25", "P@10"].significant_ours is False  # run, unmarked
+    assert by["toy", "alpha=0.2", "NDCG@10"].significant_ours is None  # no test on dev α
+    assert by["other", "bm25", "NDCG@10"].significant_ours is None  # not in this run
+    assert marks_summary(by.values()) == (
+        "`*` marks in this run's 4 cells: paper 2, ours 1, both 0; paper only: 2 (toy bm25 NDCG@10, t1 toy merged@best NDCG@10); "
+        "ours only: 1 (t1 toy merged@best P@10); 1 marked by the paper not in this run"
+    )
+
+
+def test_render_reported_shows_both_marks(tmp_path):
+    res, rows = _marked(tmp_path)
+    res["reported"] = compare(res, rows)
+    lines = render_reported(res).splitlines()
+    assert "| – | toy | BM25 | NDCG@10 | 0.691\\* | 0.691 | 0.000 | Table 1 |" in lines
+    assert (
+        "| t1 | toy | Θ' (α=0.4); reported α=0.3 | NDCG@10 | 0.700\\* | 0.688 | -0.012 |  |"
+        in lines
+    )
+    assert "| t1 | toy | Θ' (α=0.4); reported α=0.3 | P@10 | 0.500 | 0.500\\* | 0.000 |  |" in lines
+    assert lines[-3].startswith(
+        "`*` marks in this run's 4 cells: paper 2, ours 1, both 0; paper only: 2 ("
+    )
+    assert lines[-1].startswith("5 reported cells compared: ")
+
+
+def test_no_marks_line_when_neither_side_marks():
+    res = _results()
+    res["reported"] = compare(
+        res, [ReportedRow(dataset="toy", row="bm25", values={"NDCG@10": 0.69})]
+    )
+    assert res["reported"][0].significant_reported is False
+    assert "`*` marks" not in render_reported(res)
+    assert marks_summary(res["reported"]) is None
+
+
+def test_marks_on_the_same_cell_count_as_both(tmp_path):
+    res, rows = _marked(tmp_path)
+    res["sections"][0]["rows"][1]["cells"]["toy"]["NDCG@10"]["significant"] = True
+    assert marks_summary(compare(res, rows)) == (
+        "`*` marks in this run's 4 cells: paper 2, ours 2, both 1; paper only: 1 (toy bm25 NDCG@10); "
+        "ours only: 1 (t1 toy merged@best P@10)"
     )

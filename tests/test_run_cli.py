@@ -177,7 +177,7 @@ def test_run_compares_with_reported_cells(tmp_path, quickstart_run):
     block = (
         "    metrics: [P@10, NDCG@3, NDCG@10, MAP@100]\n    reported:\n"
         f"      - {{dataset: quickstart-toy, row: bm25, NDCG@10: {bm25:.3f}, source: toy}}\n"
-        f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: merged@1, P@10: {max(merged - 0.02, 0):.3f}}}\n"
+        f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: merged@1, P@10: {max(merged - 0.02, 0):.3f}, significant: [P@10]}}\n"
         f"      - {{triplet: quickstart-tiny, dataset: quickstart-toy, row: alpha=0.5, NDCG@10: {dev:.3f}}}\n"
         "\n  # -- the paper"
     )
@@ -197,7 +197,11 @@ def test_run_compares_with_reported_cells(tmp_path, quickstart_run):
     assert cells[0]["ours"] == pytest.approx(bm25) and abs(cells[0]["delta"]) <= 0.0005
     assert cells[1]["delta"] == pytest.approx(merged - round(max(merged - 0.02, 0), 3))
     assert cells[2]["ours"] == pytest.approx(dev)
+    ours_mark = rows["merged@1"]["cells"]["quickstart-toy"]["P@10"]["significant"]
+    assert cells[1]["significant_reported"] is True and cells[1]["significant_ours"] is ours_mark
+    assert cells[2]["significant_ours"] is None  # the dev α sweep has no significance test
     md = (out / "reported.md").read_bytes()
+    assert b"`*` marks in this run's 2 cells: paper 1, " in md
     assert invoke("report", str(out)).exit_code == 0
     assert (out / "reported.md").read_bytes() == md
 

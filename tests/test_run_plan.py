@@ -104,14 +104,14 @@ def test_bundled_paper_experiments_name_what_they_download():
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if "ΘT castorini/monot5-base-msmarco" in ln)
     assert line.rstrip().endswith(("hub, to download", "hub, in the local cache"))
-    assert "reported      6 published row(s)" in res.output
+    assert "reported      104 published row(s)" in res.output
     assert res.output.splitlines()[-1].startswith("ready to run")
     scifact_only = dry_run(
         "paper-table1", "--registry", str(ROOT / "registry.yaml"), "--dataset", "scifact"
     )
     assert (
-        "reported      5 published row(s)" in scifact_only.output
-    )  # the NFCorpus BM25 row is not in it
+        "reported      26 published row(s)" in scifact_only.output
+    )  # 1 BM25 + 5 models × 5 rows: the other datasets' rows are not in it
 
 
 def test_dry_run_checkpoint_sources_follow_the_loader_rules(tmp_path):

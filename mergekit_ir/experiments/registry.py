@@ -31,8 +31,8 @@ DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
 # -- YAML with duplicate-key detection -----------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    pass
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's parser when present: the paper's published cells make the file long."""
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:

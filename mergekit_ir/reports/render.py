@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mergekit_ir.reports.reported import TOLERANCE, summary
+from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
 from mergekit_ir.reports.results import Results, Row, Section, as_results
 from mergekit_ir.storage import atomic
 
@@ -332,6 +332,8 @@ def render_reported(results: ResultsLike) -> str | None:
         f"# Compared with reported numbers: {results.experiment}".rstrip(),
         "",
         f"Δ = ours − reported; |Δ| ≤ {TOLERANCE:g} counts as reproduced. `–`: not in this run.",
+        "`*`: a significant improvement over the best baseline, as the paper marks it (reported) "
+        "and as this run does (ours).",
         "",
         "| triplet | dataset | row | metric | reported | ours | Δ | source |",
         "|:---|:---|:---|:---|---:|---:|---:|:---|",
@@ -350,13 +352,16 @@ def render_reported(results: ResultsLike) -> str | None:
             c.dataset,
             label,
             c.metric,
-            shown,
-            _DASH if c.ours is None else _fmt(c.ours),
+            shown + ("*" if c.significant_reported else ""),
+            _DASH if c.ours is None else _fmt(c.ours) + ("*" if c.significant_ours else ""),
             _DASH if c.delta is None else _signed(c.delta),
             c.source,
         ]
-        lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |")
-    lines += ["", summary(cells)]
+        lines.append(
+            "| " + " | ".join(str(x).replace("|", "\\|").replace("*", "\\*") for x in row) + " |"
+        )
+    marks = marks_summary(cells)
+    lines += ["", *([marks, ""] if marks else []), summary(cells)]
     return "\n".join(lines) + "\n"
 
 

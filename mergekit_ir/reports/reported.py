@@ -44,6 +44,8 @@ class ReportedRow:
     ``row`` is a results row key (``bm25``, ``pretrained``, ``domain``, ``ir``,
     ``merged@1``, ``merged@best``) or ``alpha=<α>`` for a cell of the dev-split α
     ablation. ``triplet`` is None for rows that do not depend on the model (BM25).
+    ``significant`` names the metrics whose printed value carries the paper's ``*``
+    (a significant improvement over the best baseline), so our marks can be checked too.
     """
 
     dataset: str
@@ -52,6 +54,7 @@ class ReportedRow:
     triplet: str | None = None
     alpha: float | None = None
     source: str = ""
+    significant: tuple[str, ...] = ()
 
 
 def parse_reported(
@@ -133,7 +136,7 @@ def parse_reported(
         allowed = [ablation_metric] if alpha_row else metrics
         values: dict[str, float] = {}
         for key, value in item.items():
-            if key in ("dataset", "row", "triplet", "alpha", "source"):
+            if key in ("dataset", "row", "triplet", "alpha", "source", "significant"):
                 continue
             if str(key) not in allowed:
                 raise ConfigError(
@@ -148,6 +151,9 @@ def parse_reported(
             values[str(key)] = float(value)
         if not values:
             raise ConfigError(f"{where}: no metric values (e.g. NDCG@10: 0.691)")
+        significant = _significant_metrics(
+            item.get("significant", []), f"{where}.significant", values
+        )
         alpha = item.get("alpha")
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float)):
             raise ConfigError(f"{where}.alpha: {alpha!r} is not a number (the α the paper chose)")
@@ -159,9 +165,30 @@ def parse_reported(
                 triplet=None if triplet is None else str(triplet),
                 alpha=None if alpha is None else float(alpha),
                 source=str(item.get("source", "")),
+                significant=significant,
             )
         )
     return tuple(rows)
+
+
+def _significant_metrics(raw: Any, where: str, values: Mapping[str, float]) -> tuple[str, ...]:
+    """The row's ``significant:`` list: metric names of this row, each at most once."""
+    if not isinstance(raw, list):
+        raise ConfigError(
+            f"{where}: give a list of this row's metrics that the paper marks with *, "
+            "e.g. significant: [NDCG@10, MAP@100]"
+        )
+    seen: list[str] = []
+    for j, name in enumerate(raw):
+        if str(name) not in values:
+            raise ConfigError(
+                f"{where}[{j}]: {name!r} is not a metric of this row "
+                f"({', '.join(values)}); a mark needs its value"
+            )
+        if str(name) in seen:
+            raise ConfigError(f"{where}[{j}]: {name!r} is listed twice")
+        seen.append(str(name))
+    return tuple(seen)
 
 
 def _ablation_value(
@@ -194,8 +221,11 @@ def compare(
 ) -> list[ReportedCell]:
     """One cell per reported value: ours, reported and ours − reported (None when not run).
 
-    A model-free row (BM25) is matched against the first triplet section that has it, since
-    every section carries the same first-stage numbers.
+    ``significant_reported`` is the paper's ``*`` on the cell, ``significant_ours`` our
+    cell's ``significant`` flag (None when the cell is not in this run, and for the dev
+    α ablation, which has no significance test). A model-free row (BM25) is matched
+    against the first triplet section that has it, since every section carries the same
+    first-stage numbers.
     """
     results = as_results(results)
     out = []
@@ -205,14 +235,16 @@ def compare(
         label = r.row if found is None else found.label
         ours_alpha = None if found is None else found.alpha_for(r.dataset)
         for metric, reported in r.values.items():
-            ours = None
+            ours, ours_mark = None, None
             if alpha_row:
                 ours = _ablation_value(
                     results, r.triplet or "", r.dataset, float(alpha_row.group(1)), metric
                 )
                 label = f"dev, α={float(alpha_row.group(1)):g}"
             elif found is not None:
-                ours = found.mean(r.dataset, metric)
+                cell = found.cell(r.dataset, metric)
+                if cell is not None:
+                    ours, ours_mark = cell.mean, cell.significant
             out.append(
                 ReportedCell(
                     triplet=r.triplet,
@@ -225,6 +257,8 @@ def compare(
                     delta=None if ours is None else ours - reported,
                     alpha_reported=r.alpha,
                     alpha_ours=ours_alpha,
+                    significant_reported=metric in r.significant,
+                    significant_ours=ours_mark,
                     source=r.source,
                 )
             )
@@ -245,3 +279,39 @@ def summary(cells: Iterable[ReportedCell], tolerance: float = TOLERANCE) -> str:
         f"{len(run)} reported cells compared{missing}: {within} within ±{tolerance:g}, "
         f"largest |Δ| {abs(worst.delta):.3f} ({where})"
     )
+
+
+def _where(c: ReportedCell) -> str:
+    return " ".join(str(x) for x in (c.triplet, c.dataset, c.row, c.metric) if x)
+
+
+def marks_summary(cells: Iterable[ReportedCell], listed: int = 8) -> str | None:
+    """One line: do our ``*`` marks agree with the paper's? None when neither side has any.
+
+    Only cells in this run are compared; the disagreements are named (the first
+    ``listed`` of each kind), since a mark the paper prints and we do not is a finding.
+    """
+    cells = list(cells)
+    run = [c for c in cells if c.significant_ours is not None]
+    if not any(c.significant_reported for c in cells) and not any(c.significant_ours for c in run):
+        return None
+    paper_only = [c for c in run if c.significant_reported and not c.significant_ours]
+    ours_only = [c for c in run if c.significant_ours and not c.significant_reported]
+    both = sum(bool(c.significant_reported and c.significant_ours) for c in run)
+    unrun = sum(c.significant_reported for c in cells if c.significant_ours is None)
+
+    def named(group: list[ReportedCell]) -> str:
+        shown = ", ".join(_where(c) for c in group[:listed])
+        return f"{len(group)} ({shown}{', …' if len(group) > listed else ''})"
+
+    parts = [
+        f"`*` marks in this run's {len(run)} cells: paper {both + len(paper_only)}, "
+        f"ours {both + len(ours_only)}, both {both}"
+    ]
+    if paper_only:
+        parts.append(f"paper only: {named(paper_only)}")
+    if ours_only:
+        parts.append(f"ours only: {named(ours_only)}")
+    if unrun:
+        parts.append(f"{unrun} marked by the paper not in this run")
+    return "; ".join(parts)

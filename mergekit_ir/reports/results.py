@@ -258,6 +258,10 @@ class ReportedCell:
     alpha_reported: float | None = None
     alpha_ours: Any = None
     source: str = ""
+    #: the paper's ``*`` on this cell; ours: the run's ``significant`` flag (None: not run,
+    #: or a dev α-ablation cell, which has no significance test)
+    significant_reported: bool = False
+    significant_ours: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -271,6 +275,8 @@ class ReportedCell:
             "delta": self.delta,
             "alpha_reported": self.alpha_reported,
             "alpha_ours": self.alpha_ours,
+            "significant_reported": self.significant_reported,
+            "significant_ours": self.significant_ours,
             "source": self.source,
         }
 
@@ -288,6 +294,10 @@ class ReportedCell:
             alpha_reported=raw.get("alpha_reported"),
             alpha_ours=raw.get("alpha_ours"),
             source=str(raw.get("source", "")),
+            significant_reported=bool(raw.get("significant_reported", False)),
+            significant_ours=(
+                None if raw.get("significant_ours") is None else bool(raw["significant_ours"])
+            ),
         )
 
 
