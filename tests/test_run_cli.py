@@ -235,3 +235,42 @@ def test_layer_wise_alpha_grid_runs_to_the_report(tmp_path, quickstart_run):
     alpha_md = (out / "alpha.md").read_text()
     assert '| {"gradient": [0.0, 1.0]} |' in alpha_md and '"filter": "attention"' in alpha_md
     assert invoke("report", str(out)).exit_code == 0 and (out / "alpha.md").read_text() == alpha_md
+
+
+def test_scoring_settings_are_part_of_the_cache_key(tmp_path, quickstart_run):
+    """A bf16 run after an fp32 one reuses only the first stage, never the fp32 model runs."""
+    cache = str(quickstart_run[0] / "cache")
+    res = invoke(
+        "run", "--registry", REGISTRY, "--out", str(tmp_path / "bf16"), "--cache-dir", cache,
+        "--dtype", "bf16", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "cache: 2 hits" in res.output  # the test and dev first-stage runs
+    m = json.loads((tmp_path / "bf16" / "results.json").read_text())["manifest"]
+    assert m["scoring"] == {"device": "cpu", "dtype": "bfloat16", "batch_size": 32}
+
+
+def test_a_bad_device_fails_before_any_work_and_writes_nothing(tmp_path, quickstart_run):
+    out = tmp_path / "o"
+    for device in ("cuda:9", "quantum"):
+        res = CliRunner().invoke(
+            main,
+            ["run", "--registry", REGISTRY, "--out", str(out), "--device", device,
+             "--cache-dir", str(quickstart_run[0] / "cache"), "-q"],
+        )  # fmt: skip
+        last = res.output.strip().splitlines()[-1]
+        assert (
+            res.exit_code == 2
+            and last.startswith("error: --device")
+            and "Traceback" not in res.output
+        )
+        assert not out.exists()
+
+
+def test_out_folder_that_is_not_a_run_is_refused_untouched(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    res = CliRunner().invoke(main, ["run", "--registry", REGISTRY, "--out", str(out), "-q"])
+    assert res.exit_code == 2 and "is not the output of an earlier `mergeir run`" in res.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

@@ -36,10 +36,20 @@ def resolve_device(device: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MergeIRError(
+            f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MergeIRError(
             f"--device {device}: CUDA is not available on this machine; use --device auto or cpu"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MergeIRError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "use cuda:0 … or --device auto"
         )
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
