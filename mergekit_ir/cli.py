@@ -146,6 +146,10 @@ def run(
     from mergekit_ir.experiments.runner import RunOptions, run_experiment, selected_datasets
 
     reg = _registry(registry_path)
+    if experiment == "quickstart" and "quickstart" not in reg.experiments and not registry_path:
+        from mergekit_ir.experiments.registry import bundled_registry_path, load_registry
+
+        reg = load_registry(bundled_registry_path())  # a local registry.yaml never hides the demo
     out = Path(out_dir) if out_dir else Path("mergeir-out") / experiment
     if dry_run:
         from mergekit_ir.experiments.dry_run import describe

@@ -135,3 +135,12 @@ def test_dry_run_checkpoint_sources_follow_the_loader_rules(tmp_path):
         for ln in lines
     )
     assert res.exit_code == 2 and "error: e1: 2 problem(s)" in res.output
+
+
+def test_quickstart_is_reachable_beside_an_unrelated_registry(tmp_path, monkeypatch):
+    (tmp_path / "registry.yaml").write_text("datasets: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MERGEIR_REGISTRY", raising=False)
+    res = CliRunner().invoke(main, ["run", "--dry-run", "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("quickstart:") and "ready to run" in res.output
