@@ -11,7 +11,7 @@ from typing import Any
 import click
 import yaml
 
-from mergekit_ir.errors import ConfigError, MergeIRError
+from mergekit_ir.errors import ConfigError, MergeIRError, short_repr
 
 
 class _Group(click.Group):
@@ -197,11 +197,13 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--param {item!r}: write NAME=VALUE, e.g. --param density=0.5")
+            raise ConfigError(
+                f"--param {short_repr(item)}: write NAME=VALUE, e.g. --param density=0.5"
+            )
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise ConfigError(f"--param {item!r}: the value is not valid YAML") from None
+            raise ConfigError(f"--param {short_repr(item)}: the value is not valid YAML") from None
     return out
 
 
@@ -243,7 +245,11 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option(
     "--device", default="cpu", show_default=True, help="Where the arithmetic runs (cpu or cuda)."
 )
-@click.option("--allow-nonfinite", is_flag=True, help="Do not stop on NaN/Inf in a task vector.")
+@click.option(
+    "--allow-nonfinite",
+    is_flag=True,
+    help="Do not stop on NaN/Inf in ΘT, a task vector or the merged weights.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def merge(
     triplet: str | None,
@@ -278,6 +284,7 @@ def merge(
     from mergekit_ir.experiments.runner import resolve_ref_folder
     from mergekit_ir.merging.checkpoint import open_checkpoint, resolve_folder
     from mergekit_ir.merging.engine import MergeJob, build_plan, merge_to_folder
+    from mergekit_ir.merging.method import check_weights
     from mergekit_ir.merging.safetensors_writer import parse_size
     from mergekit_ir.merging.task_vector import TaskVector
     from mergekit_ir.params import check_params
@@ -313,11 +320,14 @@ def merge(
             else:
                 domains.append(("checkpoint", resolve_folder(d)))
         rules = AlignmentRules()
+    dev = str(resolve_device(device))
     mm = catalog().merge_method(method, "--method")
     try:
         alpha_value = yaml.safe_load(alpha)
     except yaml.YAMLError:
-        raise ConfigError(f"--alpha {alpha!r}: not a number or YAML value") from None
+        raise ConfigError(f"--alpha {short_repr(alpha)}: not a number or YAML value") from None
+    if alpha_value is None:
+        raise ConfigError(f"--alpha {short_repr(alpha)}: empty; give a number, e.g. --alpha 0.5")
     given = {**_parse_params(params), "alpha": alpha_value}
     checked = check_params(mm.params, given, "--param", f"merge method '{method}'")
     ir_src = open_checkpoint(str(ir_folder))
@@ -334,6 +344,7 @@ def merge(
                     "--pretrained is needed to form ΘD − Θ0 from a full domain checkpoint"
                 )
             vectors.append(TaskVector.from_checkpoints(pre_src, open_checkpoint(str(folder))))
+    check_weights(checked.get("weights"), len(vectors), "--param weights")
     job = MergeJob(
         ir_src,
         vectors,
@@ -349,7 +360,6 @@ def merge(
         return
     if not out_dir:
         raise ConfigError("--out DIR is required (or use --plan to only print the plan)")
-    dev = str(resolve_device(device))
     if triplet:
         provenance = {
             "triplet": triplet,
@@ -383,7 +393,10 @@ def merge(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save τ."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
-def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) -> None:
+@click.option("--allow-nonfinite", is_flag=True, help="Save τ even if it has NaN/Inf values.")
+def task_vector(
+    pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool, allow_nonfinite: bool
+) -> None:
     """Save τ = ΘD − Θ0 as safetensors, reusable without its models.
 
     \b
@@ -396,7 +409,12 @@ def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) ->
 
     pre, dom = open_checkpoint(pre_ref), open_checkpoint(domain_ref)
     tv = TaskVector.from_checkpoints(pre, dom)
-    path = tv.save(out_dir, {"pretrained": pre_ref, "domain": domain_ref}, overwrite=overwrite)
+    path = tv.save(
+        out_dir,
+        {"pretrained": pre_ref, "domain": domain_ref},
+        overwrite=overwrite,
+        allow_nonfinite=allow_nonfinite,
+    )
     click.echo(f"wrote {path} ({len(tv.keys())} tensors)")
 
 

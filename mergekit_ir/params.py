@@ -13,12 +13,13 @@ may be layer-wise:
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_ir.errors import ConfigError
+from mergekit_ir.errors import ConfigError, short_repr
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers?|block|h|blocks)\.(\d+)\.")
 
@@ -67,11 +68,15 @@ class Param:
             return None
         if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
             raise ConfigError(
-                f"{path}: {value!r} is not a {self.type.__name__} (parameter {self.describe()})"
+                f"{path}: {short_repr(value)} is not a {self.type.__name__} (parameter {self.describe()})"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{path}: {_fmt(value)} is not a finite number (parameter {self.describe()})"
             )
         if self.choices is not None and value not in self.choices:
             raise ConfigError(
-                f"{path}: {value!r} is not one of {', '.join(map(str, self.choices))}"
+                f"{path}: {short_repr(value)} is not one of {', '.join(map(str, self.choices))}"
             )
         if self.min is not None and value < self.min or self.max is not None and value > self.max:
             lo = "-inf" if self.min is None else _fmt(self.min)
@@ -108,7 +113,7 @@ class Param:
                     re.compile(pattern)
                 except re.error as exc:
                     raise ConfigError(
-                        f"{path}[{i}].filter: bad regex {pattern!r} ({exc})"
+                        f"{path}[{i}].filter: bad regex {short_repr(pattern)} ({exc})"
                     ) from None
                 rules.append(
                     {

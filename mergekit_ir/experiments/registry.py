@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from mergekit_ir.errors import ConfigError
+from mergekit_ir.errors import ConfigError, short_repr
 from mergekit_ir.merging.alignment import AlignmentRules
+from mergekit_ir.merging.method import check_weights
 from mergekit_ir.params import check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
 
@@ -37,7 +38,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
         key = loader.construct_object(key_node)
         if key in seen:
             raise ConfigError(
-                f"{loader.name}:{key_node.start_mark.line + 1}: duplicate name {key!r} "
+                f"{loader.name}:{key_node.start_mark.line + 1}: duplicate name {short_repr(key)} "
                 f"(first defined on line {seen[key] + 1}); rename one of them"
             )
         seen[key] = key_node.start_mark.line
@@ -180,13 +181,17 @@ def _get(table: dict[str, Any], name: str, kind: str, path: Path) -> Any:
         return table[name]
     except KeyError:
         known = ", ".join(sorted(table)) or "none"
-        raise ConfigError(f"{path}: no {kind} named {name!r} (defined: {known})") from None
+        raise ConfigError(
+            f"{path}: no {kind} named {short_repr(name)} (defined: {known})"
+        ) from None
 
 
 # -- parsing helpers --------------------------------------------------------------------------
 def _expect(value: Any, typ: type | tuple[type, ...], path: str, what: str) -> Any:
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{path}: expected {what}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{path}: expected {what}, got {type(value).__name__} {short_repr(value)}"
+        )
     return value
 
 
@@ -354,13 +359,13 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     for i, t in enumerate(trips):
         if t not in reg.triplets:
             raise ConfigError(
-                f"{path}.triplets[{i}]: unknown triplet {t!r} (defined: {', '.join(sorted(reg.triplets)) or 'none'})"
+                f"{path}.triplets[{i}]: unknown triplet {short_repr(t)} (defined: {', '.join(sorted(reg.triplets)) or 'none'})"
             )
     dsets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
     for i, d in enumerate(dsets):
         if d not in reg.datasets:
             raise ConfigError(
-                f"{path}.datasets[{i}]: unknown dataset {d!r} (defined: {', '.join(sorted(reg.datasets)) or 'none'})"
+                f"{path}.datasets[{i}]: unknown dataset {short_repr(d)} (defined: {', '.join(sorted(reg.datasets)) or 'none'})"
             )
     kw: dict[str, Any] = {
         "name": name,
@@ -383,6 +388,13 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         alphas and all(isinstance(a, Mapping) and "filter" in a for a in alphas)
     ):
         alphas = [alphas]
+    if not alphas:
+        raise ConfigError(
+            f"{path}.merge.alpha: the α grid is empty; give at least one value, e.g. [0.5]"
+        )
+    for i, a in enumerate(alphas):
+        if a is None:
+            raise ConfigError(f"{path}.merge.alpha[{i}]: empty value; give a number such as 0.5")
     kw["alphas"] = tuple(
         alpha_param.check(a, f"{path}.merge.alpha[{i}]") for i, a in enumerate(alphas)
     )
@@ -394,6 +406,9 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         f"merge method '{method_name}'",
     )
     kw["merge_params"] = fixed
+    if fixed.get("weights") is not None:
+        for t in trips:
+            check_weights(fixed["weights"], len(reg.triplets[t].domains), f"{path}.merge.weights")
 
     fs = dict(raw.get("first_stage") or {})
     backend = fs.pop("backend", "bm25s")
@@ -415,12 +430,12 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     fmethod = fusion.get("method", "wsum")
     if fmethod not in FUSION_METHODS:
         raise ConfigError(
-            f"{path}.fusion.method: unknown ranx fusion {fmethod!r} (e.g. wsum, rrf, combsum, combmnz)"
+            f"{path}.fusion.method: unknown ranx fusion {short_repr(fmethod)} (e.g. wsum, rrf, combsum, combmnz)"
         )
     norm = fusion.get("norm", "min-max")
     if norm not in NORMS:
         raise ConfigError(
-            f"{path}.fusion.norm: unknown normalisation {norm!r} (one of {', '.join(NORMS)})"
+            f"{path}.fusion.norm: unknown normalisation {short_repr(norm)} (one of {', '.join(NORMS)})"
         )
     params = dict(fusion.get("params") or {})
     if "weights" in fusion:
@@ -463,7 +478,7 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     _keys(evaluation, f"{path}.evaluation", {"queries"})
     if evaluation.get("queries", "all") not in ("all", "retrieved"):
         raise ConfigError(
-            f"{path}.evaluation.queries: {evaluation['queries']!r} is not one of all, retrieved"
+            f"{path}.evaluation.queries: {short_repr(evaluation['queries'])} is not one of all, retrieved"
         )
     kw["eval_queries"] = evaluation.get("queries", "all")
 
@@ -471,21 +486,21 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     _keys(sig, f"{path}.significance", {"test", "max_p", "correction", "comparisons"})
     if sig.get("test", "student") not in ("student", "fisher"):
         raise ConfigError(
-            f"{path}.significance.test: {sig['test']!r} is not one of student, fisher"
+            f"{path}.significance.test: {short_repr(sig['test'])} is not one of student, fisher"
         )
     if sig.get("correction", "bonferroni") not in ("bonferroni", "none"):
         raise ConfigError(
-            f"{path}.significance.correction: {sig['correction']!r} is not one of bonferroni, none"
+            f"{path}.significance.correction: {short_repr(sig['correction'])} is not one of bonferroni, none"
         )
     max_p = sig.get("max_p", 0.01)
     if not isinstance(max_p, int | float) or not 0 < max_p < 1:
-        raise ConfigError(f"{path}.significance.max_p: {max_p!r} is outside (0, 1)")
+        raise ConfigError(f"{path}.significance.max_p: {short_repr(max_p)} is outside (0, 1)")
     comparisons = sig.get("comparisons")
     if comparisons is not None and (
         isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1
     ):
         raise ConfigError(
-            f"{path}.significance.comparisons: {comparisons!r} is not a positive integer "
+            f"{path}.significance.comparisons: {short_repr(comparisons)} is not a positive integer "
             "(the Bonferroni m; leave it out to use the number of merged rows)"
         )
     if comparisons is not None and sig.get("correction", "bonferroni") != "bonferroni":
@@ -506,7 +521,7 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     _expect(bs, int, f"{path}.scoring.batch_size", "a positive integer")
     if scoring.get("dtype", "auto") not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(
-            f"{path}.scoring.dtype: {scoring['dtype']!r} is not one of auto, fp32, bf16, fp16"
+            f"{path}.scoring.dtype: {short_repr(scoring['dtype'])} is not one of auto, fp32, bf16, fp16"
         )
     kw.update(batch_size=bs, dtype=scoring.get("dtype", "auto"))
     if "seed" in raw:

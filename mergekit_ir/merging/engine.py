@@ -31,7 +31,8 @@ from mergekit_ir.merging.alignment import (
     vocab_case,
 )
 from mergekit_ir.merging.checkpoint import TensorSource
-from mergekit_ir.merging.method import MergeMethod
+from mergekit_ir.merging.finite import all_finite
+from mergekit_ir.merging.method import MergeMethod, check_weights
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
 from mergekit_ir.merging.task_vector import TaskVector
 from mergekit_ir.params import TensorPosition, layer_index, resolve_all
@@ -55,6 +56,8 @@ class MergeJob:
     allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
+        if "weights" in self.params:
+            check_weights(self.params["weights"], len(self.vectors), "weights")
         self.ir_index = NameIndex.build("ΘT", self.ir.names(), self.ir.config)
         self.p_index = (
             NameIndex.build("Θ0", self.pretrained.names(), self.pretrained.config)
@@ -154,16 +157,37 @@ def build_plan(job: MergeJob) -> MergePlan:
     return MergePlan(entries, skipped)
 
 
-def all_finite(t: torch.Tensor) -> bool:
-    """``torch.isfinite(t).all()`` without its tensor-sized bool temporary.
+def check_tau(job: MergeJob, tau: torch.Tensor, name: str, i: int) -> None:
+    require_finite(
+        job,
+        tau,
+        name,
+        f"task vector τ{i + 1} ({job.vectors[i].describe()})",
+        "check the checkpoints or pass --allow-nonfinite",
+    )
 
-    A NaN or ±Inf makes the sum non-finite, so a finite sum (one fast read-only pass) proves
-    every element finite; only a non-finite sum (NaN/Inf, or finite values overflowing the
-    sum) needs the exact elementwise check.
-    """
-    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
-        return True
-    return bool(torch.isfinite(t).all())
+
+def require_finite(job: MergeJob, t: torch.Tensor, name: str, what: str, fix: str) -> None:
+    """Stop on NaN/Inf in ``t`` (one cheap pass) unless the job allows non-finite values."""
+    if not job.allow_nonfinite and not all_finite(t):
+        raise CheckpointError(f"tensor {name}: {what} has NaN/Inf values; {fix}")
+
+
+_OVERFLOW_FIX = "lower α (or the weights), or pass --allow-nonfinite to write it anyway"
+
+
+def check_merged(job: MergeJob, e: PlanEntry, fp32: torch.Tensor, cast: torch.Tensor) -> None:
+    """The merged tensor is finite in fp32 and still finite once cast back to ΘT's dtype."""
+    require_finite(job, fp32, e.name, f"the merged value ({job.method.name})", _OVERFLOW_FIX)
+    if cast.dtype != fp32.dtype:
+        dtype = str(cast.dtype).removeprefix("torch.")
+        require_finite(
+            job,
+            cast,
+            e.name,
+            f"the merged value cast to ΘT's {dtype} (it overflows the {dtype} range)",
+            _OVERFLOW_FIX,
+        )
 
 
 def merged_tensor(
@@ -181,6 +205,13 @@ def merged_tensor(
     if theta_t is None:
         theta_t = job.ir.get(e.name).to(device=device, dtype=torch.float32)
         theta_t = theta_t[:rows] if rows else theta_t
+        require_finite(
+            job,
+            theta_t,
+            e.name,
+            f"ΘT ({job.ir.ref})",
+            "the checkpoint is broken; re-download it or pass --allow-nonfinite",
+        )
     if taus is None:
         taus = []
         for i, v in enumerate(job.vectors):
@@ -188,11 +219,7 @@ def merged_tensor(
             if d is None:
                 d = torch.zeros_like(theta_t)
             d = d.to(device)[:rows] if rows else d.to(device)
-            if not job.allow_nonfinite and not all_finite(d):
-                raise CheckpointError(
-                    f"tensor {e.name}: task vector τ{i + 1} ({v.describe()}) has NaN/Inf values; "
-                    "check the checkpoints or pass --allow-nonfinite"
-                )
+            check_tau(job, d, e.name, i)
             taus.append(d)
     if tau_t is None and job.method.needs_ir_vector:
         p = job.pretrained.get(job.p_index.find(e.key)).to(device=device, dtype=torch.float32)  # type: ignore[union-attr]
@@ -217,7 +244,10 @@ def iter_merged(
         if e.action == "copy":
             yield e.name, job.ir.get(e.name)
             continue
-        merged = merged_tensor(job, plan, e, device).to("cpu", e.dtype)
+        fp32 = merged_tensor(job, plan, e, device)
+        merged = fp32.to("cpu", e.dtype)
+        check_merged(job, e, fp32, merged)
+        del fp32
         if e.rows:  # only then is ΘT's tensor needed again: its extra vocabulary rows
             original = job.ir.get(e.name)
             original[: e.rows] = merged

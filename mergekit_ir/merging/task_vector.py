@@ -26,6 +26,7 @@ import torch
 from mergekit_ir.errors import CheckpointError
 from mergekit_ir.merging.alignment import NameIndex, base_prefix, canonical, is_head, vocab_case
 from mergekit_ir.merging.checkpoint import TensorSource, _SafetensorsFile
+from mergekit_ir.merging.finite import all_finite
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
 from mergekit_ir.storage import atomic
 
@@ -301,8 +302,13 @@ class TaskVector:
         metadata: dict[str, str] | None = None,
         overwrite: bool = False,
         dtype: torch.dtype = torch.float32,
+        allow_nonfinite: bool = False,
     ) -> Path:
-        """Write τ as safetensors (canonical keys) so it can be reused without its models."""
+        """Write τ as safetensors (canonical keys) so it can be reused without its models.
+
+        A τ with NaN/Inf (from a broken ΘD or Θ0) is refused unless ``allow_nonfinite``:
+        it would silently poison every model merged from it later.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise CheckpointError(f"{path}: exists; pass --overwrite to replace it")
@@ -317,6 +323,12 @@ class TaskVector:
         with atomic.directory(path, overwrite=overwrite) as tmp:
             with ShardedWriter(tmp, specs, 2**62, meta, basename="task_vector") as w:
                 for k in keys:
-                    w.write(k, self.get(k).to(dtype))  # type: ignore[union-attr]
+                    t = self.get(k).to(dtype)  # type: ignore[union-attr]
+                    if not allow_nonfinite and not all_finite(t):
+                        raise CheckpointError(
+                            f"tensor {k}: τ = {self.describe()} has NaN/Inf values; check the "
+                            "checkpoints or pass --allow-nonfinite (nothing written)"
+                        )
+                    w.write(k, t)
             (tmp / "task_vector.json").write_text(json.dumps(meta, indent=2))
         return path
