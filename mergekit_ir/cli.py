@@ -21,7 +21,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MergeIRError as exc:
-            click.echo(f"error: {exc}", err=True)
+            message = " ".join(str(exc).splitlines())  # one line, whatever a value held
+            click.echo(f"error: {message}", err=True)
             ctx.exit(2)
 
 

@@ -5,6 +5,7 @@ names the file, YAML key or tensor at fault and says what to do. The CLI prints 
 without a traceback.
 """
 
+import re
 import reprlib
 
 
@@ -50,3 +51,9 @@ def short_repr(value: object, limit: int = ECHO_LIMIT) -> str:
     """
     text = _REPR.repr(value).replace("\n", "\\n")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def key_label(key: object) -> str:
+    """A YAML key as it appears in an error's path: bare when it is a plain word, else quoted."""
+    text = str(key)
+    return text if re.fullmatch(r"[\w.@+-]{1,60}", text) else short_repr(key, 40)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_ir.errors import ConfigError, short_repr
+from mergekit_ir.errors import ConfigError, key_label, short_repr
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers?|block|h|blocks)\.(\d+)\.")
 
@@ -111,6 +111,10 @@ class Param:
                 pattern = rule.get("filter", "")
                 try:
                     re.compile(pattern)
+                except TypeError:
+                    raise ConfigError(
+                        f"{path}[{i}].filter: expected a regex string, got {short_repr(pattern)}"
+                    ) from None
                 except re.error as exc:
                     raise ConfigError(
                         f"{path}[{i}].filter: bad regex {short_repr(pattern)} ({exc})"
@@ -143,7 +147,9 @@ def check_params(
     unknown = [k for k in given if k not in by_name]
     if unknown:
         known = ", ".join(by_name) or "none"
-        raise ConfigError(f"{path}.{unknown[0]}: unknown parameter for {owner} (it takes: {known})")
+        raise ConfigError(
+            f"{path}.{key_label(unknown[0])}: unknown parameter for {owner} (it takes: {known})"
+        )
     out: dict[str, Any] = {}
     for p in declared:
         if p.name in given:
