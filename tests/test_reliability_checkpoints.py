@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 
 import pytest
@@ -13,6 +16,7 @@ from mergekit_ir.merging.checkpoint import open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, merge_to_folder
 from mergekit_ir.merging.task_vector import TaskVector
 from mergekit_ir.plugin_host import catalog
+from mergekit_ir.storage.fingerprint import file_digest, folder_fingerprint
 
 Q = "bert.encoder.layer.0.attention.self.query.weight"
 
@@ -94,3 +98,77 @@ def test_fp32_overflow(tiny_triplet, tmp_path):
             tmp_path / "out",
             progress=False,
         )
+
+
+# -- content-addressed fingerprints ------------------------------------------------------------
+def copy_keeping_stat(src, dst, change=None):
+    """A copy whose weights may differ but whose files keep size and mtime (as cp -p does)."""
+    shutil.copytree(src, dst)
+    f = dst / "model.safetensors"
+    st = (src / "model.safetensors").stat()
+    if change is not None:
+        sd = load_file(f)
+        change(sd)
+        save_file(sd, f, metadata={"format": "pt"})
+        assert f.stat().st_size == st.st_size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_zeroed_copy_with_same_size_and_mtime_gets_a_new_fingerprint(tiny_triplet, tmp_path):
+    cache = tmp_path / "fp"
+    src = tiny_triplet["domain"]
+
+    def zero(sd):
+        for t in sd.values():
+            t.zero_()
+
+    copy_keeping_stat(src, tmp_path / "zeroed", zero)
+    copy_keeping_stat(src, tmp_path / "same")
+    fp = open_checkpoint(str(src)).fingerprint(cache)
+    assert open_checkpoint(str(tmp_path / "zeroed")).fingerprint(cache) != fp
+    assert open_checkpoint(str(tmp_path / "same")).fingerprint(cache) == fp  # shared by content
+
+
+def test_digest_cache_is_used_and_keyed_by_ctime(tmp_path):
+    cache = tmp_path / "fp"
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    real = file_digest(f, cache)
+    (entry,) = cache.glob("*.json")
+    data = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**data, "digest": "f" * 64}))
+    assert file_digest(f, cache) == "f" * 64  # the remembered digest is reused, not re-read
+    st = f.stat()
+    f.write_bytes(b"b" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime set back; ctime moved
+    assert file_digest(f, cache) == hashlib.blake2b(b"b" * 1000, digest_size=32).hexdigest()
+    assert real == hashlib.blake2b(b"a" * 1000, digest_size=32).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["wrong-shape", "folder", "garbage"])
+def test_broken_digest_cache_entry_is_recomputed(tmp_path, damage):
+    cache = tmp_path / "fp"
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"x" * 10)
+    digest = file_digest(f, cache)
+    (entry,) = cache.glob("*.json")
+    entry.unlink()
+    if damage == "folder":
+        entry.mkdir()
+    else:
+        entry.write_text("[1, 2]" if damage == "wrong-shape" else "\x00{")
+    assert file_digest(f, cache) == digest
+    assert json.loads(entry.read_text())["digest"] == digest  # replaced
+
+
+def test_adapter_folders_are_content_addressed(tmp_path):
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "adapter_config.json").write_text("{}")
+    (a / "adapter_model.safetensors").write_bytes(b"1234")
+    shutil.copytree(a, tmp_path / "b")
+    cache = tmp_path / "fp"
+    assert folder_fingerprint(a, "lora", cache) == folder_fingerprint(tmp_path / "b", "lora", cache)
+    (tmp_path / "b" / "adapter_model.safetensors").write_bytes(b"1235")
+    assert folder_fingerprint(a, "lora", cache) != folder_fingerprint(tmp_path / "b", "lora", cache)
+    assert folder_fingerprint(a, "lora", cache) != folder_fingerprint(a, "task_vector", cache)

@@ -30,7 +30,7 @@ from mergekit_ir.merging.alignment import (
     is_head,
     vocab_case,
 )
-from mergekit_ir.merging.checkpoint import TensorSource
+from mergekit_ir.merging.checkpoint import WEIGHT_SUFFIXES, TensorSource
 from mergekit_ir.merging.finite import all_finite
 from mergekit_ir.merging.method import MergeMethod, check_weights
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
@@ -39,8 +39,6 @@ from mergekit_ir.params import TensorPosition, layer_index, resolve_all
 from mergekit_ir.storage import atomic
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 
 
 @dataclass
