@@ -172,3 +172,37 @@ def test_adapter_folders_are_content_addressed(tmp_path):
     (tmp_path / "b" / "adapter_model.safetensors").write_bytes(b"1235")
     assert folder_fingerprint(a, "lora", cache) != folder_fingerprint(tmp_path / "b", "lora", cache)
     assert folder_fingerprint(a, "lora", cache) != folder_fingerprint(a, "task_vector", cache)
+
+
+# -- cross-encoder on a folder without a classification head ------------------------------------
+def load_cross_encoder(folder, strict=False):
+    from mergekit_ir.params import check_params
+    from mergekit_ir.scoring.scorer import ScoringSettings
+
+    kind = catalog().scorer("cross-encoder")
+    options = check_params(kind.params, {}, "scorer", "cross-encoder")
+    return kind.load(folder, options, ScoringSettings("cpu", strict=strict, show_progress=False))
+
+
+def test_cross_encoder_warns_on_a_random_head(tiny_triplet, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        scorer = load_cross_encoder(tiny_triplet["pretrained"])  # an MLM checkpoint: no head
+    (warning,) = scorer.warnings
+    assert "no trained classification head (" in warning and "classifier.weight" in warning
+    assert "scores are meaningless" in warning
+    first = [r for r in caplog.records if r.getMessage() == warning]
+    assert [r.levelname for r in first] == ["WARNING"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = load_cross_encoder(tiny_triplet["pretrained"])
+    assert again.warnings == [warning]  # still noted for the report
+    assert [r.levelname for r in caplog.records if r.getMessage() == warning] == ["INFO"]
+    assert load_cross_encoder(tiny_triplet["ir"]).warnings == []  # a trained head: quiet
+
+
+def test_cross_encoder_strict_refuses_a_random_head(tiny_triplet):
+    with pytest.raises(CheckpointError, match=r"no trained classification head .* under --strict"):
+        load_cross_encoder(tiny_triplet["domain"], strict=True)
+    load_cross_encoder(tiny_triplet["ir"], strict=True)

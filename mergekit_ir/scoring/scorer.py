@@ -23,6 +23,8 @@ from mergekit_ir.params import Param
 
 log = logging.getLogger(__name__)
 
+_LOGGED_WARNINGS: set[str] = set()
+
 _DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -83,6 +85,9 @@ class ScoringSettings:
     dtype: str = "auto"
     batch_size: int = 32
     show_progress: bool = True
+    strict: bool = (
+        False  # refuse what would otherwise be a warning (e.g. a randomly initialised head)
+    )
 
     @property
     def torch_device(self) -> torch.device:
@@ -167,6 +172,16 @@ class Scorer(ABC):
         self.device = settings.torch_device
         self.dtype = settings.torch_dtype
         self.truncation = TruncationStats()
+        self.warnings: list[str] = []  # for the run's report notes; each is also logged
+        self.newly_initialised: list[str] = []  # weights the checkpoint lacked (random init)
+
+    def warn(self, message: str) -> None:
+        """Record a warning for the report notes; log it once per process (INFO on repeats)."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+        first = message not in _LOGGED_WARNINGS
+        _LOGGED_WARNINGS.add(message)
+        log.log(logging.WARNING if first else logging.INFO, "%s", message)
 
     @abstractmethod
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -192,14 +207,20 @@ class Scorer(ABC):
             dynamic_ncols=True,
         )
 
-    def load_pretrained(self, auto_class: Any, path: Path, **kwargs: Any) -> torch.nn.Module:
+    def load_pretrained(
+        self, auto_class: Any, path: Path, *, report_missing: bool = False, **kwargs: Any
+    ) -> torch.nn.Module:
         """``auto_class.from_pretrained`` in the run's dtype, on the run's device, in eval mode.
 
         Weights load straight into ``self.dtype`` (a bf16 7B model is never
         materialised in fp32) and, on CUDA, straight onto the GPU. SDPA attention
-        is asked for and dropped for architectures that do not support it.
+        is asked for and dropped for architectures that do not support it. With
+        ``report_missing``, the weights transformers had to initialise randomly are
+        kept in ``self.newly_initialised``.
         """
         kwargs = {"dtype": self.dtype, **kwargs}
+        if report_missing:
+            kwargs["output_loading_info"] = True
         if self.device.type == "cuda":
             kwargs.setdefault("device_map", str(self.device))
         try:
@@ -207,6 +228,9 @@ class Scorer(ABC):
         except (ValueError, ImportError) as exc:
             log.info("%s: SDPA attention unavailable (%s); using the default", path, exc)
             model = auto_class.from_pretrained(path, **kwargs)
+        if report_missing:
+            model, info = model
+            self.newly_initialised = sorted(info.get("missing_keys") or ())
         if self.device.type != "cuda":
             model.to(self.device)
         return model.eval()
