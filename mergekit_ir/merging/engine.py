@@ -313,6 +313,67 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
 """
 
 
+OUTPUT_MARKER = "mergekit_ir.json"
+"""Written into every merge output: what ``--overwrite`` may replace without asking."""
+
+
+def input_folders(job: MergeJob) -> list[tuple[str, Path]]:
+    """(role, folder) of every checkpoint, adapter and saved task vector a merge reads."""
+    out = [("ΘT", job.ir.folder)]
+    if job.pretrained is not None:
+        out.append(("Θ0", job.pretrained.folder))
+    for i, v in enumerate(job.vectors):
+        for _, term in v.terms:
+            for attr in ("domain", "pretrained"):
+                src = getattr(term, attr, None)
+                if isinstance(src, TensorSource):
+                    out.append((f"τ{i + 1} ({attr})", src.folder))
+            for attr in ("folder", "path"):
+                folder = getattr(term, attr, None)
+                if isinstance(folder, Path):
+                    out.append((f"τ{i + 1}", folder))
+    return out
+
+
+def check_output_folder(out: Path, inputs: list[tuple[str, Path]], overwrite: bool) -> None:
+    """Refuse outputs that would destroy or swallow an input, or replace unrelated files.
+
+    Runs before any work: ``--out`` may not be an input, inside one (the next merge
+    would copy it along), or above one (replacing it would delete the input); and
+    ``--overwrite`` replaces only an empty folder or an earlier merge output.
+    """
+    target = out.resolve()
+    if atomic.is_cwd_or_above(out):
+        raise CheckpointError(
+            f"--out {out}: is the current folder or one above it; name a new folder for Θ'"
+        )
+    for role, folder in inputs:
+        src = folder.resolve()
+        if target == src:
+            raise CheckpointError(f"--out {out}: is the input folder of {role}; choose another")
+        if src in target.parents:
+            raise CheckpointError(
+                f"--out {out}: is inside the input folder of {role} ({folder}); "
+                "choose a folder outside the inputs"
+            )
+        if target in src.parents:
+            raise CheckpointError(
+                f"--out {out}: contains the input folder of {role} ({folder}); "
+                "replacing it would delete the input — choose another folder"
+            )
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"--out {out}: exists and is not a folder; choose another path")
+    if not overwrite:
+        raise CheckpointError(f"{out}: output folder exists; pass --overwrite to replace it")
+    if any(out.iterdir()) and not (out / OUTPUT_MARKER).is_file():
+        raise CheckpointError(
+            f"{out}: not an earlier merge output (no {OUTPUT_MARKER}), so --overwrite will not "
+            "replace it; remove it yourself or choose another folder"
+        )
+
+
 def merge_to_folder(
     job: MergeJob,
     out: str | Path,
@@ -326,8 +387,7 @@ def merge_to_folder(
 ) -> MergeReport:
     """Write Θ' as a Hugging Face folder (config + tokenizer of ΘT, sharded safetensors, card)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out}: output folder exists; pass --overwrite to replace it")
+    check_output_folder(out, input_folders(job), overwrite)
     start = time.perf_counter()
     plan = plan or build_plan(job)
     specs = [TensorSpec(e.name, e.shape, e.dtype) for e in plan.entries]
@@ -335,26 +395,29 @@ def merge_to_folder(
         "mergekit_ir_method": job.method.name,
         "mergekit_ir_params": json.dumps(job.params, default=str),
     }
-    with atomic.directory(out, overwrite=overwrite) as tmp:
-        copy_side_files(job.ir.folder, tmp)
-        writer = ShardedWriter(tmp, specs, shard_size, meta)
-        with writer:
-            for name, tensor in iter_merged(job, plan, device, progress):
-                writer.write(name, tensor)
-        (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
-        (tmp / "mergekit_ir.json").write_text(
-            json.dumps(
-                {
-                    "method": job.method.name,
-                    "params": job.params,
-                    "plan": plan.counts(),
-                    "sources": dict(provenance or {}),
-                    "task_vectors": [v.describe() for v in job.vectors],
-                },
-                indent=2,
-                default=str,
+    try:
+        with atomic.directory(out, overwrite=overwrite) as tmp:
+            copy_side_files(job.ir.folder, tmp)
+            writer = ShardedWriter(tmp, specs, shard_size, meta)
+            with writer:
+                for name, tensor in iter_merged(job, plan, device, progress):
+                    writer.write(name, tensor)
+            (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
+            (tmp / OUTPUT_MARKER).write_text(
+                json.dumps(
+                    {
+                        "method": job.method.name,
+                        "params": job.params,
+                        "plan": plan.counts(),
+                        "sources": dict(provenance or {}),
+                        "task_vectors": [v.describe() for v in job.vectors],
+                    },
+                    indent=2,
+                    default=str,
+                )
             )
-        )
+    except OSError as exc:
+        raise CheckpointError(atomic.os_error_message(exc, out)) from None
     counts = plan.counts()
     log.info("merged %(merge)d tensors, copied %(copy)d from ΘT, skipped %(skip)d", counts)
     return MergeReport(

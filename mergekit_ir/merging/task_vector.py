@@ -320,6 +320,33 @@ class TaskVector:
             "dense": str(self.dense).lower(),
             **(metadata or {}),
         }
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"{path}: exists and is not a folder; choose another path")
+        if (
+            overwrite
+            and path.is_dir()
+            and any(path.iterdir())
+            and not (path / "task_vector.json").is_file()
+        ):
+            raise CheckpointError(
+                f"{path}: not an earlier saved task vector (no task_vector.json), so "
+                "--overwrite will not replace it; remove it yourself or choose another folder"
+            )
+        try:
+            return self._write(path, specs, keys, meta, dtype, overwrite, allow_nonfinite)
+        except OSError as exc:
+            raise CheckpointError(atomic.os_error_message(exc, path)) from None
+
+    def _write(
+        self,
+        path: Path,
+        specs: list[TensorSpec],
+        keys: list[str],
+        meta: dict[str, str],
+        dtype: torch.dtype,
+        overwrite: bool,
+        allow_nonfinite: bool,
+    ) -> Path:
         with atomic.directory(path, overwrite=overwrite) as tmp:
             with ShardedWriter(tmp, specs, 2**62, meta, basename="task_vector") as w:
                 for k in keys:
