@@ -206,3 +206,33 @@ def test_cross_encoder_strict_refuses_a_random_head(tiny_triplet):
     with pytest.raises(CheckpointError, match=r"no trained classification head .* under --strict"):
         load_cross_encoder(tiny_triplet["domain"], strict=True)
     load_cross_encoder(tiny_triplet["ir"], strict=True)
+
+
+# -- unsafe or broken weight files -------------------------------------------------------------
+def test_pickle_checkpoint_is_refused_in_one_line(tmp_path):
+    import pickle
+
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Boom()}))
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(str(folder))
+    msg = str(info.value)
+    assert "not a safe tensor archive" in msg and "convert it to safetensors" in msg
+    assert "\n" not in msg and "weights_only=False" not in msg
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_dangling_symlink_weights(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").symlink_to(tmp_path / "blobs" / "gone")
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: a symbolic link to .*gone, which"
+    ):
+        open_checkpoint(str(folder))

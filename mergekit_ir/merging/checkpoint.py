@@ -156,6 +156,11 @@ class TensorSource:
                 )
         for fname in files:
             path = folder / fname
+            if path.is_symlink() and not path.exists():
+                raise CheckpointError(
+                    f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; "
+                    "re-download the checkpoint or fix the link"
+                )
             if not path.is_file():
                 raise CheckpointError(
                     f"{path}: shard listed in the index is missing; re-download the checkpoint"
@@ -169,9 +174,11 @@ class TensorSource:
             else:
                 try:
                     sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-                except Exception as exc:
+                except Exception:
                     raise CheckpointError(
-                        f"{path}: cannot read PyTorch weights ({exc}); the file is corrupt"
+                        f"{path}: not a safe tensor archive (torch refuses it with "
+                        "weights_only=True: a legacy or malicious pickle, or a corrupt file), and "
+                        "mergeir never unpickles code; convert it to safetensors where you trust it"
                     ) from None
                 self._bin[fname] = sd
                 for name, t in sd.items():
