@@ -11,7 +11,7 @@ from typing import Any
 import click
 import yaml
 
-from mergekit_ir.errors import ConfigError, MergeIRError
+from mergekit_ir.errors import ConfigError, MergeIRError, short_repr
 from mergekit_ir.scoring.scorer import DTYPES
 
 
@@ -22,7 +22,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MergeIRError as exc:
-            click.echo(f"error: {exc}", err=True)
+            message = " ".join(str(exc).splitlines())  # one line, whatever a value held
+            click.echo(f"error: {message}", err=True)
             ctx.exit(2)
 
 
@@ -203,11 +204,13 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--param {item!r}: write NAME=VALUE, e.g. --param density=0.5")
+            raise ConfigError(
+                f"--param {short_repr(item)}: write NAME=VALUE, e.g. --param density=0.5"
+            )
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise ConfigError(f"--param {item!r}: the value is not valid YAML") from None
+            raise ConfigError(f"--param {short_repr(item)}: the value is not valid YAML") from None
     return out
 
 
@@ -249,7 +252,11 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option(
     "--device", default="cpu", show_default=True, help="Where the arithmetic runs (cpu or cuda)."
 )
-@click.option("--allow-nonfinite", is_flag=True, help="Do not stop on NaN/Inf in a task vector.")
+@click.option(
+    "--allow-nonfinite",
+    is_flag=True,
+    help="Do not stop on NaN/Inf in ΘT, a task vector or the merged weights.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def merge(
     triplet: str | None,
@@ -284,11 +291,15 @@ def merge(
     from mergekit_ir.merging.api import DomainRef, prepare_merge, write_merge
     from mergekit_ir.merging.safetensors_writer import parse_size
     from mergekit_ir.plugin_host import catalog
+    from mergekit_ir.scoring.scorer import resolve_device
 
+    resolve_device(device)  # a bad --device fails before anything is read
     try:
         alpha_value = yaml.safe_load(alpha)
     except yaml.YAMLError:
-        raise ConfigError(f"--alpha {alpha!r}: not a number or YAML value") from None
+        raise ConfigError(f"--alpha {short_repr(alpha)}: not a number or YAML value") from None
+    if alpha_value is None:
+        raise ConfigError(f"--alpha {short_repr(alpha)}: empty; give a number, e.g. --alpha 0.5")
     mm = catalog().merge_method(method, "--method")
     alpha_param = mm.param("alpha")
     if alpha_param is not None:
@@ -355,7 +366,10 @@ def merge(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save τ."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
-def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) -> None:
+@click.option("--allow-nonfinite", is_flag=True, help="Save τ even if it has NaN/Inf values.")
+def task_vector(
+    pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool, allow_nonfinite: bool
+) -> None:
     """Save τ = ΘD − Θ0 as safetensors, reusable without its models.
 
     \b
@@ -368,7 +382,12 @@ def task_vector(pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool) ->
 
     pre, dom = open_checkpoint(pre_ref), open_checkpoint(domain_ref)
     tv = TaskVector.from_checkpoints(pre, dom)
-    path = tv.save(out_dir, {"pretrained": pre_ref, "domain": domain_ref}, overwrite=overwrite)
+    path = tv.save(
+        out_dir,
+        {"pretrained": pre_ref, "domain": domain_ref},
+        overwrite=overwrite,
+        allow_nonfinite=allow_nonfinite,
+    )
     click.echo(f"wrote {path} ({len(tv.keys())} tensors)")
 
 

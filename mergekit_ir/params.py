@@ -13,12 +13,13 @@ may be layer-wise:
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_ir.errors import ConfigError
+from mergekit_ir.errors import ConfigError, key_label, short_repr
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers?|block|h|blocks)\.(\d+)\.")
 
@@ -67,11 +68,15 @@ class Param:
             return None
         if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
             raise ConfigError(
-                f"{path}: {value!r} is not a {self.type.__name__} (parameter {self.describe()})"
+                f"{path}: {short_repr(value)} is not a {self.type.__name__} (parameter {self.describe()})"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{path}: {_fmt(value)} is not a finite number (parameter {self.describe()})"
             )
         if self.choices is not None and value not in self.choices:
             raise ConfigError(
-                f"{path}: {value!r} is not one of {', '.join(map(str, self.choices))}"
+                f"{path}: {short_repr(value)} is not one of {', '.join(map(str, self.choices))}"
             )
         if self.min is not None and value < self.min or self.max is not None and value > self.max:
             lo = "-inf" if self.min is None else _fmt(self.min)
@@ -106,9 +111,13 @@ class Param:
                 pattern = rule.get("filter", "")
                 try:
                     re.compile(pattern)
+                except TypeError:
+                    raise ConfigError(
+                        f"{path}[{i}].filter: expected a regex string, got {short_repr(pattern)}"
+                    ) from None
                 except re.error as exc:
                     raise ConfigError(
-                        f"{path}[{i}].filter: bad regex {pattern!r} ({exc})"
+                        f"{path}[{i}].filter: bad regex {short_repr(pattern)} ({exc})"
                     ) from None
                 rules.append(
                     {
@@ -138,7 +147,9 @@ def check_params(
     unknown = [k for k in given if k not in by_name]
     if unknown:
         known = ", ".join(by_name) or "none"
-        raise ConfigError(f"{path}.{unknown[0]}: unknown parameter for {owner} (it takes: {known})")
+        raise ConfigError(
+            f"{path}.{key_label(unknown[0])}: unknown parameter for {owner} (it takes: {known})"
+        )
     out: dict[str, Any] = {}
     for p in declared:
         if p.name in given:

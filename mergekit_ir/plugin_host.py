@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import pluggy
 
 from mergekit_ir import hookspecs
-from mergekit_ir.errors import MergeIRError, PluginError
+from mergekit_ir.errors import MergeIRError, PluginError, short_repr
 from mergekit_ir.evaluation.first_stage import FirstStageKind
 from mergekit_ir.merging.method import MergeMethod
 from mergekit_ir.scoring.scorer import ScorerKind
@@ -87,10 +87,10 @@ class PluginCatalog:
 def _lookup(table: dict[str, Registered[Any]], name: str, where: str, kind: str) -> Any:
     try:
         return table[name].item
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a list or mapping where a name belongs
         known = ", ".join(sorted(table)) or "none installed"
         raise PluginError(
-            f"{where}: unknown {kind} '{name}' (installed: {known}); "
+            f"{where}: unknown {kind} {short_repr(name)} (installed: {known}); "
             "see `mergeir plugins` or install the plugin that provides it"
         ) from None
 

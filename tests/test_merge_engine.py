@@ -276,8 +276,13 @@ def test_output_exists_refused_unless_overwrite(tiny_triplet, tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "output folder exists; pass --overwrite" in res.output
     assert (out / "keep.txt").read_text() == "precious"
-    assert run_cli(*args, "--overwrite").exit_code == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    res = CliRunner().invoke(main, [*args, "--overwrite"])  # not ours: never replaced
+    assert res.exit_code == 2 and "not an earlier merge output (no mergekit_ir.json)" in res.output
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    assert run_cli(*args).exit_code == 0 or run_cli(*args, "--overwrite").exit_code == 0
+    assert run_cli(*args, "--overwrite").exit_code == 0  # an earlier merge output: replaced
+    assert (out / "model.safetensors").is_file()
 
 
 def test_interrupted_write_leaves_nothing(tiny_triplet, tmp_path, monkeypatch):
@@ -294,7 +299,7 @@ def test_interrupted_write_leaves_nothing(tiny_triplet, tmp_path, monkeypatch):
         return real(self, name, tensor)
 
     monkeypatch.setattr(safetensors_writer.ShardedWriter, "write", failing)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match=r"^disk full at .*m, nothing written; free space"):
         merge_to_folder(job_for(tiny_triplet), tmp_path / "m", progress=False)
     assert list(tmp_path.iterdir()) == []
 

@@ -138,7 +138,7 @@ def test_dry_run_checkpoint_sources_follow_the_loader_rules(tmp_path):
 
 
 def test_quickstart_is_reachable_beside_an_unrelated_registry(tmp_path, monkeypatch):
-    (tmp_path / "registry.yaml").write_text("datasets: {}\n")
+    (tmp_path / "registry.yaml").write_text("datasets: {other: {beir: ./other}}\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MERGEIR_REGISTRY", raising=False)
     res = CliRunner().invoke(main, ["run", "--dry-run", "--cache-dir", str(tmp_path / "c")])

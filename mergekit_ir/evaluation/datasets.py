@@ -14,13 +14,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergekit_ir.errors import DatasetError
+from mergekit_ir.errors import DatasetError, short_repr
+
+log = logging.getLogger(__name__)
 
 _SLICE = re.compile(r"^(?P<split>[^\[\]]*)(?:\[:(?P<n>\d+)(?P<pct>%?)\])?$")
 
@@ -83,24 +86,72 @@ def slice_queries(qids: list[str], n: int | None, pct: bool) -> list[str]:
     return qids[:count]
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a bad byte is an error naming the file and line."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"{path}:{lineno}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is "
+                    "not UTF-8; re-encode the file as UTF-8"
+                ) from None
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise DatasetError(
             f"{path}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
         )
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(
-                    f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or re-download the file"
-                ) from None
-            if not isinstance(rec, dict) or "_id" not in rec:
-                raise DatasetError(f"{path}:{lineno}: record has no '_id' field")
-            yield lineno, rec
+    first_line: dict[str, int] = {}
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(
+                f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or re-download the file"
+            ) from None
+        if not isinstance(rec, dict) or "_id" not in rec:
+            raise DatasetError(f"{path}:{lineno}: record has no '_id' field")
+        rid = str(rec["_id"])
+        if rid in first_line:  # last-wins would silently change the collection
+            raise DatasetError(
+                f"{path}:{lineno}: duplicate _id {short_repr(rid)} (first on line "
+                f"{first_line[rid]}); remove or rename one of them"
+            )
+        first_line[rid] = lineno
+        yield lineno, rec
+
+
+QRELS_HEADER_WORDS = ("score", "relevance", "rel", "label", "judgment", "grade")
+
+
+def parse_grade(text: str, where: str) -> int:
+    """A relevance grade as written: an integer (``1``, ``2``, ``1.0``); anything else is an error.
+
+    Grades are integers in BEIR and TREC, and ranx takes integer qrels; a fractional
+    score such as ``0.7`` used to become 0 (every metric 0.000) — it is refused instead.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise DatasetError(
+            f"{where}: score {short_repr(text)} is not a number; write an integer grade (0 = not relevant)"
+        ) from None
+    if not math.isfinite(value) or value != int(value):
+        raise DatasetError(
+            f"{where}: score {short_repr(text)} is not an integer grade; qrels grades are "
+            "integers (0 = not relevant, 1, 2, … more relevant), so scale or round it yourself"
+        )
+    return int(value)
+
+
+def _is_header(row: list[str]) -> bool:
+    """Line 1 is a header only when its score column is a word such as ``score``."""
+    return row[-1].strip().lower() in QRELS_HEADER_WORDS
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
@@ -109,28 +160,56 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
         splits = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
         hint = f" (available splits: {', '.join(splits)})" if splits else ""
         raise DatasetError(f"{path}: qrels file not found{hint}")
+    lines = list(_lines(path))
+    first = next((text for _, text in lines if text.strip()), "")
+    delim = "\t" if "\t" in first else " "
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        delim = "\t" if "\t" in f.readline() else " "
-        f.seek(0)
-        for lineno, row in enumerate(csv.reader(f, delimiter=delim), 1):
-            row = [c.strip() for c in row if c.strip() != ""]
-            if not row:
-                continue
-            if len(row) == 4:  # TREC: qid iter docid rel
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                raise DatasetError(
-                    f"{path}:{lineno}: expected 'query-id corpus-id score', got {len(row)} columns"
-                )
-            try:
-                rel = int(float(row[2]))
-            except ValueError:
-                if lineno == 1:
-                    continue  # header
-                raise DatasetError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
-            qrels.setdefault(row[0], {})[row[1]] = rel
+    for lineno, text in lines:
+        row = next(csv.reader([text.rstrip("\r\n")], delimiter=delim), [])
+        row = [c.strip() for c in row if c.strip() != ""]
+        if not row:
+            continue
+        if len(row) == 4:  # TREC: qid iter docid rel
+            row = [row[0], row[2], row[3]]
+        if len(row) != 3:
+            raise DatasetError(
+                f"{path}:{lineno}: expected 'query-id corpus-id score', got {len(row)} columns"
+            )
+        if lineno == 1 and _is_header(row):
+            continue
+        qrels.setdefault(row[0], {})[row[1]] = parse_grade(row[2], f"{path}:{lineno}")
+    if not qrels:
+        raise DatasetError(
+            f"{path}: no judgments (the file is empty or only a header); "
+            "a qrels line is 'query-id<TAB>corpus-id<TAB>score'"
+        )
     return qrels
+
+
+def check_corpus(corpus: dict[str, Document], path: Path) -> None:
+    """A corpus with no (non-empty) document cannot rank anything: say so before BM25 does."""
+    if not corpus:
+        raise DatasetError(f"{path}: the corpus has no documents; check the file")
+    if not any(d.full_text.strip() for d in corpus.values()):
+        raise DatasetError(
+            f"{path}: all {len(corpus)} documents have empty title and text; check the file"
+        )
+
+
+def warn_unjudgeable(
+    qrels: dict[str, dict[str, int]], corpus: dict[str, Document], path: Path
+) -> None:
+    """Judged documents missing from the corpus can never be retrieved: count them."""
+    missing = {d for docs in qrels.values() for d in docs if d not in corpus}
+    if missing:
+        example = sorted(missing)[0]
+        log.warning(
+            "%s: %d judged document(s) are not in the corpus (e.g. %r); they count as "
+            "relevant documents never retrieved",
+            path,
+            len(missing),
+            example,
+        )
 
 
 def load_beir_folder(
@@ -145,6 +224,7 @@ def load_beir_folder(
     corpus: dict[str, Document] = {}
     for _, rec in _read_jsonl(folder / "corpus.jsonl"):
         corpus[str(rec["_id"])] = Document(str(rec.get("title") or ""), str(rec.get("text") or ""))
+    check_corpus(corpus, folder / "corpus.jsonl")
     all_queries: dict[str, str] = {}
     for _, rec in _read_jsonl(folder / "queries.jsonl"):
         all_queries[str(rec["_id"])] = str(rec.get("text") or "")  # metadata is never read
@@ -154,6 +234,7 @@ def load_beir_folder(
             f"{folder / 'queries.jsonl'}: query id {missing[0]!r} from qrels/{split_name}.tsv is missing"
         )
     keep = slice_queries(list(qrels), n, pct)
+    warn_unjudgeable({q: qrels[q] for q in keep}, corpus, folder / "qrels" / f"{split_name}.tsv")
     return Dataset(
         name=name or folder.name,
         corpus=corpus,

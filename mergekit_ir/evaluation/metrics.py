@@ -17,7 +17,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping
 
-from mergekit_ir.errors import ConfigError
+from mergekit_ir.errors import ConfigError, short_repr
 from mergekit_ir.evaluation.first_stage import Run
 
 DEFAULT_METRICS: tuple[str, ...] = ("P@10", "NDCG@3", "NDCG@10", "MAP@100")
@@ -45,12 +45,14 @@ def ranx_metric(name: str) -> str:
     m = _METRIC.match(name) if isinstance(name, str) else None
     prefix = _PREFIXES.get(m.group("name").lower()) if m else None
     if m is None or prefix is None:
-        raise ConfigError(f"unknown metric {name!r}: use one of {_KNOWN}")
+        raise ConfigError(f"unknown metric {short_repr(name)}: use one of {_KNOWN}")
     k = m.group("k")
     if k is None:
         return prefix
     if int(k) <= 0:
-        raise ConfigError(f"metric {name!r}: the cutoff must be positive; use one of {_KNOWN}")
+        raise ConfigError(
+            f"metric {short_repr(name)}: the cutoff must be positive; use one of {_KNOWN}"
+        )
     return f"{prefix}@{int(k)}"
 
 

@@ -10,7 +10,9 @@ See ``docs/registry.md`` for the schema and ``registry.yaml`` for the paper's tr
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +20,12 @@ from typing import Any
 
 import yaml
 
-from mergekit_ir.errors import ConfigError
+from mergekit_ir.errors import ConfigError, MergeIRError, key_label, short_repr
+from mergekit_ir.evaluation.datasets import parse_split
 from mergekit_ir.evaluation.fusion import FUSION_METHODS, NORMS
 from mergekit_ir.evaluation.significance import CORRECTIONS, TESTS
 from mergekit_ir.merging.alignment import AlignmentRules
+from mergekit_ir.merging.method import check_weights
 from mergekit_ir.params import check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
 from mergekit_ir.reports.results import domain_row_keys, model_row_keys
@@ -30,7 +34,14 @@ from mergekit_ir.scoring.scorer import DTYPES
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
-# -- YAML with duplicate-key detection -----------------------------------------------------
+# -- YAML with duplicate-key detection and an expansion limit ------------------------------
+MAX_EXPANDED_NODES = 200_000
+"""A registry expands to a few thousand YAML values; aliases past this are an alias bomb."""
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+"""Dataset, triplet and experiment names become file and folder names under ``--out``."""
+
+
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """libyaml's parser when present: the paper's published cells make the file long."""
 
@@ -39,9 +50,16 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        try:
+            hash(key)
+        except TypeError:
+            raise ConfigError(
+                f"{loader.name}:{key_node.start_mark.line + 1}: a mapping key must be a plain "
+                f"name, not {type(key).__name__} {short_repr(key)}"
+            ) from None
         if key in seen:
             raise ConfigError(
-                f"{loader.name}:{key_node.start_mark.line + 1}: duplicate name {key!r} "
+                f"{loader.name}:{key_node.start_mark.line + 1}: duplicate name {short_repr(key)} "
                 f"(first defined on line {seen[key] + 1}); rename one of them"
             )
         seen[key] = key_node.start_mark.line
@@ -51,22 +69,132 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+def _children(node: yaml.Node) -> list[tuple[str, yaml.Node]]:
+    if isinstance(node, yaml.SequenceNode):
+        return [(f"[{i}]", c) for i, c in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        out = []
+        for k, v in node.value:
+            label = k.value if isinstance(k, yaml.ScalarNode) else "?"
+            out += [(f".{short_repr(label, 40).strip(chr(39))}", v), ("(key)", k)]
+        return out
+    return []
+
+
+def _expanded_sizes(root: yaml.Node, path: Path) -> dict[int, int]:
+    """How many values each node stands for once every alias is expanded (memoised: linear)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        if done:
+            open_nodes.discard(nid)
+            if isinstance(node, yaml.ScalarNode):
+                sizes[nid] = 1 + len(node.value) // 100
+            else:
+                sizes[nid] = 1 + sum(sizes[id(c)] for _, c in _children(node))
+            continue
+        if nid in sizes:
+            continue
+        if nid in open_nodes:
+            raise ConfigError(
+                f"{path}:{node.start_mark.line + 1}: a YAML alias refers to the value that "
+                "contains it (a recursive alias); write the value out instead"
+            )
+        open_nodes.add(nid)
+        stack.append((node, True))
+        stack.extend((c, False) for _, c in _children(node) if id(c) not in sizes)
+    return sizes
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    sizes = _expanded_sizes(root, path)
+    if sizes[id(root)] <= MAX_EXPANDED_NODES:
+        return
+    refs: dict[int, int] = {}  # how often each node is used: > 1 for an alias target
+    seen, todo = {id(root)}, [root]
+    while todo:
+        for _, c in _children(todo.pop()):
+            refs[id(c)] = refs.get(id(c), 0) + 1
+            if id(c) not in seen:
+                seen.add(id(c))
+                todo.append(c)
+    where, node = "", root
+    while True:  # descend to the value whose aliases multiply, not into the aliased values
+        kids = _children(node)
+        if not kids:
+            break
+        label, child = max(kids, key=lambda kid: sizes[id(kid[1])])
+        if refs.get(id(child), 0) > 1 or (
+            sizes[id(child)] <= MAX_EXPANDED_NODES and node is not root
+        ):
+            break
+        where, node = where + label, child
+    raise ConfigError(
+        f"{path}:{node.start_mark.line + 1}: {where.lstrip('.') or 'the document'}: YAML aliases "
+        f"expand to more than {MAX_EXPANDED_NODES} values (an alias bomb?); write the values out"
+    )
+
+
 def read_yaml(path: Path) -> Any:
+    """Parse a registry file; every problem is one line naming the file (and line)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: registry file not found; pass --registry FILE") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; pass the registry YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the registry ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the file as UTF-8"
+        ) from None
     try:
         loader = _Loader(text)
         loader.name = str(path)
         try:
-            return loader.get_single_data()
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_expansion(node, path)
+            return loader.construct_document(node)
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML ({exc.problem}); fix the syntax there") from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: character {_codepoint(exc.character)} is not allowed in YAML "
+            "(a NUL or control character); remove it"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({short_repr(str(exc))}); fix the file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read; flatten the YAML") from None
+
+
+def _codepoint(char: int | str) -> str:
+    return f"U+{char if isinstance(char, int) else ord(char):04X}"
+
+
+def check_name(name: Any, path: str) -> str:
+    """A dataset/triplet/experiment name, which becomes a file name: safe characters only."""
+    text = str(name)
+    if not SAFE_NAME.match(text):
+        raise ConfigError(
+            f"{path}: name {short_repr(text)} is not allowed (it becomes a file name): use letters, "
+            "digits, '.', '_', '+' or '-', starting with a letter or digit, at most 100 characters"
+        )
+    return text
 
 
 # -- typed registry ------------------------------------------------------------------------------
@@ -177,14 +305,26 @@ def _get(table: dict[str, Any], name: str, kind: str, path: Path) -> Any:
         return table[name]
     except KeyError:
         known = ", ".join(sorted(table)) or "none"
-        raise ConfigError(f"{path}: no {kind} named {name!r} (defined: {known})") from None
+        raise ConfigError(
+            f"{path}: no {kind} named {short_repr(name)} (defined: {known})"
+        ) from None
 
 
 # -- parsing helpers --------------------------------------------------------------------------
 def _expect(value: Any, typ: type | tuple[type, ...], path: str, what: str) -> Any:
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{path}: expected {what}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{path}: expected {what}, got {type(value).__name__} {short_repr(value)}"
+        )
     return value
+
+
+def _section(raw: Mapping[str, Any], key: str, path: str) -> dict[str, Any]:
+    """A copy of an optional mapping-valued field (empty when absent)."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    return dict(_expect(value, Mapping, f"{path}.{key}", "a mapping"))
 
 
 def _keys(
@@ -192,7 +332,9 @@ def _keys(
 ) -> None:
     for k in block:
         if k not in allowed:
-            raise ConfigError(f"{path}.{k}: unknown field (allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"{path}.{key_label(k)}: unknown field (allowed: {', '.join(sorted(allowed))})"
+            )
     for k in sorted(required):
         if k not in block:
             raise ConfigError(f"{path}.{k}: missing required field")
@@ -247,7 +389,7 @@ def _triplet(name: str, raw: Any, catalog: Any) -> Triplet:
     _expect(scorer_raw, Mapping, f"{path}.scorer", "a scorer kind or {kind: ..., <options>}")
     if "kind" not in scorer_raw:
         raise ConfigError(f"{path}.scorer.kind: missing required field")
-    kind = scorer_raw["kind"]
+    kind = _expect(scorer_raw["kind"], str, f"{path}.scorer.kind", "a scorer name")
     scorer = catalog.scorer(kind, f"{path}.scorer.kind")
     options = check_params(
         scorer.params,
@@ -260,6 +402,12 @@ def _triplet(name: str, raw: Any, catalog: Any) -> Triplet:
     _keys(align_raw, f"{path}.alignment", {"copy", "skip_missing"})
     copy = align_raw.get("copy") or []
     _expect(copy, list, f"{path}.alignment.copy", "a list of regexes")
+    for i, pattern in enumerate(copy):
+        _expect(pattern, str, f"{path}.alignment.copy[{i}]", "a regex")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{path}.alignment.copy[{i}]: bad regex ({exc})") from None
     rules = AlignmentRules(tuple(copy), bool(align_raw.get("skip_missing", False)))
     return Triplet(
         name, ir, domains, pretrained, kind, options, rules, str(raw.get("description", ""))
@@ -275,6 +423,17 @@ def _dataset(name: str, raw: Any) -> DatasetSpec:
     for k in ("beir", "ir_datasets", "test", "dev", "language"):
         if raw.get(k) is not None:
             _expect(raw[k], str, f"{path}.{k}", "a string")
+    for k in ("test", "dev"):
+        if raw.get(k) is not None:
+            try:
+                split, n, pct = parse_split(raw[k])
+            except MergeIRError as exc:
+                raise ConfigError(f"{path}.{k}: {exc}") from None
+            if pct and n is not None and not 0 < n <= 100:
+                raise ConfigError(
+                    f"{path}.{k}: {short_repr(raw[k])} is not a split; write e.g. test, "
+                    "train[:20%] or train[:161]"
+                )
     return DatasetSpec(
         name,
         raw.get("beir"),
@@ -313,15 +472,17 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     )
     trips = raw["triplets"] if isinstance(raw["triplets"], list) else [raw["triplets"]]
     for i, t in enumerate(trips):
+        _expect(t, str, f"{path}.triplets[{i}]", "a triplet name")
         if t not in reg.triplets:
             raise ConfigError(
-                f"{path}.triplets[{i}]: unknown triplet {t!r} (defined: {', '.join(sorted(reg.triplets)) or 'none'})"
+                f"{path}.triplets[{i}]: unknown triplet {short_repr(t)} (defined: {', '.join(sorted(reg.triplets)) or 'none'})"
             )
     dsets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
     for i, d in enumerate(dsets):
+        _expect(d, str, f"{path}.datasets[{i}]", "a dataset name")
         if d not in reg.datasets:
             raise ConfigError(
-                f"{path}.datasets[{i}]: unknown dataset {d!r} (defined: {', '.join(sorted(reg.datasets)) or 'none'})"
+                f"{path}.datasets[{i}]: unknown dataset {short_repr(d)} (defined: {', '.join(sorted(reg.datasets)) or 'none'})"
             )
     kw: dict[str, Any] = {
         "name": name,
@@ -330,9 +491,10 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         "description": str(raw.get("description", "")),
     }
 
-    merge = dict(raw.get("merge") or {})
-    _expect(merge, Mapping, f"{path}.merge", "a mapping")
-    method_name = merge.pop("method", "task_arithmetic")
+    merge = _section(raw, "merge", path)
+    method_name = _expect(
+        merge.pop("method", "task_arithmetic"), str, f"{path}.merge.method", "a name"
+    )
     method = catalog.merge_method(method_name, f"{path}.merge.method")
     alpha_param = method.param("alpha")
     alphas = merge.pop("alpha", list(DEFAULT_ALPHAS))
@@ -344,6 +506,13 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         alphas and all(isinstance(a, Mapping) and "filter" in a for a in alphas)
     ):
         alphas = [alphas]
+    if not alphas:
+        raise ConfigError(
+            f"{path}.merge.alpha: the α grid is empty; give at least one value, e.g. [0.5]"
+        )
+    for i, a in enumerate(alphas):
+        if a is None:
+            raise ConfigError(f"{path}.merge.alpha[{i}]: empty value; give a number such as 0.5")
     kw["alphas"] = tuple(
         alpha_param.check(a, f"{path}.merge.alpha[{i}]") for i, a in enumerate(alphas)
     )
@@ -355,9 +524,12 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         f"merge method '{method_name}'",
     )
     kw["merge_params"] = fixed
+    if fixed.get("weights") is not None:
+        for t in trips:
+            check_weights(fixed["weights"], len(reg.triplets[t].domains), f"{path}.merge.weights")
 
-    fs = dict(raw.get("first_stage") or {})
-    backend = fs.pop("backend", "bm25s")
+    fs = _section(raw, "first_stage", path)
+    backend = _expect(fs.pop("backend", "bm25s"), str, f"{path}.first_stage.backend", "a name")
     kind = catalog.first_stage(backend, f"{path}.first_stage.backend")
     k = fs.pop("k", 100)
     _expect(k, int, f"{path}.first_stage.k", "a positive integer")
@@ -371,22 +543,29 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         ),
     )
 
-    fusion = dict(raw.get("fusion") or {})
+    fusion = _section(raw, "fusion", path)
     _keys(fusion, f"{path}.fusion", {"method", "norm", "weights", "params", "tune"})
     fmethod = fusion.get("method", "wsum")
     if not isinstance(fmethod, str) or fmethod.lower() not in FUSION_METHODS:
         raise ConfigError(
-            f"{path}.fusion.method: unknown ranx fusion {fmethod!r} (e.g. wsum, rrf, combsum, combmnz)"
+            f"{path}.fusion.method: unknown ranx fusion {short_repr(fmethod)} (e.g. wsum, rrf, combsum, combmnz)"
         )
     norm = fusion.get("norm", "min-max")
     if norm not in NORMS:
         raise ConfigError(
-            f"{path}.fusion.norm: unknown normalisation {norm!r} (one of {', '.join(NORMS)})"
+            f"{path}.fusion.norm: unknown normalisation {short_repr(norm)} (one of {', '.join(NORMS)})"
         )
-    params = dict(fusion.get("params") or {})
+    params = _section(fusion, "params", f"{path}.fusion")
     if "weights" in fusion:
         w = fusion["weights"]
-        if not (isinstance(w, list) and len(w) == 2 and all(isinstance(x, int | float) for x in w)):
+        if not (
+            isinstance(w, list)
+            and len(w) == 2
+            and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                for x in w
+            )
+        ):
             raise ConfigError(
                 f"{path}.fusion.weights: give two numbers [λ_BM25, λ_model], e.g. [0.5, 0.5]"
             )
@@ -404,13 +583,14 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     if metrics is not None:
         _expect(metrics, list, f"{path}.metrics", "a list such as [P@10, NDCG@10]")
         for i, m in enumerate(metrics):
+            _expect(m, str, f"{path}.metrics[{i}]", "a metric such as NDCG@10")
             try:
                 ranx_metric(str(m))
             except ConfigError as exc:
                 raise ConfigError(f"{path}.metrics[{i}]: {exc}") from None
         kw["metrics"] = tuple(str(m) for m in metrics)
 
-    tuning = dict(raw.get("tuning") or {})
+    tuning = _section(raw, "tuning", path)
     _keys(tuning, f"{path}.tuning", {"objective", "alpha", "transfer"})
     if "objective" in tuning:
         try:
@@ -420,34 +600,34 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         kw["objective"] = str(tuning["objective"])
     kw["tune_alpha"] = bool(tuning.get("alpha", True))
     kw["transfer_alpha"] = bool(tuning.get("transfer", False))
-    evaluation = dict(raw.get("evaluation") or {})
+    evaluation = _section(raw, "evaluation", path)
     _keys(evaluation, f"{path}.evaluation", {"queries"})
     if evaluation.get("queries", "all") not in ("all", "retrieved"):
         raise ConfigError(
-            f"{path}.evaluation.queries: {evaluation['queries']!r} is not one of all, retrieved"
+            f"{path}.evaluation.queries: {short_repr(evaluation['queries'])} is not one of all, retrieved"
         )
     kw["eval_queries"] = evaluation.get("queries", "all")
 
-    sig = dict(raw.get("significance") or {})
+    sig = _section(raw, "significance", path)
     _keys(sig, f"{path}.significance", {"test", "max_p", "correction", "comparisons"})
     if sig.get("test", "student") not in TESTS:
         raise ConfigError(
-            f"{path}.significance.test: {sig['test']!r} is not one of {', '.join(TESTS)}"
+            f"{path}.significance.test: {short_repr(sig['test'])} is not one of {', '.join(TESTS)}"
         )
     if sig.get("correction", "bonferroni") not in CORRECTIONS:
         raise ConfigError(
-            f"{path}.significance.correction: {sig['correction']!r} is not one of "
+            f"{path}.significance.correction: {short_repr(sig['correction'])} is not one of "
             f"{', '.join(CORRECTIONS)}"
         )
     max_p = sig.get("max_p", 0.01)
     if not isinstance(max_p, int | float) or not 0 < max_p < 1:
-        raise ConfigError(f"{path}.significance.max_p: {max_p!r} is outside (0, 1)")
+        raise ConfigError(f"{path}.significance.max_p: {short_repr(max_p)} is outside (0, 1)")
     comparisons = sig.get("comparisons")
     if comparisons is not None and (
         isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1
     ):
         raise ConfigError(
-            f"{path}.significance.comparisons: {comparisons!r} is not a positive integer "
+            f"{path}.significance.comparisons: {short_repr(comparisons)} is not a positive integer "
             "(the Bonferroni m; leave it out to use the number of merged rows)"
         )
     if comparisons is not None and sig.get("correction", "bonferroni") != "bonferroni":
@@ -462,13 +642,15 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         comparisons=comparisons,
     )
 
-    scoring = dict(raw.get("scoring") or {})
+    scoring = _section(raw, "scoring", path)
     _keys(scoring, f"{path}.scoring", {"batch_size", "dtype"})
     bs = scoring.get("batch_size", 32)
     _expect(bs, int, f"{path}.scoring.batch_size", "a positive integer")
+    if bs < 1:
+        raise ConfigError(f"{path}.scoring.batch_size: {bs} must be at least 1")
     if scoring.get("dtype", "auto") not in DTYPES:
         raise ConfigError(
-            f"{path}.scoring.dtype: {scoring['dtype']!r} is not one of {', '.join(DTYPES)}"
+            f"{path}.scoring.dtype: {short_repr(scoring['dtype'])} is not one of {', '.join(DTYPES)}"
         )
     kw.update(batch_size=bs, dtype=scoring.get("dtype", "auto"))
     if "seed" in raw:
@@ -488,6 +670,17 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     return Experiment(**kw)
 
 
+def _named(raw: Mapping[str, Any], section: str) -> list[tuple[str, Any]]:
+    """(checked name, value) for each entry of a section, in file order."""
+    out: dict[str, Any] = {}
+    for n, v in (raw.get(section) or {}).items():
+        name = check_name(n, f"{section}.{key_label(n)}")
+        if name in out:
+            raise ConfigError(f"{section}.{name}: defined twice; rename one of them")
+        out[name] = v
+    return list(out.items())
+
+
 def load_registry(path: str | Path) -> Registry:
     """Parse and validate a registry file (no weights or data are touched)."""
     from mergekit_ir.plugin_host import catalog
@@ -495,23 +688,29 @@ def load_registry(path: str | Path) -> Registry:
     path = Path(path)
     raw = read_yaml(path)
     if raw is None:
-        raw = {}
+        raise ConfigError(
+            f"{path}: the registry is empty (no datasets, triplets or experiments); "
+            "see docs/registry.md for the schema"
+        )
     _expect(raw, Mapping, str(path), "a mapping with datasets, triplets and experiments")
+    if not any(raw.get(s) for s in ("datasets", "triplets", "experiments")):
+        raise ConfigError(
+            f"{path}: the registry defines no datasets, triplets or experiments; "
+            "see docs/registry.md for the schema"
+        )
     for k in raw:
         if k not in ("version", "datasets", "triplets", "experiments"):
             raise ConfigError(
-                f"{k}: unknown top-level section (allowed: version, datasets, triplets, experiments)"
+                f"{key_label(k)}: unknown top-level section (allowed: version, datasets, triplets, experiments)"
             )
     cat = catalog()
     reg = Registry(path.resolve(), {}, {}, {})
     for section in ("datasets", "triplets", "experiments"):
         if raw.get(section) is not None:
             _expect(raw[section], Mapping, section, "a mapping of names")
-    reg.datasets = {n: _dataset(str(n), v) for n, v in (raw.get("datasets") or {}).items()}
-    reg.triplets = {n: _triplet(str(n), v, cat) for n, v in (raw.get("triplets") or {}).items()}
-    reg.experiments = {
-        n: _experiment(str(n), v, reg, cat) for n, v in (raw.get("experiments") or {}).items()
-    }
+    reg.datasets = {n: _dataset(n, v) for n, v in _named(raw, "datasets")}
+    reg.triplets = {n: _triplet(n, v, cat) for n, v in _named(raw, "triplets")}
+    reg.experiments = {n: _experiment(n, v, reg, cat) for n, v in _named(raw, "experiments")}
     return reg
 
 

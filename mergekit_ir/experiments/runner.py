@@ -63,6 +63,7 @@ from mergekit_ir.reports.results import (
 from mergekit_ir.scoring.scorer import Scorer, ScoringSettings, resolve_device, resolve_dtype
 from mergekit_ir.storage import atomic
 from mergekit_ir.storage.cache import Cache, cache_key
+from mergekit_ir.storage.fingerprint import folder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -213,18 +214,8 @@ class TripletRunner:
         for ref, folder in zip(self.triplet.domains, self.domain_folders, strict=True):
             if ref.kind == "checkpoint":
                 fps.append(open_checkpoint(str(folder)).fingerprint())
-            else:
-                fps.append(
-                    cache_key(
-                        ref.kind,
-                        str(folder),
-                        *sorted(
-                            (p.name, p.stat().st_size, int(p.stat().st_mtime))
-                            for p in Path(folder).rglob("*")
-                            if p.is_file()
-                        ),
-                    )
-                )
+            else:  # content-addressed, like checkpoints: the same adapter anywhere is one entry
+                fps.append(folder_fingerprint(folder, salt=ref.kind))
         return fps
 
     def load_scorer(self, folder: Path) -> Scorer:

@@ -17,6 +17,7 @@ from mergekit_ir.errors import ConfigError
 from mergekit_ir.merging.alignment import AlignmentRules, MergePlan
 from mergekit_ir.merging.checkpoint import TensorSource, open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, MergeReport, build_plan, merge_to_folder
+from mergekit_ir.merging.method import check_weights
 from mergekit_ir.merging.task_vector import TaskVector
 
 DOMAIN_KINDS = ("checkpoint", "lora", "task_vector")
@@ -88,6 +89,7 @@ def prepare_merge(
         vectors.append(TaskVector.from_reference(d.kind, folder, pre_src))
     if not vectors:
         raise ConfigError("give at least one domain input (a ΘD checkpoint, lora: or task_vector:)")
+    check_weights(checked.get("weights"), len(vectors), f"{where} weights")
     job = MergeJob(
         ir_src,
         vectors,

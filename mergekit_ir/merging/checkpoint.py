@@ -13,7 +13,6 @@ pinned to a revision). Weights are read one tensor at a time:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -156,6 +156,11 @@ class TensorSource:
                 )
         for fname in files:
             path = folder / fname
+            if path.is_symlink() and not path.exists():
+                raise CheckpointError(
+                    f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; "
+                    "re-download the checkpoint or fix the link"
+                )
             if not path.is_file():
                 raise CheckpointError(
                     f"{path}: shard listed in the index is missing; re-download the checkpoint"
@@ -169,9 +174,11 @@ class TensorSource:
             else:
                 try:
                     sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-                except Exception as exc:
+                except Exception:
                     raise CheckpointError(
-                        f"{path}: cannot read PyTorch weights ({exc}); the file is corrupt"
+                        f"{path}: not a safe tensor archive (torch refuses it with "
+                        "weights_only=True: a legacy or malicious pickle, or a corrupt file), and "
+                        "mergeir never unpickles code; convert it to safetensors where you trust it"
                     ) from None
                 self._bin[fname] = sd
                 for name, t in sd.items():
@@ -208,14 +215,28 @@ class TensorSource:
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self._infos.values())
 
-    def fingerprint(self) -> str:
-        """Hash of the weight files' names, sizes and headers: cheap, and changes with the weights."""
-        h = hashlib.sha256(f"{self.ref}@{self.revision}".encode())
-        for fname in sorted(set(self._where.values())):
-            p = self.folder / fname
-            st = p.stat()
-            h.update(f"{fname}:{st.st_size}:{int(st.st_mtime)}".encode())
-        return h.hexdigest()[:16]
+    def fingerprint(self, cache_dir: Path | None = None) -> str:
+        """A content hash of the checkpoint: the weight files it reads and its side files.
+
+        Side files (config, tokenizer, sentence-transformers modules) change scores too.
+        Top-level weight files it does not read (a ``pytorch_model.bin`` beside the
+        safetensors) are left out, and so are sub-folder weights over 64 MiB (ONNX and
+        similar exports; sentence-transformers heads are far smaller). Digests are
+        cached (in ``cache_dir``, default ``<cache>/fingerprints``), so only the first call
+        reads the bytes.
+        """
+        from mergekit_ir.storage.fingerprint import files_fingerprint, folder_files
+
+        used = set(self._where.values())
+        files = []
+        for rel, path in folder_files(self.folder):
+            is_weight = rel.endswith(WEIGHT_SUFFIXES)
+            if is_weight and "/" not in rel and rel not in used:
+                continue
+            if is_weight and "/" in rel and path.stat().st_size > 64 * 2**20:
+                continue
+            files.append((rel, path))
+        return files_fingerprint(files, salt="checkpoint", cache_dir=cache_dir)
 
 
 def open_checkpoint(

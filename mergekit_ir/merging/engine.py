@@ -30,16 +30,15 @@ from mergekit_ir.merging.alignment import (
     is_head,
     vocab_case,
 )
-from mergekit_ir.merging.checkpoint import TensorSource
-from mergekit_ir.merging.method import MergeMethod
+from mergekit_ir.merging.checkpoint import WEIGHT_SUFFIXES, TensorSource
+from mergekit_ir.merging.finite import all_finite
+from mergekit_ir.merging.method import MergeMethod, check_weights
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
 from mergekit_ir.merging.task_vector import TaskVector
 from mergekit_ir.params import TensorPosition, layer_index, resolve_all
 from mergekit_ir.storage import atomic
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 
 
 @dataclass
@@ -55,6 +54,8 @@ class MergeJob:
     allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
+        if "weights" in self.params:
+            check_weights(self.params["weights"], len(self.vectors), "weights")
         self.ir_index = NameIndex.build("ΘT", self.ir.names(), self.ir.config)
         self.p_index = (
             NameIndex.build("Θ0", self.pretrained.names(), self.pretrained.config)
@@ -154,16 +155,37 @@ def build_plan(job: MergeJob) -> MergePlan:
     return MergePlan(entries, skipped)
 
 
-def all_finite(t: torch.Tensor) -> bool:
-    """``torch.isfinite(t).all()`` without its tensor-sized bool temporary.
+def check_tau(job: MergeJob, tau: torch.Tensor, name: str, i: int) -> None:
+    require_finite(
+        job,
+        tau,
+        name,
+        f"task vector τ{i + 1} ({job.vectors[i].describe()})",
+        "check the checkpoints or pass --allow-nonfinite",
+    )
 
-    A NaN or ±Inf makes the sum non-finite, so a finite sum (one fast read-only pass) proves
-    every element finite; only a non-finite sum (NaN/Inf, or finite values overflowing the
-    sum) needs the exact elementwise check.
-    """
-    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
-        return True
-    return bool(torch.isfinite(t).all())
+
+def require_finite(job: MergeJob, t: torch.Tensor, name: str, what: str, fix: str) -> None:
+    """Stop on NaN/Inf in ``t`` (one cheap pass) unless the job allows non-finite values."""
+    if not job.allow_nonfinite and not all_finite(t):
+        raise CheckpointError(f"tensor {name}: {what} has NaN/Inf values; {fix}")
+
+
+_OVERFLOW_FIX = "lower α (or the weights), or pass --allow-nonfinite to write it anyway"
+
+
+def check_merged(job: MergeJob, e: PlanEntry, fp32: torch.Tensor, cast: torch.Tensor) -> None:
+    """The merged tensor is finite in fp32 and still finite once cast back to ΘT's dtype."""
+    require_finite(job, fp32, e.name, f"the merged value ({job.method.name})", _OVERFLOW_FIX)
+    if cast.dtype != fp32.dtype:
+        dtype = str(cast.dtype).removeprefix("torch.")
+        require_finite(
+            job,
+            cast,
+            e.name,
+            f"the merged value cast to ΘT's {dtype} (it overflows the {dtype} range)",
+            _OVERFLOW_FIX,
+        )
 
 
 def merged_tensor(
@@ -181,6 +203,13 @@ def merged_tensor(
     if theta_t is None:
         theta_t = job.ir.get(e.name).to(device=device, dtype=torch.float32)
         theta_t = theta_t[:rows] if rows else theta_t
+        require_finite(
+            job,
+            theta_t,
+            e.name,
+            f"ΘT ({job.ir.ref})",
+            "the checkpoint is broken; re-download it or pass --allow-nonfinite",
+        )
     if taus is None:
         taus = []
         for i, v in enumerate(job.vectors):
@@ -188,11 +217,7 @@ def merged_tensor(
             if d is None:
                 d = torch.zeros_like(theta_t)
             d = d.to(device)[:rows] if rows else d.to(device)
-            if not job.allow_nonfinite and not all_finite(d):
-                raise CheckpointError(
-                    f"tensor {e.name}: task vector τ{i + 1} ({v.describe()}) has NaN/Inf values; "
-                    "check the checkpoints or pass --allow-nonfinite"
-                )
+            check_tau(job, d, e.name, i)
             taus.append(d)
     if tau_t is None and job.method.needs_ir_vector:
         p = job.pretrained.get(job.p_index.find(e.key)).to(device=device, dtype=torch.float32)  # type: ignore[union-attr]
@@ -217,7 +242,10 @@ def iter_merged(
         if e.action == "copy":
             yield e.name, job.ir.get(e.name)
             continue
-        merged = merged_tensor(job, plan, e, device).to("cpu", e.dtype)
+        fp32 = merged_tensor(job, plan, e, device)
+        merged = fp32.to("cpu", e.dtype)
+        check_merged(job, e, fp32, merged)
+        del fp32
         if e.rows:  # only then is ΘT's tensor needed again: its extra vocabulary rows
             original = job.ir.get(e.name)
             original[: e.rows] = merged
@@ -285,6 +313,67 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
 """
 
 
+OUTPUT_MARKER = "mergekit_ir.json"
+"""Written into every merge output: what ``--overwrite`` may replace without asking."""
+
+
+def input_folders(job: MergeJob) -> list[tuple[str, Path]]:
+    """(role, folder) of every checkpoint, adapter and saved task vector a merge reads."""
+    out = [("ΘT", job.ir.folder)]
+    if job.pretrained is not None:
+        out.append(("Θ0", job.pretrained.folder))
+    for i, v in enumerate(job.vectors):
+        for _, term in v.terms:
+            for attr in ("domain", "pretrained"):
+                src = getattr(term, attr, None)
+                if isinstance(src, TensorSource):
+                    out.append((f"τ{i + 1} ({attr})", src.folder))
+            for attr in ("folder", "path"):
+                folder = getattr(term, attr, None)
+                if isinstance(folder, Path):
+                    out.append((f"τ{i + 1}", folder))
+    return out
+
+
+def check_output_folder(out: Path, inputs: list[tuple[str, Path]], overwrite: bool) -> None:
+    """Refuse outputs that would destroy or swallow an input, or replace unrelated files.
+
+    Runs before any work: ``--out`` may not be an input, inside one (the next merge
+    would copy it along), or above one (replacing it would delete the input); and
+    ``--overwrite`` replaces only an empty folder or an earlier merge output.
+    """
+    target = out.resolve()
+    if atomic.is_cwd_or_above(out):
+        raise CheckpointError(
+            f"--out {out}: is the current folder or one above it; name a new folder for Θ'"
+        )
+    for role, folder in inputs:
+        src = folder.resolve()
+        if target == src:
+            raise CheckpointError(f"--out {out}: is the input folder of {role}; choose another")
+        if src in target.parents:
+            raise CheckpointError(
+                f"--out {out}: is inside the input folder of {role} ({folder}); "
+                "choose a folder outside the inputs"
+            )
+        if target in src.parents:
+            raise CheckpointError(
+                f"--out {out}: contains the input folder of {role} ({folder}); "
+                "replacing it would delete the input — choose another folder"
+            )
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"--out {out}: exists and is not a folder; choose another path")
+    if not overwrite:
+        raise CheckpointError(f"{out}: output folder exists; pass --overwrite to replace it")
+    if any(out.iterdir()) and not (out / OUTPUT_MARKER).is_file():
+        raise CheckpointError(
+            f"{out}: not an earlier merge output (no {OUTPUT_MARKER}), so --overwrite will not "
+            "replace it; remove it yourself or choose another folder"
+        )
+
+
 def merge_to_folder(
     job: MergeJob,
     out: str | Path,
@@ -298,8 +387,7 @@ def merge_to_folder(
 ) -> MergeReport:
     """Write Θ' as a Hugging Face folder (config + tokenizer of ΘT, sharded safetensors, card)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out}: output folder exists; pass --overwrite to replace it")
+    check_output_folder(out, input_folders(job), overwrite)
     start = time.perf_counter()
     plan = plan or build_plan(job)
     specs = [TensorSpec(e.name, e.shape, e.dtype) for e in plan.entries]
@@ -307,26 +395,29 @@ def merge_to_folder(
         "mergekit_ir_method": job.method.name,
         "mergekit_ir_params": json.dumps(job.params, default=str),
     }
-    with atomic.directory(out, overwrite=overwrite) as tmp:
-        copy_side_files(job.ir.folder, tmp)
-        writer = ShardedWriter(tmp, specs, shard_size, meta)
-        with writer:
-            for name, tensor in iter_merged(job, plan, device, progress):
-                writer.write(name, tensor)
-        (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
-        (tmp / "mergekit_ir.json").write_text(
-            json.dumps(
-                {
-                    "method": job.method.name,
-                    "params": job.params,
-                    "plan": plan.counts(),
-                    "sources": dict(provenance or {}),
-                    "task_vectors": [v.describe() for v in job.vectors],
-                },
-                indent=2,
-                default=str,
+    try:
+        with atomic.directory(out, overwrite=overwrite) as tmp:
+            copy_side_files(job.ir.folder, tmp)
+            writer = ShardedWriter(tmp, specs, shard_size, meta)
+            with writer:
+                for name, tensor in iter_merged(job, plan, device, progress):
+                    writer.write(name, tensor)
+            (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
+            (tmp / OUTPUT_MARKER).write_text(
+                json.dumps(
+                    {
+                        "method": job.method.name,
+                        "params": job.params,
+                        "plan": plan.counts(),
+                        "sources": dict(provenance or {}),
+                        "task_vectors": [v.describe() for v in job.vectors],
+                    },
+                    indent=2,
+                    default=str,
+                )
             )
-        )
+    except OSError as exc:
+        raise CheckpointError(atomic.os_error_message(exc, out)) from None
     counts = plan.counts()
     log.info("merged %(merge)d tensors, copied %(copy)d from ΘT, skipped %(skip)d", counts)
     return MergeReport(

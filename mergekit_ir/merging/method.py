@@ -19,11 +19,14 @@ and out, and the α sweep calls it on tensors that live on the scoring device.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from mergekit_ir.errors import ConfigError, short_repr
 from mergekit_ir.params import Param
 
 MergeFn = Callable[..., torch.Tensor]
@@ -67,6 +70,22 @@ def domain_weights(weights: Sequence[float] | None, n: int, name: str = "") -> l
     if len(weights) != n:
         raise ValueError(f"{name}: {len(weights)} weights given for {n} task vectors")
     return [float(w) for w in weights]
+
+
+def check_weights(weights: Any, n: int, path: str) -> None:
+    """Per-vector weights are one finite number per task vector (checked before any work)."""
+    if weights is None:
+        return
+    if not isinstance(weights, list | tuple) or not all(
+        isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) for w in weights
+    ):
+        raise ConfigError(
+            f"{path}: {short_repr(weights)} is not a list of finite numbers; give one per task vector, e.g. [1.0]"
+        )
+    if len(weights) != n:
+        raise ConfigError(
+            f"{path}: {len(weights)} weight(s) given for {n} task vector(s); give one per domain"
+        )
 
 
 def tensor_generator(seed: int, name: str) -> torch.Generator:

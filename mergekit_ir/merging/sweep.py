@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from mergekit_ir.merging.alignment import MergePlan, NameIndex
-from mergekit_ir.merging.engine import MergeJob, merged_tensor
+from mergekit_ir.merging.engine import (
+    MergeJob,
+    check_merged,
+    check_tau,
+    merged_tensor,
+    require_finite,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +60,20 @@ class InPlaceSweep:
                 target = param.data[:rows] if rows else param.data
                 device, dtype = target.device, target.dtype
                 theta_t = target.detach().clone()
+                require_finite(
+                    job,
+                    theta_t,
+                    e.name,
+                    f"ΘT ({job.ir.ref})",
+                    "the checkpoint is broken; re-download it or pass --allow-nonfinite",
+                )
                 taus = []
-                for v in job.vectors:
+                for i, v in enumerate(job.vectors):
                     d = v.get(e.key)
                     d = torch.zeros(target.shape) if d is None else (d[:rows] if rows else d)
-                    taus.append(d.to(device=device, dtype=dtype))
+                    d = d.to(device=device, dtype=dtype)
+                    check_tau(job, d, e.name, i)
+                    taus.append(d)
                 tau_t = None
                 if job.method.needs_ir_vector:
                     p = job.pretrained.get(job.p_index.find(e.key)).float()  # type: ignore[union-attr]
@@ -87,7 +102,9 @@ class InPlaceSweep:
                     tau_t=None if tau_t is None else tau_t.float(),
                     params=full,
                 )
-                target.copy_(out.to(target.dtype))
+                cast = out.to(target.dtype)
+                check_merged(self.job, e, out, cast)
+                target.copy_(cast)
         self.state = dict(params)
 
     def restore(self) -> None:

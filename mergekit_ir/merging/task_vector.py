@@ -26,6 +26,7 @@ import torch
 from mergekit_ir.errors import CheckpointError
 from mergekit_ir.merging.alignment import NameIndex, base_prefix, canonical, is_head, vocab_case
 from mergekit_ir.merging.checkpoint import TensorSource, _SafetensorsFile
+from mergekit_ir.merging.finite import all_finite
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
 from mergekit_ir.storage import atomic
 
@@ -324,8 +325,13 @@ class TaskVector:
         metadata: dict[str, str] | None = None,
         overwrite: bool = False,
         dtype: torch.dtype = torch.float32,
+        allow_nonfinite: bool = False,
     ) -> Path:
-        """Write τ as safetensors (canonical keys) so it can be reused without its models."""
+        """Write τ as safetensors (canonical keys) so it can be reused without its models.
+
+        A τ with NaN/Inf (from a broken ΘD or Θ0) is refused unless ``allow_nonfinite``:
+        it would silently poison every model merged from it later.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise CheckpointError(f"{path}: exists; pass --overwrite to replace it")
@@ -337,9 +343,42 @@ class TaskVector:
             "dense": str(self.dense).lower(),
             **(metadata or {}),
         }
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"{path}: exists and is not a folder; choose another path")
+        if (
+            overwrite
+            and path.is_dir()
+            and any(path.iterdir())
+            and not (path / "task_vector.json").is_file()
+        ):
+            raise CheckpointError(
+                f"{path}: not an earlier saved task vector (no task_vector.json), so "
+                "--overwrite will not replace it; remove it yourself or choose another folder"
+            )
+        try:
+            return self._write(path, specs, keys, meta, dtype, overwrite, allow_nonfinite)
+        except OSError as exc:
+            raise CheckpointError(atomic.os_error_message(exc, path)) from None
+
+    def _write(
+        self,
+        path: Path,
+        specs: list[TensorSpec],
+        keys: list[str],
+        meta: dict[str, str],
+        dtype: torch.dtype,
+        overwrite: bool,
+        allow_nonfinite: bool,
+    ) -> Path:
         with atomic.directory(path, overwrite=overwrite) as tmp:
             with ShardedWriter(tmp, specs, 2**62, meta, basename="task_vector") as w:
                 for k in keys:
-                    w.write(k, self.get(k).to(dtype))  # type: ignore[union-attr]
+                    t = self.get(k).to(dtype)  # type: ignore[union-attr]
+                    if not allow_nonfinite and not all_finite(t):
+                        raise CheckpointError(
+                            f"tensor {k}: τ = {self.describe()} has NaN/Inf values; check the "
+                            "checkpoints or pass --allow-nonfinite (nothing written)"
+                        )
+                    w.write(k, t)
             (tmp / "task_vector.json").write_text(json.dumps(meta, indent=2))
         return path

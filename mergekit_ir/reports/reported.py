@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_ir.errors import ConfigError
+from mergekit_ir.errors import ConfigError, short_repr
 from mergekit_ir.reports.results import (
     CANDIDATE_KEYS,
     DOMAIN,
@@ -96,36 +96,36 @@ def parse_reported(
         dataset, row = str(item["dataset"]), str(item["row"])
         if dataset not in datasets:
             raise ConfigError(
-                f"{where}.dataset: {dataset!r} is not a dataset of this experiment "
+                f"{where}.dataset: {short_repr(dataset)} is not a dataset of this experiment "
                 f"({', '.join(datasets)})"
             )
         alpha_row = _ALPHA_ROW.match(row)
         if not (alpha_row or row == first_stage_row or _MODEL_ROW.match(row)):
             row_keys = (first_stage_row, PRETRAINED, DOMAIN, IR, *CANDIDATE_KEYS)
             raise ConfigError(
-                f"{where}.row: unknown row {row!r} (one of {', '.join(row_keys)}, "
+                f"{where}.row: unknown row {short_repr(row)} (one of {', '.join(row_keys)}, "
                 "or alpha=0.7 for the dev-split α ablation)"
             )
         triplet = item.get("triplet")
         if triplet is None and row != first_stage_row:
             raise ConfigError(
-                f"{where}: row {row!r} needs a 'triplet' (only {first_stage_row} rows are model-free)"
+                f"{where}: row {short_repr(row)} needs a 'triplet' (only {first_stage_row} rows are model-free)"
             )
         if triplet is not None and str(triplet) not in triplets:
             raise ConfigError(
-                f"{where}.triplet: {triplet!r} is not a triplet of this experiment "
+                f"{where}.triplet: {short_repr(triplet)} is not a triplet of this experiment "
                 f"({', '.join(triplets)})"
             )
         if triplet is not None and not alpha_row and row not in triplets[str(triplet)]:
             raise ConfigError(
-                f"{where}.row: triplet {triplet!r} has no row {row!r} "
+                f"{where}.row: triplet {short_repr(triplet)} has no row {short_repr(row)} "
                 f"(its rows: {', '.join(triplets[str(triplet)])})"
             )
         if alpha_row:
             a = float(alpha_row.group(1))
             if dataset not in sweep_datasets:
                 raise ConfigError(
-                    f"{where}.row: no α sweep runs on {dataset!r} in this experiment "
+                    f"{where}.row: no α sweep runs on {short_repr(dataset)} in this experiment "
                     "(it needs a dev split and tuning.alpha: true)"
                 )
             if not any(math.isclose(a, x, abs_tol=1e-9) for x in scalar_alphas):
@@ -146,7 +146,7 @@ def parse_reported(
                 )
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ConfigError(
-                    f"{where}.{key}: {value!r} is not a number in [0, 1] (write .691 as 0.691)"
+                    f"{where}.{key}: {short_repr(value)} is not a number in [0, 1] (write .691 as 0.691)"
                 )
             values[str(key)] = float(value)
         if not values:
@@ -156,7 +156,9 @@ def parse_reported(
         )
         alpha = item.get("alpha")
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float)):
-            raise ConfigError(f"{where}.alpha: {alpha!r} is not a number (the α the paper chose)")
+            raise ConfigError(
+                f"{where}.alpha: {short_repr(alpha)} is not a number (the α the paper chose)"
+            )
         rows.append(
             ReportedRow(
                 dataset=dataset,

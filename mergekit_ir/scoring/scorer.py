@@ -23,6 +23,8 @@ from mergekit_ir.params import Param
 
 log = logging.getLogger(__name__)
 
+_LOGGED_WARNINGS: set[str] = set()
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: The scoring dtypes a run, the registry's ``scoring.dtype`` and ``--dtype`` accept.
 DTYPES: tuple[str, ...] = ("auto", *_DTYPES)
@@ -39,9 +41,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise MergeIRError(
-            f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise MergeIRError(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MergeIRError(
             f"--device {device}: CUDA is not available on this machine; use --device auto or cpu"
@@ -78,6 +80,9 @@ class ScoringSettings:
     dtype: str = "auto"
     batch_size: int = 32
     show_progress: bool = True
+    strict: bool = (
+        False  # refuse what would otherwise be a warning (e.g. a randomly initialised head)
+    )
 
     @property
     def torch_device(self) -> torch.device:
@@ -162,6 +167,16 @@ class Scorer(ABC):
         self.device = settings.torch_device
         self.dtype = settings.torch_dtype
         self.truncation = TruncationStats()
+        self.warnings: list[str] = []  # for the run's report notes; each is also logged
+        self.newly_initialised: list[str] = []  # weights the checkpoint lacked (random init)
+
+    def warn(self, message: str) -> None:
+        """Record a warning for the report notes; log it once per process (INFO on repeats)."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+        first = message not in _LOGGED_WARNINGS
+        _LOGGED_WARNINGS.add(message)
+        log.log(logging.WARNING if first else logging.INFO, "%s", message)
 
     @abstractmethod
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -187,14 +202,20 @@ class Scorer(ABC):
             dynamic_ncols=True,
         )
 
-    def load_pretrained(self, auto_class: Any, path: Path, **kwargs: Any) -> torch.nn.Module:
+    def load_pretrained(
+        self, auto_class: Any, path: Path, *, report_missing: bool = False, **kwargs: Any
+    ) -> torch.nn.Module:
         """``auto_class.from_pretrained`` in the run's dtype, on the run's device, in eval mode.
 
         Weights load straight into ``self.dtype`` (a bf16 7B model is never
         materialised in fp32) and, on CUDA, straight onto the GPU. SDPA attention
-        is asked for and dropped for architectures that do not support it.
+        is asked for and dropped for architectures that do not support it. With
+        ``report_missing``, the weights transformers had to initialise randomly are
+        kept in ``self.newly_initialised``.
         """
         kwargs = {"dtype": self.dtype, **kwargs}
+        if report_missing:
+            kwargs["output_loading_info"] = True
         if self.device.type == "cuda":
             kwargs.setdefault("device_map", str(self.device))
         try:
@@ -202,6 +223,9 @@ class Scorer(ABC):
         except (ValueError, ImportError) as exc:
             log.info("%s: SDPA attention unavailable (%s); using the default", path, exc)
             model = auto_class.from_pretrained(path, **kwargs)
+        if report_missing:
+            model, info = model
+            self.newly_initialised = sorted(info.get("missing_keys") or ())
         if self.device.type != "cuda":
             model.to(self.device)
         return model.eval()

@@ -9,6 +9,7 @@ atomically. ``events`` records hits and misses for the run log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,6 +35,27 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def is_run(value: Any) -> bool:
+    """``{query id: {doc id: score}}`` with finite-or-not float scores: what a run entry holds."""
+    return isinstance(value, dict) and all(
+        isinstance(q, str)
+        and isinstance(docs, dict)
+        and all(isinstance(s, int | float) and not isinstance(s, bool) for s in docs.values())
+        for q, docs in value.items()
+    )
+
+
+def discard(path: Path) -> None:
+    """Remove a broken entry (file or folder) so the recomputed one can take its place."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 class Cache:
     def __init__(self, root: Path | None = None, enabled: bool = True):
         self.root = Path(root) if root is not None else default_cache_dir()
@@ -45,11 +67,14 @@ class Cache:
 
     def load_run(self, kind: str, key: str, label: str = "") -> Run | None:
         path = self._path(kind, key)
-        if self.enabled and path.is_file():
+        if self.enabled and path.exists():
             try:
                 run = json.loads(path.read_text())
-            except json.JSONDecodeError:
+                if not is_run(run):
+                    raise ValueError("not a run")
+            except (OSError, ValueError):  # unreadable, not JSON, a folder, the wrong shape
                 log.warning("cache entry %s is unreadable; recomputing", path)
+                discard(path)
             else:
                 self.events.append(("hit", kind, label or key))
                 log.info("cache hit: %s %s", kind, label or key)

@@ -29,7 +29,7 @@ import bm25s.stopwords
 import numpy as np
 import Stemmer
 
-from mergekit_ir import ConfigError, FirstStageKind, Param, Run, atomic, hookimpl
+from mergekit_ir import ConfigError, DatasetError, FirstStageKind, Param, Run, atomic, hookimpl
 
 from . import lucene
 
@@ -222,18 +222,22 @@ class BM25sIndex:
             tokens = bm25s.tokenize(
                 texts, stopwords=self.stopwords, stemmer=self.stemmer, show_progress=False
             )
+            if not any(len(doc) for doc in tokens.ids):
+                raise _no_terms(len(texts))
             self.retriever = bm25s.BM25(k1=s["k1"], b=s["b"], method=s["method"])
             self.retriever.index(tokens, show_progress=False)
             self.fields = {}
             return
         self.retriever = None
-        self.fields = {
-            field: lucene_field_index(
-                [self.analyzer(getattr(corpus[d], field) or "") for d in self.doc_ids],
-                k1=s["k1"],
-                b=s["b"],
-            )
+        analysed = {
+            field: [self.analyzer(getattr(corpus[d], field) or "") for d in self.doc_ids]
             for field in FIELDS
+        }
+        if not any(terms for docs in analysed.values() for terms in docs):
+            raise _no_terms(len(self.doc_ids))
+        self.fields = {
+            field: lucene_field_index(docs, k1=s["k1"], b=s["b"])
+            for field, docs in analysed.items()
         }
 
     def _save(self, folder: Path) -> None:
@@ -393,6 +397,13 @@ _STOP_LISTS = {
 def _stop_list(code: str) -> tuple[str, ...]:
     """bm25s's stop-word list for a language code (what bm25s.tokenize uses)."""
     return getattr(bm25s.stopwords, f"STOPWORDS_{_STOP_LISTS[code]}")
+
+
+def _no_terms(n: int) -> DatasetError:
+    return DatasetError(
+        f"corpus: none of its {n} documents has a term left after analysis (empty, or only "
+        "stop words); BM25 cannot rank it — check the corpus, or set stopwords: false"
+    )
 
 
 def build(

@@ -53,7 +53,10 @@ class CrossEncoder(Scorer):
     def __init__(self, path: Path, options: Mapping[str, Any], settings: ScoringSettings):
         super().__init__(settings)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = self.load_pretrained(AutoModelForSequenceClassification, path)
+        self.model = self.load_pretrained(
+            AutoModelForSequenceClassification, path, report_missing=True
+        )
+        self.check_head(path)
         n = self.model.config.num_labels
         self.label = options.get("label")
         if self.label is None:
@@ -73,6 +76,28 @@ class CrossEncoder(Scorer):
                     f"scorer option query_max_length={self.query_max_length}: leaves no room for the "
                     f"document within max_length={self.max_length}; use at most {room}"
                 )
+
+    def check_head(self, path: Path) -> None:
+        """A folder without a trained classification head scores with a random one: say so.
+
+        Θ0 and ΘD are often plain encoders (an MLM checkpoint); transformers then
+        initialises ``classifier.*`` at random and the rows mean nothing. Warn once per
+        checkpoint (log and ``self.warnings``, for the report notes); refuse when strict.
+        """
+        heads = ("classifier", "score", "head")  # name the head first, then the rest
+        missing = sorted(self.newly_initialised, key=lambda k: (not any(h in k for h in heads), k))
+        if not missing:
+            return
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        what = (
+            f"{path}: no trained classification head ({', '.join(missing[:3])}{more} "
+            "initialised at random), so its cross-encoder scores are meaningless"
+        )
+        if self.settings.strict:
+            raise CheckpointError(
+                f"{what}; refusing under --strict (use a cross-encoder checkpoint)"
+            )
+        self.warn(f"{what}; use a checkpoint fine-tuned as a cross-encoder (--strict refuses it)")
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         queries = [p[0] for p in pairs]

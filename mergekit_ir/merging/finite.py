@@ -1,0 +1,17 @@
+"""A cheap test that a tensor holds no NaN or ±Inf (merges must never write them silently)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """``torch.isfinite(t).all()`` without its tensor-sized bool temporary.
+
+    A NaN or ±Inf makes the sum non-finite, so a finite sum (one fast read-only pass) proves
+    every element finite; only a non-finite sum (NaN/Inf, or finite values overflowing the
+    sum) needs the exact elementwise check.
+    """
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
