@@ -114,6 +114,11 @@ def _cache(cache_dir: str | None, no_cache: bool):
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse what is otherwise a warning in the report (e.g. a randomly initialised head).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Show where every checkpoint and dataset comes from and what will run; load nothing.",
@@ -129,6 +134,7 @@ def run(
     cache_dir: str | None,
     no_cache: bool,
     quiet: bool,
+    strict: bool,
     dry_run: bool,
 ) -> None:
     """Run an EXPERIMENT from the registry and write its report.
@@ -181,6 +187,7 @@ def run(
         progress=not quiet,
         batch_size=batch_size,
         dtype=dtype,
+        strict=strict,
         echo=click.echo,
     )
     outcome = run_experiment(reg, experiment, opts)
