@@ -114,6 +114,12 @@ def _cache(cache_dir: str | None, no_cache: bool):
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option(
+    "--save-best",
+    "save_best",
+    type=click.Path(file_okay=False),
+    help="After the run, write the tuned Θ' here (one sub-folder per triplet/α when several).",
+)
+@click.option(
     "--strict",
     is_flag=True,
     help="Refuse what is otherwise a warning in the report (e.g. a randomly initialised head).",
@@ -134,6 +140,7 @@ def run(
     cache_dir: str | None,
     no_cache: bool,
     quiet: bool,
+    save_best: str | None,
     strict: bool,
     dry_run: bool,
 ) -> None:
@@ -179,6 +186,8 @@ def run(
         click.echo(
             "quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing."
         )
+    if save_best:
+        _check_save_best(Path(save_best))
     opts = RunOptions(
         out_dir=out,
         cache=_cache(cache_dir, no_cache),
@@ -204,6 +213,40 @@ def run(
     click.echo(f"cache: {c.hits()} hits, {c.misses()} misses ({c.root})")
     names = ", ".join(p.name for p in outcome.written)
     click.echo(f"outputs in {out}/: {names}, runs/")
+    if save_best:
+        _save_best(out, Path(save_best), quiet)
+
+
+def _check_save_best(target: Path) -> None:
+    """Before the run: --save-best must be writable at the end, not fail after the work."""
+    from mergekit_ir.merging.engine import OUTPUT_MARKER
+
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--save-best {target}: is a file; give a folder for Θ'")
+    ours = [target / OUTPUT_MARKER, *target.glob(f"*/{OUTPUT_MARKER}")] if target.is_dir() else []
+    if target.is_dir() and any(target.iterdir()) and not any(p.is_file() for p in ours):
+        raise ConfigError(
+            f"--save-best {target}: exists and is not an earlier merge output; "
+            "choose an empty or new folder"
+        )
+
+
+def _save_best(run_dir: Path, target: Path, quiet: bool) -> None:
+    """``run --save-best``: the run's tuned Θ', as ``merge --from-run`` writes it."""
+    from mergekit_ir.experiments.from_run import prepare_selection, selections
+    from mergekit_ir.merging.api import write_merge
+
+    found = selections(run_dir)
+    for sel in found:
+        folder = target
+        if len(found) > 1:
+            same_triplet = [s for s in found if s.triplet == sel.triplet]
+            suffix = f"-{'-'.join(sel.datasets)}" if len(same_triplet) > 1 else ""
+            folder = target / f"{sel.triplet}{suffix}"
+        report = write_merge(prepare_selection(sel), folder, overwrite=True, progress=not quiet)
+        click.echo(
+            f"saved {sel.triplet} Θ' (α={sel.alpha}, tuned on {', '.join(sel.datasets)}) to {report.out}"
+        )
 
 
 def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
@@ -264,6 +307,14 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     is_flag=True,
     help="Do not stop on NaN/Inf in ΘT, a task vector or the merged weights.",
 )
+@click.option(
+    "--from-run",
+    "from_run",
+    type=click.Path(file_okay=False),
+    help="Write the Θ' a finished `mergeir run` tuned (its method, parameters and α).",
+)
+@click.option("--triplet", "triplet_opt", help="With --from-run: the triplet to write.")
+@click.option("--dataset", help="With --from-run: the dataset whose tuned α to use.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def merge(
     triplet: str | None,
@@ -280,6 +331,9 @@ def merge(
     out_shard_size: str,
     device: str,
     allow_nonfinite: bool,
+    from_run: str | None,
+    triplet_opt: str | None,
+    dataset: str | None,
     quiet: bool,
 ) -> None:
     """Write Θ' for one TRIPLET and α as a Hugging Face folder.
@@ -294,13 +348,31 @@ def merge(
       mergeir merge --ir my/ir-model --pretrained bert-base-uncased \\
           --domain my/bio-bert --method ties --param density=0.3 --alpha 0.7 --out merged/
       mergeir merge quickstart-tiny --plan
+      mergeir merge --from-run mergeir-out/quickstart --out best/   # the α the run tuned
     """
-    from mergekit_ir.merging.api import DomainRef, prepare_merge, write_merge
-    from mergekit_ir.merging.safetensors_writer import parse_size
+    from mergekit_ir.merging.api import DomainRef, prepare_merge
     from mergekit_ir.plugin_host import catalog
     from mergekit_ir.scoring.scorer import resolve_device
 
     resolve_device(device)  # a bad --device fails before anything is read
+    triplet = triplet or triplet_opt
+    if from_run is not None:
+        if ir_ref or pre_ref or domain_refs or registry_path:
+            raise ConfigError(
+                "--from-run takes the triplet from the run; drop --ir/--pretrained/--domain/--registry"
+            )
+        from mergekit_ir.experiments.from_run import one_selection, prepare_selection
+
+        selection = one_selection(from_run, triplet, dataset)
+        click.echo(
+            f"{selection.triplet}: {selection.method} with α={selection.alpha} "
+            f"(tuned on {', '.join(selection.datasets)} by {from_run})"
+        )
+        prepared = prepare_selection(selection, allow_nonfinite)
+        _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet)
+        return
+    if dataset is not None:
+        raise ConfigError("--dataset goes with --from-run")
     try:
         alpha_value = yaml.safe_load(alpha)
     except yaml.YAMLError:
@@ -346,6 +418,13 @@ def merge(
             allow_nonfinite=allow_nonfinite,
             provenance={"ΘT": str(ir_ref), "Θ0": str(pre_ref or "-"), "ΘD": ", ".join(domain_refs)},
         )
+    _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet)
+
+
+def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet) -> None:
+    from mergekit_ir.merging.api import write_merge
+    from mergekit_ir.merging.safetensors_writer import parse_size
+
     if plan:
         click.echo(prepared.plan.table())
         return

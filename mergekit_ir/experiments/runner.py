@@ -567,6 +567,7 @@ class ExperimentRun:
             elif key == MERGED_BEST:
                 row.label = best_label
                 row.alpha = {d: alpha_label(tuned.per_dataset[d]) for d in self.datasets}
+                section.tuned_alpha = {d: tuned.per_dataset[d] for d in self.datasets}
             row.unfused = {}
             for dname, split in self.tests.items():
                 model_run = runs[split.id]

@@ -193,6 +193,8 @@ class Section:
     significance: SignificanceSettings | None = None
     #: what the scorers warned about (e.g. a randomly initialised head): rows to read with care
     notes: list[str] = field(default_factory=list)
+    #: dataset -> the exact α the Θ'(tuned α) row used (rows carry labels, which round)
+    tuned_alpha: dict[str, Any] = field(default_factory=dict)
 
     def row(self, key: str) -> Row | None:
         return next((r for r in self.rows if r.key == key), None)
@@ -203,6 +205,8 @@ class Section:
             out["significance"] = self.significance.to_json()
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.tuned_alpha:
+            out["tuned_alpha"] = dict(self.tuned_alpha)
         return out
 
     @classmethod
@@ -212,6 +216,7 @@ class Section:
             rows=[Row.from_json(r) for r in raw.get("rows") or []],
             significance=SignificanceSettings.from_json(raw.get("significance")),
             notes=[str(n) for n in raw.get("notes") or []],
+            tuned_alpha={str(d): a for d, a in (raw.get("tuned_alpha") or {}).items()},
         )
 
 
