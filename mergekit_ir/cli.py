@@ -477,6 +477,85 @@ def task_vector(
     click.echo(f"wrote {path} ({len(tv.keys())} tensors)")
 
 
+@main.command("eval")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--dataset", "dataset_name", required=True, help="Registry dataset whose qrels judge the run."
+)
+@click.option(
+    "--split", help="Split spec (default: the dataset's test split), e.g. test or dev[:20%]."
+)
+@click.option(
+    "--registry",
+    "registry_path",
+    type=click.Path(dir_okay=False),
+    help="Registry YAML holding DATASET.",
+)
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="Metric (repeatable; default P@10, NDCG@3, NDCG@10, MAP@100).",
+)
+@click.option(
+    "--queries",
+    type=click.Choice(["all", "retrieved"]),
+    default="all",
+    show_default=True,
+    help="Average over every judged query, or (as BEIR does) those the run retrieved for.",
+)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (datasets).")
+def eval_cmd(
+    runs: tuple[str, ...],
+    dataset_name: str,
+    split: str | None,
+    registry_path: str | None,
+    metrics: tuple[str, ...],
+    queries: str,
+    cache_dir: str | None,
+) -> None:
+    """Evaluate TREC RUNS (from BEIR, PyTerrier, ranx or `mergeir run`'s runs/) on a dataset.
+
+    The metrics are the ones `mergeir run` reports (ranx, trec_eval's tie-breaking), so a
+    run file from runs/ evaluates to the same numbers as its row in results.json.
+
+    \b
+    Example:
+      mergeir eval mergeir-out/quickstart/runs/quickstart-tiny/quickstart-toy/ir.trec \\
+          --dataset quickstart-toy
+    """
+    from mergekit_ir.evaluation.metrics import evaluate, mean_scores, ranx_metric
+    from mergekit_ir.evaluation.trec_runs import read_trec
+    from mergekit_ir.experiments.registry import Experiment
+    from mergekit_ir.experiments.sources import load_dataset
+
+    names = list(metrics or Experiment.__dataclass_fields__["metrics"].default)
+    for m in names:
+        ranx_metric(m)  # an unknown metric fails before the data is read
+    reg = _registry(registry_path)
+    spec = reg.dataset(dataset_name)
+    ds = load_dataset(spec, split or spec.test, reg.base_dir, _cache(cache_dir, False).root)
+    header = "| run | " + " | ".join(names) + " |"
+    lines = [header, "|:---|" + "---:|" * len(names)]
+    for path in runs:
+        run = read_trec(path)
+        unknown = len(set(run) - set(ds.queries))
+        if unknown == len(run):
+            raise ConfigError(
+                f"{path}: none of its {len(run)} queries is in {dataset_name}:{split or spec.test}; "
+                "is it a run of another dataset or split?"
+            )
+        qrels = ds.qrels if queries == "all" else {q: r for q, r in ds.qrels.items() if run.get(q)}
+        means = mean_scores(evaluate(qrels, run, names))
+        lines.append(f"| {path} | " + " | ".join(f"{means[m]:.4f}" for m in names) + " |")
+        if unknown:
+            click.echo(
+                f"note: {path}: {unknown} queries are not in the split and were ignored", err=True
+            )
+    click.echo(f"{dataset_name}:{split or spec.test}, {len(ds.qrels)} judged queries ({queries})")
+    click.echo("\n".join(lines))
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:

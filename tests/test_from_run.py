@@ -78,3 +78,33 @@ def test_save_best_refuses_an_unrelated_folder_before_the_run(tmp_path):
         res.exit_code == 2 and "--save-best" in res.output and "not an earlier merge" in res.output
     )
     assert not (tmp_path / "run").exists() and (tmp_path / "mine" / "notes.txt").is_file()
+
+
+def test_eval_of_the_runs_trec_files_gives_the_rows_metrics(finished):
+    root, _ = finished
+    res = json.loads((root / "run" / "results.json").read_text())
+    folder = root / "run" / "runs" / "quickstart-tiny" / "quickstart-toy"
+    for row in res["sections"][0]["rows"]:
+        path = folder / f"{row['key'].replace('@', '_at_')}.trec"
+        out = invoke("eval", str(path), "--dataset", "quickstart-toy", "--registry", REGISTRY,
+                     "--cache-dir", str(root / "cache"))  # fmt: skip
+        assert out.exit_code == 0, out.output
+        line = next(x for x in out.output.splitlines() if x.startswith(f"| {path}"))
+        shown = [float(v) for v in line.strip(" |").split("|")[1:]]
+        cells = row["cells"]["quickstart-toy"]
+        want = [cells[m]["mean"] for m in ("P@10", "NDCG@3", "NDCG@10", "MAP@100")]
+        assert shown == pytest.approx(want, abs=5e-5), row["key"]
+
+
+def test_eval_rejects_a_malformed_run_in_one_line(finished, tmp_path):
+    root, _ = finished
+    bad = tmp_path / "bad.trec"
+    bad.write_text("q1 Q0 d1 1 0.5 tag\nq1 Q0 d2 two\n")
+    out = invoke("eval", str(bad), "--dataset", "quickstart-toy", "--registry", REGISTRY,
+                 "--cache-dir", str(root / "cache"))  # fmt: skip
+    assert out.exit_code == 2 and f"{bad}:2: expected 6 columns" in out.output
+    other = tmp_path / "other.trec"
+    other.write_text("nope Q0 d1 1 0.5 tag\n")
+    out = invoke("eval", str(other), "--dataset", "quickstart-toy", "--registry", REGISTRY,
+                 "--cache-dir", str(root / "cache"))  # fmt: skip
+    assert out.exit_code == 2 and "none of its 1 queries is in quickstart-toy" in out.output

@@ -39,6 +39,7 @@ import torch
 from mergekit_ir.errors import ConfigError
 from mergekit_ir.evaluation.datasets import Dataset
 from mergekit_ir.evaluation.first_stage import FirstStageKind, Run
+from mergekit_ir.evaluation.trec_runs import write_trec
 from mergekit_ir.experiments.registry import Experiment, Registry, Triplet
 from mergekit_ir.experiments.sources import load_dataset, resolve_ref
 from mergekit_ir.merging.checkpoint import open_checkpoint
@@ -138,17 +139,6 @@ def selected_datasets(exp: Experiment, requested: Sequence[str] | None) -> list[
             f"--dataset {unknown[0]}: not in experiment {exp.name} (it has: {', '.join(exp.datasets)})"
         )
     return [d for d in exp.datasets if d in requested]
-
-
-def write_trec(path: Path, run: Run, tag: str) -> None:
-    lines = []
-    for qid in sorted(run):
-        ranked = sorted(run[qid].items(), key=lambda x: (-x[1], x[0]))
-        lines += [
-            f"{qid} Q0 {did} {rank} {score:.6f} {tag}"
-            for rank, (did, score) in enumerate(ranked, 1)
-        ]
-    atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 def resolved_settings(exp: Experiment, opts: RunOptions) -> ScoringSettings:
