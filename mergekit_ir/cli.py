@@ -179,7 +179,7 @@ def run(
         if problems:
             raise ConfigError(
                 f"{experiment}: {problems} problem(s) to fix before running "
-                "(lines marked MISSING or UNKNOWN above)"
+                "(lines marked MISSING, UNKNOWN or MISMATCH above)"
             )
         return
     if experiment == "quickstart":
