@@ -71,12 +71,14 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
         for j in range(per):
             out |= lanes[:, j] << (j * bits)
         return out
-    shifts = torch.arange(bits, dtype=torch.uint8)
-    stream = ((codes.unsqueeze(1) >> shifts) & 1).reshape(-1)  # bit j of code i at i·bits + j
-    padded = torch.zeros(packed_nbytes(n, bits) * 8, dtype=torch.uint8)
-    padded[: stream.numel()] = stream
-    weights = (1 << torch.arange(8, dtype=torch.int32)).to(torch.uint8)
-    return (padded.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+    # 3 bits: eight codes fill exactly three bytes (24 bits), packed as one int32 word
+    padded = torch.zeros(math.ceil(n / 8) * 8, dtype=torch.int32)
+    padded[:n] = codes
+    word = torch.zeros(padded.numel() // 8, dtype=torch.int32)
+    for j, lane in enumerate(padded.reshape(-1, 8).unbind(1)):
+        word |= lane << (3 * j)
+    out = torch.stack([(word >> s) & 0xFF for s in (0, 8, 16)], dim=1).to(torch.uint8)
+    return out.reshape(-1)[: packed_nbytes(n, bits)].clone()
 
 
 def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -94,10 +96,12 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     if 8 % bits == 0:
         shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
         return ((packed.unsqueeze(1) >> shifts) & mask).reshape(-1)[:numel]
-    stream = ((packed.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)
-    stream = stream[: numel * bits].reshape(numel, bits).to(torch.int32)
-    weights = 1 << torch.arange(bits, dtype=torch.int32)
-    return (stream * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+    padded = torch.zeros(math.ceil(packed.numel() / 3) * 3, dtype=torch.int32)
+    padded[: packed.numel()] = packed
+    b = padded.reshape(-1, 3)
+    word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    shifts = torch.arange(0, 24, 3, dtype=torch.int32)
+    return ((word.unsqueeze(1) >> shifts) & mask).reshape(-1)[:numel].to(torch.uint8)
 
 
 def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -148,11 +152,14 @@ def quantize(t: torch.Tensor, bits: int, group_size: int = 128) -> QuantizedTens
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
     """x̂ = z + code·s in fp32, in the original shape."""
-    rows, last, _ = layout(q.shape, q.group_size)
-    codes = unpack(q.packed, q.bits, rows * last).reshape(rows, last).float()
-    scale = _expand(q.scales, q.group_size, last)
-    zero = _expand(q.zeros, q.group_size, last)
-    return codes.mul_(scale).add_(zero).reshape(q.shape)
+    rows, last, groups = layout(q.shape, q.group_size)
+    codes = unpack(q.packed, q.bits, rows * last).reshape(rows, last)
+    width = groups * q.group_size
+    if width != last:  # a shorter last group: pad the row to whole groups, cut after
+        codes = torch.cat([codes, codes.new_zeros(rows, width - last)], dim=1)
+    x = codes.float().reshape(rows, groups, q.group_size)
+    x.mul_(q.scales.float().unsqueeze(-1)).add_(q.zeros.float().unsqueeze(-1))
+    return x.reshape(rows, width)[:, :last].reshape(q.shape).contiguous()
 
 
 def group_bound(t: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
