@@ -86,11 +86,15 @@ def _quant_errors(path: Path) -> list[float]:
 
 
 def _read_all(path: Path) -> float:
+    """Best of 3 (files in page cache after the first): the machine is shared and noisy."""
     tv = TaskVector.load(path)
-    start = time.perf_counter()
-    for k in tv.keys():
-        tv.get(k)
-    return time.perf_counter() - start
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for k in tv.keys():
+            tv.get(k)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def case(name: str, taus: list[TaskVector], ckpt_bytes: int, root: Path, gs: int) -> None:
