@@ -8,7 +8,7 @@ only). Same run, best of 3 each, inputs in page cache:
 - **I/O limit (Θ0 + ΘD)**: read ΘT, Θ0, ΘD files, write + fsync the output's bytes;
 - **I/O limit (τ)**: read ΘT and the stored τ, write + fsync the output's bytes;
 - ``merge_to_folder`` (what ``mergeir merge`` runs) from Θ0 + ΘD, from the fp32 τ and the
-  quantized τ.
+  quantized τ, sequential and with reads/compute overlapped with writes (``overlap``).
 """
 
 from __future__ import annotations
@@ -100,9 +100,12 @@ def main() -> None:
             (f"merge from {args.bits}-bit τ", TaskVector.load(q)),
         ):
             job = MergeJob(ir, [vec], mm, {"alpha": 0.5, "weights": None})
-            rows[label] = best(
-                lambda j=job: merge_to_folder(j, root / "m", overwrite=True, progress=False)
-            )
+            for overlap in (False, True):
+                rows[f"{label}{', overlapped' if overlap else ''}"] = best(
+                    lambda j=job, o=overlap: merge_to_folder(
+                        j, root / "m", overwrite=True, progress=False, overlap=o
+                    )
+                )
         base = rows["merge from Θ0 + ΘD"]
         print(
             f"{args.model.name} (fp32, {out_bytes / 1e6:.0f} MB per checkpoint), 1 thread, best of 3"

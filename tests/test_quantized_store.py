@@ -186,3 +186,15 @@ def test_refuses_overwrite_and_bad_spec(domains, tmp_path):
         QuantSpec(bits=5)
     with pytest.raises(CheckpointError, match="--keep-full"):
         QuantSpec(keep_full="(")
+
+
+def test_overlapped_merge_is_bit_identical(tiny_triplet, domains, tmp_path):
+    _, (tau, _) = domains
+    ir = open_checkpoint(str(tiny_triplet["ir"]))
+    mm = catalog().merge_method("task_arithmetic")
+    job = MergeJob(ir, [tau], mm, {"alpha": 0.5, "weights": None})
+    merge_to_folder(job, tmp_path / "seq", progress=False)
+    merge_to_folder(job, tmp_path / "ovl", progress=False, overlap=True)
+    a = load_file(tmp_path / "seq" / "model.safetensors")
+    b = load_file(tmp_path / "ovl" / "model.safetensors")
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
