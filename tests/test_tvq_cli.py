@@ -111,6 +111,7 @@ def test_merge_cli_and_registry_take_a_quantized_vector(tiny_triplet, q4, tmp_pa
     assert torch.equal(a[f"bert.{K}"], ir[f"bert.{K}"] + 0.5 * tau)
 
 
+@pytest.mark.slow
 def test_inplace_sweep_scores_equal_merge_from_quantized(tiny_triplet, q4, tmp_path):
     cat = catalog()
     kind = cat.scorer("cross-encoder")
