@@ -445,36 +445,202 @@ def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, qu
     )
 
 
-@main.command("task-vector")
-@click.option("--pretrained", "pre_ref", required=True, help="Θ0 (hub id or folder).")
-@click.option("--domain", "domain_ref", required=True, help="ΘD (hub id or folder).")
+_BITS = click.Choice(["8", "4", "3", "2"])
+
+
+def _quant_options(f: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option(
+                "--group-size",
+                type=click.IntRange(1),
+                default=128,
+                show_default=True,
+                help="Values per quantization group along each tensor's last dimension.",
+            ),
+            click.option(
+                "--keep-full", metavar="REGEX", help="Tensors whose name matches stay fp16."
+            ),
+            click.option(
+                "--keep-full-below",
+                type=click.IntRange(0),
+                default=4096,
+                show_default=True,
+                help="Tensors with fewer values stay fp16 (1-D biases and norms always do).",
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _spec(bits: str | None, group_size: int, keep_full: str | None, below: int, default: int):
+    from mergekit_ir.merging.quantized_store import QuantSpec
+
+    return QuantSpec(int(bits) if bits else default, group_size, keep_full, below)
+
+
+def _domain_name(ref: str, taken: set[str]) -> str:
+    name = ref.rstrip("/").rsplit("/", 1)[-1].removeprefix("task_vector:").removeprefix("lora:")
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "tau"
+    base, i = name, 2
+    while name in taken or name == "base":
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+@main.group(
+    "task-vector", invoke_without_command=True, context_settings={"ignore_unknown_options": False}
+)
+@click.option("--pretrained", "pre_ref", help="Θ0 (hub id or folder).")
 @click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save τ."
+    "--domain",
+    "domain_refs",
+    multiple=True,
+    help="ΘD (hub id or folder; repeatable with --residual, NAME=REF names the vector).",
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to save τ.")
+@click.option("--bits", type=_BITS, help="Quantize τ to this many bits (TVQ); default fp32.")
+@_quant_options
+@click.option(
+    "--residual",
+    is_flag=True,
+    help="Residual TVQ over several --domain: shared base + per-vector offsets.",
+)
+@click.option(
+    "--base-bits", type=_BITS, default="3", show_default=True, help="Bits of the RTVQ base."
+)
+@click.option(
+    "--info",
+    "info_dir",
+    type=click.Path(exists=True),
+    help="Print bits, size and per-tensor error of a saved τ and exit.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
 @click.option("--allow-nonfinite", is_flag=True, help="Save τ even if it has NaN/Inf values.")
+@click.pass_context
 def task_vector(
-    pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool, allow_nonfinite: bool
+    ctx: click.Context,
+    pre_ref: str | None,
+    domain_refs: tuple[str, ...],
+    out_dir: str | None,
+    bits: str | None,
+    group_size: int,
+    keep_full: str | None,
+    keep_full_below: int,
+    residual: bool,
+    base_bits: str,
+    info_dir: str | None,
+    overwrite: bool,
+    allow_nonfinite: bool,
 ) -> None:
-    """Save τ = ΘD − Θ0 as safetensors, reusable without its models.
+    """Save τ = ΘD − Θ0 as safetensors, reusable without its models; optionally quantized.
 
     \b
-    Example:
+    Examples:
       mergeir task-vector --pretrained bert-base-uncased --domain my/bio-bert --out tau-bio/
-      # then in registry.yaml:  domain: {task_vector: tau-bio/}
+      mergeir task-vector --pretrained P --domain D --bits 4 --out tau-bio-4bit/
+      mergeir task-vector --pretrained P --domain bio=D1 --domain sci=D2 --residual --out rtvq/
+      mergeir task-vector quantize tau-bio/ tau-bio-4bit/ --bits 4
+      mergeir task-vector --info tau-bio-4bit/
+      # then in registry.yaml:  domain: {task_vector: tau-bio-4bit/}  (or rtvq/bio)
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    from mergekit_ir.merging import quantized_store as qs
+
+    if info_dir:
+        click.echo(qs.info(info_dir))
+        return
+    if not pre_ref or not domain_refs or not out_dir:
+        raise ConfigError(
+            "mergeir task-vector needs --pretrained, --domain and --out "
+            "(or --info DIR, or the quantize subcommand)"
+        )
+    from mergekit_ir.merging.api import DomainRef
     from mergekit_ir.merging.checkpoint import open_checkpoint
     from mergekit_ir.merging.task_vector import TaskVector
 
-    pre, dom = open_checkpoint(pre_ref), open_checkpoint(domain_ref)
-    tv = TaskVector.from_checkpoints(pre, dom)
-    path = tv.save(
-        out_dir,
-        {"pretrained": pre_ref, "domain": domain_ref},
-        overwrite=overwrite,
-        allow_nonfinite=allow_nonfinite,
-    )
+    pre = open_checkpoint(pre_ref)
+    taken: set[str] = set()
+    named = []
+    for text in domain_refs:
+        name, sep, ref = text.partition("=")
+        if not sep:
+            name, ref = _domain_name(text, taken), text
+        else:
+            taken.add(name)
+        d = DomainRef.parse(ref)
+        tv = TaskVector.from_reference(d.kind, d.ref, pre)
+        named.append((name, ref, tv))
+    if residual:
+        spec = _spec(bits, group_size, keep_full, keep_full_below, default=2)
+        paths = qs.save_residual(
+            [(n, tv) for n, _, tv in named],
+            out_dir,
+            base_bits=int(base_bits),
+            spec=spec,
+            metadata={"pretrained": pre_ref},
+            overwrite=overwrite,
+            allow_nonfinite=allow_nonfinite,
+        )
+        click.echo(
+            f"wrote {out_dir}: base ({base_bits}-bit) + {len(paths)} offsets ({spec.bits}-bit): "
+            + ", ".join(p.name for p in paths)
+        )
+        return
+    if len(named) > 1:
+        raise ConfigError(
+            "several --domain need --residual (or run mergeir task-vector per domain)"
+        )
+    _, domain_ref, tv = named[0]
+    meta = {"pretrained": pre_ref, "domain": domain_ref, **qs.source_fingerprints(tv)}
+    if bits:
+        spec = _spec(bits, group_size, keep_full, keep_full_below, default=4)
+        path = qs.save_quantized(
+            tv, out_dir, spec, meta, overwrite=overwrite, allow_nonfinite=allow_nonfinite
+        )
+        click.echo(f"wrote {path} ({len(tv.keys())} tensors, {spec.bits}-bit)")
+        return
+    path = tv.save(out_dir, meta, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     click.echo(f"wrote {path} ({len(tv.keys())} tensors)")
+
+
+@task_vector.command("quantize")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--bits", type=_BITS, required=True, help="Bits per value.")
+@_quant_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
+def task_vector_quantize(
+    src: str,
+    out: str,
+    bits: str,
+    group_size: int,
+    keep_full: str | None,
+    keep_full_below: int,
+    overwrite: bool,
+) -> None:
+    """Quantize a saved task vector SRC into OUT (TVQ).
+
+    \b
+    Example:
+      mergeir task-vector quantize tau-bio/ tau-bio-4bit/ --bits 4
+    """
+    from mergekit_ir.merging import quantized_store as qs
+    from mergekit_ir.merging.task_vector import TaskVector
+
+    tv = TaskVector.load(src)
+    meta = {
+        k: v
+        for k, v in tv.terms[-1][1].metadata.items()
+        if k in ("pretrained", "domain", "fingerprint_pretrained", "fingerprint_domain")
+    }
+    meta["quantized_from"] = str(src)
+    spec = _spec(bits, group_size, keep_full, keep_full_below, default=4)
+    path = qs.save_quantized(tv, out, spec, meta, overwrite=overwrite)
+    click.echo(f"wrote {path} ({len(tv.keys())} tensors, {spec.bits}-bit)")
 
 
 @main.command("eval")
