@@ -249,6 +249,15 @@ def _save_best(run_dir: Path, target: Path, quiet: bool) -> None:
         )
 
 
+def _recorded(ref: str) -> str:
+    """How a saved τ records an input: a local path resolved (it must still mean the same
+    folder from elsewhere), a hub id as given; a ``lora:``/``task_vector:`` prefix kept."""
+    kind, sep, rest = ref.partition(":")
+    prefix, target = (f"{kind}:", rest) if sep and kind in ("lora", "task_vector") else ("", ref)
+    path = Path(target).expanduser()
+    return prefix + (str(path.resolve()) if path.exists() else target)
+
+
 def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -581,7 +590,7 @@ def task_vector(
             out_dir,
             base_bits=int(base_bits),
             spec=spec,
-            metadata={"pretrained": pre_ref},
+            metadata={"pretrained": _recorded(pre_ref)},
             overwrite=overwrite,
             allow_nonfinite=allow_nonfinite,
         )
@@ -595,7 +604,11 @@ def task_vector(
             "several --domain need --residual (or run mergeir task-vector per domain)"
         )
     _, domain_ref, tv = named[0]
-    meta = {"pretrained": pre_ref, "domain": domain_ref, **qs.source_fingerprints(tv)}
+    meta = {
+        "pretrained": _recorded(pre_ref),
+        "domain": _recorded(domain_ref),
+        **qs.source_fingerprints(tv),
+    }
     if bits:
         spec = _spec(bits, group_size, keep_full, keep_full_below, default=4)
         path = qs.save_quantized(

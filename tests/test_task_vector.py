@@ -131,3 +131,37 @@ def test_lora_bad_folder(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(CheckpointError, match="not a PEFT LoRA adapter"):
         TaskVector.from_lora(tmp_path / "x")
+
+
+def test_repr_names_terms_tensor_count_and_norm(tiny_triplet, tau):
+    expected = sum(float(tau.get(k).double().pow(2).sum()) for k in tau.keys()) ** 0.5
+    text = repr(tau)
+    assert text.startswith("TaskVector(1·") and f"{len(tau.keys())} tensors" in text
+    assert f"‖τ‖ = {expected:.4g}" in text and "object at" not in text
+
+
+def test_saved_vector_records_resolved_input_paths(tiny_triplet, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from mergekit_ir.cli import main
+
+    monkeypatch.chdir(tiny_triplet["root"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "task-vector",
+            "--pretrained",
+            "pretrained",
+            "--domain",
+            "domain",
+            "--out",
+            str(tmp_path / "tv"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "tv" / "task_vector.json").read_text())
+    blob = json.dumps(meta)
+    assert str(tiny_triplet["pretrained"].resolve()) in blob
+    assert str(tiny_triplet["domain"].resolve()) in blob

@@ -328,6 +328,20 @@ class TaskVector:
     def describe(self) -> str:
         return " + ".join(f"{c:g}·{t.describe()}" for c, t in self.terms)
 
+    def norm(self) -> float:
+        """‖τ‖₂ over every tensor, streamed one tensor at a time (cached: it reads τ whole)."""
+        if getattr(self, "_norm", None) is None:
+            total = 0.0
+            for key in self.keys():
+                d = self.get(key)
+                if d is not None:
+                    total += float(d.double().pow(2).sum())
+            self._norm = total**0.5
+        return self._norm
+
+    def __repr__(self) -> str:
+        return f"TaskVector({self.describe()}; {len(self.keys())} tensors, ‖τ‖ = {self.norm():.4g})"
+
     def save(
         self,
         path: str | Path,
