@@ -108,3 +108,22 @@ def test_eval_rejects_a_malformed_run_in_one_line(finished, tmp_path):
     out = invoke("eval", str(other), "--dataset", "quickstart-toy", "--registry", REGISTRY,
                  "--cache-dir", str(root / "cache"))  # fmt: skip
     assert out.exit_code == 2 and "none of its 1 queries is in quickstart-toy" in out.output
+
+
+def test_non_tty_progress_is_one_labelled_line_per_pass(tmp_path):
+    res = invoke(
+        "run",
+        "--registry",
+        REGISTRY,
+        "--out",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )  # fmt: skip  (CliRunner: not a TTY)
+    assert res.exit_code == 0, res.output
+    passes = [ln for ln in res.output.splitlines() if ln.startswith("pass ")]
+    assert len(passes) == 15  # 10 α on dev + Θ0, ΘD, ΘT, Θ'(α=1), Θ'(tuned) on test
+    assert passes[0].startswith("pass 1/15 · Θ' (α=0.1) · quickstart-toy:dev: ")
+    assert any(p.startswith("pass 12/15 · ΘD · quickstart-toy:test") for p in passes)
+    assert "ETA" in passes[0] and "ETA" not in passes[-1]
+    assert "%|" not in res.output and len(res.output.splitlines()) < 80  # no bar redraws

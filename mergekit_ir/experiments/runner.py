@@ -70,6 +70,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class PassCounter:
+    """Numbers the model passes of a run (``pass 3/15``) for progress bars and the log."""
+
+    total: int = 0
+    done: int = 0
+    seconds: float = 0.0  # spent in finished passes, for the ETA
+
+    def next_label(self, what: str) -> str:
+        self.done += 1
+        total = max(self.total, self.done)
+        return f"pass {self.done}/{total} · {what}"
+
+    def finished(self, label: str, seconds: float) -> str:
+        """The log line of a finished pass, with an ETA from the mean pass so far."""
+        self.seconds += seconds
+        left = max(self.total - self.done, 0)
+        eta = f", ≤ {left} left, ETA ≤ {left * self.seconds / self.done:.0f}s" if left else ""
+        return f"{label}: {seconds:.1f}s{eta}"
+
+
+@dataclass
 class RunOptions:
     out_dir: Path
     cache: Cache
@@ -80,6 +101,7 @@ class RunOptions:
     dtype: str | None = None
     strict: bool = False  # refuse what would be a warning (a randomly initialised head)
     echo: Callable[[str], None] = print
+    passes: PassCounter = field(default_factory=PassCounter)
 
 
 @dataclass
@@ -289,6 +311,10 @@ class TripletRunner:
                 self.notes.setdefault(note)
         else:
             scorer = scorer_fn()
+            shown = f"Θ' (α={variant.split('@', 1)[1]})" if variant.startswith("merged@") else None
+            what = f"{shown or row_label(variant)} · {split.dataset.name}:{split.role}"
+            scorer.label = self.opts.passes.next_label(what)
+            started = time.perf_counter()
             if merged is None:
                 run = self._rerank(scorer, split)
             else:
@@ -300,6 +326,10 @@ class TripletRunner:
                 finally:
                     with self.timer("merge"):
                         sweep.restore()
+            if self.opts.progress:
+                self.opts.echo(
+                    self.opts.passes.finished(scorer.label, time.perf_counter() - started)
+                )
             self.opts.cache.save_notes(key, list(scorer.warnings))
             self.notes.update(dict.fromkeys(scorer.warnings))
             self.opts.cache.save_run("model", key, run)
@@ -612,9 +642,14 @@ class ExperimentRun:
 
     # -- all steps ------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
+        from mergekit_ir.experiments.dry_run import count_passes
         from mergekit_ir.reports.reported import compare as compare_reported
 
         self.prepare_splits()
+        self.opts.passes.total = sum(  # an upper bound: cache hits and reuse make it smaller
+            sum(count_passes(self.reg, self.exp, t, self.datasets, list(self.devs)).values())
+            for t in self.exp.triplets
+        )
         results = Results(
             experiment=self.exp.name, metrics=list(self.exp.metrics), datasets=self.datasets
         )

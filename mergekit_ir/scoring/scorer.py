@@ -151,6 +151,12 @@ def padding_waste(lengths: Sequence[int], batch_size: int, sort: bool = True) ->
     return 1 - real / padded if padded else 0.0
 
 
+def _stderr_is_tty() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 class Scorer(ABC):
     """A loaded re-ranking model.
 
@@ -169,6 +175,8 @@ class Scorer(ABC):
         self.truncation = TruncationStats()
         self.warnings: list[str] = []  # for the run's report notes; each is also logged
         self.newly_initialised: list[str] = []  # weights the checkpoint lacked (random init)
+        #: what the current pass is (e.g. ``pass 3/15 · ΘD · scifact:test``), set by the runner
+        self.label = ""
 
     def warn(self, message: str) -> None:
         """Record a warning for the report notes; log it once per process (INFO on repeats)."""
@@ -193,11 +201,13 @@ class Scorer(ABC):
         return run
 
     def progress(self, total: int, desc: str, unit: str = "pair") -> tqdm:
+        """A bar labelled with the pass it belongs to; off under ``-q`` and when stderr is
+        not a terminal (a log gets the runner's one line per pass, not hundreds of redraws)."""
         return tqdm(
             total=total,
-            desc=desc,
+            desc=f"{self.label} · {desc}" if self.label else desc,
             unit=unit,
-            disable=not self.settings.show_progress,
+            disable=not self.settings.show_progress or not _stderr_is_tty(),
             leave=False,
             dynamic_ncols=True,
         )
