@@ -183,9 +183,13 @@ def selection_png(results: Results, dpi: int = 100) -> bytes | None:
         abl = results.alpha_ablation.get(t)
         if abl is not None and d in abl.values:
             line(abl.values[d], f"dev ({abl.metric})", "-")
+        curves: dict[str, tuple[dict[str, float], list[str]]] = {}
         for label, by_ds in sel.choices.items():
-            if d in by_ds:
-                line(by_ds[d].curve, label, "--")
+            if d in by_ds:  # guarded and unguarded twins share one curve: draw it once
+                key = repr(sorted(by_ds[d].curve.items()))
+                curves.setdefault(key, (by_ds[d].curve, []))[1].append(label)
+        for curve, labels in curves.values():
+            line(curve, " = ".join(labels), "--")
         line(sel.test_curve[d], "test (oracle)", ":")
         ax.set_title(f"{t} / {d}", fontsize="small")
         ax.set_xlabel("α")
