@@ -65,8 +65,8 @@ def select_alpha(er: ExperimentRun, runner: TripletRunner, tuned: TunedAlpha) ->
             out.dev_alpha = {d: tuned.ablation.best for d in er.tests}
     for spec in exp.alpha_selectors:
         sel = catalog().alpha_selector(spec.name)
-        with er.timer("α selection"):
-            choices = sel.select(context(er, runner, spec), dict(spec.params))
+        # no stage timer here: the scoring, fusion and evaluation inside are timed already
+        choices = sel.select(context(er, runner, spec), dict(spec.params))
         out.choices[spec.label] = choices
         for dname, c in choices.items():
             iv = "" if c.interval is None else f" [{c.interval[0]:g}, {c.interval[1]:g}]"
@@ -81,12 +81,12 @@ def select_alpha(er: ExperimentRun, runner: TripletRunner, tuned: TunedAlpha) ->
         tuned.per_dataset[dname] = alpha_value(c.alpha, exp.alphas)
     fixed = dict(exp.fusion_params)
     grid = list(dict.fromkeys([*exp.alphas, BASELINE_ALPHA, 1.0]))
-    with er.timer("α selection"):
-        for dname, split in er.tests.items():
-            out.test_curve[dname] = {
-                alpha_label(a): er.objective(
-                    split, er.fused(split.first_stage, runner.merged_run(a, split), fixed)
-                )
-                for a in grid
-            }
+    # the test curve (scoring and evaluation inside are timed by their own stages)
+    for dname, split in er.tests.items():
+        out.test_curve[dname] = {
+            alpha_label(a): er.objective(
+                split, er.fused(split.first_stage, runner.merged_run(a, split), fixed)
+            )
+            for a in grid
+        }
     return out

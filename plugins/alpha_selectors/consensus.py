@@ -47,8 +47,16 @@ def select_consensus(ctx, params):
             qrels=qrels,
             language=unjudged.language,
         )
+        flat = all(len(qrels[q]) >= len(split.first_stage.get(q, {})) for q in qrels)
+        if flat:
+            ctx.echo(
+                f"  {ctx.label}: on {dname} depth {params['depth']} covers every first-stage "
+                "candidate, so every α agrees fully; lower depth below the first stage's k"
+            )
         values, base = ctx.sweep(ctx.make_split(pseudo, "test"))
-        out[dname] = ctx.choose({dname: values}, {dname: base}, {"queries": len(qrels), **params})
+        out[dname] = ctx.choose(
+            {dname: values}, {dname: base}, {"queries": len(qrels), "degenerate": flat, **params}
+        )
     return out
 
 
