@@ -3,7 +3,7 @@
 This module is the public API. Plugin authors import only from here:
 
 - the plugin contract: :func:`hookimpl`, the kinds they register (:class:`MergeMethod`,
-  :class:`ScorerKind`, :class:`FirstStageKind`) and :class:`Param` for their parameters;
+  :class:`ScorerKind`, :class:`FirstStageKind`, :class:`AlphaSelector`) and :class:`Param` for their parameters;
 - the toolkit the built-in plugins use: data types (:class:`Document`, :data:`Run`),
   tokenising and batching helpers, :func:`read_model_config` for a scorer's ``check()``,
   ``atomic`` writes, the one-line errors;
@@ -21,6 +21,7 @@ from mergekit_ir.evaluation.first_stage import FirstStage, FirstStageKind, Run
 from mergekit_ir.hookspecs import hookimpl
 from mergekit_ir.merging.method import ALPHA, WEIGHTS, MergeMethod, domain_weights, tensor_generator
 from mergekit_ir.params import Param
+from mergekit_ir.reports.results import AlphaChoice, alpha_label
 from mergekit_ir.scoring.batching import (
     encode_template,
     fill_template,
@@ -35,10 +36,15 @@ from mergekit_ir.scoring.batching import (
 from mergekit_ir.scoring.model_config import read_model_config
 from mergekit_ir.scoring.scorer import Scorer, ScorerKind, ScoringSettings
 from mergekit_ir.storage import atomic
+from mergekit_ir.tuning.selector import BASELINE_ALPHA, AlphaSelector, SelectionContext
 
 __all__ = [
     "ALPHA",
+    "BASELINE_ALPHA",
+    "AlphaChoice",
+    "AlphaSelector",
     "WEIGHTS",
+    "alpha_label",
     "CheckpointError",
     "ConfigError",
     "Dataset",
@@ -54,6 +60,7 @@ __all__ = [
     "Scorer",
     "ScorerKind",
     "ScoringSettings",
+    "SelectionContext",
     "atomic",
     "domain_weights",
     "encode_template",

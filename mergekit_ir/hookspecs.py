@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mergekit_ir.evaluation.first_stage import FirstStageKind
     from mergekit_ir.merging.method import MergeMethod
     from mergekit_ir.scoring.scorer import ScorerKind
+    from mergekit_ir.tuning.selector import AlphaSelector
 
 PROJECT = "mergekit_ir"
 
@@ -64,4 +65,14 @@ def register_first_stages(register: Callable[[FirstStageKind], None]) -> None:
 
     A backend indexes a corpus and returns the top-k documents per query; it
     should cache its index on disk keyed by corpus hash and settings.
+    """
+
+
+@hookspec
+def register_alpha_selectors(register: Callable[[AlphaSelector], None]) -> None:
+    """Register α selectors (how ``tuning.alpha.selector`` picks α: dev labels, pseudo-queries...).
+
+    A selector receives the α grid and callbacks that score a candidate α on a split with the
+    in-place sweep and the run cache, and returns an :class:`mergekit_ir.AlphaChoice` per
+    dataset (see :class:`mergekit_ir.AlphaSelector`).
     """

@@ -23,6 +23,7 @@ from mergekit_ir.errors import MergeIRError, PluginError, short_repr
 from mergekit_ir.evaluation.first_stage import FirstStageKind
 from mergekit_ir.merging.method import MergeMethod
 from mergekit_ir.scoring.scorer import ScorerKind
+from mergekit_ir.tuning.selector import AlphaSelector
 
 T = TypeVar("T")
 
@@ -60,6 +61,9 @@ KINDS = (
         "first_stages",
         "first stages",
     ),
+    PluginKind(
+        "register_alpha_selectors", "α selector", AlphaSelector, "alpha_selectors", "α selectors"
+    ),
 )
 
 
@@ -70,6 +74,7 @@ class PluginCatalog:
     merge_methods: dict[str, Registered[MergeMethod]] = field(default_factory=dict)
     scorers: dict[str, Registered[ScorerKind]] = field(default_factory=dict)
     first_stages: dict[str, Registered[FirstStageKind]] = field(default_factory=dict)
+    alpha_selectors: dict[str, Registered[AlphaSelector]] = field(default_factory=dict)
 
     def table(self, kind: PluginKind) -> dict[str, Registered[Any]]:
         return getattr(self, kind.attr)
@@ -82,6 +87,9 @@ class PluginCatalog:
 
     def first_stage(self, name: str, where: str = "first stage") -> FirstStageKind:
         return _lookup(self.first_stages, name, where, "first-stage backend")
+
+    def alpha_selector(self, name: str, where: str = "α selector") -> AlphaSelector:
+        return _lookup(self.alpha_selectors, name, where, "α selector")
 
 
 def _lookup(table: dict[str, Registered[Any]], name: str, where: str, kind: str) -> Any:

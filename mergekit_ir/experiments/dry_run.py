@@ -122,6 +122,11 @@ def describe(
             )
     else:
         alpha_rule = "no dev split: α = 1 (zero-shot)"
+    if exp.alpha_selectors:
+        first, *rest = exp.alpha_selectors
+        alpha_rule = f"chosen by selector {first.label}" + (
+            f" (compared: {', '.join(s.label for s in rest)})" if rest else ""
+        )
     if exp.fusion_method == "wsum" and not exp.tune_fusion:
         fusion = f"wsum, {exp.fusion_norm}, λ = {list(exp.fusion_params.get('weights', []))}"
     else:

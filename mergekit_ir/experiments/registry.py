@@ -249,6 +249,22 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class SelectorSpec:
+    """One α selector as the registry names it (``tuning.alpha`` or a ``tuning.compare`` entry)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    guard: bool = False
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    label: str = ""
+
+
+#: Keys of a ``tuning.alpha`` mapping that the runner reads; the rest are the selector's params.
+SELECTOR_KEYS = ("selector", "guard", "bootstrap", "confidence")
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     triplets: tuple[str, ...]
@@ -265,6 +281,9 @@ class Experiment:
     tune_fusion: bool = False
     tune_alpha: bool = True
     transfer_alpha: bool = False
+    #: α selectors (first: the one Θ'(tuned α) uses; the rest compared in selection.md);
+    #: empty: ``tuning.alpha: true`` / absent, the dev protocol without a selection report
+    alpha_selectors: tuple[SelectorSpec, ...] = ()
     eval_queries: str = "all"
     objective: str = "NDCG@10"
     metrics: tuple[str, ...] = ("P@10", "NDCG@3", "NDCG@10", "MAP@100")
@@ -591,14 +610,42 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         kw["metrics"] = tuple(str(m) for m in metrics)
 
     tuning = _section(raw, "tuning", path)
-    _keys(tuning, f"{path}.tuning", {"objective", "alpha", "transfer"})
+    _keys(tuning, f"{path}.tuning", {"objective", "alpha", "transfer", "compare"})
     if "objective" in tuning:
         try:
             ranx_metric(str(tuning["objective"]))
         except ConfigError as exc:
             raise ConfigError(f"{path}.tuning.objective: {exc}") from None
         kw["objective"] = str(tuning["objective"])
-    kw["tune_alpha"] = bool(tuning.get("alpha", True))
+    alpha_cfg = tuning.get("alpha", True)
+    if isinstance(alpha_cfg, Mapping):
+        specs = [_selector(alpha_cfg, f"{path}.tuning.alpha", catalog)]
+        compare = tuning.get("compare") or []
+        _expect(compare, list, f"{path}.tuning.compare", "a list of {selector: name, ...}")
+        specs += [
+            _selector(c, f"{path}.tuning.compare[{i}]", catalog) for i, c in enumerate(compare)
+        ]
+        seen: dict[str, str] = {}
+        for i, sp in enumerate(specs):
+            where = f"{path}.tuning.alpha" if i == 0 else f"{path}.tuning.compare[{i - 1}]"
+            if sp.label in seen:
+                raise ConfigError(
+                    f"{where}: selector {sp.label} is already given at {seen[sp.label]}; "
+                    "give each selector once (or other params)"
+                )
+            seen[sp.label] = where
+        kw["alpha_selectors"] = tuple(specs)
+        alpha_cfg = True
+    elif "compare" in tuning:
+        raise ConfigError(
+            f"{path}.tuning.compare: needs tuning.alpha as a mapping, e.g. {{selector: dev}}"
+        )
+    if not isinstance(alpha_cfg, bool):
+        raise ConfigError(
+            f"{path}.tuning.alpha: {short_repr(alpha_cfg)} is neither true/false nor a mapping "
+            "such as {selector: pseudo-queries, source: title}"
+        )
+    kw["tune_alpha"] = alpha_cfg
     kw["transfer_alpha"] = bool(tuning.get("transfer", False))
     evaluation = _section(raw, "evaluation", path)
     _keys(evaluation, f"{path}.evaluation", {"queries"})
@@ -668,6 +715,27 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
             sweep_datasets=[d for d in dsets if reg.datasets[d].dev] if kw["tune_alpha"] else [],
         )
     return Experiment(**kw)
+
+
+def _selector(raw: Any, path: str, catalog: Any) -> SelectorSpec:
+    """A ``{selector: name, guard:, bootstrap:, confidence:, <selector params>}`` mapping."""
+    _expect(raw, Mapping, path, "a mapping such as {selector: pseudo-queries, source: title}")
+    given = dict(raw)
+    name = _expect(given.pop("selector", "dev"), str, f"{path}.selector", "a selector name")
+    sel = catalog.alpha_selector(name, f"{path}.selector")
+    guard = given.pop("guard", False)
+    _expect(guard, bool, f"{path}.guard", "true or false")
+    samples = given.pop("bootstrap", 1000)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ConfigError(f"{path}.bootstrap: {short_repr(samples)} is not a whole number ≥ 0")
+    conf = given.pop("confidence", 0.95)
+    if isinstance(conf, bool) or not isinstance(conf, int | float) or not 0 < conf < 1:
+        raise ConfigError(f"{path}.confidence: {short_repr(conf)} is outside (0, 1)")
+    params = check_params(sel.params, given, path, f"α selector '{name}'")
+    label = name + (f":{params['source']}" if "source" in params else "")
+    return SelectorSpec(
+        name, params, guard, samples, float(conf), label + ("+guard" if guard else "")
+    )
 
 
 def _named(raw: Mapping[str, Any], section: str) -> list[tuple[str, Any]]:

@@ -660,6 +660,10 @@ class ExperimentRun:
             tuned = self.tune_alpha(runner)
             if tuned.ablation is not None:
                 results.alpha_ablation[tname] = tuned.ablation
+            if self.exp.alpha_selectors:  # tuning.alpha: {selector: ...}: selectors pick α
+                from mergekit_ir.experiments.selection import select_alpha
+
+                results.alpha_selection[tname] = select_alpha(self, runner, tuned)
             variants = self.model_runs(runner, tuned)
             section = self.build_section(
                 tname, variants, tuned, results.fusion.setdefault(tname, {})

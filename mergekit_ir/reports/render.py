@@ -19,6 +19,7 @@ from typing import Any
 
 from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
 from mergekit_ir.reports.results import Results, Row, Section, as_results
+from mergekit_ir.reports.selection import render_selection, selection_notes, selection_png
 from mergekit_ir.storage import atomic
 
 ResultsLike = Results | Mapping[str, Any]
@@ -128,6 +129,10 @@ def render_markdown(results: ResultsLike) -> str:
     if warned:
         lines += ["", "Warnings (rows to read with care):", ""]
         lines += [f"- {t}: {n}" for t, n in warned]
+    chosen = selection_notes(results)
+    if chosen:
+        lines += ["", "α selection (bootstrap interval; see selection.md):", ""]
+        lines += [f"- {n}" for n in chosen]
     return "\n".join(lines) + "\n"
 
 
@@ -388,6 +393,16 @@ def write_reports(results: ResultsLike, out_dir: str | Path) -> list[Path]:
         written.append(png)
     else:
         (out / "alpha.png").unlink(missing_ok=True)
+    for name, content in (
+        ("selection.md", render_selection(results)),
+        ("selection.png", selection_png(results, _PNG_DPI)),
+    ):
+        if content is None:
+            (out / name).unlink(missing_ok=True)
+        elif isinstance(content, bytes):
+            written.append(atomic.write_bytes(out / name, content))
+        else:
+            written.append(atomic.write_text(out / name, content))
     reported = render_reported(results)
     if reported is not None:
         written.append(atomic.write_text(out / "reported.md", reported))

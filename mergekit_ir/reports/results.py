@@ -253,6 +253,106 @@ class AlphaAblation:
         )
 
 
+def _pair(raw: Any) -> tuple[float, float] | None:
+    if not isinstance(raw, list | tuple) or len(raw) != 2 or None in raw:
+        return None
+    return (float(raw[0]), float(raw[1]))
+
+
+@dataclass
+class AlphaChoice:
+    """What an α selector chose on one dataset, with its evidence.
+
+    ``curve`` is the selector's own objective per α label (pseudo-dev NDCG, agreement...);
+    ``interval`` the bootstrap percentile interval of the chosen α; ``gain`` and
+    ``gain_interval`` its gain over α = 0 (ΘT) on the selector's objective; ``guarded``
+    says the do-no-harm guard replaced ``raw_alpha`` by α = 0.
+    """
+
+    selector: str
+    alpha: str
+    curve: dict[str, float] = field(default_factory=dict)
+    interval: tuple[float, float] | None = None
+    gain: float | None = None
+    gain_interval: tuple[float, float] | None = None
+    guarded: bool = False
+    raw_alpha: str | None = None
+    stability: float | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "selector": self.selector,
+            "alpha": self.alpha,
+            "curve": self.curve,
+            "interval": None if self.interval is None else list(self.interval),
+            "gain": self.gain,
+            "gain_interval": None if self.gain_interval is None else list(self.gain_interval),
+            "guarded": self.guarded,
+            "raw_alpha": self.raw_alpha,
+            "stability": self.stability,
+            "diagnostics": self.diagnostics,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> AlphaChoice:
+        return cls(
+            selector=str(raw.get("selector", "")),
+            alpha=str(raw.get("alpha", "")),
+            curve={str(a): float(v) for a, v in (raw.get("curve") or {}).items()},
+            interval=_pair(raw.get("interval")),
+            gain=None if raw.get("gain") is None else float(raw["gain"]),
+            gain_interval=_pair(raw.get("gain_interval")),
+            guarded=bool(raw.get("guarded", False)),
+            raw_alpha=None if raw.get("raw_alpha") is None else str(raw["raw_alpha"]),
+            stability=None if raw.get("stability") is None else float(raw["stability"]),
+            diagnostics=dict(raw.get("diagnostics") or {}),
+        )
+
+
+@dataclass
+class AlphaSelection:
+    """One triplet's α selection: every selector's choice per dataset and the test curve.
+
+    ``primary`` is the selector whose α the Θ'(tuned α) row used; ``test_curve`` is the test
+    objective per dataset and α (an oracle: what no label-free user has), ``dev_alpha`` the
+    dev-tuned α per dataset where there is a dev split.
+    """
+
+    primary: str = "dev"
+    metric: str = "NDCG@10"
+    choices: dict[str, dict[str, AlphaChoice]] = field(default_factory=dict)  # selector -> ds
+    test_curve: dict[str, dict[str, float]] = field(default_factory=dict)  # ds -> α -> value
+    dev_alpha: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "primary": self.primary,
+            "metric": self.metric,
+            "choices": {
+                s: {d: c.to_json() for d, c in by_ds.items()} for s, by_ds in self.choices.items()
+            },
+            "test_curve": self.test_curve,
+            "dev_alpha": self.dev_alpha,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> AlphaSelection:
+        return cls(
+            primary=str(raw.get("primary", "dev")),
+            metric=str(raw.get("metric", "NDCG@10")),
+            choices={
+                str(s): {str(d): AlphaChoice.from_json(c) for d, c in (by_ds or {}).items()}
+                for s, by_ds in (raw.get("choices") or {}).items()
+            },
+            test_curve={
+                str(d): {str(a): float(v) for a, v in (c or {}).items()}
+                for d, c in (raw.get("test_curve") or {}).items()
+            },
+            dev_alpha={str(d): str(a) for d, a in (raw.get("dev_alpha") or {}).items()},
+        )
+
+
 @dataclass
 class ReportedCell:
     """One published cell next to ours (``reported.md``); ``ours``/``delta`` None when not run."""
@@ -328,6 +428,7 @@ class Results:
     reported: list[ReportedCell] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
     significance: SignificanceSettings | None = None
+    alpha_selection: dict[str, AlphaSelection] = field(default_factory=dict)  # triplet -> it
 
     def section(self, triplet: str) -> Section | None:
         return next((s for s in self.sections if s.triplet == triplet), None)
@@ -364,6 +465,8 @@ class Results:
             out["manifest"] = self.manifest
         if self.significance is not None:
             out["significance"] = self.significance.to_json()
+        if self.alpha_selection:
+            out["alpha_selection"] = {t: a.to_json() for t, a in self.alpha_selection.items()}
         return out
 
     @classmethod
@@ -385,6 +488,10 @@ class Results:
             ],
             manifest=raw.get("manifest"),
             significance=SignificanceSettings.from_json(raw.get("significance")),
+            alpha_selection={
+                str(t): AlphaSelection.from_json(a)
+                for t, a in (raw.get("alpha_selection") or {}).items()
+            },
         )
 
 

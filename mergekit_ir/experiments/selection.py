@@ -1,0 +1,92 @@
+"""The α-selection step: run the experiment's selectors through one interface.
+
+:func:`select_alpha` builds a :class:`~mergekit_ir.tuning.selector.SelectionContext` on one
+triplet's runner — scoring a candidate α goes through ``TripletRunner.merged_run`` (the in-place
+sweep and the run cache) and the experiment's fusion with λ fixed, as α tuning on dev does —
+calls each selector, replaces the Θ'(tuned α) α by the first selector's choice, and records the
+test objective at every α (the oracle curve the selection report compares against).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mergekit_ir.evaluation.datasets import Dataset
+from mergekit_ir.plugin_host import catalog
+from mergekit_ir.reports.results import AlphaSelection, alpha_label
+from mergekit_ir.tuning.selector import BASELINE_ALPHA, SelectionContext, alpha_value
+
+if TYPE_CHECKING:
+    from mergekit_ir.experiments.runner import ExperimentRun, TripletRunner, TunedAlpha
+
+
+def unjudged(ds: Dataset) -> Dataset:
+    """The test split as a label-free selector may see it: corpus and queries, no qrels."""
+    return Dataset(ds.name, ds.corpus, ds.queries, {}, ds.language, ds.source)
+
+
+def context(er: ExperimentRun, runner: TripletRunner, spec: Any) -> SelectionContext:
+    exp = er.exp
+    fixed = dict(exp.fusion_params)
+
+    def ranking(alpha: Any, split: Any):
+        return er.fused(split.first_stage, runner.merged_run(alpha, split), fixed)
+
+    def score(alpha: Any, split: Any) -> dict[str, float]:
+        return er.evaluate(split, ranking(alpha, split), [exp.objective])[exp.objective]
+
+    return SelectionContext(
+        label=spec.label,
+        alphas=exp.alphas,
+        objective=exp.objective,
+        datasets=tuple(er.tests),
+        seed=exp.seed,
+        guard=spec.guard,
+        samples=spec.bootstrap,
+        confidence=spec.confidence,
+        transfer=exp.transfer_alpha,
+        cache_dir=er.opts.cache.root,
+        corpus=lambda d: unjudged(er.tests[d].dataset),
+        dev=lambda d: er.devs.get(d),
+        make_split=er.first_stage_split,
+        ranking=ranking,
+        score=score,
+        echo=er.opts.echo,
+    )
+
+
+def select_alpha(er: ExperimentRun, runner: TripletRunner, tuned: TunedAlpha) -> AlphaSelection:
+    """Every selector's choice; the first one's α becomes the Θ'(tuned α) α per dataset."""
+    exp = er.exp
+    out = AlphaSelection(primary=exp.alpha_selectors[0].label, metric=exp.objective)
+    if tuned.ablation is not None:
+        out.dev_alpha = {d: tuned.ablation.best for d in tuned.ablation.values}
+        if exp.transfer_alpha:
+            out.dev_alpha = {d: tuned.ablation.best for d in er.tests}
+    for spec in exp.alpha_selectors:
+        sel = catalog().alpha_selector(spec.name)
+        # no stage timer here: the scoring, fusion and evaluation inside are timed already
+        choices = sel.select(context(er, runner, spec), dict(spec.params))
+        out.choices[spec.label] = choices
+        for dname, c in choices.items():
+            iv = "" if c.interval is None else f" [{c.interval[0]:g}, {c.interval[1]:g}]"
+            gi = c.gain_interval
+            gain = (
+                "" if gi is None else f", gain over α=0 {c.gain:+.4f} [{gi[0]:+.4f}, {gi[1]:+.4f}]"
+            )
+            note = f" (guard: raw α = {c.raw_alpha})" if c.guarded else ""
+            er.opts.echo(f"  {spec.label} on {dname}: α = {c.alpha}{iv}{gain}{note}")
+    primary = out.choices[out.primary]
+    for dname, c in primary.items():
+        tuned.per_dataset[dname] = alpha_value(c.alpha, exp.alphas)
+    fixed = dict(exp.fusion_params)
+    grid = list(dict.fromkeys([*exp.alphas, BASELINE_ALPHA, 1.0]))
+    # the test curve (scoring and evaluation inside are timed by their own stages)
+    for dname, split in er.tests.items():
+        out.test_curve[dname] = {
+            alpha_label(a): er.objective(
+                split, er.fused(split.first_stage, runner.merged_run(a, split), fixed)
+            )
+            for a in grid
+        }
+    return out

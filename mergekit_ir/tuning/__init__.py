@@ -1,0 +1,1 @@
+"""α selection: the selector contract, the bootstrap and the do-no-harm guard."""

@@ -1,0 +1,1 @@
+"""Built-in α selectors: ``dev`` (labelled), ``pseudo-queries`` and ``consensus`` (label-free)."""
