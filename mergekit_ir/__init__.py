@@ -3,7 +3,8 @@
 This module is the public API. Plugin authors import only from here:
 
 - the plugin contract: :func:`hookimpl`, the kinds they register (:class:`MergeMethod`,
-  :class:`ScorerKind`, :class:`FirstStageKind`) and :class:`Param` for their parameters;
+  :class:`ScorerKind`, :class:`FirstStageKind`, :class:`ExecutorKind`) and :class:`Param`
+  for their parameters;
 - the toolkit the built-in plugins use: data types (:class:`Document`, :data:`Run`),
   tokenising and batching helpers, :func:`read_model_config` for a scorer's ``check()``,
   ``atomic`` writes, the one-line errors;
@@ -17,6 +18,14 @@ Everything else (``mergekit_ir.merging``, ``.scoring``, ``.evaluation``, ``.expe
 from mergekit_ir.errors import CheckpointError, ConfigError, DatasetError, MergeIRError, PluginError
 from mergekit_ir.evaluation.datasets import Dataset, Document
 from mergekit_ir.evaluation.first_stage import FirstStage, FirstStageKind, Run
+from mergekit_ir.experiments.executor import (
+    Executor,
+    ExecutorKind,
+    TripletOutcome,
+    WorkerSetup,
+    run_triplet_job,
+    worker_setup,
+)
 from mergekit_ir.hookspecs import hookimpl
 from mergekit_ir.merging.method import ALPHA, WEIGHTS, MergeMethod, domain_weights, tensor_generator
 from mergekit_ir.params import Param
@@ -43,6 +52,8 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "Document",
+    "Executor",
+    "ExecutorKind",
     "FirstStage",
     "FirstStageKind",
     "MergeIRError",
@@ -53,6 +64,8 @@ __all__ = [
     "Scorer",
     "ScorerKind",
     "ScoringSettings",
+    "TripletOutcome",
+    "WorkerSetup",
     "atomic",
     "domain_weights",
     "encode_template",
@@ -64,9 +77,11 @@ __all__ = [
     "require_fast",
     "resolve_token",
     "run_batches",
+    "run_triplet_job",
     "tensor_generator",
     "tokenize",
     "truncate_texts",
+    "worker_setup",
 ]
 
 #: The Python API for scripts, imported on first use (``import mergekit_ir`` stays light for
@@ -80,6 +95,7 @@ _LAZY = {
     "load_registry": ("mergekit_ir.experiments.registry", "load_registry"),
     "run_experiment": ("mergekit_ir.experiments.runner", "run_experiment"),
     "RunOptions": ("mergekit_ir.experiments.runner", "RunOptions"),
+    "InProcessExecutor": ("mergekit_ir.experiments.runner", "InProcess"),
     "Results": ("mergekit_ir.reports.results", "Results"),
     "write_reports": ("mergekit_ir.reports.render", "write_reports"),
 }

@@ -28,6 +28,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from mergekit_ir.evaluation.first_stage import FirstStageKind
+    from mergekit_ir.experiments.executor import ExecutorKind
     from mergekit_ir.merging.method import MergeMethod
     from mergekit_ir.scoring.scorer import ScorerKind
 
@@ -64,4 +65,14 @@ def register_first_stages(register: Callable[[FirstStageKind], None]) -> None:
 
     A backend indexes a corpus and returns the top-k documents per query; it
     should cache its index on disk keyed by corpus hash and settings.
+    """
+
+
+@hookspec
+def register_executors(register: Callable[[ExecutorKind], None]) -> None:
+    """Register executors: where an experiment's triplet jobs run (in process, a cluster...).
+
+    An executor receives the prepared run and the triplet names and yields one
+    :class:`mergekit_ir.TripletOutcome` per triplet, in order; the driver builds the report
+    from them, so an executor changes where work runs, never a number.
     """

@@ -21,6 +21,7 @@ import pluggy
 from mergekit_ir import hookspecs
 from mergekit_ir.errors import MergeIRError, PluginError, short_repr
 from mergekit_ir.evaluation.first_stage import FirstStageKind
+from mergekit_ir.experiments.executor import ExecutorKind
 from mergekit_ir.merging.method import MergeMethod
 from mergekit_ir.scoring.scorer import ScorerKind
 
@@ -60,6 +61,7 @@ KINDS = (
         "first_stages",
         "first stages",
     ),
+    PluginKind("register_executors", "executor", ExecutorKind, "executors", "executors"),
 )
 
 
@@ -70,6 +72,7 @@ class PluginCatalog:
     merge_methods: dict[str, Registered[MergeMethod]] = field(default_factory=dict)
     scorers: dict[str, Registered[ScorerKind]] = field(default_factory=dict)
     first_stages: dict[str, Registered[FirstStageKind]] = field(default_factory=dict)
+    executors: dict[str, Registered[ExecutorKind]] = field(default_factory=dict)
 
     def table(self, kind: PluginKind) -> dict[str, Registered[Any]]:
         return getattr(self, kind.attr)
@@ -82,6 +85,9 @@ class PluginCatalog:
 
     def first_stage(self, name: str, where: str = "first stage") -> FirstStageKind:
         return _lookup(self.first_stages, name, where, "first-stage backend")
+
+    def executor(self, name: str, where: str = "executor") -> ExecutorKind:
+        return _lookup(self.executors, name, where, "executor")
 
 
 def _lookup(table: dict[str, Registered[Any]], name: str, where: str, kind: str) -> Any:
