@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -205,3 +206,39 @@ def test_ray_executor_leaves_no_actors_behind(cluster):
     while workers() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert workers() == []
+
+
+def test_ctrl_c_shuts_the_cluster_connection_down(cluster, registry, tmp_path):
+    """SIGINT during a job: the driver kills its actors, disconnects and exits (no hang)."""
+    import subprocess
+
+    cmd = [
+        sys.executable, "-m", "mergekit_ir.cli", "run", "two", "--registry", registry,
+        "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"),
+        "--executor", "ray", "--workers", "2", "-q",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not running_jobs():
+            time.sleep(0.05)
+        assert running_jobs(), "no job started"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and b"Aborted!" in output, output.decode()
+    assert not (tmp_path / "out" / "results.json").exists()
+    deadline = time.monotonic() + 10
+    while running_jobs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running_jobs()  # the actors went with the driver
+
+
+def running_jobs() -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "TripletWorker.run" in " ".join(p.info["cmdline"] or [])
+    ]

@@ -384,6 +384,7 @@ class ExperimentRun:
         self.devs: dict[str, Split] = {}
         self.runs: dict[str, Run] = {}  # TREC files to write: "triplet/dataset/row" -> run
         self._indexes: dict[str, Any] = {}
+        self.worker_hosts: set[str] = set()  # where triplet jobs ran, when not in this process
 
     # -- helpers ------------------------------------------------------------------------------
     def fused(self, first: Run, model: Run, params: Mapping[str, Any]) -> Run:
@@ -605,6 +606,8 @@ class ExperimentRun:
                         rid.replace("/", "_"),
                     )
                 results.manifest = manifest(self.exp, self.reg, self.opts, self.started)
+                if self.worker_hosts:
+                    results.manifest["worker_hosts"] = sorted(self.worker_hosts)
                 # Rendered from the JSON round trip, exactly what `mergeir report` reads back.
                 written = write_reports(Results.from_json(_json_round_trip(results)), tmp)
             results.manifest["timings"] = {k: round(v, 3) for k, v in self.timer.seconds.items()}
@@ -631,6 +634,8 @@ class ExperimentRun:
             self.opts.echo(line)
         self.timer.add(outcome.timings)
         self.opts.cache.events.extend(outcome.cache_events)
+        if outcome.host:
+            self.worker_hosts.add(outcome.host)
 
     # -- all steps ------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
