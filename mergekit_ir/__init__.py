@@ -24,6 +24,7 @@ from mergekit_ir.experiments.executor import (
     TripletOutcome,
     WorkerSetup,
     run_triplet_job,
+    wire_splits,
     worker_setup,
 )
 from mergekit_ir.hookspecs import hookimpl
@@ -81,6 +82,7 @@ __all__ = [
     "tensor_generator",
     "tokenize",
     "truncate_texts",
+    "wire_splits",
     "worker_setup",
 ]
 

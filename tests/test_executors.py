@@ -128,3 +128,25 @@ def test_stage_table_sums_workers_and_shows_wall():
     assert lines[0] == "stage timings:"
     assert any(line.split()[:2] == ["scoring", "5.00s"] for line in lines)
     assert lines[-2].split() == ["total", "6.00s"] and lines[-1].split() == ["wall", "4.00s"]
+
+
+def test_wire_splits_ship_only_the_retrieved_documents():
+    from types import SimpleNamespace
+
+    from mergekit_ir import Dataset, Document, wire_splits
+    from mergekit_ir.experiments.runner import Split
+
+    ds = Dataset(
+        "toy",
+        corpus={d: Document("", f"text {d}") for d in ("d1", "d2", "d3")},
+        queries={"q1": "text"},
+        qrels={"q1": {"d1": 1}},
+    )
+    fp = ds.fingerprint()
+    split = Split(ds, {"q1": {"d1": 2.0, "d3": 1.0}}, "fs-key", "test")
+    tests, devs = wire_splits(SimpleNamespace(tests={"toy": split}, devs={}))
+    shipped = tests["toy"]
+    assert sorted(shipped.dataset.corpus) == ["d1", "d3"] and devs == {}
+    assert shipped.dataset.fingerprint() == fp  # cache keys do not change
+    assert shipped.dataset.queries_fingerprint() == ds.queries_fingerprint()
+    assert shipped.first_stage == split.first_stage and sorted(ds.corpus) == ["d1", "d2", "d3"]

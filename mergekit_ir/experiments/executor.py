@@ -90,6 +90,23 @@ def worker_setup(run: ExperimentRun) -> WorkerSetup:
     )
 
 
+def wire_splits(run: ExperimentRun) -> tuple[dict[str, Split], dict[str, Split]]:
+    """The prepared test and dev splits as workers need them: each corpus cut to the
+    documents its first stage retrieved (all a re-ranker reads), fingerprints kept."""
+    from dataclasses import replace
+
+    def cut(split: Split) -> Split:
+        ds = split.dataset
+        wanted = {d for docs in split.first_stage.values() for d in docs}
+        corpus = {d: doc for d, doc in ds.corpus.items() if d in wanted}
+        return replace(split, dataset=replace(ds, corpus=corpus, _fingerprint=ds.fingerprint()))
+
+    return (
+        {k: cut(v) for k, v in run.tests.items()},
+        {k: cut(v) for k, v in run.devs.items()},
+    )
+
+
 def run_triplet_job(
     setup: WorkerSetup, splits: tuple[dict[str, Split], dict[str, Split]], triplet: str
 ) -> TripletOutcome:

@@ -28,6 +28,7 @@ from mergekit_ir import (
     WorkerSetup,
     hookimpl,
     run_triplet_job,
+    wire_splits,
     worker_setup,
 )
 
@@ -146,7 +147,7 @@ class RayExecutor:
             }
             setup = worker_setup(run)
             actors = [remote_worker().options(**options).remote(setup) for _ in range(n)]
-            splits = ray.put((run.tests, run.devs))  # sent once, shared by every actor
+            splits = ray.put(wire_splits(run))  # once, shared by the actors of a node
             run.opts.echo(
                 f"ray: {len(triplets)} triplet job(s) on {n} worker(s) "
                 f"({self.gpus_per_worker:g} GPU, {self.cpus_per_worker:g} CPU each)"
