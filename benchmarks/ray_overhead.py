@@ -2,12 +2,14 @@
 
     python benchmarks/ray_overhead.py [--skip-real] [--queries 80]
 
-(1) Ray's fixed overhead: wall time of `mergeir run` (the quickstart, fresh cache) with
-    `--executor local` vs `--executor ray` (which starts a local cluster, one actor,
-    ships the splits and folds the outcome back).
+(1) Ray's fixed overhead on the quickstart (fresh cache): `--executor local` vs
+    `--executor ray` alone (each run starts and stops its own local cluster) vs
+    `--executor ray --address ADDR` on a cluster that is already running (started here
+    with ``ray.init(num_cpus=2)``; what a user with `ray start --head` pays per run).
 (2) A CPU-bound two-triplet experiment: splade-tiny's BERT-tiny encoder as ΘT with Θ0/ΘD
     perturbed from it (speed only), SciFact test[:N] + an α sweep on train[:N/2], two
-    triplets (mean/cosine and cls/dot pooling), with `local` vs `--executor ray --workers 2`.
+    triplets (mean/cosine and cls/dot pooling), `local` vs `--executor ray --workers 2` on
+    the running cluster.
 
 Each run is a separate process with its own fresh cache; the ratio is ray wall / local wall
 in the same invocation (lower is better). Both executors' results.json must agree, which
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(registry: Path, experiment: str, tmp: Path, tag: str, *extra: str) -> tuple[float, dict]:
     out = tmp / f"out-{tag}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # --address says where
     cmd = [sys.executable, "-m", "mergekit_ir.cli", "run", experiment, "--registry", str(registry)]
     cmd += ["--out", str(out), "--cache-dir", str(tmp / f"cache-{tag}"), "-q", *extra]
     start = time.perf_counter()
@@ -45,14 +47,18 @@ def run(registry: Path, experiment: str, tmp: Path, tag: str, *extra: str) -> tu
     return wall, {"results": res, "summed": sum(manifest["timings"].values())}
 
 
-def compare(name: str, registry: Path, experiment: str, tmp: Path, *ray_args: str) -> str:
+def compare(name: str, registry: Path, experiment: str, tmp: Path, *variants: tuple) -> list[str]:
+    """One row per executor variant: wall time and its ratio to the local run."""
     local_wall, local = run(registry, experiment, tmp, f"{name}-local", "--executor", "local")
-    ray_wall, ray = run(registry, experiment, tmp, f"{name}-ray", "--executor", "ray", *ray_args)
-    same = "identical" if local["results"] == ray["results"] else "DIFFERENT"
-    return (
-        f"| {name} | {local_wall:.1f} | {ray_wall:.1f} | {ray['summed']:.1f} | "
-        f"{ray_wall - local_wall:+.1f} | **{ray_wall / local_wall:.2f}** | {same} |"
-    )
+    rows = [f"| {name} | local | {local_wall:.1f} | {local['summed']:.1f} | | 1.00 | |"]
+    for label, args in variants:
+        wall, res = run(registry, experiment, tmp, f"{name}-{label}", "--executor", "ray", *args)
+        same = "identical" if res["results"] == local["results"] else "DIFFERENT"
+        rows.append(
+            f"| {name} | {label} | {wall:.1f} | {res['summed']:.1f} | {wall - local_wall:+.1f} "
+            f"| **{wall / local_wall:.2f}** | {same} |"
+        )
+    return rows
 
 
 def main() -> None:
@@ -63,24 +69,36 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=80, help="SciFact test queries")
     args = ap.parse_args()
     print(
-        "| experiment | local wall (s) | ray wall (s) | ray summed stage time (s) | ray − local (s) "
-        "| ray / local | results |"
+        "| experiment | executor | wall (s) | summed stage time (s) | − local (s) | / local "
+        "| results vs local |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        print(
-            compare("quickstart, 1 worker", ROOT / "registry.yaml", "quickstart", tmp), flush=True
-        )
-        model, beir = SHARED / "models" / "splade-tiny", SHARED / "data" / "beir" / "scifact"
-        if args.skip_real or not model.exists() or not beir.exists():
-            return
-        t = perturbed_triplet(model, tmp / "triplet")
-        registry = tmp / "registry.yaml"
-        triplet = "pretrained: {pretrained}\n    domain: {domain}\n    ir: {ir}".format(**t)
-        registry.write_text(f"""
+    print("|---|---|---:|---:|---:|---:|---|")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    address = ray.get_runtime_context().gcs_address
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            rows = compare(
+                "quickstart",
+                ROOT / "registry.yaml",
+                "quickstart",
+                tmp,
+                ("ray, own cluster", ()),
+                ("ray, running cluster", ("--address", address)),
+            )
+            print("\n".join(rows), flush=True)
+            model, beir = SHARED / "models" / "splade-tiny", SHARED / "data" / "beir" / "scifact"
+            if args.skip_real or not model.exists() or not beir.exists():
+                return
+            t = perturbed_triplet(model, tmp / "triplet")
+            registry = tmp / "registry.yaml"
+            triplet = "pretrained: {pretrained}\n    domain: {domain}\n    ir: {ir}".format(**t)
+            n = args.queries
+            registry.write_text(f"""
 datasets:
-  scifact: {{beir: {beir}, test: "test[:{args.queries}]", dev: "train[:{args.queries // 2}]"}}
+  scifact: {{beir: {beir}, test: "test[:{n}]", dev: "train[:{n // 2}]"}}
 triplets:
   tiny-mean:
     scorer: {{kind: bi-encoder, pooling: mean, similarity: cosine, max_length: 256}}
@@ -95,7 +113,10 @@ experiments:
     merge: {{method: task_arithmetic, alpha: [0.25, 0.5, 0.75, 1.0]}}
     scoring: {{batch_size: 64}}
 """)
-        print(compare("two triplets, 2 workers", registry, "two", tmp, "--workers", "2"))
+            two = ("ray, 2 workers", ("--address", address, "--workers", "2"))
+            print("\n".join(compare("two triplets", registry, "two", tmp, two)))
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":
