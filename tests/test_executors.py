@@ -150,3 +150,14 @@ def test_wire_splits_ship_only_the_retrieved_documents():
     assert shipped.dataset.fingerprint() == fp  # cache keys do not change
     assert shipped.dataset.queries_fingerprint() == ds.queries_fingerprint()
     assert shipped.first_stage == split.first_stage and sorted(ds.corpus) == ["d1", "d2", "d3"]
+
+
+def test_ray_actors_see_only_their_own_gpu():
+    from mergekit_ir import WorkerSetup
+
+    setup = WorkerSetup(None, "e", "/c", True, "cuda:3", None, None, None)
+    assert RayExecutor(gpus_per_worker=1).placed(setup).device == "cuda"
+    with pytest.raises(MergeIRError, match=r"^--device cuda:3 with the ray executor needs"):
+        RayExecutor().placed(setup)
+    cpu = WorkerSetup(None, "e", "/c", True, "auto", None, None, None)
+    assert RayExecutor().placed(cpu) is cpu

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -122,6 +122,19 @@ class RayExecutor:
             fit = int(res.get("CPU", 1) / max(self.cpus_per_worker, 1e-9) + 1e-9)
         return max(1, min(fit, jobs))
 
+    def placed(self, setup: WorkerSetup) -> WorkerSetup:
+        """The device as an actor sees it: Ray gives a GPU actor only its own GPU(s), so
+        ``cuda:N`` means that actor's ``cuda``; an actor without a GPU cannot use one."""
+        device = setup.device
+        if device.startswith("cuda") and self.gpus_per_worker <= 0:
+            raise MergeIRError(
+                f"--device {device} with the ray executor needs --gpus-per-worker > 0 "
+                "(e.g. 1, or 0.5 to share a GPU); or use --device auto/cpu"
+            )
+        if device.startswith("cuda:"):
+            return replace(setup, device="cuda")
+        return setup
+
     def run_triplets(self, run: Any, triplets: Sequence[str]) -> Iterator[TripletOutcome]:
         ray = import_ray()
         from ray.util import ActorPool
@@ -145,7 +158,7 @@ class RayExecutor:
                 "max_restarts": self.max_retries,
                 "max_task_retries": self.max_retries,
             }
-            setup = worker_setup(run)
+            setup = self.placed(worker_setup(run))
             actors = [remote_worker().options(**options).remote(setup) for _ in range(n)]
             splits = ray.put(wire_splits(run))  # once, shared by the actors of a node
             run.opts.echo(
