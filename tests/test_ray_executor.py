@@ -59,6 +59,12 @@ experiments:
     merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
     metrics: [NDCG@10, MAP@100]
     executor: {kind: ray, workers: 2, max_retries: 2}
+  two-no-retry:
+    triplets: [tiny-cos, tiny-dot]
+    datasets: [quickstart-toy]
+    merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
+    metrics: [NDCG@10, MAP@100]
+    executor: {kind: ray, workers: 2, max_retries: 0}
   cos-only:
     triplets: [tiny-cos]
     datasets: [quickstart-toy]
@@ -172,6 +178,27 @@ def test_killed_worker_is_retried_with_identical_numbers(cluster, registry, loca
     assert killed, "no worker was seen running a job"
     assert res.exit_code == 0, res.output
     assert comparable(tmp_path / "out") == local_two
+
+
+def test_a_worker_dying_beyond_max_retries_fails_in_one_line(cluster, registry, tmp_path):
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_first_worker_mid_job, args=(killed, stop), daemon=True)
+    killer.start()
+    try:
+        res = CliRunner().invoke(
+            main,
+            ["run", "two-no-retry", "--registry", registry, "--out", str(tmp_path / "out"),
+             "--cache-dir", str(tmp_path / "c"), "-q"],
+        )  # fmt: skip
+    finally:
+        stop.set()
+        killer.join(5)
+    assert killed and res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "a Ray worker died more than max_retries=0 times" in errors[0]
+    assert errors[0].startswith("error: triplet job(s) tiny-")
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_broken_triplet_fails_in_one_line_and_keeps_the_others_cached(cluster, registry, tmp_path):

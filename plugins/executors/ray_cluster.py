@@ -173,17 +173,14 @@ class RayExecutor:
             )
             done: dict[str, TripletOutcome] = {}
             failures: list[JobFailure] = []
+            finished: set[str] = set()
             order = iter(triplets)
             nxt = next(order, None)
             while pool.has_next():
                 try:
                     res = pool.get_next_unordered()
                 except ray.exceptions.RayActorError as exc:
-                    left = [
-                        t
-                        for t in triplets
-                        if t not in done and t not in {f.triplet for f in failures}
-                    ]
+                    left = [t for t in triplets if t not in finished]
                     raise MergeIRError(
                         f"triplet job(s) {', '.join(left)}: a Ray worker died more than "
                         f"max_retries={self.max_retries} times ({type(exc).__name__}); "
@@ -191,6 +188,7 @@ class RayExecutor:
                         "jobs are cached"
                     ) from None
                 bar.update(1)
+                finished.add(res.triplet)
                 if isinstance(res, JobFailure):
                     failures.append(res)
                     continue
