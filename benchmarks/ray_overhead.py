@@ -1,6 +1,6 @@
 """`--executor ray` vs `local`: what Ray costs and what two workers buy on one machine.
 
-    python benchmarks/ray_overhead.py [--skip-real] [--queries 80]
+    python benchmarks/ray_overhead.py [--skip-real] [--queries 80] [--repeat 1]
 
 (1) Ray's fixed overhead on the quickstart (fresh cache): `--executor local` vs
     `--executor ray` alone (each run starts and stops its own local cluster) vs
@@ -34,7 +34,17 @@ from _triplets import SHARED, perturbed_triplet  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+REPEAT = 1  # runs per variant; the fastest counts (the machine may be shared)
+
+
 def run(registry: Path, experiment: str, tmp: Path, tag: str, *extra: str) -> tuple[float, dict]:
+    walls = [run_once(registry, experiment, tmp, f"{tag}-{i}", *extra) for i in range(REPEAT)]
+    return min(walls, key=lambda x: x[0])
+
+
+def run_once(
+    registry: Path, experiment: str, tmp: Path, tag: str, *extra: str
+) -> tuple[float, dict]:
     out = tmp / f"out-{tag}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # --address says where
     cmd = [sys.executable, "-m", "mergekit_ir.cli", "run", experiment, "--registry", str(registry)]
@@ -67,7 +77,10 @@ def main() -> None:
     )
     ap.add_argument("--skip-real", action="store_true", help="only the quickstart")
     ap.add_argument("--queries", type=int, default=80, help="SciFact test queries")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per variant (fastest counts)")
     args = ap.parse_args()
+    global REPEAT
+    REPEAT = args.repeat
     print(
         "| experiment | executor | wall (s) | summed stage time (s) | − local (s) | / local "
         "| results vs local |"
