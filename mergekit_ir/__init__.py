@@ -8,7 +8,8 @@ This module is the public API. Plugin authors import only from here:
 - the toolkit the built-in plugins use: data types (:class:`Document`, :data:`Run`),
   tokenising and batching helpers, :func:`read_model_config` for a scorer's ``check()``,
   ``atomic`` writes, the one-line errors;
-- the Python API scripts use: :func:`merge`, :func:`merge_triplet`, :class:`TaskVector`,
+- the Python API scripts use: :func:`merge`, :func:`merge_triplet`, :class:`TaskVector` (and
+  :func:`save_quantized` / :func:`save_residual` / :class:`QuantSpec` for TVQ),
   :func:`load_registry`, :func:`run_experiment`.
 
 Everything else (``mergekit_ir.merging``, ``.scoring``, ``.evaluation``, ``.experiments``,
@@ -93,6 +94,9 @@ _LAZY = {
     "prepare_merge": ("mergekit_ir.merging.api", "prepare_merge"),
     "merge_triplet": ("mergekit_ir.experiments.triplet_merge", "merge_triplet"),
     "TaskVector": ("mergekit_ir.merging.task_vector", "TaskVector"),
+    "QuantSpec": ("mergekit_ir.merging.quantized_store", "QuantSpec"),
+    "save_quantized": ("mergekit_ir.merging.quantized_store", "save_quantized"),
+    "save_residual": ("mergekit_ir.merging.quantized_store", "save_residual"),
     "open_checkpoint": ("mergekit_ir.merging.checkpoint", "open_checkpoint"),
     "load_registry": ("mergekit_ir.experiments.registry", "load_registry"),
     "run_experiment": ("mergekit_ir.experiments.runner", "run_experiment"),

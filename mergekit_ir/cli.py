@@ -114,6 +114,17 @@ def _cache(cache_dir: str | None, no_cache: bool):
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option(
+    "--save-best",
+    "save_best",
+    type=click.Path(file_okay=False),
+    help="After the run, write the tuned Θ' here (one sub-folder per triplet/α when several).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse what is otherwise a warning in the report (e.g. a randomly initialised head).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Show where every checkpoint and dataset comes from and what will run; load nothing.",
@@ -138,6 +149,8 @@ def run(
     cache_dir: str | None,
     no_cache: bool,
     quiet: bool,
+    save_best: str | None,
+    strict: bool,
     dry_run: bool,
     executor: str | None,
     address: str | None,
@@ -181,13 +194,15 @@ def run(
         if problems:
             raise ConfigError(
                 f"{experiment}: {problems} problem(s) to fix before running "
-                "(lines marked MISSING or UNKNOWN above)"
+                "(lines marked MISSING, UNKNOWN or MISMATCH above)"
             )
         return
     if experiment == "quickstart":
         click.echo(
             "quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing."
         )
+    if save_best:
+        _check_save_best(Path(save_best))
     exp = reg.experiment(experiment)
     overrides = {"address": address, "gpus_per_worker": gpus_per_worker, "workers": workers}
     opts = RunOptions(
@@ -201,6 +216,7 @@ def run(
         progress=not quiet,
         batch_size=batch_size,
         dtype=dtype,
+        strict=strict,
         echo=click.echo,
     )
     outcome = run_experiment(reg, experiment, opts)
@@ -217,6 +233,40 @@ def run(
     click.echo(f"cache: {c.hits()} hits, {c.misses()} misses ({c.root})")
     names = ", ".join(p.name for p in outcome.written)
     click.echo(f"outputs in {out}/: {names}, runs/")
+    if save_best:
+        _save_best(out, Path(save_best), quiet)
+
+
+def _check_save_best(target: Path) -> None:
+    """Before the run: --save-best must be writable at the end, not fail after the work."""
+    from mergekit_ir.merging.engine import OUTPUT_MARKER
+
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--save-best {target}: is a file; give a folder for Θ'")
+    ours = [target / OUTPUT_MARKER, *target.glob(f"*/{OUTPUT_MARKER}")] if target.is_dir() else []
+    if target.is_dir() and any(target.iterdir()) and not any(p.is_file() for p in ours):
+        raise ConfigError(
+            f"--save-best {target}: exists and is not an earlier merge output; "
+            "choose an empty or new folder"
+        )
+
+
+def _save_best(run_dir: Path, target: Path, quiet: bool) -> None:
+    """``run --save-best``: the run's tuned Θ', as ``merge --from-run`` writes it."""
+    from mergekit_ir.experiments.from_run import prepare_selection, selections
+    from mergekit_ir.merging.api import write_merge
+
+    found = selections(run_dir)
+    for sel in found:
+        folder = target
+        if len(found) > 1:
+            same_triplet = [s for s in found if s.triplet == sel.triplet]
+            suffix = f"-{'-'.join(sel.datasets)}" if len(same_triplet) > 1 else ""
+            folder = target / f"{sel.triplet}{suffix}"
+        report = write_merge(prepare_selection(sel), folder, overwrite=True, progress=not quiet)
+        click.echo(
+            f"saved {sel.triplet} Θ' (α={sel.alpha}, tuned on {', '.join(sel.datasets)}) to {report.out}"
+        )
 
 
 def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
@@ -277,6 +327,14 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     is_flag=True,
     help="Do not stop on NaN/Inf in ΘT, a task vector or the merged weights.",
 )
+@click.option(
+    "--from-run",
+    "from_run",
+    type=click.Path(file_okay=False),
+    help="Write the Θ' a finished `mergeir run` tuned (its method, parameters and α).",
+)
+@click.option("--triplet", "triplet_opt", help="With --from-run: the triplet to write.")
+@click.option("--dataset", help="With --from-run: the dataset whose tuned α to use.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def merge(
     triplet: str | None,
@@ -293,6 +351,9 @@ def merge(
     out_shard_size: str,
     device: str,
     allow_nonfinite: bool,
+    from_run: str | None,
+    triplet_opt: str | None,
+    dataset: str | None,
     quiet: bool,
 ) -> None:
     """Write Θ' for one TRIPLET and α as a Hugging Face folder.
@@ -307,13 +368,31 @@ def merge(
       mergeir merge --ir my/ir-model --pretrained bert-base-uncased \\
           --domain my/bio-bert --method ties --param density=0.3 --alpha 0.7 --out merged/
       mergeir merge quickstart-tiny --plan
+      mergeir merge --from-run mergeir-out/quickstart --out best/   # the α the run tuned
     """
-    from mergekit_ir.merging.api import DomainRef, prepare_merge, write_merge
-    from mergekit_ir.merging.safetensors_writer import parse_size
+    from mergekit_ir.merging.api import DomainRef, prepare_merge
     from mergekit_ir.plugin_host import catalog
     from mergekit_ir.scoring.scorer import resolve_device
 
     resolve_device(device)  # a bad --device fails before anything is read
+    triplet = triplet or triplet_opt
+    if from_run is not None:
+        if ir_ref or pre_ref or domain_refs or registry_path:
+            raise ConfigError(
+                "--from-run takes the triplet from the run; drop --ir/--pretrained/--domain/--registry"
+            )
+        from mergekit_ir.experiments.from_run import one_selection, prepare_selection
+
+        selection = one_selection(from_run, triplet, dataset)
+        click.echo(
+            f"{selection.triplet}: {selection.method} with α={selection.alpha} "
+            f"(tuned on {', '.join(selection.datasets)} by {from_run})"
+        )
+        prepared = prepare_selection(selection, allow_nonfinite)
+        _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet)
+        return
+    if dataset is not None:
+        raise ConfigError("--dataset goes with --from-run")
     try:
         alpha_value = yaml.safe_load(alpha)
     except yaml.YAMLError:
@@ -359,6 +438,13 @@ def merge(
             allow_nonfinite=allow_nonfinite,
             provenance={"ΘT": str(ir_ref), "Θ0": str(pre_ref or "-"), "ΘD": ", ".join(domain_refs)},
         )
+    _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet)
+
+
+def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet) -> None:
+    from mergekit_ir.merging.api import write_merge
+    from mergekit_ir.merging.safetensors_writer import parse_size
+
     if plan:
         click.echo(prepared.plan.table())
         return
@@ -379,36 +465,281 @@ def merge(
     )
 
 
-@main.command("task-vector")
-@click.option("--pretrained", "pre_ref", required=True, help="Θ0 (hub id or folder).")
-@click.option("--domain", "domain_ref", required=True, help="ΘD (hub id or folder).")
+_BITS = click.Choice(["8", "4", "3", "2"])
+
+
+def _quant_options(f: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option(
+                "--group-size",
+                type=click.IntRange(1),
+                default=128,
+                show_default=True,
+                help="Values per quantization group along each tensor's last dimension.",
+            ),
+            click.option(
+                "--keep-full", metavar="REGEX", help="Tensors whose name matches stay fp16."
+            ),
+            click.option(
+                "--keep-full-below",
+                type=click.IntRange(0),
+                default=4096,
+                show_default=True,
+                help="Tensors with fewer values stay fp16 (1-D biases and norms always do).",
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _spec(bits: str | None, group_size: int, keep_full: str | None, below: int, default: int):
+    from mergekit_ir.merging.quantized_store import QuantSpec
+
+    return QuantSpec(int(bits) if bits else default, group_size, keep_full, below)
+
+
+def _domain_name(ref: str, taken: set[str]) -> str:
+    name = ref.rstrip("/").rsplit("/", 1)[-1].removeprefix("task_vector:").removeprefix("lora:")
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "tau"
+    base, i = name, 2
+    while name in taken or name == "base":
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+@main.group(
+    "task-vector", invoke_without_command=True, context_settings={"ignore_unknown_options": False}
+)
+@click.option("--pretrained", "pre_ref", help="Θ0 (hub id or folder).")
 @click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save τ."
+    "--domain",
+    "domain_refs",
+    multiple=True,
+    help="ΘD (hub id or folder; repeatable with --residual, NAME=REF names the vector).",
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to save τ.")
+@click.option("--bits", type=_BITS, help="Quantize τ to this many bits (TVQ); default fp32.")
+@_quant_options
+@click.option(
+    "--residual",
+    is_flag=True,
+    help="Residual TVQ over several --domain: shared base + per-vector offsets.",
+)
+@click.option(
+    "--base-bits", type=_BITS, default="3", show_default=True, help="Bits of the RTVQ base."
+)
+@click.option(
+    "--info",
+    "info_dir",
+    type=click.Path(exists=True),
+    help="Print bits, size and per-tensor error of a saved τ and exit.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
 @click.option("--allow-nonfinite", is_flag=True, help="Save τ even if it has NaN/Inf values.")
+@click.pass_context
 def task_vector(
-    pre_ref: str, domain_ref: str, out_dir: str, overwrite: bool, allow_nonfinite: bool
+    ctx: click.Context,
+    pre_ref: str | None,
+    domain_refs: tuple[str, ...],
+    out_dir: str | None,
+    bits: str | None,
+    group_size: int,
+    keep_full: str | None,
+    keep_full_below: int,
+    residual: bool,
+    base_bits: str,
+    info_dir: str | None,
+    overwrite: bool,
+    allow_nonfinite: bool,
 ) -> None:
-    """Save τ = ΘD − Θ0 as safetensors, reusable without its models.
+    """Save τ = ΘD − Θ0 as safetensors, reusable without its models; optionally quantized.
 
     \b
-    Example:
+    Examples:
       mergeir task-vector --pretrained bert-base-uncased --domain my/bio-bert --out tau-bio/
-      # then in registry.yaml:  domain: {task_vector: tau-bio/}
+      mergeir task-vector --pretrained P --domain D --bits 4 --out tau-bio-4bit/
+      mergeir task-vector --pretrained P --domain bio=D1 --domain sci=D2 --residual --out rtvq/
+      mergeir task-vector quantize tau-bio/ tau-bio-4bit/ --bits 4
+      mergeir task-vector --info tau-bio-4bit/
+      # then in registry.yaml:  domain: {task_vector: tau-bio-4bit/}  (or rtvq/bio)
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    from mergekit_ir.merging import quantized_store as qs
+
+    if info_dir:
+        click.echo(qs.info(info_dir))
+        return
+    if not pre_ref or not domain_refs or not out_dir:
+        raise ConfigError(
+            "mergeir task-vector needs --pretrained, --domain and --out "
+            "(or --info DIR, or the quantize subcommand)"
+        )
+    from mergekit_ir.merging.api import DomainRef
     from mergekit_ir.merging.checkpoint import open_checkpoint
     from mergekit_ir.merging.task_vector import TaskVector
 
-    pre, dom = open_checkpoint(pre_ref), open_checkpoint(domain_ref)
-    tv = TaskVector.from_checkpoints(pre, dom)
-    path = tv.save(
-        out_dir,
-        {"pretrained": pre_ref, "domain": domain_ref},
-        overwrite=overwrite,
-        allow_nonfinite=allow_nonfinite,
-    )
+    pre = open_checkpoint(pre_ref)
+    taken: set[str] = set()
+    named = []
+    for text in domain_refs:
+        name, sep, ref = text.partition("=")
+        if not sep:
+            name, ref = _domain_name(text, taken), text
+        else:
+            taken.add(name)
+        d = DomainRef.parse(ref)
+        tv = TaskVector.from_reference(d.kind, d.ref, pre)
+        named.append((name, ref, tv))
+    if residual:
+        spec = _spec(bits, group_size, keep_full, keep_full_below, default=2)
+        paths = qs.save_residual(
+            [(n, tv) for n, _, tv in named],
+            out_dir,
+            base_bits=int(base_bits),
+            spec=spec,
+            metadata={"pretrained": pre_ref},
+            overwrite=overwrite,
+            allow_nonfinite=allow_nonfinite,
+        )
+        click.echo(
+            f"wrote {out_dir}: base ({base_bits}-bit) + {len(paths)} offsets ({spec.bits}-bit): "
+            + ", ".join(p.name for p in paths)
+        )
+        return
+    if len(named) > 1:
+        raise ConfigError(
+            "several --domain need --residual (or run mergeir task-vector per domain)"
+        )
+    _, domain_ref, tv = named[0]
+    meta = {"pretrained": pre_ref, "domain": domain_ref, **qs.source_fingerprints(tv)}
+    if bits:
+        spec = _spec(bits, group_size, keep_full, keep_full_below, default=4)
+        path = qs.save_quantized(
+            tv, out_dir, spec, meta, overwrite=overwrite, allow_nonfinite=allow_nonfinite
+        )
+        click.echo(f"wrote {path} ({len(tv.keys())} tensors, {spec.bits}-bit)")
+        return
+    path = tv.save(out_dir, meta, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     click.echo(f"wrote {path} ({len(tv.keys())} tensors)")
+
+
+@task_vector.command("quantize")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--bits", type=_BITS, required=True, help="Bits per value.")
+@_quant_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
+def task_vector_quantize(
+    src: str,
+    out: str,
+    bits: str,
+    group_size: int,
+    keep_full: str | None,
+    keep_full_below: int,
+    overwrite: bool,
+) -> None:
+    """Quantize a saved task vector SRC into OUT (TVQ).
+
+    \b
+    Example:
+      mergeir task-vector quantize tau-bio/ tau-bio-4bit/ --bits 4
+    """
+    from mergekit_ir.merging import quantized_store as qs
+    from mergekit_ir.merging.task_vector import TaskVector
+
+    tv = TaskVector.load(src)
+    meta = {
+        k: v
+        for k, v in tv.terms[-1][1].metadata.items()
+        if k in ("pretrained", "domain", "fingerprint_pretrained", "fingerprint_domain")
+    }
+    meta["quantized_from"] = str(src)
+    spec = _spec(bits, group_size, keep_full, keep_full_below, default=4)
+    path = qs.save_quantized(tv, out, spec, meta, overwrite=overwrite)
+    click.echo(f"wrote {path} ({len(tv.keys())} tensors, {spec.bits}-bit)")
+
+
+@main.command("eval")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--dataset", "dataset_name", required=True, help="Registry dataset whose qrels judge the run."
+)
+@click.option(
+    "--split", help="Split spec (default: the dataset's test split), e.g. test or dev[:20%]."
+)
+@click.option(
+    "--registry",
+    "registry_path",
+    type=click.Path(dir_okay=False),
+    help="Registry YAML holding DATASET.",
+)
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="Metric (repeatable; default P@10, NDCG@3, NDCG@10, MAP@100).",
+)
+@click.option(
+    "--queries",
+    type=click.Choice(["all", "retrieved"]),
+    default="all",
+    show_default=True,
+    help="Average over every judged query, or (as BEIR does) those the run retrieved for.",
+)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (datasets).")
+def eval_cmd(
+    runs: tuple[str, ...],
+    dataset_name: str,
+    split: str | None,
+    registry_path: str | None,
+    metrics: tuple[str, ...],
+    queries: str,
+    cache_dir: str | None,
+) -> None:
+    """Evaluate TREC RUNS (from BEIR, PyTerrier, ranx or `mergeir run`'s runs/) on a dataset.
+
+    The metrics are the ones `mergeir run` reports (ranx, trec_eval's tie-breaking), so a
+    run file from runs/ evaluates to the same numbers as its row in results.json.
+
+    \b
+    Example:
+      mergeir eval mergeir-out/quickstart/runs/quickstart-tiny/quickstart-toy/ir.trec \\
+          --dataset quickstart-toy
+    """
+    from mergekit_ir.evaluation.metrics import evaluate, mean_scores, ranx_metric
+    from mergekit_ir.evaluation.trec_runs import read_trec
+    from mergekit_ir.experiments.registry import Experiment
+    from mergekit_ir.experiments.sources import load_dataset
+
+    names = list(metrics or Experiment.__dataclass_fields__["metrics"].default)
+    for m in names:
+        ranx_metric(m)  # an unknown metric fails before the data is read
+    reg = _registry(registry_path)
+    spec = reg.dataset(dataset_name)
+    ds = load_dataset(spec, split or spec.test, reg.base_dir, _cache(cache_dir, False).root)
+    header = "| run | " + " | ".join(names) + " |"
+    lines = [header, "|:---|" + "---:|" * len(names)]
+    for path in runs:
+        run = read_trec(path)
+        unknown = len(set(run) - set(ds.queries))
+        if unknown == len(run):
+            raise ConfigError(
+                f"{path}: none of its {len(run)} queries is in {dataset_name}:{split or spec.test}; "
+                "is it a run of another dataset or split?"
+            )
+        qrels = ds.qrels if queries == "all" else {q: r for q, r in ds.qrels.items() if run.get(q)}
+        means = mean_scores(evaluate(qrels, run, names))
+        lines.append(f"| {path} | " + " | ".join(f"{means[m]:.4f}" for m in names) + " |")
+        if unknown:
+            click.echo(
+                f"note: {path}: {unknown} queries are not in the split and were ignored", err=True
+            )
+    click.echo(f"{dataset_name}:{split or spec.test}, {len(ds.qrels)} judged queries ({queries})")
+    click.echo("\n".join(lines))
 
 
 @main.command()

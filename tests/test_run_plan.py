@@ -28,6 +28,23 @@ experiments:
 """
 
 
+BERT_CONFIG = '{"model_type": "bert"}'
+
+
+def beir_files(folder: Path) -> None:
+    """The files a BEIR split needs (the dry run checks they are there)."""
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n')
+    for split in ("test", "dev"):
+        (folder / "qrels" / f"{split}.tsv").write_text("q1\td1\t1\n")
+
+
+def model_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(BERT_CONFIG)
+
+
 def dry_run(*args: str):
     return CliRunner().invoke(main, ["run", *args, "--dry-run"])
 
@@ -44,8 +61,8 @@ def test_quickstart_dry_run_builds_nothing(tmp_path):
 
 
 def test_dry_run_reports_sources_and_problems(tmp_path, monkeypatch):
-    (tmp_path / "data" / "local").mkdir(parents=True)
-    (tmp_path / "models" / "ir").mkdir(parents=True)
+    beir_files(tmp_path / "data" / "local")
+    model_folder(tmp_path / "models" / "ir")
     reg = tmp_path / "registry.yaml"
     reg.write_text(REGISTRY)
     # a real Hugging Face cache layout for some-org/bio-model, so it counts as cached
@@ -54,7 +71,7 @@ def test_dry_run_reports_sources_and_problems(tmp_path, monkeypatch):
     hub = tmp_path / "hub"
     snap = hub / "models--some-org--bio-model" / "snapshots" / "abc123"
     snap.mkdir(parents=True)
-    (snap / "config.json").write_text("{}")
+    (snap / "config.json").write_text(BERT_CONFIG)
     (hub / "models--some-org--bio-model" / "refs").mkdir()
     (hub / "models--some-org--bio-model" / "refs" / "main").write_text("abc123")
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
@@ -79,11 +96,11 @@ def test_dry_run_reports_sources_and_problems(tmp_path, monkeypatch):
     assert "  fusion        wsum, min-max, λ tuned on dev (local), else [0.5, 0.5]" in lines
     assert "  α             tuned on the mean dev NDCG@10 of local; remote: α = 1" in lines
     assert (
-        "error: e1: 1 problem(s) to fix before running (lines marked MISSING or UNKNOWN above)"
-        in lines
+        "error: e1: 1 problem(s) to fix before running "
+        "(lines marked MISSING, UNKNOWN or MISMATCH above)" in lines
     )
 
-    (tmp_path / "models" / "base").mkdir()
+    model_folder(tmp_path / "models" / "base")
     res = dry_run(
         "e1", "--registry", str(reg), "--dataset", "local", "--cache-dir", str(tmp_path / "cache")
     )
@@ -115,7 +132,7 @@ def test_bundled_paper_experiments_name_what_they_download():
 
 
 def test_dry_run_checkpoint_sources_follow_the_loader_rules(tmp_path):
-    (tmp_path / "data" / "local").mkdir(parents=True)
+    beir_files(tmp_path / "data" / "local")
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "weights.safetensors").write_bytes(b"")
     reg = tmp_path / "registry.yaml"

@@ -10,14 +10,65 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mergekit_ir.errors import MergeIRError
 from mergekit_ir.experiments.registry import Experiment, Registry
 from mergekit_ir.experiments.sources import Location, locate_checkpoint, locate_dataset
+from mergekit_ir.plugin_host import catalog
+from mergekit_ir.scoring.scorer import ScorerKind
 
 
 def _grid(exp: Experiment) -> str:
     if all(isinstance(a, int | float) for a in exp.alphas) and len(exp.alphas) > 3:
         return f"{exp.alphas[0]:g} … {exp.alphas[-1]:g} ({len(exp.alphas)} values)"
     return ", ".join(f"{a:g}" if isinstance(a, int | float) else "layer-wise" for a in exp.alphas)
+
+
+def fits_scorer(loc: Location, kind: ScorerKind) -> Location:
+    """A local checkpoint whose config does not fit the scorer kind is a problem now (reading
+    ``config.json`` is cheap), not a failure after the first stage has run."""
+    if not (loc.ok and loc.path is not None and kind.check):
+        return loc
+    try:
+        kind.check(loc.path)
+    except MergeIRError as exc:
+        return Location("problem", loc.path, problem=f"MISMATCH: {exc}")
+    return loc
+
+
+def count_passes(
+    reg: Registry, exp: Experiment, tname: str, datasets: list[str], has_dev: list[str]
+) -> dict[str, int]:
+    """Model passes one triplet costs: each a re-ranking of one split's candidates.
+
+    Baselines (Θ0, each ΘD checkpoint, ΘT) score every test split; a Θ0 or ΘD that is ΘT's
+    own folder is not scored again. The α grid scores every dev split (when α is tuned), and
+    Θ'(α=1) and Θ'(tuned α) every test split (the latter reuses α=1's when it is the choice).
+    """
+    t = reg.triplet(tname)
+    same_as_ir = lambda ref: ref is not None and ref.ref == t.ir.ref  # noqa: E731
+    baselines = 1 + (t.pretrained is not None and not same_as_ir(t.pretrained))
+    baselines += sum(1 for d in t.domains if d.kind == "checkpoint" and not same_as_ir(d))
+    tuning = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
+    return {
+        "baselines": baselines * len(datasets),
+        "α grid on dev": tuning,
+        "Θ' on test": 2 * len(datasets),
+    }
+
+
+def work_lines(
+    reg: Registry, exp: Experiment, datasets: list[str], has_dev: list[str]
+) -> list[str]:
+    out, total = [], 0
+    for tname in exp.triplets:
+        counts = count_passes(reg, exp, tname, datasets, has_dev)
+        n = sum(counts.values())
+        total += n
+        parts = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+        out.append(f"  {tname:<20} ≤ {n} passes ({parts})")
+    per = f"each ≤ queries × {exp.k} query–document pairs"
+    out.append(f"  {'total':<20} ≤ {total} passes, {per}; identical weights score once")
+    return out
 
 
 def describe(
@@ -49,10 +100,14 @@ def describe(
     for tname in exp.triplets:
         t = reg.triplet(tname)
         lines.append(f"  {tname} ({t.scorer})")
+        kind = catalog().scorer(t.scorer, f"triplets.{tname}.scorer.kind")
         roles = [("Θ0", t.pretrained), *[("ΘD", d) for d in t.domains], ("ΘT", t.ir)]
         for role, ref in roles:
             if ref is not None:
-                sources.append(locate_checkpoint(ref.ref, ref.revision, reg.base_dir))
+                loc = locate_checkpoint(ref.ref, ref.revision, reg.base_dir)
+                if role == "ΘT" or ref.kind == "checkpoint":
+                    loc = fits_scorer(loc, kind)
+                sources.append(loc)
                 lines.append(f"    {role} {ref.describe():<58} {sources[-1].describe()}")
     fs = ", ".join(f"{k}={v}" for k, v in sorted(exp.first_stage_params.items()) if v is not None)
     mp = ", ".join(f"{k}={v}" for k, v in exp.merge_params.items() if v is not None)
@@ -98,6 +153,8 @@ def describe(
         lines.append(
             f"  reported      {len(reported)} published row(s) to compare with (reported.md)"
         )
+    lines += ["", "work (model passes over BM25 candidates; cache hits skip theirs):"]
+    lines += work_lines(reg, exp, datasets, has_dev)
     lines += ["", f"outputs: {out_dir}/   cache: {cache_root}"]
     problems = [s for s in sources if not s.ok]
     downloads = sum(s.downloads for s in sources)

@@ -33,6 +33,7 @@ class TripletOutcome:
     triplet: str
     tuned: TunedAlpha
     variants: dict[str, dict[str, Run]]  # row key -> split id -> model run
+    notes: list[str] = field(default_factory=list)  # scorer warnings, for the report
     timings: dict[str, float] = field(default_factory=dict)  # worker seconds per stage
     cache_events: list[tuple[str, str, str]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)  # what the job echoed, in order
@@ -74,6 +75,7 @@ class WorkerSetup:
     datasets: tuple[str, ...] | None
     batch_size: int | None
     dtype: str | None
+    strict: bool = False
 
 
 def worker_setup(run: ExperimentRun) -> WorkerSetup:
@@ -87,6 +89,7 @@ def worker_setup(run: ExperimentRun) -> WorkerSetup:
         datasets=tuple(run.datasets),
         batch_size=opts.batch_size,
         dtype=opts.dtype,
+        strict=opts.strict,
     )
 
 
@@ -126,6 +129,7 @@ def run_triplet_job(
         progress=False,
         batch_size=setup.batch_size,
         dtype=setup.dtype,
+        strict=setup.strict,
         echo=messages.append,
     )
     run = ExperimentRun(setup.registry, setup.experiment, opts)

@@ -39,6 +39,7 @@ import torch
 from mergekit_ir.errors import ConfigError
 from mergekit_ir.evaluation.datasets import Dataset
 from mergekit_ir.evaluation.first_stage import FirstStageKind, Run
+from mergekit_ir.evaluation.trec_runs import write_trec
 from mergekit_ir.experiments.executor import TripletOutcome
 from mergekit_ir.experiments.registry import Experiment, Registry, Triplet
 from mergekit_ir.experiments.sources import load_dataset, resolve_ref
@@ -78,6 +79,7 @@ class RunOptions:
     progress: bool = True
     batch_size: int | None = None
     dtype: str | None = None
+    strict: bool = False  # refuse what would be a warning (a randomly initialised head)
     echo: Callable[[str], None] = print
     executor: Any = None  # an Executor (mergekit_ir.experiments.executor); None: in process
 
@@ -150,21 +152,14 @@ def selected_datasets(exp: Experiment, requested: Sequence[str] | None) -> list[
     return [d for d in exp.datasets if d in requested]
 
 
-def write_trec(path: Path, run: Run, tag: str) -> None:
-    lines = []
-    for qid in sorted(run):
-        ranked = sorted(run[qid].items(), key=lambda x: (-x[1], x[0]))
-        lines += [
-            f"{qid} Q0 {did} {rank} {score:.6f} {tag}"
-            for rank, (did, score) in enumerate(ranked, 1)
-        ]
-    atomic.write_text(path, "\n".join(lines) + "\n")
-
-
 def resolved_settings(exp: Experiment, opts: RunOptions) -> ScoringSettings:
     """Scoring settings with the device checked now, before any work (not after a long run)."""
     settings = ScoringSettings(
-        opts.device, opts.dtype or exp.dtype, opts.batch_size or exp.batch_size, opts.progress
+        opts.device,
+        opts.dtype or exp.dtype,
+        opts.batch_size or exp.batch_size,
+        opts.progress,
+        strict=opts.strict,
     )
     resolve_dtype(settings.dtype, resolve_device(settings.device))
     return settings
@@ -202,13 +197,15 @@ class TripletRunner:
             )
             self.pre_source = open_checkpoint(str(self.pre_folder)) if self.pre_folder else None
             self.domain_folders = [resolve_ref(d, base, cache_root) for d in triplet.domains]
-        self.fingerprints = {IR: self.ir_source.fingerprint()}
+        self.fp_dir = opts.cache.root / "fingerprints"  # digests live with the run's cache
+        self.fingerprints = {IR: self.ir_source.fingerprint(self.fp_dir)}
         if self.pre_source is not None:
-            self.fingerprints[PRETRAINED] = self.pre_source.fingerprint()
+            self.fingerprints[PRETRAINED] = self.pre_source.fingerprint(self.fp_dir)
         self._vectors: list[TaskVector] | None = None
         self._ir_scorer: Scorer | None = None
         self._sweep: InPlaceSweep | None = None
         self._memo: dict[str, Run] = {}  # identical models score once, also with --no-cache
+        self.notes: dict[str, None] = {}  # scorer warnings, in first-seen order, for the report
 
     # -- models -------------------------------------------------------------------------------
     def vectors(self) -> list[TaskVector]:
@@ -224,9 +221,9 @@ class TripletRunner:
         fps = []
         for ref, folder in zip(self.triplet.domains, self.domain_folders, strict=True):
             if ref.kind == "checkpoint":
-                fps.append(open_checkpoint(str(folder)).fingerprint())
+                fps.append(open_checkpoint(str(folder)).fingerprint(self.fp_dir))
             else:  # content-addressed, like checkpoints: the same adapter anywhere is one entry
-                fps.append(folder_fingerprint(folder, salt=ref.kind))
+                fps.append(folder_fingerprint(folder, salt=ref.kind, cache_dir=self.fp_dir))
         return fps
 
     def load_scorer(self, folder: Path) -> Scorer:
@@ -296,7 +293,12 @@ class TripletRunner:
             return self._memo[key]
         label = f"{self.triplet.name}/{variant}/{split.dataset.name}:{split.role}"
         run = self.opts.cache.load_run("model", key, label)
-        if run is None:
+        if run is not None:
+            for note in self.opts.cache.load_notes(key):  # what the cold run warned about
+                if note not in self.notes:
+                    log.warning("%s", note)
+                self.notes.setdefault(note)
+        else:
             scorer = scorer_fn()
             if merged is None:
                 run = self._rerank(scorer, split)
@@ -309,6 +311,8 @@ class TripletRunner:
                 finally:
                     with self.timer("merge"):
                         sweep.restore()
+            self.opts.cache.save_notes(key, list(scorer.warnings))
+            self.notes.update(dict.fromkeys(scorer.warnings))
             self.opts.cache.save_run("model", key, run)
         self._memo[key] = run
         return run
@@ -327,7 +331,7 @@ class TripletRunner:
         singles += list(zip(self.triplet.domain_rows, domain_checkpoints, strict=True))
         for variant, folder in singles:
             holder: dict[str, Scorer] = {}
-            fp = open_checkpoint(str(folder)).fingerprint()
+            fp = open_checkpoint(str(folder)).fingerprint(self.fp_dir)
             if fp == self.fingerprints[IR]:  # the same weights as ΘT: score them once, as ΘT
                 out[variant] = {s.id: self.ir_run(s) for s in splits}
                 continue
@@ -564,6 +568,7 @@ class ExperimentRun:
             elif key == MERGED_BEST:
                 row.label = best_label
                 row.alpha = {d: alpha_label(tuned.per_dataset[d]) for d in self.datasets}
+                section.tuned_alpha = {d: tuned.per_dataset[d] for d in self.datasets}
             row.unfused = {}
             for dname, split in self.tests.items():
                 model_run = runs[split.id]
@@ -626,7 +631,8 @@ class ExperimentRun:
         self.opts.echo(f"triplet {tname} ({triplet.scorer}): ΘT={triplet.ir.describe()}")
         runner = TripletRunner(self.exp, triplet, self.reg, self.opts, self.timer)
         tuned = self.tune_alpha(runner)
-        return TripletOutcome(tname, tuned, self.model_runs(runner, tuned))
+        variants = self.model_runs(runner, tuned)
+        return TripletOutcome(tname, tuned, variants, notes=list(runner.notes))
 
     def absorb(self, outcome: TripletOutcome) -> None:
         """Fold a job that ran elsewhere into this run: its echo, stage times and cache log."""
@@ -653,11 +659,11 @@ class ExperimentRun:
             tname, tuned = outcome.triplet, outcome.tuned
             if tuned.ablation is not None:
                 results.alpha_ablation[tname] = tuned.ablation
-            results.sections.append(
-                self.build_section(
-                    tname, outcome.variants, tuned, results.fusion.setdefault(tname, {})
-                )
+            section = self.build_section(
+                tname, outcome.variants, tuned, results.fusion.setdefault(tname, {})
             )
+            section.notes = list(outcome.notes)
+            results.sections.append(section)
         if self.exp.reported:
             results.reported = compare_reported(results, self.exp.reported)
         written = self.write_outputs(results)
@@ -717,7 +723,9 @@ def manifest(exp: Experiment, reg: Registry, opts: RunOptions, started: float) -
             try:
                 folder = resolve_ref(ref, reg.base_dir, opts.cache.root)
                 if ref.kind == "checkpoint":
-                    entry["fingerprint"] = open_checkpoint(str(folder)).fingerprint()
+                    entry["fingerprint"] = open_checkpoint(str(folder)).fingerprint(
+                        opts.cache.root / "fingerprints"
+                    )
             except Exception as exc:  # the manifest must not fail a finished run
                 entry["error"] = str(exc)
             checkpoints[f"{tname}.{role}"] = entry

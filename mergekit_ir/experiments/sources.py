@@ -158,6 +158,26 @@ def _beir_folder(spec: DatasetSpec, base_dir: Path) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def beir_folder_gaps(folder: Path, split: str) -> list[str]:
+    """The files a split of a BEIR folder needs that are absent or empty (cheap: no parsing)."""
+    from mergekit_ir.evaluation.datasets import parse_split
+
+    split_name = parse_split(split or "test")[0]
+    needed = ["corpus.jsonl", "queries.jsonl", f"qrels/{split_name}.tsv"]
+    gaps = []
+    for rel in needed:
+        path = folder / rel
+        if not path.is_file():
+            hint = ""
+            if rel.startswith("qrels/") and (folder / "qrels").is_dir():
+                have = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+                hint = f" (splits there: {', '.join(have) or 'none'})"
+            gaps.append(f"{rel}{hint}")
+        elif path.stat().st_size == 0:
+            gaps.append(f"{rel} (empty)")
+    return gaps
+
+
 def locate_dataset(spec: DatasetSpec, split: str, base_dir: Path) -> Location:
     """Where a split will be read from; flags ``ir_datasets`` ids that do not exist."""
     if spec.beir and spec.beir.startswith(quickstart.SCHEME):
@@ -166,6 +186,13 @@ def locate_dataset(spec: DatasetSpec, split: str, base_dir: Path) -> Location:
         )
     folder = _beir_folder(spec, base_dir)
     if folder is not None:
+        missing = beir_folder_gaps(folder, split)
+        if missing:
+            return Location(
+                "problem",
+                folder,
+                problem=f"MISSING in BEIR folder {spec.beir}: {', '.join(missing)}",
+            )
         return Location("local", folder, f"{split or 'all'} from BEIR folder {spec.beir}")
     if not spec.ir_datasets:
         hint = f" ({spec.description})" if spec.description else ""
@@ -191,7 +218,8 @@ def load_dataset(spec: DatasetSpec, split: str, base_dir: Path, cache_root: Path
     if loc.kind == "quickstart":
         folder = quickstart.resolve(str(spec.beir), cache_root)
         return load_beir_folder(folder, split, name=spec.name, language=spec.language)
-    if loc.kind == "local":
+    if loc.kind == "local" or (loc.kind == "problem" and loc.path is not None):
+        # an incomplete local folder: the loader names the exact file and line
         return load_beir_folder(loc.path, split, name=spec.name, language=spec.language)
     if loc.kind == "problem" and not spec.ir_datasets:
         raise ConfigError(

@@ -21,8 +21,10 @@ def prepare_triplet_merge(
     allow_nonfinite: bool = False,
     cache_root: Path | None = None,
     where: str = "--param",
+    provenance: Mapping[str, str] | None = None,
 ) -> PreparedMerge:
-    """A validated, planned merge of one registry triplet (nothing written yet)."""
+    """A validated, planned merge of one registry triplet (nothing written yet);
+    ``provenance`` adds lines to the model card (e.g. the run that chose α)."""
     t = registry.triplet(triplet)
     base = registry.base_dir
     domains = [DomainRef(str(resolve_ref(d, base, cache_root)), d.kind) for d in t.domains]
@@ -39,6 +41,7 @@ def prepare_triplet_merge(
             "ΘT": t.ir.describe(),
             "Θ0": t.pretrained.describe() if t.pretrained else "-",
             "ΘD": ", ".join(d.describe() for d in t.domains),
+            **dict(provenance or {}),
         },
         where=where,
     )

@@ -266,7 +266,16 @@ class TaskVector:
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVector:
-        return cls([(1.0, StoredTerm(Path(path)))])
+        """A saved τ: full precision, or quantized (TVQ/RTVQ, dequantized per tensor on read)."""
+        from mergekit_ir.merging import quantized_store
+
+        path = Path(path)
+        file = path / quantized_store.FILE if path.is_dir() else path
+        if file.is_file():
+            sf = _SafetensorsFile(file)
+            if quantized_store.is_quantized(sf):
+                return cls(quantized_store.quantized_terms(path, sf))
+        return cls([(1.0, StoredTerm(path))])
 
     # -- algebra -----------------------------------------------------------------------------
     def __add__(self, other: TaskVector) -> TaskVector:

@@ -124,6 +124,10 @@ def render_markdown(results: ResultsLike) -> str:
     notes = _alpha_notes(results)
     if notes:
         lines += ["", "α chosen per dataset:", ""] + [f"- {n}" for n in notes]
+    warned = [(s.triplet, n) for s in results.sections for n in s.notes]
+    if warned:
+        lines += ["", "Warnings (rows to read with care):", ""]
+        lines += [f"- {t}: {n}" for t, n in warned]
     return "\n".join(lines) + "\n"
 
 

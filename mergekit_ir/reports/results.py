@@ -191,6 +191,10 @@ class Section:
     triplet: str
     rows: list[Row] = field(default_factory=list)
     significance: SignificanceSettings | None = None
+    #: what the scorers warned about (e.g. a randomly initialised head): rows to read with care
+    notes: list[str] = field(default_factory=list)
+    #: dataset -> the exact α the Θ'(tuned α) row used (rows carry labels, which round)
+    tuned_alpha: dict[str, Any] = field(default_factory=dict)
 
     def row(self, key: str) -> Row | None:
         return next((r for r in self.rows if r.key == key), None)
@@ -199,6 +203,10 @@ class Section:
         out: dict[str, Any] = {"triplet": self.triplet, "rows": [r.to_json() for r in self.rows]}
         if self.significance is not None:
             out["significance"] = self.significance.to_json()
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.tuned_alpha:
+            out["tuned_alpha"] = dict(self.tuned_alpha)
         return out
 
     @classmethod
@@ -207,6 +215,8 @@ class Section:
             triplet=str(raw.get("triplet", "")),
             rows=[Row.from_json(r) for r in raw.get("rows") or []],
             significance=SignificanceSettings.from_json(raw.get("significance")),
+            notes=[str(n) for n in raw.get("notes") or []],
+            tuned_alpha={str(d): a for d, a in (raw.get("tuned_alpha") or {}).items()},
         )
 
 

@@ -85,6 +85,22 @@ class Cache:
     def save_run(self, kind: str, key: str, run: Run) -> None:
         atomic.write_text(self._path(kind, key), json.dumps(run, sort_keys=True))
 
+    def load_notes(self, key: str) -> list[str]:
+        """Warnings recorded when the run under ``key`` was computed (a warm run still
+        reports them); an unreadable entry reads as none."""
+        path = self._path("notes", key)
+        if not (self.enabled and path.is_file()):
+            return []
+        try:
+            notes = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [str(n) for n in notes] if isinstance(notes, list) else []
+
+    def save_notes(self, key: str, notes: list[str]) -> None:
+        if notes:
+            atomic.write_text(self._path("notes", key), json.dumps(notes))
+
     def index_dir(self) -> Path | None:
         return self.root / "index" if self.enabled else None
 

@@ -1,0 +1,72 @@
+"""`mergeir run --dry-run` catches what the run would, and prices the work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from mergekit_ir.cli import main
+from mergekit_ir.experiments.dry_run import count_passes
+from mergekit_ir.experiments.registry import load_registry
+
+REGISTRY = str(Path(__file__).resolve().parents[1] / "registry.yaml")
+
+
+def beir(folder: Path, splits=("test", "dev")) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "a b"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n')
+    for s in splits:
+        (folder / "qrels" / f"{s}.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return folder
+
+
+def registry(tmp_path: Path, datasets: str, scorer: str, model: Path) -> Path:
+    path = tmp_path / "registry.yaml"
+    path.write_text(
+        f"datasets:\n{datasets}"
+        f"triplets:\n  t:\n    scorer: {{kind: {scorer}}}\n"
+        f"    pretrained: {model}\n    domain: {model}\n    ir: {model}\n"
+        "experiments:\n  e: {triplets: [t], datasets: [a, b]}\n"
+    )
+    return path
+
+
+def dry_run(reg: Path):
+    return CliRunner().invoke(main, ["run", "e", "--registry", str(reg), "--dry-run"])
+
+
+def test_dry_run_flags_split_names_incomplete_folders_and_scorer_mismatch(tmp_path, tiny_triplet):
+    a, b = beir(tmp_path / "a"), beir(tmp_path / "b", splits=())
+    datasets = (
+        f"  a: {{beir: {a}, test: 'tset[:30]', dev: 'dev[:1]'}}\n  b: {{beir: {b}, test: test}}\n"
+    )
+    res = dry_run(registry(tmp_path, datasets, "monot5", tiny_triplet["ir"]))
+    assert res.exit_code == 2, res.output
+    assert "qrels/tset.tsv (splits there: dev, test)" in res.output
+    assert f"MISSING in BEIR folder {b}: qrels/test.tsv (splits there: none)" in res.output
+    assert res.output.count("MISMATCH: ") == 3 and "is not seq2seq" in res.output
+    assert "5 problem(s) to fix" in res.output and "Traceback" not in res.output
+
+
+def test_dry_run_is_ready_when_all_fits(tmp_path, tiny_triplet):
+    a, b = beir(tmp_path / "a"), beir(tmp_path / "b")
+    datasets = f"  a: {{beir: {a}, test: test, dev: dev}}\n  b: {{beir: {b}, test: test}}\n"
+    res = dry_run(registry(tmp_path, datasets, "cross-encoder", tiny_triplet["ir"]))
+    assert res.exit_code == 0, res.output
+    assert "ready to run" in res.output
+    # Θ0, ΘD are ΘT's own folder: ΘT is the one baseline (×2 tests); 10 α on a's dev; 2 Θ' × 2 tests
+    assert (
+        "t                    ≤ 16 passes (2 baselines, 10 α grid on dev, 4 Θ' on test)"
+        in res.output
+    )
+
+
+def test_pass_counts_on_the_quickstart():
+    reg = load_registry(REGISTRY)
+    exp = reg.experiment("quickstart")
+    counts = count_passes(reg, exp, "quickstart-tiny", ["quickstart-toy"], ["quickstart-toy"])
+    assert counts == {"baselines": 3, "α grid on dev": 10, "Θ' on test": 2}
+    res = CliRunner().invoke(main, ["run", "--registry", REGISTRY, "--dry-run"])
+    assert "quickstart-tiny      ≤ 15 passes" in res.output
