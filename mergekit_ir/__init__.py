@@ -3,7 +3,8 @@
 This module is the public API. Plugin authors import only from here:
 
 - the plugin contract: :func:`hookimpl`, the kinds they register (:class:`MergeMethod`,
-  :class:`ScorerKind`, :class:`FirstStageKind`, :class:`AlphaSelector`) and :class:`Param` for their parameters;
+  :class:`ScorerKind`, :class:`FirstStageKind`, :class:`AlphaSelector`,
+  :class:`ExecutorKind`) and :class:`Param` for their parameters;
 - the toolkit the built-in plugins use: data types (:class:`Document`, :data:`Run`),
   tokenising and batching helpers, :func:`read_model_config` for a scorer's ``check()``,
   ``atomic`` writes, the one-line errors;
@@ -18,6 +19,15 @@ Everything else (``mergekit_ir.merging``, ``.scoring``, ``.evaluation``, ``.expe
 from mergekit_ir.errors import CheckpointError, ConfigError, DatasetError, MergeIRError, PluginError
 from mergekit_ir.evaluation.datasets import Dataset, Document
 from mergekit_ir.evaluation.first_stage import FirstStage, FirstStageKind, Run
+from mergekit_ir.experiments.executor import (
+    Executor,
+    ExecutorKind,
+    TripletOutcome,
+    WorkerSetup,
+    run_triplet_job,
+    wire_splits,
+    worker_setup,
+)
 from mergekit_ir.hookspecs import hookimpl
 from mergekit_ir.merging.method import ALPHA, WEIGHTS, MergeMethod, domain_weights, tensor_generator
 from mergekit_ir.params import Param
@@ -50,6 +60,8 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "Document",
+    "Executor",
+    "ExecutorKind",
     "FirstStage",
     "FirstStageKind",
     "MergeIRError",
@@ -61,6 +73,8 @@ __all__ = [
     "ScorerKind",
     "ScoringSettings",
     "SelectionContext",
+    "TripletOutcome",
+    "WorkerSetup",
     "atomic",
     "domain_weights",
     "encode_template",
@@ -72,9 +86,12 @@ __all__ = [
     "require_fast",
     "resolve_token",
     "run_batches",
+    "run_triplet_job",
     "tensor_generator",
     "tokenize",
     "truncate_texts",
+    "wire_splits",
+    "worker_setup",
 ]
 
 #: The Python API for scripts, imported on first use (``import mergekit_ir`` stays light for
@@ -91,6 +108,7 @@ _LAZY = {
     "load_registry": ("mergekit_ir.experiments.registry", "load_registry"),
     "run_experiment": ("mergekit_ir.experiments.runner", "run_experiment"),
     "RunOptions": ("mergekit_ir.experiments.runner", "RunOptions"),
+    "InProcessExecutor": ("mergekit_ir.experiments.runner", "InProcess"),
     "Results": ("mergekit_ir.reports.results", "Results"),
     "write_reports": ("mergekit_ir.reports.render", "write_reports"),
 }

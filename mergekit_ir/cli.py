@@ -129,6 +129,15 @@ def _cache(cache_dir: str | None, no_cache: bool):
     is_flag=True,
     help="Show where every checkpoint and dataset comes from and what will run; load nothing.",
 )
+@click.option(
+    "--executor",
+    help="Where triplet jobs run: local (default) or ray; default: the experiment's executor.",
+)
+@click.option("--address", help="Ray cluster: auto or ray://HOST:10001 (ray executor).")
+@click.option(
+    "--gpus-per-worker", type=click.FloatRange(0), help="GPUs per Ray actor (fractions share one)."
+)
+@click.option("--workers", type=click.IntRange(1), help="Number of Ray actors.")
 def run(
     experiment: str,
     registry_path: str | None,
@@ -143,6 +152,10 @@ def run(
     save_best: str | None,
     strict: bool,
     dry_run: bool,
+    executor: str | None,
+    address: str | None,
+    gpus_per_worker: float | None,
+    workers: int | None,
 ) -> None:
     """Run an EXPERIMENT from the registry and write its report.
 
@@ -156,7 +169,9 @@ def run(
       mergeir run                                  # offline quickstart demo
       mergeir run paper-table1 --dataset scifact --device cuda
       mergeir run paper-table1 --dry-run           # what it needs, what is local
+      mergeir run paper-table1 --executor ray --address auto --gpus-per-worker 1
     """
+    from mergekit_ir.experiments.executor import resolve_executor
     from mergekit_ir.experiments.runner import RunOptions, run_experiment, selected_datasets
 
     reg = _registry(registry_path)
@@ -188,7 +203,12 @@ def run(
         )
     if save_best:
         _check_save_best(Path(save_best))
+    exp = reg.experiment(experiment)
+    overrides = {"address": address, "gpus_per_worker": gpus_per_worker, "workers": workers}
     opts = RunOptions(
+        executor=resolve_executor(
+            exp.executor, exp.executor_params, f"experiments.{experiment}", executor, overrides
+        ),
         out_dir=out,
         cache=_cache(cache_dir, no_cache),
         device=device,

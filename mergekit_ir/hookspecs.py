@@ -28,6 +28,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from mergekit_ir.evaluation.first_stage import FirstStageKind
+    from mergekit_ir.experiments.executor import ExecutorKind
     from mergekit_ir.merging.method import MergeMethod
     from mergekit_ir.scoring.scorer import ScorerKind
     from mergekit_ir.tuning.selector import AlphaSelector
@@ -75,4 +76,14 @@ def register_alpha_selectors(register: Callable[[AlphaSelector], None]) -> None:
     A selector receives the α grid and callbacks that score a candidate α on a split with the
     in-place sweep and the run cache, and returns an :class:`mergekit_ir.AlphaChoice` per
     dataset (see :class:`mergekit_ir.AlphaSelector`).
+    """
+
+
+@hookspec
+def register_executors(register: Callable[[ExecutorKind], None]) -> None:
+    """Register executors: where an experiment's triplet jobs run (in process, a cluster...).
+
+    An executor receives the prepared run and the triplet names and yields one
+    :class:`mergekit_ir.TripletOutcome` per triplet, in order; the driver builds the report
+    from them, so an executor changes where work runs, never a number.
     """

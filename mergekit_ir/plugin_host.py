@@ -21,6 +21,7 @@ import pluggy
 from mergekit_ir import hookspecs
 from mergekit_ir.errors import MergeIRError, PluginError, short_repr
 from mergekit_ir.evaluation.first_stage import FirstStageKind
+from mergekit_ir.experiments.executor import ExecutorKind
 from mergekit_ir.merging.method import MergeMethod
 from mergekit_ir.scoring.scorer import ScorerKind
 from mergekit_ir.tuning.selector import AlphaSelector
@@ -64,6 +65,7 @@ KINDS = (
     PluginKind(
         "register_alpha_selectors", "α selector", AlphaSelector, "alpha_selectors", "α selectors"
     ),
+    PluginKind("register_executors", "executor", ExecutorKind, "executors", "executors"),
 )
 
 
@@ -75,6 +77,7 @@ class PluginCatalog:
     scorers: dict[str, Registered[ScorerKind]] = field(default_factory=dict)
     first_stages: dict[str, Registered[FirstStageKind]] = field(default_factory=dict)
     alpha_selectors: dict[str, Registered[AlphaSelector]] = field(default_factory=dict)
+    executors: dict[str, Registered[ExecutorKind]] = field(default_factory=dict)
 
     def table(self, kind: PluginKind) -> dict[str, Registered[Any]]:
         return getattr(self, kind.attr)
@@ -90,6 +93,9 @@ class PluginCatalog:
 
     def alpha_selector(self, name: str, where: str = "α selector") -> AlphaSelector:
         return _lookup(self.alpha_selectors, name, where, "α selector")
+
+    def executor(self, name: str, where: str = "executor") -> ExecutorKind:
+        return _lookup(self.executors, name, where, "executor")
 
 
 def _lookup(table: dict[str, Registered[Any]], name: str, where: str, kind: str) -> Any:

@@ -296,6 +296,8 @@ class Experiment:
     seed: int = 0
     description: str = ""
     reported: tuple[ReportedRow, ...] = ()
+    executor: str = "local"
+    executor_params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -486,6 +488,7 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
             "seed",
             "evaluation",
             "reported",
+            "executor",
         },
         {"triplets", "datasets"},
     )
@@ -702,6 +705,15 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     kw.update(batch_size=bs, dtype=scoring.get("dtype", "auto"))
     if "seed" in raw:
         kw["seed"] = _expect(raw["seed"], int, f"{path}.seed", "an integer")
+    ex = _section(raw, "executor", path)
+    ex_name = _expect(ex.pop("kind", "local"), str, f"{path}.executor.kind", "an executor name")
+    ex_kind = catalog.executor(ex_name, f"{path}.executor.kind")
+    kw.update(
+        executor=ex_name,
+        executor_params=check_params(
+            ex_kind.params, ex, f"{path}.executor", f"executor '{ex_name}'"
+        ),
+    )
     if raw.get("reported") is not None:
         kw["reported"] = parse_reported(
             raw["reported"],

@@ -40,6 +40,7 @@ from mergekit_ir.errors import ConfigError
 from mergekit_ir.evaluation.datasets import Dataset
 from mergekit_ir.evaluation.first_stage import FirstStageKind, Run
 from mergekit_ir.evaluation.trec_runs import write_trec
+from mergekit_ir.experiments.executor import TripletOutcome
 from mergekit_ir.experiments.registry import Experiment, Registry, Triplet
 from mergekit_ir.experiments.sources import load_dataset, resolve_ref
 from mergekit_ir.merging.checkpoint import open_checkpoint
@@ -102,13 +103,15 @@ class RunOptions:
     strict: bool = False  # refuse what would be a warning (a randomly initialised head)
     echo: Callable[[str], None] = print
     passes: PassCounter = field(default_factory=PassCounter)
+    executor: Any = None  # an Executor (mergekit_ir.experiments.executor); None: in process
 
 
 @dataclass
 class StageTimer:
-    """Wall time per stage, printed at the end of every run."""
+    """Time per stage (summed over workers when jobs run elsewhere) and the run's wall time."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    wall: float | None = None
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -121,7 +124,15 @@ class StageTimer:
     def table(self) -> str:
         total = sum(self.seconds.values()) or 1e-9
         rows = [f"  {k:<13} {v:8.2f}s  {100 * v / total:5.1f}%" for k, v in self.seconds.items()]
-        return "\n".join(["stage timings:", *rows, f"  {'total':<13} {total:8.2f}s"])
+        rows.append(f"  {'total':<13} {total:8.2f}s")
+        if self.wall is not None:
+            rows.append(f"  {'wall':<13} {self.wall:8.2f}s")
+        return "\n".join(["stage timings:", *rows])
+
+    def add(self, seconds: Mapping[str, float]) -> None:
+        """Add a worker's stage times (the table then sums worker time)."""
+        for k, v in seconds.items():
+            self.seconds[k] += v
 
 
 @dataclass
@@ -403,11 +414,11 @@ class ExperimentRun:
             self.exp.first_stage, f"experiments.{name}.first_stage.backend"
         )
         self.settings = resolved_settings(self.exp, opts)  # a bad --device fails here, first
-        check_output_folder(opts.out_dir)
         self.tests: dict[str, Split] = {}
         self.devs: dict[str, Split] = {}
         self.runs: dict[str, Run] = {}  # TREC files to write: "triplet/dataset/row" -> run
         self._indexes: dict[str, Any] = {}
+        self.worker_hosts: set[str] = set()  # where triplet jobs ran, when not in this process
 
     # -- helpers ------------------------------------------------------------------------------
     def fused(self, first: Run, model: Run, params: Mapping[str, Any]) -> Run:
@@ -630,6 +641,8 @@ class ExperimentRun:
                         rid.replace("/", "_"),
                     )
                 results.manifest = manifest(self.exp, self.reg, self.opts, self.started)
+                if self.worker_hosts:
+                    results.manifest["worker_hosts"] = sorted(self.worker_hosts)
                 # Rendered from the JSON round trip, exactly what `mergeir report` reads back.
                 written = write_reports(Results.from_json(_json_round_trip(results)), tmp)
             results.manifest["timings"] = {k: round(v, 3) for k, v in self.timer.seconds.items()}
@@ -640,11 +653,38 @@ class ExperimentRun:
             written = [out / p.relative_to(tmp) for p in [*written, tmp / "results.json"]]
         return written
 
+    # -- 2+3 for one triplet: the unit of work an executor runs ---------------------------------
+    def triplet_outcome(self, tname: str) -> TripletOutcome:
+        """Steps 2 and 3 for one triplet: ΘT and the task vectors loaded once, the whole α
+        sweep and the baselines run in place; returns runs, not models."""
+        triplet = self.reg.triplet(tname)
+        self.opts.echo(f"triplet {tname} ({triplet.scorer}): ΘT={triplet.ir.describe()}")
+        runner = TripletRunner(self.exp, triplet, self.reg, self.opts, self.timer)
+        tuned = self.tune_alpha(runner)
+        selection = None
+        if self.exp.alpha_selectors:  # tuning.alpha: {selector: ...}: selectors pick α
+            from mergekit_ir.experiments.selection import select_alpha
+
+            selection = select_alpha(self, runner, tuned)
+        variants = self.model_runs(runner, tuned)
+        return TripletOutcome(tname, tuned, variants, notes=list(runner.notes), selection=selection)
+
+    def absorb(self, outcome: TripletOutcome) -> None:
+        """Fold a job that ran elsewhere into this run: its echo, stage times and cache log."""
+        for line in outcome.messages:
+            self.opts.echo(line)
+        self.timer.add(outcome.timings)
+        self.opts.cache.events.extend(outcome.cache_events)
+        if outcome.host:
+            self.worker_hosts.add(outcome.host)
+
     # -- all steps ------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
         from mergekit_ir.experiments.dry_run import count_passes
         from mergekit_ir.reports.reported import compare as compare_reported
 
+        check_output_folder(self.opts.out_dir)
+        wall_start = time.perf_counter()
         self.prepare_splits()
         self.opts.passes.total = sum(  # an upper bound: cache hits and reuse make it smaller
             sum(count_passes(self.reg, self.exp, t, self.datasets, list(self.devs)).values())
@@ -653,27 +693,32 @@ class ExperimentRun:
         results = Results(
             experiment=self.exp.name, metrics=list(self.exp.metrics), datasets=self.datasets
         )
-        for tname in self.exp.triplets:
-            triplet = self.reg.triplet(tname)
-            self.opts.echo(f"triplet {tname} ({triplet.scorer}): ΘT={triplet.ir.describe()}")
-            runner = TripletRunner(self.exp, triplet, self.reg, self.opts, self.timer)
-            tuned = self.tune_alpha(runner)
+        executor = self.opts.executor or InProcess()
+        for outcome in executor.run_triplets(self, list(self.exp.triplets)):
+            self.absorb(outcome)
+            tname, tuned = outcome.triplet, outcome.tuned
             if tuned.ablation is not None:
                 results.alpha_ablation[tname] = tuned.ablation
-            if self.exp.alpha_selectors:  # tuning.alpha: {selector: ...}: selectors pick α
-                from mergekit_ir.experiments.selection import select_alpha
-
-                results.alpha_selection[tname] = select_alpha(self, runner, tuned)
-            variants = self.model_runs(runner, tuned)
+            if outcome.selection is not None:
+                results.alpha_selection[tname] = outcome.selection
             section = self.build_section(
-                tname, variants, tuned, results.fusion.setdefault(tname, {})
+                tname, outcome.variants, tuned, results.fusion.setdefault(tname, {})
             )
-            section.notes = list(runner.notes)
+            section.notes = list(outcome.notes)
             results.sections.append(section)
         if self.exp.reported:
             results.reported = compare_reported(results, self.exp.reported)
         written = self.write_outputs(results)
+        self.timer.wall = time.perf_counter() - wall_start
         return RunOutcome(results, written, self.timer)
+
+
+class InProcess:
+    """Triplet jobs one after another in this process (the ``local`` executor)."""
+
+    def run_triplets(self, run: ExperimentRun, triplets: Sequence[str]) -> Iterator[TripletOutcome]:
+        for tname in triplets:
+            yield run.triplet_outcome(tname)
 
 
 def _json_round_trip(results: Results) -> dict[str, Any]:

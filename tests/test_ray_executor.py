@@ -1,0 +1,271 @@
+"""`--executor ray` on a real local Ray cluster gives exactly the local numbers.
+
+One cluster (``ray.init(num_cpus=2)``) is shared by the module: start-up costs seconds.
+The quickstart and a two-triplet experiment run through both executors into separate
+caches (so the Ray workers really compute), and ``results.json`` (timings and hosts
+aside), the TREC runs and the reports must be identical. A worker killed mid-job is
+retried; a triplet whose checkpoint is broken fails the run in one line naming it, with
+the other triplet's runs left in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mergekit_ir.cli import main
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+pytestmark = pytest.mark.slow
+
+BUNDLED = str(Path(__file__).resolve().parents[1] / "registry.yaml")
+TWO = """
+datasets:
+  quickstart-toy: {beir: "quickstart:toy", test: test, dev: dev}
+triplets:
+  tiny-cos:
+    scorer: {kind: bi-encoder, pooling: mean, similarity: cosine}
+    pretrained: "quickstart:pretrained"
+    domain: "quickstart:domain"
+    ir: "quickstart:ir"
+  tiny-dot:
+    scorer: {kind: bi-encoder, pooling: cls, similarity: dot}
+    pretrained: "quickstart:pretrained"
+    domain: "quickstart:domain"
+    ir: "quickstart:ir"
+  broken:
+    scorer: {kind: bi-encoder, pooling: mean, similarity: cosine}
+    pretrained: "quickstart:pretrained"
+    domain: "quickstart:domain"
+    ir: broken-ir
+experiments:
+  two:
+    triplets: [tiny-cos, tiny-dot]
+    datasets: [quickstart-toy]
+    merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
+    metrics: [NDCG@10, MAP@100]
+  two-on-ray:
+    triplets: [tiny-cos, tiny-dot]
+    datasets: [quickstart-toy]
+    merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
+    metrics: [NDCG@10, MAP@100]
+    executor: {kind: ray, workers: 2, max_retries: 2}
+  two-no-retry:
+    triplets: [tiny-cos, tiny-dot]
+    datasets: [quickstart-toy]
+    merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
+    metrics: [NDCG@10, MAP@100]
+    executor: {kind: ray, workers: 2, max_retries: 0}
+  cos-only:
+    triplets: [tiny-cos]
+    datasets: [quickstart-toy]
+    merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
+    metrics: [NDCG@10, MAP@100]
+  with-broken:
+    triplets: [tiny-cos, broken]
+    datasets: [quickstart-toy]
+    merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
+    metrics: [NDCG@10, MAP@100]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reg")
+    bad = root / "broken-ir"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "bert"}')
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    path = root / "registry.yaml"
+    path.write_text(TWO)
+    return str(path)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["run", *args, "-q"], catch_exceptions=False)
+
+
+def comparable(out: Path) -> dict:
+    """Everything a run reports except where and how long it ran."""
+    res = json.loads((out / "results.json").read_text())
+    res.pop("manifest")
+    runs = {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "runs").rglob("*.trec")}
+    return {"results": res, "runs": runs, "report": (out / "results.md").read_text()}
+
+
+@pytest.fixture(scope="module")
+def local_two(registry, tmp_path_factory):
+    root = tmp_path_factory.mktemp("local2")
+    res = invoke(
+        "two", "--registry", registry, "--out", str(root / "out"), "--cache-dir", str(root / "c")
+    )
+    assert res.exit_code == 0, res.output
+    return comparable(root / "out")
+
+
+def test_quickstart_on_ray_equals_local(cluster, tmp_path):
+    outs = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor / "out"
+        res = invoke(
+            "--registry", BUNDLED, "--out", str(out), "--cache-dir", str(tmp_path / executor / "c"),
+            "--executor", executor,
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        outs[executor] = comparable(out)
+    assert "ray: 1 triplet job(s) on 1 worker(s)" in res.output
+    assert "wall" in res.output and "cache: 0 hits" in res.output
+    assert outs["ray"] == outs["local"]
+
+
+def test_two_triplets_on_two_workers_equal_local(cluster, registry, local_two, tmp_path):
+    res = invoke(
+        "two-on-ray", "--registry", registry, "--out", str(tmp_path / "out"),
+        "--cache-dir", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "ray: 2 triplet job(s) on 2 worker(s)" in res.output
+    # each worker's echo comes back in registry order, and its stage times are summed
+    assert res.output.index("triplet tiny-cos") < res.output.index("triplet tiny-dot")
+    ray_result = comparable(tmp_path / "out")
+    # the same experiment under another name (it only adds the executor block)
+    ray_result["results"]["experiment"] = "two"
+    ray_result["report"] = ray_result["report"].replace("Results: two-on-ray", "Results: two")
+    assert ray_result == local_two
+
+
+def kill_first_worker_mid_job(killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first Ray worker seen running a triplet job (its process title says so)."""
+    while not stop.is_set():
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "TripletWorker.run" in cmd:
+                os.kill(p.info["pid"], signal.SIGKILL)
+                killed.append(p.info["pid"])
+                return
+        time.sleep(0.02)
+
+
+def test_killed_worker_is_retried_with_identical_numbers(cluster, registry, local_two, tmp_path):
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_first_worker_mid_job, args=(killed, stop), daemon=True)
+    killer.start()
+    try:
+        res = invoke(
+            "two", "--registry", registry, "--out", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "c"), "--executor", "ray", "--workers", "2",
+        )  # fmt: skip
+    finally:
+        stop.set()
+        killer.join(5)
+    assert killed, "no worker was seen running a job"
+    assert res.exit_code == 0, res.output
+    assert comparable(tmp_path / "out") == local_two
+
+
+def test_a_worker_dying_beyond_max_retries_fails_in_one_line(cluster, registry, tmp_path):
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_first_worker_mid_job, args=(killed, stop), daemon=True)
+    killer.start()
+    try:
+        res = CliRunner().invoke(
+            main,
+            ["run", "two-no-retry", "--registry", registry, "--out", str(tmp_path / "out"),
+             "--cache-dir", str(tmp_path / "c"), "-q"],
+        )  # fmt: skip
+    finally:
+        stop.set()
+        killer.join(5)
+    assert killed and res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "a Ray worker died more than max_retries=0 times" in errors[0]
+    assert errors[0].startswith("error: triplet job(s) tiny-")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_broken_triplet_fails_in_one_line_and_keeps_the_others_cached(cluster, registry, tmp_path):
+    cache = str(tmp_path / "c")
+    res = CliRunner().invoke(
+        main,
+        ["run", "with-broken", "--registry", registry, "--out", str(tmp_path / "o1"),
+         "--cache-dir", cache, "--executor", "ray", "--workers", "2", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 2
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: triplet broken: "), res.output
+    assert "broken-ir" in errors[0] and "Traceback" not in res.output
+    assert not (tmp_path / "o1" / "results.json").exists()
+    # the healthy triplet's runs are cached: a rerun without the broken one computes nothing
+    res = invoke(
+        "cos-only", "--registry", registry, "--out", str(tmp_path / "o2"), "--cache-dir", cache
+    )
+    assert res.exit_code == 0, res.output
+    assert ", 0 misses" in res.output, res.output
+
+
+def test_ray_executor_leaves_no_actors_behind(cluster):
+    def workers() -> list[int]:
+        return [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if "TripletWorker" in " ".join(p.info["cmdline"] or [])
+        ]
+
+    deadline = time.monotonic() + 10
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers() == []
+
+
+def test_ctrl_c_shuts_the_cluster_connection_down(cluster, registry, tmp_path):
+    """SIGINT during a job: the driver kills its actors, disconnects and exits (no hang)."""
+    import subprocess
+
+    cmd = [
+        sys.executable, "-m", "mergekit_ir.cli", "run", "two", "--registry", registry,
+        "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"),
+        "--executor", "ray", "--workers", "2", "-q",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not running_jobs():
+            time.sleep(0.05)
+        assert running_jobs(), "no job started"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and b"Aborted!" in output, output.decode()
+    assert not (tmp_path / "out" / "results.json").exists()
+    deadline = time.monotonic() + 10
+    while running_jobs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running_jobs()  # the actors went with the driver
+
+
+def running_jobs() -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "TripletWorker.run" in " ".join(p.info["cmdline"] or [])
+    ]
