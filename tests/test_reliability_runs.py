@@ -122,7 +122,7 @@ def test_random_head_warnings_reach_the_report_warm_or_cold_and_strict_refuses(
     home = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "MERGEIR_CACHE": None}
     for attempt in ("cold", "warm"):
         res = run(out, cache, "cross", registry=str(reg), env=home)
-        assert res.exit_code == 0, res.output
+        assert res.exit_code == 0, (res.output, repr(res.exception))
         (section,) = json.loads((out / "results.json").read_text())["sections"]
         notes = section["notes"]
         assert len(notes) == 2, (attempt, notes)  # Θ0 and ΘD are MLM folders: no trained head

@@ -324,7 +324,7 @@ class TripletRunner:
             scorer = scorer_fn()
             shown = f"Θ' (α={variant.split('@', 1)[1]})" if variant.startswith("merged@") else None
             what = f"{shown or row_label(variant)} · {split.dataset.name}:{split.role}"
-            scorer.label = self.opts.passes.next_label(what)
+            scorer.pass_label = self.opts.passes.next_label(what)
             started = time.perf_counter()
             if merged is None:
                 run = self._rerank(scorer, split)
@@ -339,7 +339,7 @@ class TripletRunner:
                         sweep.restore()
             if self.opts.progress:
                 self.opts.echo(
-                    self.opts.passes.finished(scorer.label, time.perf_counter() - started)
+                    self.opts.passes.finished(scorer.pass_label, time.perf_counter() - started)
                 )
             self.opts.cache.save_notes(key, list(scorer.warnings))
             self.notes.update(dict.fromkeys(scorer.warnings))

@@ -176,7 +176,7 @@ class Scorer(ABC):
         self.warnings: list[str] = []  # for the run's report notes; each is also logged
         self.newly_initialised: list[str] = []  # weights the checkpoint lacked (random init)
         #: what the current pass is (e.g. ``pass 3/15 · ΘD · scifact:test``), set by the runner
-        self.label = ""
+        self.pass_label = ""
 
     def warn(self, message: str) -> None:
         """Record a warning for the report notes; log it once per process (INFO on repeats)."""
@@ -205,7 +205,7 @@ class Scorer(ABC):
         not a terminal (a log gets the runner's one line per pass, not hundreds of redraws)."""
         return tqdm(
             total=total,
-            desc=f"{self.label} · {desc}" if self.label else desc,
+            desc=f"{self.pass_label} · {desc}" if self.pass_label else desc,
             unit=unit,
             disable=not self.settings.show_progress or not _stderr_is_tty(),
             leave=False,
