@@ -512,9 +512,9 @@ def test_latex_and_csv():
     assert "$\\Theta_{0}$ & 0.050" in tex
     assert tex.count("\\toprule") == 1 and tex.count("\\bottomrule") == 1
     csv_lines = render_csv(_results()).splitlines()
-    assert csv_lines[0] == "triplet,row,dataset,metric,value,significant,p_value"
-    assert "distilbert_bio,merged@best,scifact,P@10,0.12,true,0.001" in csv_lines
-    assert "distilbert_bio,bm25,nfcorpus,P@10,0.2401,false," in csv_lines
+    assert csv_lines[0] == "triplet,row,dataset,metric,value,significant,p_value,alpha,lambda"
+    assert "distilbert_bio,merged@best,scifact,P@10,0.12,true,0.001,0.3," in csv_lines
+    assert "distilbert_bio,bm25,nfcorpus,P@10,0.2401,false,,," in csv_lines
     assert len(csv_lines) == 1 + 5 * 2 * 2
 
 
@@ -598,3 +598,20 @@ def test_reports_survive_the_json_round_trip(tmp_path):
     assert header.startswith(
         "| α | distilbert_bio / scifact | distilbert_bio / nfcorpus | a-first-by-name / scifact"
     )
+
+
+def test_tuned_alpha_of_one_is_printed_once_and_tuned_lambda_is_shown():
+    res = _results()
+    rows = res["sections"][0]["rows"]
+    best = next(r for r in rows if r["key"] == "merged@best")
+    best["alpha"] = {"scifact": "1", "nfcorpus": "1"}
+    best["label"] = "Θ' (α=1)"
+    md = render_markdown(res)
+    assert md.count("| Θ' (α=1) |") == 1
+    assert "Note: distilbert_bio: the tuned α is 1 on every dataset" in md
+    assert "λ (fusion weights" not in md  # no λ recorded: nothing to show
+    res["fusion"] = {"distilbert_bio": {"ir": {"scifact": {"weights": [0.3, 0.7]},
+                                               "nfcorpus": {"weights": [0.5, 0.5]}}}}  # fmt: skip
+    md = render_markdown(res)
+    assert "- distilbert_bio, ΘT: scifact 0.3/0.7, nfcorpus 0.5/0.5" in md
+    assert "distilbert_bio,ir,scifact,P@10,0.1,false,,,0.3/0.7" in render_csv(res).splitlines()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
-from mergekit_ir.reports.results import Results, Row, Section, as_results
+from mergekit_ir.reports.results import MERGED_AT_1, MERGED_BEST, Results, Row, Section, as_results
 from mergekit_ir.reports.selection import render_selection, selection_notes, selection_png
 from mergekit_ir.storage import atomic
 
@@ -61,6 +61,21 @@ def _ordered(keys: Any, order: list[str]) -> list[str]:
     """``keys`` in ``order`` first, the rest sorted: JSON round trips (sorted keys) render alike."""
     keys = [str(k) for k in keys]
     return [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
+
+
+def _lambda_notes(results: Results) -> list[str]:
+    """Per row, the λ it used per dataset, when λ varies (it was tuned); fixed λ is in the legend."""
+    notes, seen = [], set()
+    for s in results.sections:
+        for r in shown_rows(s)[0]:
+            per = {d: _lambda_cell(results, s.triplet, r.key, d) for d in results.all_datasets()}
+            per = {d: v for d, v in per.items() if v}
+            seen.update(per.values())
+            if per:
+                notes.append(
+                    f"{s.triplet}, {r.label}: " + ", ".join(f"{d} {v}" for d, v in per.items())
+                )
+    return notes if len(seen) > 1 else []  # one λ everywhere: fixed, not tuned
 
 
 def _alpha_notes(results: Results) -> list[str]:
@@ -109,9 +124,13 @@ def render_markdown(results: ResultsLike) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
+    folded: list[str] = []
     for s in results.sections:
         lines.append("| " + " | ".join([f"*{s.triplet}*"] + [""] * (len(header) - 1)) + " |")
-        for r in s.rows:
+        rows, why = shown_rows(s)
+        if why:
+            folded.append(why)
+        for r in rows:
             shown = []
             for v, best, sig in _cells(s, r, datasets, metrics):
                 if v is None:
@@ -125,6 +144,12 @@ def render_markdown(results: ResultsLike) -> str:
     notes = _alpha_notes(results)
     if notes:
         lines += ["", "α chosen per dataset:", ""] + [f"- {n}" for n in notes]
+    if folded:
+        lines += ["", *[f"Note: {w}." for w in folded]]
+    tuned_lambda = _lambda_notes(results)
+    if tuned_lambda:
+        lines += ["", "λ (fusion weights: first stage / model) tuned on dev:", ""]
+        lines += [f"- {n}" for n in tuned_lambda]
     warned = [(s.triplet, n) for s in results.sections for n in s.notes]
     if warned:
         lines += ["", "Warnings (rows to read with care):", ""]
@@ -190,7 +215,7 @@ def render_latex(results: ResultsLike) -> str:
         out.append("\\midrule")
         out.append(f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{_tex(s.triplet)}}}}} \\\\")
         out.append("\\midrule")
-        for r in s.rows:
+        for r in shown_rows(s)[0]:
             shown = []
             for v, best, sig in _cells(s, r, datasets, metrics):
                 if v is None:
@@ -208,7 +233,19 @@ def render_csv(results: ResultsLike) -> str:
     results = as_results(results)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["triplet", "row", "dataset", "metric", "value", "significant", "p_value"])
+    w.writerow(
+        [
+            "triplet",
+            "row",
+            "dataset",
+            "metric",
+            "value",
+            "significant",
+            "p_value",
+            "alpha",
+            "lambda",
+        ]
+    )
     datasets, metrics = results.all_datasets(), list(results.metrics)
     for s in results.sections:
         for r in s.rows:
@@ -226,9 +263,41 @@ def render_csv(results: ResultsLike) -> str:
                             repr(float(cell.mean)),
                             "true" if cell.significant else "false",
                             "" if cell.p_value is None else repr(float(cell.p_value)),
+                            _alpha_cell(r.alpha_for(ds)),
+                            _lambda_cell(results, s.triplet, r.key, ds),
                         ]
                     )
     return buf.getvalue()
+
+
+def _alpha_cell(alpha: Any) -> str:
+    if alpha is None:
+        return ""
+    return f"{alpha:g}" if isinstance(alpha, int | float) else str(alpha)
+
+
+def _lambda_cell(results: Results, triplet: str, row: str, dataset: str) -> str:
+    """The fusion weights a row used on a dataset (first weight: the first stage)."""
+    params = results.fusion.get(triplet, {}).get(row, {}).get(dataset) or {}
+    weights = params.get("weights")
+    if weights is None:
+        return ";".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return "/".join(f"{float(w):g}" for w in weights)
+
+
+def shown_rows(section: Section) -> tuple[list[Row], str | None]:
+    """The rows a table prints, and why one was folded: Θ'(tuned α) *is* Θ'(α=1) when every
+    dataset's tuned α is 1 (tuned so, or no dev split), so it is printed once."""
+    at_1, best = section.row(MERGED_AT_1), section.row(MERGED_BEST)
+    if at_1 is None or best is None or not isinstance(best.alpha, Mapping) or not best.alpha:
+        return list(section.rows), None
+    if any(_number(str(a)) != 1.0 for a in best.alpha.values()):
+        return list(section.rows), None
+    rows = [r for r in section.rows if r.key != MERGED_BEST]
+    return (
+        rows,
+        f"{section.triplet}: the tuned α is 1 on every dataset, so Θ' (tuned α) is the Θ' (α=1) row",
+    )
 
 
 def _number(label: str) -> float | None:
