@@ -9,15 +9,45 @@ turns a failed night into a one-second answer. Nothing here loads weights or dat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mergekit_ir.experiments.registry import Experiment, Registry
-from mergekit_ir.experiments.sources import Location, locate_checkpoint, locate_dataset
+from mergekit_ir.experiments.sources import (
+    Location,
+    locate_checkpoint,
+    locate_dataset,
+    resolve_ref,
+)
 
 
 def _grid(exp: Experiment) -> str:
     if all(isinstance(a, int | float) for a in exp.alphas) and len(exp.alphas) > 3:
         return f"{exp.alphas[0]:g} … {exp.alphas[-1]:g} ({len(exp.alphas)} values)"
     return ", ".join(f"{a:g}" if isinstance(a, int | float) else "layer-wise" for a in exp.alphas)
+
+
+def _adapt_location(reg: Registry, t: Any, ref: Any, cache_root: Path) -> Location:
+    """An ``adapt:`` ΘD: cached, or to be built (with its estimated steps and tokens)."""
+    from mergekit_ir.adaptation.domain import plan_domain
+    from mergekit_ir.errors import MergeIRError
+
+    base_ref = t.pretrained if ref.adapt.base == "pretrained" else t.ir
+    loc = locate_checkpoint(base_ref.ref, base_ref.revision, reg.base_dir)
+    if loc.kind not in ("local", "quickstart"):
+        if not loc.ok:
+            return loc
+        return Location("adapt", detail=f"will be built from {base_ref.ref} once it is downloaded")
+    try:
+        base = resolve_ref(base_ref, reg.base_dir, cache_root)
+        plan = plan_domain(ref.adapt, base, reg, cache_root)
+    except MergeIRError as exc:
+        return Location("problem", problem=f"CANNOT BUILD: {exc}")
+    if plan.cached:
+        return Location("adapt", plan.folder, f"built, in the cache ({plan.objective})")
+    return Location(
+        "adapt",
+        detail=f"will be built: {plan.objective}, {plan.steps} steps, ≈{plan.tokens:,} tokens",
+    )
 
 
 def describe(
@@ -52,7 +82,10 @@ def describe(
         roles = [("Θ0", t.pretrained), *[("ΘD", d) for d in t.domains], ("ΘT", t.ir)]
         for role, ref in roles:
             if ref is not None:
-                sources.append(locate_checkpoint(ref.ref, ref.revision, reg.base_dir))
+                if ref.kind == "adapt":
+                    sources.append(_adapt_location(reg, t, ref, cache_root))
+                else:
+                    sources.append(locate_checkpoint(ref.ref, ref.revision, reg.base_dir))
                 lines.append(f"    {role} {ref.describe():<58} {sources[-1].describe()}")
     fs = ", ".join(f"{k}={v}" for k, v in sorted(exp.first_stage_params.items()) if v is not None)
     mp = ", ".join(f"{k}={v}" for k, v in exp.merge_params.items() if v is not None)
