@@ -261,8 +261,12 @@ def train(
         steps = max(math.ceil((settings.epochs or 1.0) * batches.per_epoch), 1)
     warmup = int(settings.warmup * steps) if settings.warmup < 1 else int(settings.warmup)
     total = head_steps + steps
+    # The fused kernel (as Trainer's default adamw_torch_fused): one pass over all parameters.
     opt = torch.optim.AdamW(
-        [params[n] for n in sorted(trainable)], lr=settings.lr, weight_decay=settings.weight_decay
+        [params[n] for n in sorted(trainable)],
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps, head_steps))
     collator: Any = None
