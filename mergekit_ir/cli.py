@@ -474,6 +474,139 @@ def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, qu
     )
 
 
+@main.command()
+@click.option(
+    "--base", "base_ref", required=True, help="Θ0 to continue pre-training (folder or hub id)."
+)
+@click.option(
+    "--corpus",
+    "corpus_spec",
+    required=True,
+    help="Registry dataset name, BEIR folder, .jsonl or .txt.",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output ΘD folder."
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["auto", "mlm", "span", "clm"]),
+    default="auto",
+    show_default=True,
+    help="auto: mlm for encoders, span corruption for T5, clm for decoders.",
+)
+@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (default: one epoch).")
+@click.option(
+    "--epochs", type=click.FloatRange(min=0, min_open=True), help="Passes over the corpus."
+)
+@click.option("--max-length", default=256, show_default=True, type=click.IntRange(min=4))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=5e-5, show_default=True, type=float)
+@click.option(
+    "--warmup", default=0.06, show_default=True, type=float, help="Fraction (<1) or steps."
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--lora", "lora_spec", help="Train a LoRA adapter, e.g. r=16,alpha=32,targets=query,value."
+)
+@click.option(
+    "--head-warmup",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Steps training only a fresh MLM head (encoder frozen) when the base has none.",
+)
+@click.option(
+    "--freeze-head", is_flag=True, help="Keep the LM head fixed (only the encoder moves)."
+)
+@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(min=0))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option(
+    "--registry",
+    "registry_path",
+    type=click.Path(dir_okay=False),
+    help="registry.yaml for --corpus names.",
+)
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False), help="Cache root (tokenised corpora)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def adapt(
+    base_ref: str,
+    corpus_spec: str,
+    out_dir: str,
+    objective: str,
+    steps: int | None,
+    epochs: float | None,
+    max_length: int,
+    batch_size: int,
+    lr: float,
+    warmup: float,
+    seed: int,
+    lora_spec: str | None,
+    head_warmup: int,
+    freeze_head: bool,
+    checkpoint_every: int,
+    device: str,
+    registry_path: str | None,
+    cache_dir: str | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Build a domain model ΘD from an unlabelled corpus (continued pre-training).
+
+    \b
+    Example:
+      mergeir adapt --base ../shared/models/splade-tiny --corpus scifact --out theta-d/ --steps 400
+      # then in registry.yaml:  domain: theta-d/   (or, with --lora, domain: {lora: theta-d/})
+    Rerunning the same command after an interruption resumes from the last checkpoint.
+    """
+    from mergekit_ir.adaptation.build import adapt as run_adapt
+    from mergekit_ir.adaptation.training import AdaptSettings, LoraSpec
+    from mergekit_ir.experiments.sources import resolve_checkpoint
+    from mergekit_ir.scoring.scorer import resolve_device
+    from mergekit_ir.storage.cache import default_cache_dir
+
+    if steps is not None and epochs is not None:
+        raise ConfigError("--steps and --epochs: give one of them")
+    dev = resolve_device(device)
+    settings = AdaptSettings(
+        objective=objective,
+        steps=steps,
+        epochs=epochs,
+        max_length=max_length,
+        batch_size=batch_size,
+        lr=lr,
+        warmup=warmup,
+        seed=seed,
+        head_warmup=head_warmup,
+        freeze_head=freeze_head,
+        lora=LoraSpec.parse(lora_spec) if lora_spec else None,
+    )
+    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    registry = None
+    if not Path(corpus_spec).exists():
+        registry = _registry(registry_path)
+    base = resolve_checkpoint(base_ref, cache_root=cache_root)
+    info = run_adapt(
+        base,
+        corpus_spec,
+        Path(out_dir),
+        settings,
+        dev,
+        registry=registry,
+        cache_root=cache_root,
+        checkpoint_every=checkpoint_every,
+        overwrite=overwrite,
+        show_progress=not quiet,
+    )
+    click.echo(
+        f"wrote {out_dir} ({info['objective']}, {info['steps']} steps"
+        + (f" + {info['head_warmup_steps']} head warm-up" if info["head_warmup_steps"] else "")
+        + f", {info['tokens_seen']} tokens, {info['tokens_per_s']:.0f} tokens/s)"
+    )
+
+
 _BITS = click.Choice(["8", "4", "3", "2"])
 
 

@@ -9,10 +9,16 @@ turns a failed night into a one-second answer. Nothing here loads weights or dat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mergekit_ir.errors import MergeIRError
 from mergekit_ir.experiments.registry import Experiment, Registry
-from mergekit_ir.experiments.sources import Location, locate_checkpoint, locate_dataset
+from mergekit_ir.experiments.sources import (
+    Location,
+    locate_checkpoint,
+    locate_dataset,
+    resolve_ref,
+)
 from mergekit_ir.plugin_host import catalog
 from mergekit_ir.scoring.scorer import ScorerKind
 
@@ -47,7 +53,7 @@ def count_passes(
     t = reg.triplet(tname)
     same_as_ir = lambda ref: ref is not None and ref.ref == t.ir.ref  # noqa: E731
     baselines = 1 + (t.pretrained is not None and not same_as_ir(t.pretrained))
-    baselines += sum(1 for d in t.domains if d.kind == "checkpoint" and not same_as_ir(d))
+    baselines += sum(1 for d in t.domains if d.is_model and not same_as_ir(d))
     tuning = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
     return {
         "baselines": baselines * len(datasets),
@@ -69,6 +75,30 @@ def work_lines(
     per = f"each ≤ queries × {exp.k} query–document pairs"
     out.append(f"  {'total':<20} ≤ {total} passes, {per}; identical weights score once")
     return out
+
+
+def _adapt_location(reg: Registry, t: Any, ref: Any, cache_root: Path) -> Location:
+    """An ``adapt:`` ΘD: cached, or to be built (with its estimated steps and tokens)."""
+    from mergekit_ir.adaptation.domain import plan_domain
+    from mergekit_ir.errors import MergeIRError
+
+    base_ref = t.pretrained if ref.adapt.base == "pretrained" else t.ir
+    loc = locate_checkpoint(base_ref.ref, base_ref.revision, reg.base_dir)
+    if loc.kind not in ("local", "quickstart"):
+        if not loc.ok:
+            return loc
+        return Location("adapt", detail=f"will be built from {base_ref.ref} once it is downloaded")
+    try:
+        base = resolve_ref(base_ref, reg.base_dir, cache_root)
+        plan = plan_domain(ref.adapt, base, reg, cache_root)
+    except MergeIRError as exc:
+        return Location("problem", problem=f"CANNOT BUILD: {exc}")
+    if plan.cached:
+        return Location("adapt", plan.folder, f"built, in the cache ({plan.objective})")
+    return Location(
+        "adapt",
+        detail=f"will be built: {plan.objective}, {plan.steps} steps, ≈{plan.tokens:,} tokens",
+    )
 
 
 def describe(
@@ -104,9 +134,12 @@ def describe(
         roles = [("Θ0", t.pretrained), *[("ΘD", d) for d in t.domains], ("ΘT", t.ir)]
         for role, ref in roles:
             if ref is not None:
-                loc = locate_checkpoint(ref.ref, ref.revision, reg.base_dir)
-                if role == "ΘT" or ref.kind == "checkpoint":
-                    loc = fits_scorer(loc, kind)
+                if ref.kind == "adapt":
+                    loc = _adapt_location(reg, t, ref, cache_root)
+                else:
+                    loc = locate_checkpoint(ref.ref, ref.revision, reg.base_dir)
+                    if role == "ΘT" or ref.kind == "checkpoint":
+                        loc = fits_scorer(loc, kind)
                 sources.append(loc)
                 lines.append(f"    {role} {ref.describe():<58} {sources[-1].describe()}")
     fs = ", ".join(f"{k}={v}" for k, v in sorted(exp.first_stage_params.items()) if v is not None)

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from mergekit_ir.adaptation.spec import AdaptSpec, parse_adapt
 from mergekit_ir.errors import ConfigError, MergeIRError, key_label, short_repr
 from mergekit_ir.evaluation.datasets import parse_split
 from mergekit_ir.evaluation.fusion import FUSION_METHODS, NORMS
@@ -203,10 +204,20 @@ class CheckpointRef:
     """A checkpoint, a LoRA adapter or a saved task vector, as written in the registry."""
 
     ref: str
-    kind: str = "checkpoint"  # checkpoint | lora | task_vector
+    kind: str = "checkpoint"  # checkpoint | lora | task_vector | adapt
     revision: str | None = None
+    adapt: AdaptSpec | None = None  # kind adapt: ΘD built by `mergeir adapt` before merging
+
+    @property
+    def is_model(self) -> bool:
+        """A full checkpoint (ΘD with a row of its own), given or built."""
+        return self.kind == "checkpoint" or (
+            self.kind == "adapt" and self.adapt is not None and self.adapt.lora is None
+        )
 
     def describe(self) -> str:
+        if self.adapt is not None:
+            return self.adapt.describe()
         rev = f"@{self.revision}" if self.revision else ""
         return f"{self.ref}{rev}" if self.kind == "checkpoint" else f"{self.kind}:{self.ref}"
 
@@ -228,7 +239,7 @@ class Triplet:
 
         LoRA adapters and saved task vectors have no model of their own to run, so no row.
         """
-        return domain_row_keys(sum(d.kind == "checkpoint" for d in self.domains))
+        return domain_row_keys(sum(d.is_model for d in self.domains))
 
     @property
     def rows(self) -> tuple[str, ...]:
@@ -365,11 +376,16 @@ def _ref(value: Any, path: str) -> CheckpointRef:
     if isinstance(value, str) and value.strip():
         return CheckpointRef(value.strip())
     if isinstance(value, Mapping):
-        _keys(value, path, {"checkpoint", "revision", "lora", "task_vector"})
-        kinds = [k for k in ("checkpoint", "lora", "task_vector") if k in value]
+        _keys(value, path, {"checkpoint", "revision", "lora", "task_vector", "adapt"})
+        kinds = [k for k in ("checkpoint", "lora", "task_vector", "adapt") if k in value]
         if len(kinds) != 1:
-            raise ConfigError(f"{path}: give exactly one of checkpoint, lora, task_vector")
+            raise ConfigError(f"{path}: give exactly one of checkpoint, lora, task_vector, adapt")
         kind = kinds[0]
+        if kind == "adapt":
+            if len(value) != 1:
+                raise ConfigError(f"{path}: adapt takes no other field beside it")
+            spec = parse_adapt(value["adapt"], f"{path}.adapt")
+            return CheckpointRef(f"adapt:{spec.corpus}", "adapt", None, spec)
         ref = _expect(value[kind], str, f"{path}.{kind}", "a hub id or folder")
         rev = value.get("revision")
         if rev is not None:
@@ -402,8 +418,21 @@ def _triplet(name: str, raw: Any, catalog: Any) -> Triplet:
     pretrained = (
         _ref(raw["pretrained"], f"{path}.pretrained") if raw.get("pretrained") is not None else None
     )
-    if pretrained is None and any(d.kind == "checkpoint" for d in domains):
-        raise ConfigError(f"{path}.pretrained: missing required field (needed to form ΘD − Θ0)")
+    if pretrained is not None and pretrained.kind == "adapt":
+        raise ConfigError(f"{path}.pretrained: Θ0 must be a checkpoint; adapt builds a domain")
+    needs_pre = any(
+        d.kind == "checkpoint" or (d.kind == "adapt" and d.adapt.base == "pretrained")
+        for d in domains
+    )
+    if pretrained is None and needs_pre:
+        raise ConfigError(
+            f"{path}.pretrained: missing required field (needed to form ΘD − Θ0"
+            + (
+                "; or build ΘD from ΘT with adapt.base: ir)"
+                if any(d.kind == "adapt" for d in domains)
+                else ")"
+            )
+        )
     scorer_raw = raw["scorer"]
     if isinstance(scorer_raw, str):
         scorer_raw = {"kind": scorer_raw}

@@ -41,7 +41,7 @@ from mergekit_ir.evaluation.datasets import Dataset
 from mergekit_ir.evaluation.first_stage import FirstStageKind, Run
 from mergekit_ir.evaluation.trec_runs import write_trec
 from mergekit_ir.experiments.executor import TripletOutcome
-from mergekit_ir.experiments.registry import Experiment, Registry, Triplet
+from mergekit_ir.experiments.registry import CheckpointRef, Experiment, Registry, Triplet
 from mergekit_ir.experiments.sources import load_dataset, resolve_ref
 from mergekit_ir.merging.checkpoint import open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, build_plan
@@ -218,7 +218,7 @@ class TripletRunner:
                 resolve_ref(triplet.pretrained, base, cache_root) if triplet.pretrained else None
             )
             self.pre_source = open_checkpoint(str(self.pre_folder)) if self.pre_folder else None
-            self.domain_folders = [resolve_ref(d, base, cache_root) for d in triplet.domains]
+            self.domain_folders = [self._domain_folder(d) for d in triplet.domains]
         self.fp_dir = opts.cache.root / "fingerprints"  # digests live with the run's cache
         self.fingerprints = {IR: self.ir_source.fingerprint(self.fp_dir)}
         if self.pre_source is not None:
@@ -229,21 +229,51 @@ class TripletRunner:
         self._memo: dict[str, Run] = {}  # identical models score once, also with --no-cache
         self.notes: dict[str, None] = {}  # scorer warnings, in first-seen order, for the report
 
+    def _domain_folder(self, ref: CheckpointRef) -> Path:
+        """A given ΘD's folder; an ``adapt:`` ΘD is built (or found in the cache) from its base."""
+        if ref.kind != "adapt":
+            return resolve_ref(ref, self.reg.base_dir, self.opts.cache.root)
+        from mergekit_ir.adaptation.domain import build_domain
+
+        assert ref.adapt is not None
+        base = self.pre_folder if ref.adapt.base == "pretrained" else self.ir_folder
+        assert base is not None
+        return build_domain(
+            ref.adapt,
+            base,
+            self.reg,
+            self.opts.cache.root,
+            self.settings.torch_device,
+            self.opts.echo,
+            self.opts.progress,
+        )
+
     # -- models -------------------------------------------------------------------------------
+    def _vector_kind(self, ref: CheckpointRef) -> tuple[str, Any]:
+        """(task-vector kind, the source τ is taken against) of one domain reference."""
+        if ref.kind != "adapt":
+            return ref.kind, self.pre_source
+        assert ref.adapt is not None
+        against = self.pre_source if ref.adapt.base == "pretrained" else self.ir_source
+        return ("lora" if ref.adapt.lora is not None else "checkpoint"), against
+
     def vectors(self) -> list[TaskVector]:
         if self._vectors is None:
-            self._vectors = [
-                TaskVector.from_reference(ref.kind, folder, self.pre_source)
-                for ref, folder in zip(self.triplet.domains, self.domain_folders, strict=True)
-            ]
+            self._vectors = []
+            for ref, folder in zip(self.triplet.domains, self.domain_folders, strict=True):
+                kind, against = self._vector_kind(ref)
+                self._vectors.append(TaskVector.from_reference(kind, folder, against))
         return self._vectors
 
     @cached_property
     def vector_fingerprints(self) -> list[str]:
         fps = []
         for ref, folder in zip(self.triplet.domains, self.domain_folders, strict=True):
-            if ref.kind == "checkpoint":
-                fps.append(open_checkpoint(str(folder)).fingerprint(self.fp_dir))
+            if ref.is_model:
+                suffix = ":from-ir" if ref.adapt is not None and ref.adapt.base == "ir" else ""
+                fps.append(open_checkpoint(str(folder)).fingerprint(self.fp_dir) + suffix)
+            elif ref.kind == "adapt":
+                fps.append(folder_fingerprint(folder, salt="lora", cache_dir=self.fp_dir))
             else:  # content-addressed, like checkpoints: the same adapter anywhere is one entry
                 fps.append(folder_fingerprint(folder, salt=ref.kind, cache_dir=self.fp_dir))
         return fps
@@ -354,9 +384,7 @@ class TripletRunner:
         if self.pre_folder is not None:
             singles.append((PRETRAINED, self.pre_folder))
         domain_checkpoints = [
-            f
-            for r, f in zip(self.triplet.domains, self.domain_folders, strict=True)
-            if r.kind == "checkpoint"
+            f for r, f in zip(self.triplet.domains, self.domain_folders, strict=True) if r.is_model
         ]
         singles += list(zip(self.triplet.domain_rows, domain_checkpoints, strict=True))
         for variant, folder in singles:
@@ -762,6 +790,10 @@ def manifest(exp: Experiment, reg: Registry, opts: RunOptions, started: float) -
             if ref is None:
                 continue
             entry: dict[str, Any] = {"ref": ref.ref, "kind": ref.kind, "revision": ref.revision}
+            if ref.adapt is not None:
+                entry["adapt"] = asdict(ref.adapt)
+                checkpoints[f"{tname}.{role}"] = entry
+                continue
             try:
                 folder = resolve_ref(ref, reg.base_dir, opts.cache.root)
                 if ref.kind == "checkpoint":

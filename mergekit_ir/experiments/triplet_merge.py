@@ -27,7 +27,7 @@ def prepare_triplet_merge(
     ``provenance`` adds lines to the model card (e.g. the run that chose α)."""
     t = registry.triplet(triplet)
     base = registry.base_dir
-    domains = [DomainRef(str(resolve_ref(d, base, cache_root)), d.kind) for d in t.domains]
+    domains = [_domain(registry, t, d, cache_root) for d in t.domains]
     return prepare_merge(
         resolve_ref(t.ir, base, cache_root),
         domains,
@@ -71,3 +71,25 @@ def merge_triplet(
     return write_merge(
         prepared, out, shard_size=shard_size, overwrite=overwrite, device=device, progress=progress
     )
+
+
+def _domain(registry: Registry, t: Any, ref: Any, cache_root: Path | None) -> DomainRef:
+    """A given ΘD, or an ``adapt:`` ΘD already built by ``mergeir run`` (found in the cache)."""
+    if ref.kind != "adapt":
+        return DomainRef(str(resolve_ref(ref, registry.base_dir, cache_root)), ref.kind)
+    from mergekit_ir.adaptation.domain import plan_domain
+    from mergekit_ir.errors import ConfigError
+    from mergekit_ir.storage.cache import default_cache_dir
+
+    if ref.adapt.base == "ir":
+        raise ConfigError(
+            f"triplets.{t.name}.domain: an adapt ΘD built from ΘT (base: ir) merges only in `mergeir run`"
+        )
+    root = cache_root or default_cache_dir()
+    base = resolve_ref(t.pretrained, registry.base_dir, root)
+    plan = plan_domain(ref.adapt, base, registry, root)
+    if not plan.cached:
+        raise ConfigError(
+            f"triplets.{t.name}.domain: {ref.describe()} is not built yet; `mergeir run` builds it"
+        )
+    return DomainRef(str(plan.folder), "lora" if ref.adapt.lora is not None else "checkpoint")

@@ -1,0 +1,1 @@
+"""Domain adaptation: continue pre-training a checkpoint on an unlabelled corpus (ΘD)."""

@@ -1,0 +1,132 @@
+"""A triplet's ``domain: {adapt: {...}}`` block: ΘD to build before merging, validated with the
+YAML path of every wrong field (light: no torch import)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mergekit_ir.errors import ConfigError, key_label, short_repr
+
+_FIELDS = {
+    "corpus": str,
+    "objective": str,
+    "steps": int,
+    "epochs": (int, float),
+    "max_length": int,
+    "batch_size": int,
+    "lr": (int, float),
+    "warmup": (int, float),
+    "seed": int,
+    "head_warmup": int,
+    "freeze_head": bool,
+    "lora": Mapping,
+    "base": str,
+}
+_LORA = {"r": int, "alpha": int, "dropout": (int, float), "targets": list}
+
+
+@dataclass(frozen=True)
+class AdaptSpec:
+    corpus: str
+    objective: str = "auto"
+    steps: int | None = None
+    epochs: float | None = None
+    max_length: int = 256
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup: float = 0.06
+    seed: int = 0
+    head_warmup: int = 100
+    freeze_head: bool = False
+    lora: tuple[tuple[str, Any], ...] | None = None  # sorted (key, value) pairs: hashable
+    base: str = "pretrained"  # pretrained | ir
+
+    def describe(self) -> str:
+        length = f"{self.steps} steps" if self.steps else f"{self.epochs or 1} epoch(s)"
+        lora = " LoRA" if self.lora is not None else ""
+        return f"adapt:{self.corpus} {self.objective}{lora} {length} from {self.base}"
+
+    def settings(self) -> Any:
+        from mergekit_ir.adaptation.training import AdaptSettings, LoraSpec
+
+        lora = None
+        if self.lora is not None:
+            d = dict(self.lora)
+            r = d.get("r", 16)
+            lora = LoraSpec(
+                r=r,
+                alpha=d.get("alpha", 2 * r),
+                dropout=float(d.get("dropout", 0.0)),
+                targets=tuple(d["targets"]) if d.get("targets") else None,
+            )
+        return AdaptSettings(
+            objective=self.objective,
+            steps=self.steps,
+            epochs=self.epochs if self.epochs is not None or self.steps else 1.0,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            lr=float(self.lr),
+            warmup=float(self.warmup),
+            seed=self.seed,
+            head_warmup=self.head_warmup,
+            freeze_head=self.freeze_head,
+            lora=lora,
+        )
+
+
+def _typed(value: Any, typ: Any, path: str) -> Any:
+    if not isinstance(value, typ) or (typ in (int, (int, float)) and isinstance(value, bool)):
+        names = "/".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+        raise ConfigError(
+            f"{path}: expected {names}, got {type(value).__name__} {short_repr(value)}"
+        )
+    return value
+
+
+def parse_adapt(raw: Any, path: str) -> AdaptSpec:
+    """``path`` is the YAML path of the ``adapt`` block, e.g. ``triplets.x.domain.adapt``."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with corpus, objective, steps…")
+    for k in raw:
+        if k not in _FIELDS:
+            raise ConfigError(
+                f"{path}.{key_label(k)}: unknown field (allowed: {', '.join(sorted(_FIELDS))})"
+            )
+    if "corpus" not in raw:
+        raise ConfigError(
+            f"{path}.corpus: missing required field (a dataset name or a .jsonl/.txt file)"
+        )
+    values = {k: _typed(v, _FIELDS[k], f"{path}.{k}") for k, v in raw.items()}
+    if values.get("objective", "auto") not in ("auto", "mlm", "span", "clm"):
+        raise ConfigError(
+            f"{path}.objective: {short_repr(values['objective'])}; use auto, mlm, span or clm"
+        )
+    if values.get("base", "pretrained") not in ("pretrained", "ir"):
+        raise ConfigError(
+            f"{path}.base: {short_repr(values['base'])}; use pretrained (Θ0) or ir (ΘT)"
+        )
+    if "steps" in values and "epochs" in values:
+        raise ConfigError(f"{path}: give steps or epochs, not both")
+    for k in ("steps", "max_length", "batch_size"):
+        if k in values and values[k] < 1:
+            raise ConfigError(f"{path}.{k}: must be ≥ 1, got {values[k]}")
+    for k in ("epochs", "lr"):
+        if k in values and not values[k] > 0:
+            raise ConfigError(f"{path}.{k}: must be > 0, got {values[k]}")
+    lora = None
+    if "lora" in values:
+        for k, v in values["lora"].items():
+            if k not in _LORA:
+                raise ConfigError(
+                    f"{path}.lora.{key_label(k)}: unknown field (allowed: {', '.join(_LORA)})"
+                )
+            _typed(v, _LORA[k], f"{path}.lora.{k}")
+        if values["lora"].get("r", 16) < 1:
+            raise ConfigError(f"{path}.lora.r: must be ≥ 1")
+        lora = tuple(
+            sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values["lora"].items())
+        )
+    values["lora"] = lora
+    return AdaptSpec(**values)
