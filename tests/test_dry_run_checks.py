@@ -70,3 +70,14 @@ def test_pass_counts_on_the_quickstart():
     assert counts == {"baselines": 3, "α grid on dev": 10, "Θ' on test": 2}
     res = CliRunner().invoke(main, ["run", "--registry", REGISTRY, "--dry-run"])
     assert "quickstart-tiny      ≤ 15 passes" in res.output
+
+
+def test_offline_hub_errors_say_hf_hub_offline_is_set(monkeypatch):
+    import pytest
+
+    from mergekit_ir.errors import CheckpointError
+    from mergekit_ir.experiments.sources import resolve_checkpoint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        resolve_checkpoint("some-org/surely-not-cached-model-xyz")

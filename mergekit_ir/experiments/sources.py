@@ -129,6 +129,13 @@ def resolve_checkpoint(
 
         return Path(snapshot_download(repo_id=ref, revision=revision, allow_patterns=HUB_PATTERNS))
     except Exception as exc:
+        import os
+
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise CheckpointError(
+                f"{ref}: not a local folder and not in the hub cache, and HF_HUB_OFFLINE is set "
+                "so the hub is not contacted; unset HF_HUB_OFFLINE or pass a local folder"
+            ) from None
         raise CheckpointError(
             f"{ref}: not a local folder and the hub download failed ({type(exc).__name__}); "
             "check the id and network, or pass a local folder"
