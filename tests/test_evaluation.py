@@ -535,15 +535,17 @@ def test_write_reports_is_byte_identical(tmp_path):
         "results.csv",
         "alpha.md",
         "alpha.png",
+        "alpha.tex",
     ]
     for pa, pb in zip(a, b, strict=True):
         assert pa.read_bytes() == pb.read_bytes(), pa.name
-    assert a[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert a[4].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "a").glob(".*"))  # no temporary files left
     no_alpha = {k: v for k, v in _results().items() if k != "alpha_ablation"}
     written = write_reports(no_alpha, tmp_path / "a")
     assert "alpha.png" not in [p.name for p in written]
     assert not (tmp_path / "a" / "alpha.png").exists()  # the stale plot is gone
+    assert not (tmp_path / "a" / "alpha.tex").exists()
 
 
 def test_alpha_table_and_plot_with_layer_wise_alpha(tmp_path):
@@ -615,3 +617,12 @@ def test_tuned_alpha_of_one_is_printed_once_and_tuned_lambda_is_shown():
     md = render_markdown(res)
     assert "- distilbert_bio, ΘT: scifact 0.3/0.7, nfcorpus 0.5/0.5" in md
     assert "distilbert_bio,ir,scifact,P@10,0.1,false,,,0.3/0.7" in render_csv(res).splitlines()
+
+
+def test_alpha_latex_table():
+    from mergekit_ir.reports.render import render_alpha_latex
+
+    tex = render_alpha_latex(_results())
+    assert "$\\alpha$ & distilbert\\_bio / scifact & distilbert\\_bio / nfcorpus \\\\" in tex
+    assert "0.2 & \\textbf{0.625} & 0.300 \\\\" in tex and "0.3 & 0.620 & -- \\\\" in tex
+    assert render_alpha_latex({"sections": []}) is None
