@@ -809,6 +809,70 @@ def task_vector_quantize(
     click.echo(f"wrote {path} ({len(tv.keys())} tensors, {spec.bits}-bit)")
 
 
+@main.command("rerank")
+@click.argument("model")
+@click.option(
+    "--dataset", "datasets", multiple=True, required=True, help="Registry dataset (repeatable)."
+)
+@click.option(
+    "--scorer", required=True, help="Scorer kind that loads MODEL (see `mergeir plugins`)."
+)
+@click.option("--option", "options", multiple=True, help="Scorer option NAME=VALUE (repeatable).")
+@click.option("--experiment", help="Take first stage, k, fusion and metrics from this experiment.")
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write TREC runs here.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def rerank_cmd(
+    model: str,
+    datasets: tuple[str, ...],
+    scorer: str,
+    options: tuple[str, ...],
+    experiment: str | None,
+    registry_path: str | None,
+    out_dir: str | None,
+    device: str,
+    cache_dir: str | None,
+    quiet: bool,
+) -> None:
+    """Re-rank with one MODEL (a merged folder, any checkpoint of a scorer kind), no triplet.
+
+    Same first stage, fusion (the protocol's fixed λ) and metrics as `mergeir run`.
+
+    \b
+    Example:
+      mergeir rerank merged/ --scorer bi-encoder --option pooling=mean --dataset scifact
+    """
+    from mergekit_ir.evaluation.trec_runs import write_trec
+    from mergekit_ir.experiments.rerank_model import rerank_model
+    from mergekit_ir.experiments.runner import RunOptions
+
+    reg = _registry(registry_path)
+    opts = RunOptions(
+        out_dir=Path(out_dir or "."),
+        cache=_cache(cache_dir, False),
+        device=device,
+        progress=not quiet,
+        echo=click.echo,
+    )
+    results = rerank_model(
+        reg, model, scorer, _parse_params(options), list(datasets), opts, experiment
+    )
+    for r in results:
+        metrics = list(next(iter(r.means.values())))
+        click.echo(f"\n{r.dataset} (test)")
+        click.echo("| row | " + " | ".join(metrics) + " |")
+        click.echo("|:---|" + "---:|" * len(metrics))
+        for row, means in r.means.items():
+            click.echo(f"| {row} | " + " | ".join(f"{means[m]:.4f}" for m in metrics) + " |")
+        if out_dir:
+            for row, run in r.runs.items():
+                write_trec(Path(out_dir) / r.dataset / f"{row.replace(' ', '_')}.trec", run, row)
+    if out_dir:
+        click.echo(f"\nTREC runs in {out_dir}/")
+
+
 @main.command("eval")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(

@@ -127,3 +127,28 @@ def test_non_tty_progress_is_one_labelled_line_per_pass(tmp_path):
     assert any(p.startswith("pass 12/15 · ΘD · quickstart-toy:test") for p in passes)
     assert "ETA" in passes[0] and "ETA" not in passes[-1]
     assert "%|" not in res.output and len(res.output.splitlines()) < 80  # no bar redraws
+
+
+def test_rerank_one_model_gives_the_runs_theta_t_row(finished, tmp_path):
+    root, _ = finished
+    res = json.loads((root / "run" / "results.json").read_text())
+    ir = next(r for r in res["sections"][0]["rows"] if r["key"] == "ir")
+    out = invoke("rerank", "quickstart:ir", "--scorer", "bi-encoder", "--option", "pooling=mean",
+                 "--option", "similarity=cosine", "--dataset", "quickstart-toy", "--experiment",
+                 "quickstart", "--registry", REGISTRY, "--cache-dir", str(root / "cache"),
+                 "--out", str(tmp_path / "rr"), "-q")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    shown = {
+        line.split("|")[1].strip(): [float(v) for v in line.strip(" |").split("|")[1:]]
+        for line in out.output.splitlines()
+        if line.startswith("| ") and not line.startswith("| row")
+    }
+    metrics = ("P@10", "NDCG@3", "NDCG@10", "MAP@100")
+    fused = [ir["cells"]["quickstart-toy"][m]["mean"] for m in metrics]
+    alone = [ir["unfused"]["quickstart-toy"][m] for m in metrics]
+    assert shown["fused"] == pytest.approx(fused, abs=5e-5)
+    assert shown["model"] == pytest.approx(alone, abs=5e-5)
+    assert (tmp_path / "rr" / "quickstart-toy" / "fused.trec").is_file()
+    bad = invoke("rerank", "quickstart:ir", "--scorer", "nope", "--dataset", "quickstart-toy",
+                 "--registry", REGISTRY)  # fmt: skip
+    assert bad.exit_code == 2 and "--scorer" in bad.output and "Traceback" not in bad.output

@@ -1,0 +1,69 @@
+"""``mergeir rerank``: one checkpoint through an experiment's protocol, without a triplet.
+
+A merged folder (or any model a scorer kind can load) is scored with the same first stage,
+fusion and metrics a ``mergeir run`` uses — the protocol comes from a registry experiment, or
+the defaults — so its numbers sit next to a run's rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mergekit_ir.evaluation.first_stage import Run
+from mergekit_ir.experiments.registry import Experiment, Registry
+from mergekit_ir.experiments.runner import ExperimentRun, RunOptions
+from mergekit_ir.experiments.sources import resolve_checkpoint
+from mergekit_ir.params import check_params
+from mergekit_ir.plugin_host import catalog
+
+_NAME = "rerank"
+
+
+@dataclass
+class RerankedDataset:
+    """One dataset's means for the first stage, the model alone and the model fused with it."""
+
+    dataset: str
+    means: dict[str, dict[str, float]] = field(default_factory=dict)  # row -> metric -> mean
+    runs: dict[str, Run] = field(default_factory=dict)  # row -> run (for TREC files)
+
+
+def rerank_model(
+    reg: Registry,
+    model: str,
+    scorer: str,
+    options: Mapping[str, Any],
+    datasets: list[str],
+    opts: RunOptions,
+    experiment: str | None = None,
+) -> list[RerankedDataset]:
+    """Score ``model`` on each dataset's test split; λ is the protocol's fixed one (no dev)."""
+    base = reg.experiment(experiment) if experiment else Experiment(_NAME, (), tuple(datasets))
+    exp = dataclasses.replace(
+        base, name=_NAME, triplets=(), datasets=tuple(datasets), tune_alpha=False, tune_fusion=False
+    )
+    run = ExperimentRun(dataclasses.replace(reg, experiments={_NAME: exp}), _NAME, opts)
+    kind = catalog().scorer(scorer, "--scorer")
+    checked = check_params(kind.params, dict(options), "--option", scorer)
+    folder = resolve_checkpoint(model, cache_root=opts.cache.root)
+    if kind.check:
+        kind.check(folder)
+    run.prepare_splits()
+    scoring = kind.load(folder, checked, run.settings)
+    out = []
+    for name, split in run.tests.items():
+        ds = split.dataset
+        docs = {d: ds.corpus[d].full_text for q in split.first_stage.values() for d in q}
+        queries = {q: ds.queries[q] for q in split.first_stage}
+        scoring.pass_label = f"{model} · {name}:test"
+        model_run = scoring.rerank(queries, split.first_stage, docs)
+        fused = run.fused(split.first_stage, model_run, exp.fusion_params)
+        result = RerankedDataset(name)
+        for row, r in (("first stage", split.first_stage), ("model", model_run), ("fused", fused)):
+            result.means[row] = {m: c.mean for m, c in run.cells(split, r).items()}
+            result.runs[row] = r
+        out.append(result)
+    return out
