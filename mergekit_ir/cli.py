@@ -1033,17 +1033,9 @@ def reported_cmd(experiment: str, registry_path: str | None) -> None:
 def report(run_dir: str) -> None:
     """Re-render the reports of a finished run from its results.json (no recomputation)."""
     from mergekit_ir.reports.render import write_reports
+    from mergekit_ir.reports.results import read_results_json
 
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"{path}: not found; is {run_dir} the --out folder of a finished `mergeir run`?"
-        )
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg})") from None
-    for p in write_reports(results, Path(run_dir)):
+    for p in write_reports(read_results_json(run_dir), Path(run_dir)):
         click.echo(f"wrote {p}")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from mergekit_ir.errors import ConfigError, short_repr
-from mergekit_ir.reports.results import MERGED_BEST, Results
+from mergekit_ir.reports.results import MERGED_BEST, Results, read_results_json
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,11 @@ class RunSelection:
 
 
 def read_results(run_dir: Path) -> Results:
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"--from-run {run_dir}: no results.json; give the --out folder of a `mergeir run`"
-        )
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: unreadable ({exc}); rerun the experiment") from None
+    raw = read_results_json(run_dir)
     if not isinstance(raw, dict) or not isinstance(raw.get("manifest"), dict):
-        raise ConfigError(f"{path}: not a run's results (no manifest); rerun the experiment")
+        raise ConfigError(
+            f"{run_dir / 'results.json'}: not a run's results (no manifest); rerun the experiment"
+        )
     return Results.from_json(raw)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: Row keys of the model rows, in table order (the first-stage row comes first and is named
@@ -498,3 +499,23 @@ class Results:
 def as_results(results: Results | Mapping[str, Any]) -> Results:
     """Accept a :class:`Results` or its JSON form (what ``results.json`` holds)."""
     return results if isinstance(results, Results) else Results.from_json(results)
+
+
+def read_results_json(run_dir: str | Path) -> Any:
+    """The parsed ``results.json`` of a finished run; a missing or broken file is one line."""
+    import json
+
+    from mergekit_ir.errors import ConfigError
+
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: not found (no results.json); is {run_dir} the --out folder of a finished "
+            "`mergeir run`?"
+        )
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: unreadable or not valid JSON ({exc}); rerun the experiment"
+        ) from None
