@@ -41,9 +41,7 @@ class RunSelection:
             "run": str(self.run_dir.resolve()),
             "experiment": self.experiment,
             "tuned for": ", ".join(self.datasets),
-            "tuned α": json.dumps(self.alpha)
-            if not isinstance(self.alpha, float)
-            else f"{self.alpha!r}",
+            "tuned α": json.dumps(self.alpha),
         }
 
 
