@@ -122,18 +122,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
     ap.add_argument("--split", default="test", help="hub split to convert (default: test)")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.source == "beir":
-        from_beir_zip(args.out)
-    else:
-        from_hub(args.out, args.split)
     split = "test" if args.source == "beir" else args.split
-    missing = [
-        p
-        for p in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv")
-        if not (args.out / p).is_file()
-    ]
-    print(f"{args.out}: " + (f"missing {', '.join(missing)}" if missing else "ok"), file=sys.stderr)
+    # Built beside the target and renamed at the end: a failed download leaves no folder that
+    # `mergeir run --dry-run` could mistake for the dataset.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=f".{args.out.name}.") as tmp:
+        staging = Path(tmp) / "data"
+        staging.mkdir()
+        try:
+            if args.source == "beir":
+                from_beir_zip(staging)
+            else:
+                from_hub(staging, split)
+        except (OSError, ValueError, KeyError) as exc:  # network, HTTP, or an unexpected payload
+            sys.exit(f"could not build {args.out} from {args.source}: {type(exc).__name__}: {exc}")
+        missing = [
+            p
+            for p in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv")
+            if not (staging / p).is_file()
+        ]
+        if missing:
+            sys.exit(f"{args.out}: the download lacks {', '.join(missing)}; nothing was written")
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        staging.rename(args.out)
+    print(f"{args.out}: ok", file=sys.stderr)
 
 
 if __name__ == "__main__":

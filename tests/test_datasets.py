@@ -113,3 +113,42 @@ def test_ir_datasets_loader_on_local_files(tmp_path, monkeypatch):
     assert via_irds.corpus == via_folder.corpus
     assert via_irds.queries == via_folder.queries and via_irds.qrels == via_folder.qrels
     assert list(load_ir_datasets(dataset_id + "[:1]").queries) == ["1"]
+
+
+def test_ir_datasets_download_failure_is_one_line(tmp_path, monkeypatch):
+    """A source ir_datasets cannot fetch (here a local file that is gone) is a DatasetError."""
+    import ir_datasets
+    from ir_datasets.datasets.base import Dataset as IrdsDataset
+    from ir_datasets.datasets.beir import BeirDocs, BeirQrels, BeirQueries, BeirTitleDoc
+    from ir_datasets.formats import GenericQuery
+    from ir_datasets.util import LocalDownload
+
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
+    gone = tmp_path / "gone"
+    dataset_id = f"mergekit-ir-test/{tmp_path.name}-gone/test"
+    if dataset_id not in ir_datasets.registry:
+        ir_datasets.registry.register(
+            dataset_id,
+            IrdsDataset(
+                BeirDocs(dataset_id, LocalDownload(gone / "corpus.jsonl"), BeirTitleDoc),
+                BeirQueries(dataset_id, LocalDownload(gone / "queries.jsonl"), GenericQuery),
+                BeirQrels(LocalDownload(gone / "test.tsv"), {}),
+            ),
+        )
+    with pytest.raises(DatasetError) as err:
+        load_ir_datasets(dataset_id)
+    msg = str(err.value)
+    assert "\n" not in msg and f"could not download {dataset_id!r}" in msg
+    assert str(tmp_path / "irds") in msg and "beir:" in msg
+
+
+def test_download_failure_names_the_unreachable_host():
+    import requests
+
+    exc = requests.exceptions.ConnectionError(
+        "HTTPSConnectionPool(host='public.ukp.informatik.tu-darmstadt.de', port=443): Max retries"
+    )
+    from mergekit_ir.evaluation.datasets import download_failure
+
+    msg = download_failure("beir/scifact/test", exc)
+    assert "cannot reach public.ukp.informatik.tu-darmstadt.de" in msg and "\n" not in msg

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -245,6 +246,22 @@ def load_beir_folder(
     )
 
 
+def download_failure(dataset_id: str, exc: BaseException) -> str:
+    """One line for a failed ``ir_datasets`` download: what failed and the two ways out."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    m = re.search(r"host='([^']+)'", reason)
+    if m:
+        reason = f"cannot reach {m.group(1)}"
+    elif len(reason) > 160:
+        reason = reason[:157] + "..."
+    home = os.environ.get("IR_DATASETS_HOME", "~/.ir_datasets")
+    return (
+        f"ir_datasets could not download {dataset_id!r} ({type(exc).__name__}: {reason}); "
+        f"run once with network access (files are kept in {home}) "
+        "or point the dataset at a local BEIR folder with `beir:`"
+    )
+
+
 def load_ir_datasets(
     dataset_id: str, name: str | None = None, language: str = "english"
 ) -> Dataset:
@@ -265,13 +282,16 @@ def load_ir_datasets(
             f"ir_datasets id {base_id!r} lacks docs, queries or qrels; pick a split id such as {base_id}/test"
         )
     qrels: dict[str, dict[str, int]] = {}
-    for qr in ds.qrels_iter():
-        qrels.setdefault(str(qr.query_id), {})[str(qr.doc_id)] = int(qr.relevance)
-    queries = {str(q.query_id): q.text for q in ds.queries_iter()}
-    corpus = {
-        str(d.doc_id): Document(getattr(d, "title", "") or "", getattr(d, "text", "") or "")
-        for d in ds.docs_iter()
-    }
+    try:  # the first iteration downloads; a failure is one line, not ir_datasets' traceback
+        for qr in ds.qrels_iter():
+            qrels.setdefault(str(qr.query_id), {})[str(qr.doc_id)] = int(qr.relevance)
+        queries = {str(q.query_id): q.text for q in ds.queries_iter()}
+        corpus = {
+            str(d.doc_id): Document(getattr(d, "title", "") or "", getattr(d, "text", "") or "")
+            for d in ds.docs_iter()
+        }
+    except OSError as exc:  # requests' ConnectionError/HTTPError are OSErrors too
+        raise DatasetError(download_failure(base_id, exc)) from None
     keep = slice_queries([q for q in qrels if q in queries], n, pct)
     return Dataset(
         name=name or base_id,
