@@ -83,6 +83,14 @@ def test_loss_decreases_for_each_objective(models, corpus, tmp_path, arch):
     assert set(load_file(tmp_path / "out" / "model.safetensors")) == set(base)
 
 
+def test_progress_in_a_log_is_a_line_per_tenth(models, corpus, tmp_path, capsys):
+    """stderr is not a TTY under pytest: no bar redraws, at most ten step lines."""
+    adapt(models["bert"], str(corpus), tmp_path / "o", settings(steps=20, max_length=16), CPU)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("adapt")]
+    assert lines and len(lines) <= 10 and "\r" not in "".join(lines), lines
+    assert lines[-1].startswith("adapt step 20/20 · loss ")
+
+
 def test_resume_after_interruption_is_bit_identical(models, corpus, tmp_path):
     s = settings(steps=6, max_length=16)
     adapt(models["bert"], str(corpus), tmp_path / "full", s, CPU, show_progress=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import random
 import time
 from collections.abc import Callable
@@ -306,12 +307,16 @@ def train(
     )
     start = time.perf_counter()
     done_tokens = 0
+    # A bar on a terminal; in a log (stderr not a TTY) a line every tenth of the run instead of
+    # one redraw per step.
+    tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    log_every = max(1, total // 10) if show_progress and not tty else 0
     bar = tqdm(
         total=total,
         initial=step,
         desc="adapt",
         unit="step",
-        disable=not show_progress,
+        disable=not show_progress or not tty,
         dynamic_ncols=True,
     )
     try:
@@ -342,6 +347,13 @@ def train(
                 loss=f"{losses[-1]:.3f}", tok_s=f"{done_tokens / max(elapsed, 1e-9):.0f}"
             )
             bar.update(1)
+            if log_every and (step % log_every == 0 or step == total):
+                print(
+                    f"adapt step {step}/{total} · loss {losses[-1]:.3f} · "
+                    f"{done_tokens / max(elapsed, 1e-9):.0f} tokens/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if (
                 checkpoint is not None
                 and checkpoint_every
