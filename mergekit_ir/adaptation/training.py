@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
