@@ -455,7 +455,7 @@ def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, qu
     from mergekit_ir.merging.safetensors_writer import parse_size
 
     if plan:
-        click.echo(prepared.plan.table())
+        click.echo(prepared.plan.table(prepared.job.params))
         return
     if not out_dir:
         raise ConfigError("--out DIR is required (or use --plan to only print the plan)")

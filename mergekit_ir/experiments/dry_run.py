@@ -47,19 +47,23 @@ def count_passes(
     """Model passes one triplet costs: each a re-ranking of one split's candidates.
 
     Baselines (Θ0, each ΘD checkpoint, ΘT) score every test split; a Θ0 or ΘD that is ΘT's
-    own folder is not scored again. The α grid scores every dev split (when α is tuned), and
-    Θ'(α=1) and Θ'(tuned α) every test split (the latter reuses α=1's when it is the choice).
+    own folder is not scored again. The α grid scores every dev split (when α is tuned), with
+    ΘT as its reference, and Θ'(α=1) and Θ'(tuned α) every test split (the latter reuses
+    α=1's when it is the choice); tuning λ scores every row on the dev splits as well.
     """
     t = reg.triplet(tname)
     same_as_ir = lambda ref: ref is not None and ref.ref == t.ir.ref  # noqa: E731
     baselines = 1 + (t.pretrained is not None and not same_as_ir(t.pretrained))
     baselines += sum(1 for d in t.domains if d.is_model and not same_as_ir(d))
-    tuning = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
-    return {
-        "baselines": baselines * len(datasets),
-        "α grid on dev": tuning,
-        "Θ' on test": 2 * len(datasets),
-    }
+    counts = {"baselines": baselines * len(datasets)}
+    if exp.tune_fusion:  # λ on dev: every row is scored on the dev splits too
+        counts["baselines on dev (λ)"] = baselines * len(has_dev)
+        counts["Θ' on dev (λ)"] = 2 * len(has_dev)
+    elif exp.tune_alpha:  # ΘT on dev: the α plot's reference line
+        counts["ΘT on dev"] = len(has_dev)
+    counts["α grid on dev"] = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
+    counts["Θ' on test"] = 2 * len(datasets)
+    return counts
 
 
 def work_lines(

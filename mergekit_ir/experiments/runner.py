@@ -197,6 +197,10 @@ def settings_identity(settings: ScoringSettings) -> dict[str, Any]:
     }
 
 
+def _is_zero(alpha: Any) -> bool:
+    return isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha == 0
+
+
 class TripletRunner:
     """Runs every variant of one triplet; loads each model at most once."""
 
@@ -409,6 +413,10 @@ class TripletRunner:
         return self.model_run(IR, [self.fingerprints[IR]], split, self.ir_scorer)
 
     def merged_run(self, alpha: Any, split: Split) -> Run:
+        if _is_zero(alpha) and not self.method.needs_ir_vector:
+            # Θ' = ΘT + 0·τ is ΘT: score it once, under ΘT's key. (Methods that also rework
+            # ΘT − Θ0, as TIES and DARE do, do not give back ΘT at α = 0.)
+            return self.ir_run(split)
         identity = [
             self.exp.method,
             dict(self.exp.merge_params),
@@ -551,8 +559,24 @@ class ExperimentRun:
         self.opts.echo(
             f"  tuned α = {alpha_label(best)} (mean dev {exp.objective} {means[alpha_label(best)]:.4f})"
         )
+        # Reference lines for the α plot: ΘT (α = 0) and the first stage alone, on the same splits.
+        references = {
+            dname: {
+                "BM25": self.objective(split, split.first_stage),
+                "ΘT": self.objective(
+                    split, self.fused(split.first_stage, runner.ir_run(split), fixed)
+                ),
+            }
+            for dname, split in self.devs.items()
+        }
         tuned.ablation = AlphaAblation(
-            metric=exp.objective, split="dev", values=values, mean=means, best=alpha_label(best)
+            metric=exp.objective,
+            split="dev",
+            values=values,
+            mean=means,
+            best=alpha_label(best),
+            order=[alpha_label(a) for a in exp.alphas],
+            references=references,
         )
         return tuned
 
