@@ -234,7 +234,11 @@ def test_layer_wise_alpha_grid_runs_to_the_report(tmp_path, quickstart_run):
     assert res.exit_code == 0, res.output
     alpha_md = (out / "alpha.md").read_text()
     rows = [ln.split(" | ")[0] for ln in alpha_md.splitlines() if ln.startswith("| ")][1:]
-    assert rows[:3] == ["| 0.5", "| gradient 0 → 1", "| attention: 0.3; else: 1"]  # the YAML's order
+    assert rows[:3] == [
+        "| 0.5",
+        "| gradient 0 → 1",
+        "| attention: 0.3; else: 1",
+    ]  # the YAML's order
     assert "filter" not in alpha_md and "{" not in alpha_md
     assert invoke("report", str(out)).exit_code == 0 and (out / "alpha.md").read_text() == alpha_md
 
