@@ -82,3 +82,20 @@ def test_offline_hub_errors_say_hf_hub_offline_is_set(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
         resolve_checkpoint("some-org/surely-not-cached-model-xyz")
+
+
+def test_download_size_counts_what_a_snapshot_fetches():
+    from mergekit_ir.experiments.dry_run import download_size
+    from mergekit_ir.experiments.sources import HUB_PATTERNS
+
+    files = [("config.json", 600), ("model.safetensors", 10**9), ("flax_model.msgpack", 10**9)]
+    assert download_size(files, HUB_PATTERNS) == 10**9 + 600  # no flax weights
+    assert download_size([*files, ("vocab.txt", None)], HUB_PATTERNS) is None
+
+
+def test_hub_downloads_say_when_the_size_is_unknown(monkeypatch):
+    from mergekit_ir.experiments.dry_run import _hub_download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loc = _hub_download("org/never-downloaded", None)
+    assert loc.downloads and "HF_HUB_OFFLINE is set: size unknown" in loc.describe()
