@@ -130,6 +130,12 @@ def _cache(cache_dir: str | None, no_cache: bool):
     help="Show where every checkpoint and dataset comes from and what will run; load nothing.",
 )
 @click.option(
+    "--estimate",
+    is_flag=True,
+    help="With --dry-run: run the first stage and a short throughput probe of each ΘT scorer, "
+    "and print the pairs, documents and estimated time of the run.",
+)
+@click.option(
     "--executor",
     help="Where triplet jobs run: local (default) or ray; default: the experiment's executor.",
 )
@@ -152,6 +158,7 @@ def run(
     save_best: str | None,
     strict: bool,
     dry_run: bool,
+    estimate: bool,
     executor: str | None,
     address: str | None,
     gpus_per_worker: float | None,
@@ -169,6 +176,7 @@ def run(
       mergeir run                                  # offline quickstart demo
       mergeir run paper-table1 --dataset scifact --device cuda
       mergeir run paper-table1 --dry-run           # what it needs, what is local
+      mergeir run paper-table1 --dry-run --estimate --device cuda   # and what it will cost
       mergeir run paper-table1 --executor ray --address auto --gpus-per-worker 1
     """
     from mergekit_ir.experiments.executor import resolve_executor
@@ -196,7 +204,25 @@ def run(
                 f"{experiment}: {problems} problem(s) to fix before running "
                 "(lines marked MISSING, UNKNOWN or MISMATCH above)"
             )
+        if estimate:
+            from mergekit_ir.experiments.estimate import estimate_lines
+            from mergekit_ir.experiments.runner import ExperimentRun
+
+            opts = RunOptions(
+                out,
+                _cache(cache_dir, no_cache),
+                device=device,
+                dtype=dtype,
+                batch_size=batch_size,
+                datasets=datasets or None,
+                progress=False,
+                echo=lambda _msg: None,
+            )
+            for line in estimate_lines(ExperimentRun(reg, experiment, opts)):
+                click.echo(line)
         return
+    if estimate:
+        raise ConfigError("--estimate goes with --dry-run")
     if experiment == "quickstart":
         click.echo(
             "quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing."
@@ -455,7 +481,7 @@ def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, qu
     from mergekit_ir.merging.safetensors_writer import parse_size
 
     if plan:
-        click.echo(prepared.plan.table())
+        click.echo(prepared.plan.table(prepared.job.params))
         return
     if not out_dir:
         raise ConfigError("--out DIR is required (or use --plan to only print the plan)")

@@ -246,3 +246,42 @@ def test_cli_adapt_writes_a_checkpoint_and_bad_input_is_one_line(models, corpus,
         "cpu",
     )
     assert res.exit_code == 2 and "match no module" in res.output
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_to_the_same_weights(models, corpus, tmp_path):
+    """The real thing: SIGKILL `mergeir adapt` once a checkpoint exists, rerun the command,
+    and compare every tensor with an uninterrupted run (same threads, CPU)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "mergekit_ir.cli", "adapt", "--base", str(models["bert"]),
+            "--corpus", str(corpus), "--out", str(out), "--steps", "300", "--max-length", "16",
+            "--batch-size", "4", "--lr", "3e-3", "--warmup", "0", "--checkpoint-every", "20",
+            "--device", "cpu",
+        ]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(command(cut), env=env, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "cut.checkpoint" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and state.exists() and not cut.exists()
+    resumed = subprocess.run(command(cut), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    full = subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(cut / "model.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    card = json.loads((cut / "mergekit_ir_adapt.json").read_text())
+    assert card["steps"] == 300

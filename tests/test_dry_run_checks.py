@@ -56,9 +56,10 @@ def test_dry_run_is_ready_when_all_fits(tmp_path, tiny_triplet):
     res = dry_run(registry(tmp_path, datasets, "cross-encoder", tiny_triplet["ir"]))
     assert res.exit_code == 0, res.output
     assert "ready to run" in res.output
-    # Θ0, ΘD are ΘT's own folder: ΘT is the one baseline (×2 tests); 10 α on a's dev; 2 Θ' × 2 tests
+    # Θ0, ΘD are ΘT's own folder: ΘT is the one baseline (×2 tests, and on a's dev as the α
+    # plot's reference); 10 α on a's dev; 2 Θ' × 2 tests
     assert (
-        "t                    ≤ 16 passes (2 baselines, 10 α grid on dev, 4 Θ' on test)"
+        "t                    ≤ 17 passes (2 baselines, 1 ΘT on dev, 10 α grid on dev, 4 Θ' on test)"
         in res.output
     )
 
@@ -67,9 +68,9 @@ def test_pass_counts_on_the_quickstart():
     reg = load_registry(REGISTRY)
     exp = reg.experiment("quickstart")
     counts = count_passes(reg, exp, "quickstart-tiny", ["quickstart-toy"], ["quickstart-toy"])
-    assert counts == {"baselines": 3, "α grid on dev": 10, "Θ' on test": 2}
+    assert counts == {"baselines": 3, "ΘT on dev": 1, "α grid on dev": 10, "Θ' on test": 2}
     res = CliRunner().invoke(main, ["run", "--registry", REGISTRY, "--dry-run"])
-    assert "quickstart-tiny      ≤ 15 passes" in res.output
+    assert "quickstart-tiny      ≤ 16 passes" in res.output
 
 
 def test_offline_hub_errors_say_hf_hub_offline_is_set(monkeypatch):
@@ -81,3 +82,20 @@ def test_offline_hub_errors_say_hf_hub_offline_is_set(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
         resolve_checkpoint("some-org/surely-not-cached-model-xyz")
+
+
+def test_download_size_counts_what_a_snapshot_fetches():
+    from mergekit_ir.experiments.dry_run import download_size
+    from mergekit_ir.experiments.sources import HUB_PATTERNS
+
+    files = [("config.json", 600), ("model.safetensors", 10**9), ("flax_model.msgpack", 10**9)]
+    assert download_size(files, HUB_PATTERNS) == 10**9 + 600  # no flax weights
+    assert download_size([*files, ("vocab.txt", None)], HUB_PATTERNS) is None
+
+
+def test_hub_downloads_say_when_the_size_is_unknown(monkeypatch):
+    from mergekit_ir.experiments.dry_run import _hub_download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loc = _hub_download("org/never-downloaded", None)
+    assert loc.downloads and "HF_HUB_OFFLINE is set: size unknown" in loc.describe()

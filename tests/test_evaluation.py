@@ -554,23 +554,44 @@ def test_alpha_table_and_plot_with_layer_wise_alpha(tmp_path):
     res["alpha_ablation"]["distilbert_bio"]["values"]["scifact"]['{"gradient": [0.0, 1.0]}'] = 0.7
     lines = render_alpha_table(res).splitlines()
     rows = [ln.split(" | ")[0] for ln in lines if ln.startswith("| ") and not ln.startswith("| α")]
-    assert rows == ["| 0.1", "| 0.2", "| 0.3", '| {"gradient": [0.0, 1.0]}']
-    assert '| {"gradient": [0.0, 1.0]} | **0.700** | – |' in lines
+    assert rows == ["| 0.1", "| 0.2", "| 0.3", "| gradient 0 → 1"]
+    assert "| gradient 0 → 1 | **0.700** | – |" in lines
     names = [p.name for p in write_reports(res, tmp_path)]
     assert "alpha.png" in names
     only_layer_wise = {
         "alpha_ablation": {
             "t": {"metric": "NDCG@10", "values": {"d": {'{"gradient": [0, 1]}': 0.5}}}
         }
-    }
-    assert "alpha.png" not in [p.name for p in write_reports(only_layer_wise, tmp_path / "b")]
+    }  # plotted as points beside the α axis
+    assert "alpha.png" in [p.name for p in write_reports(only_layer_wise, tmp_path / "b")]
+
+
+def test_alpha_labels_read_as_written():
+    """Layer-wise α print as the user wrote them: no JSON, no ``filter: ""`` they never wrote."""
+    from mergekit_ir.reports.results import alpha_display, alpha_label
+
+    rules = [{"filter": "attention", "value": 0.3}, {"filter": "", "value": 1.0}]
+    assert alpha_display(alpha_label(rules)) == "attention: 0.3; else: 1"
+    assert alpha_display(alpha_label({"gradient": [0.2, 0.5, 0.8]})) == "gradient 0.2 → 0.5 → 0.8"
+    assert alpha_display(alpha_label(0.25)) == "0.25"
+
+
+def test_alpha_table_follows_the_grid_order_and_shows_references():
+    res = _results()
+    abl = res["alpha_ablation"]["distilbert_bio"]
+    abl["order"] = ["0.3", "0.1", "0.2"]
+    abl["references"] = {"scifact": {"ΘT": 0.61, "BM25": 0.55}}
+    lines = render_alpha_table(res).splitlines()
+    rows = [ln.split(" | ")[0] for ln in lines if ln.startswith("| ") and not ln.startswith("| α")]
+    assert rows == ["| 0.3", "| 0.1", "| 0.2", "| *ΘT*", "| *BM25*"]
+    assert "| *ΘT* | 0.610 | – |" in lines and "| *BM25* | 0.550 | – |" in lines
 
 
 def test_markdown_and_latex_name_a_layer_wise_best_alpha():
     res = _results()
     best = res["sections"][0]["rows"][-1]
     best["alpha"] = {"scifact": '{"gradient": [0.0, 1.0]}', "nfcorpus": "0.5"}
-    assert '- distilbert_bio, Θ\' (α=0.3): scifact α={"gradient": [0.0, 1.0]}, nfcorpus α=0.5' in (
+    assert "- distilbert_bio, Θ' (α=0.3): scifact α=gradient 0 → 1, nfcorpus α=0.5" in (
         render_markdown(res).splitlines()
     )
     assert "\\{" in render_latex(

@@ -358,3 +358,23 @@ def test_python_api_example_in_docs_runs_and_equals_the_cli(tmp_path, monkeypatc
     assert res.exit_code == 0, res.output
     api, cli = load_file("merged-tiny/model.safetensors"), load_file("cli/model.safetensors")
     assert api.keys() == cli.keys() and all(torch.equal(api[k], cli[k]) for k in api)
+
+
+def test_plan_shows_layer_wise_alpha_per_tensor(tiny_triplet):
+    """`merge --plan` prints the α each tensor gets, as the merge resolves it."""
+    t = tiny_triplet
+    out = run_cli(
+        "merge",
+        "--ir",
+        str(t["ir"]),
+        "--pretrained",
+        str(t["pretrained"]),
+        "--domain",
+        str(t["domain"]),
+        "--alpha",
+        "[{filter: attention, value: 0.3}, {value: 1}]",
+        "--plan",
+    )
+    rows = {ln.split()[1]: ln for ln in out.output.splitlines() if ln.startswith("merge")}
+    assert rows["bert.encoder.layer.0.attention.self.query.weight"].endswith("alpha=0.3")
+    assert rows["bert.encoder.layer.1.output.dense.weight"].endswith("alpha=1")

@@ -130,6 +130,7 @@ def test_quickstart_on_ray_equals_local(cluster, tmp_path):
         assert res.exit_code == 0, res.output
         outs[executor] = comparable(out)
     assert "ray: 1 triplet job(s) on 1 worker(s)" in res.output
+    assert "ray: 2 first-stage job(s) (bm25s)" in res.output  # test and dev, as Ray tasks
     assert "wall" in res.output and "cache: 0 hits" in res.output
     assert outs["ray"] == outs["local"]
 

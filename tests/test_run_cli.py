@@ -233,7 +233,13 @@ def test_layer_wise_alpha_grid_runs_to_the_report(tmp_path, quickstart_run):
     )
     assert res.exit_code == 0, res.output
     alpha_md = (out / "alpha.md").read_text()
-    assert '| {"gradient": [0.0, 1.0]} |' in alpha_md and '"filter": "attention"' in alpha_md
+    rows = [ln.split(" | ")[0] for ln in alpha_md.splitlines() if ln.startswith("| ")][1:]
+    assert rows[:3] == [
+        "| 0.5",
+        "| gradient 0 → 1",
+        "| attention: 0.3; else: 1",
+    ]  # the YAML's order
+    assert "filter" not in alpha_md and "{" not in alpha_md
     assert invoke("report", str(out)).exit_code == 0 and (out / "alpha.md").read_text() == alpha_md
 
 
@@ -274,3 +280,33 @@ def test_out_folder_that_is_not_a_run_is_refused_untouched(tmp_path):
     res = CliRunner().invoke(main, ["run", "--registry", REGISTRY, "--out", str(out), "-q"])
     assert res.exit_code == 2 and "is not the output of an earlier `mergeir run`" in res.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_dry_run_estimate_counts_the_runs_own_candidates(quickstart_run):
+    """--estimate's pairs and documents are exactly what the run re-ranked (its bm25.trec)."""
+    from mergekit_ir.evaluation.trec_runs import read_trec
+
+    root, _ = quickstart_run
+    res = invoke(
+        "run", "--registry", REGISTRY, "--cache-dir", str(root / "cache"), "--dry-run",
+        "--estimate", "--out", str(root / "never"),
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    bm25 = read_trec(root / "out" / "runs" / "quickstart-tiny" / "quickstart-toy" / "bm25.trec")
+    pairs = sum(len(r) for r in bm25.values())
+    docs = len({d for r in bm25.values() for d in r})
+    assert f"quickstart-toy:test  {len(bm25)} queries, {pairs:,} pairs, {docs:,} documents" in (
+        res.output
+    )
+    assert "quickstart-tiny: " in res.output and " documents/s (bi-encoder" in res.output
+    assert "total ≈ " in res.output and not (root / "never").exists()
+
+
+def test_estimate_samples_whole_queries_up_to_the_target():
+    from mergekit_ir.experiments.estimate import _sample, split_work
+
+    run = {"q2": {"a": 1.0, "b": 0.5}, "q1": {"a": 2.0, "c": 1.0}, "q3": {"d": 1.0}}
+    assert split_work(run).__dict__ == {"queries": 3, "pairs": 5, "documents": 4}
+    assert list(_sample(run, "pair", 3)) == ["q1", "q2"]  # 2 + 2 pairs reach 3
+    assert list(_sample(run, "document", 3)) == ["q1", "q2"]  # a, c, then b
+    assert list(_sample(run, "document", 99)) == ["q1", "q2", "q3"]

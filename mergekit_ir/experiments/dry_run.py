@@ -14,6 +14,7 @@ from typing import Any
 from mergekit_ir.errors import MergeIRError
 from mergekit_ir.experiments.registry import Experiment, Registry
 from mergekit_ir.experiments.sources import (
+    HUB_PATTERNS,
     Location,
     locate_checkpoint,
     locate_dataset,
@@ -47,19 +48,23 @@ def count_passes(
     """Model passes one triplet costs: each a re-ranking of one split's candidates.
 
     Baselines (Θ0, each ΘD checkpoint, ΘT) score every test split; a Θ0 or ΘD that is ΘT's
-    own folder is not scored again. The α grid scores every dev split (when α is tuned), and
-    Θ'(α=1) and Θ'(tuned α) every test split (the latter reuses α=1's when it is the choice).
+    own folder is not scored again. The α grid scores every dev split (when α is tuned), with
+    ΘT as its reference, and Θ'(α=1) and Θ'(tuned α) every test split (the latter reuses
+    α=1's when it is the choice); tuning λ scores every row on the dev splits as well.
     """
     t = reg.triplet(tname)
     same_as_ir = lambda ref: ref is not None and ref.ref == t.ir.ref  # noqa: E731
     baselines = 1 + (t.pretrained is not None and not same_as_ir(t.pretrained))
     baselines += sum(1 for d in t.domains if d.is_model and not same_as_ir(d))
-    tuning = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
-    return {
-        "baselines": baselines * len(datasets),
-        "α grid on dev": tuning,
-        "Θ' on test": 2 * len(datasets),
-    }
+    counts = {"baselines": baselines * len(datasets)}
+    if exp.tune_fusion:  # λ on dev: every row is scored on the dev splits too
+        counts["baselines on dev (λ)"] = baselines * len(has_dev)
+        counts["Θ' on dev (λ)"] = 2 * len(has_dev)
+    elif exp.tune_alpha:  # ΘT on dev: the α plot's reference line
+        counts["ΘT on dev"] = len(has_dev)
+    counts["α grid on dev"] = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
+    counts["Θ' on test"] = 2 * len(datasets)
+    return counts
 
 
 def work_lines(
@@ -101,6 +106,41 @@ def _adapt_location(reg: Registry, t: Any, ref: Any, cache_root: Path) -> Locati
     )
 
 
+def download_size(files: list[tuple[str, int | None]], patterns: list[str]) -> int | None:
+    """Bytes a snapshot download fetches: the files matching ``patterns`` (None: a size unknown)."""
+    from fnmatch import fnmatch
+
+    sizes = [size for name, size in files if any(fnmatch(name, pat) for pat in patterns)]
+    return None if any(size is None for size in sizes) else sum(s for s in sizes if s)
+
+
+def _hub_download(ref: str, revision: str | None) -> Location:
+    """A hub checkpoint still to download, with its size and gating when the hub says so.
+
+    One metadata call with a short timeout; offline (or with ``HF_HUB_OFFLINE``) the size is
+    unknown and the line says so — the dry run never waits on the network for long.
+    """
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return Location(
+            "hub-download", detail="hub, to download (HF_HUB_OFFLINE is set: size unknown)"
+        )
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(ref, revision=revision, files_metadata=True, timeout=5)
+    except Exception as exc:  # noqa: BLE001 - any failure only means "size unknown"
+        return Location(
+            "hub-download",
+            detail=f"hub, to download (size unknown: no answer from the hub, {type(exc).__name__})",
+        )
+    size = download_size([(f.rfilename, f.size) for f in info.siblings or []], HUB_PATTERNS)
+    gated = f", gated ({info.gated}: accept its terms and log in first)" if info.gated else ""
+    what = "size unknown" if size is None else f"{size / 1e9:.2f} GB"
+    return Location("hub-download", detail=f"hub, to download: {what}{gated}")
+
+
 def describe(
     reg: Registry, name: str, datasets: list[str], cache_root: Path, out_dir: Path
 ) -> tuple[str, int]:
@@ -138,6 +178,8 @@ def describe(
                     loc = _adapt_location(reg, t, ref, cache_root)
                 else:
                     loc = locate_checkpoint(ref.ref, ref.revision, reg.base_dir)
+                    if loc.kind == "hub-download":
+                        loc = _hub_download(ref.ref, ref.revision)
                     if role == "ΘT" or ref.kind == "checkpoint":
                         loc = fits_scorer(loc, kind)
                 sources.append(loc)

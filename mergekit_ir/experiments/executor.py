@@ -1,7 +1,8 @@
 """Executors: where an experiment's per-triplet work runs (in process, on a cluster...).
 
-The runner prepares every dataset split (first stage, on the driver), then hands the
-triplets to an executor. A triplet's job is the unit of work: one process loads ΘT and
+The runner loads every dataset split and runs its first stage (on the driver, or as the
+executor's ``first_stages`` jobs when it offers them), then hands the triplets to an
+executor. A triplet's job is the unit of work: one process loads ΘT and
 the task vectors once and runs the whole α sweep and the baselines in place (scattering
 α points over processes would lose the in-place sweep). A job returns a
 :class:`TripletOutcome` — runs and the tuned α, never models — and the driver builds the
@@ -43,7 +44,12 @@ class TripletOutcome:
 
 
 class Executor(Protocol):
-    """Runs triplet jobs; yields their outcomes in the order of ``triplets``."""
+    """Runs triplet jobs; yields their outcomes in the order of ``triplets``.
+
+    An executor may also offer ``first_stages(run, jobs) -> {(dataset, role): Run}`` to run
+    the first stage of the splits that are not cached yet (``role`` is ``test`` or ``dev``;
+    :func:`run_first_stage_job` is the job); without it the driver runs them itself.
+    """
 
     def run_triplets(
         self, run: ExperimentRun, triplets: Sequence[str]
@@ -116,32 +122,42 @@ def run_triplet_job(
 ) -> TripletOutcome:
     """One triplet's job in a worker process: the same steps as a local run, on the same
     splits, with its own timer, cache bookkeeping and echo returned to the driver."""
+    start = time.perf_counter()
+    messages: list[str] = []
+    run = _worker_run(setup, messages.append)
+    run.tests, run.devs = splits
+    outcome = run.triplet_outcome(triplet)
+    outcome.timings = dict(run.timer.seconds)
+    outcome.cache_events = list(run.opts.cache.events)
+    outcome.messages = messages
+    outcome.host = socket.gethostname()
+    outcome.wall_s = time.perf_counter() - start
+    return outcome
+
+
+def _worker_run(setup: WorkerSetup, echo: Callable[[str], None]) -> ExperimentRun:
     from mergekit_ir.experiments.runner import ExperimentRun, RunOptions
     from mergekit_ir.storage.cache import Cache
 
-    start = time.perf_counter()
-    messages: list[str] = []
-    cache = Cache(setup.cache_root, enabled=setup.cache_enabled)
     opts = RunOptions(
         out_dir=Path("."),  # workers write no outputs, only cache entries
-        cache=cache,
+        cache=Cache(setup.cache_root, enabled=setup.cache_enabled),
         device=setup.device,
         datasets=setup.datasets,
         progress=False,
         batch_size=setup.batch_size,
         dtype=setup.dtype,
         strict=setup.strict,
-        echo=messages.append,
+        echo=echo,
     )
-    run = ExperimentRun(setup.registry, setup.experiment, opts)
-    run.tests, run.devs = splits
-    outcome = run.triplet_outcome(triplet)
-    outcome.timings = dict(run.timer.seconds)
-    outcome.cache_events = list(cache.events)
-    outcome.messages = messages
-    outcome.host = socket.gethostname()
-    outcome.wall_s = time.perf_counter() - start
-    return outcome
+    return ExperimentRun(setup.registry, setup.experiment, opts)
+
+
+def run_first_stage_job(setup: WorkerSetup, dataset: str, role: str) -> Run:
+    """One split's first stage in a worker: load the split where the worker is (its data
+    paths must mean the same there), index, retrieve, write the cache entry, return the run."""
+    run = _worker_run(setup, lambda _line: None)
+    return run.first_stage_split(run.load_split(dataset, role), role).first_stage
 
 
 def resolve_executor(

@@ -197,6 +197,10 @@ def settings_identity(settings: ScoringSettings) -> dict[str, Any]:
     }
 
 
+def _is_zero(alpha: Any) -> bool:
+    return isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha == 0
+
+
 class TripletRunner:
     """Runs every variant of one triplet; loads each model at most once."""
 
@@ -409,6 +413,10 @@ class TripletRunner:
         return self.model_run(IR, [self.fingerprints[IR]], split, self.ir_scorer)
 
     def merged_run(self, alpha: Any, split: Split) -> Run:
+        if _is_zero(alpha) and not self.method.needs_ir_vector:
+            # Θ' = ΘT + 0·τ is ΘT: score it once, under ΘT's key. (Methods that also rework
+            # ΘT − Θ0, as TIES and DARE do, do not give back ΘT at α = 0.)
+            return self.ir_run(split)
         identity = [
             self.exp.method,
             dict(self.exp.merge_params),
@@ -481,19 +489,26 @@ class ExperimentRun:
 
         return mean_scores(self.evaluate(split, run, [self.exp.objective]))[self.exp.objective]
 
-    def first_stage_split(self, ds: Dataset, role: str) -> Split:
-        exp, opts = self.exp, self.opts
-        params = dict(exp.first_stage_params)
-        fs_key = cache_key(
+    def first_stage_key(self, ds: Dataset) -> str:
+        exp = self.exp
+        return cache_key(
             "first-stage",
             exp.first_stage,
-            params,
+            dict(exp.first_stage_params),
             ds.language,
             ds.fingerprint(),
             ds.queries_fingerprint(),
             exp.k,
         )
-        run = opts.cache.load_run("first_stage", fs_key, f"{exp.first_stage}/{ds.name}:{role}")
+
+    def first_stage_split(self, ds: Dataset, role: str, run: Run | None = None) -> Split:
+        """``ds`` with its first-stage run: ``run`` when an executor computed it, else from
+        the cache, else retrieved here (and cached)."""
+        exp, opts = self.exp, self.opts
+        params = dict(exp.first_stage_params)
+        fs_key = self.first_stage_key(ds)
+        if run is None:
+            run = opts.cache.load_run("first_stage", fs_key, f"{exp.first_stage}/{ds.name}:{role}")
         if run is None:
             with self.timer("first stage"):
                 ikey = cache_key(exp.first_stage, params, ds.language, ds.fingerprint())
@@ -505,22 +520,44 @@ class ExperimentRun:
             opts.cache.save_run("first_stage", fs_key, run)
         return Split(ds, run, fs_key, role)
 
+    def load_split(self, dname: str, role: str) -> Dataset:
+        spec = self.reg.dataset(dname)
+        with self.timer("loading"):
+            return load_dataset(
+                spec,
+                spec.test if role == "test" else spec.dev,
+                self.reg.base_dir,
+                self.opts.cache.root,
+            )
+
     # -- 1. data and first stage ----------------------------------------------------------------
     def prepare_splits(self) -> None:
+        """Load every split here (the report needs them) and run its first stage — through
+        the executor when it offers ``first_stages`` (one job per split not in the cache)."""
         exp, reg, opts = self.exp, self.reg, self.opts
+        loaded: dict[tuple[str, str], Dataset] = {}
         for dname in self.datasets:
             spec = reg.dataset(dname)
-            with self.timer("loading"):
-                test_ds = load_dataset(spec, spec.test, reg.base_dir, opts.cache.root)
+            test_ds = loaded[(dname, "test")] = self.load_split(dname, "test")
             opts.echo(
                 f"dataset {dname}: {len(test_ds.corpus)} docs, {len(test_ds.queries)} test queries"
                 + (f", dev split '{spec.dev}'" if spec.dev else " (no dev split: zero-shot α = 1)")
             )
-            self.tests[dname] = self.first_stage_split(test_ds, "test")
             if spec.dev and (exp.tune_alpha or exp.tune_fusion):
-                with self.timer("loading"):
-                    dev_ds = load_dataset(spec, spec.dev, reg.base_dir, opts.cache.root)
-                self.devs[dname] = self.first_stage_split(dev_ds, "dev")
+                loaded[(dname, "dev")] = self.load_split(dname, "dev")
+        remote: dict[tuple[str, str], Run] = {}
+        offload = getattr(opts.executor, "first_stages", None)
+        if offload is not None:
+            todo = [
+                job
+                for job, ds in loaded.items()
+                if not opts.cache.has_run("first_stage", self.first_stage_key(ds))
+            ]
+            if todo:
+                remote = offload(self, todo)
+        for (dname, role), ds in loaded.items():
+            split = self.first_stage_split(ds, role, remote.get((dname, role)))
+            (self.tests if role == "test" else self.devs)[dname] = split
 
     # -- 2. α on dev ----------------------------------------------------------------------------
     def tune_alpha(self, runner: TripletRunner) -> TunedAlpha:
@@ -551,8 +588,24 @@ class ExperimentRun:
         self.opts.echo(
             f"  tuned α = {alpha_label(best)} (mean dev {exp.objective} {means[alpha_label(best)]:.4f})"
         )
+        # Reference lines for the α plot: ΘT (α = 0) and the first stage alone, on the same splits.
+        references = {
+            dname: {
+                "BM25": self.objective(split, split.first_stage),
+                "ΘT": self.objective(
+                    split, self.fused(split.first_stage, runner.ir_run(split), fixed)
+                ),
+            }
+            for dname, split in self.devs.items()
+        }
         tuned.ablation = AlphaAblation(
-            metric=exp.objective, split="dev", values=values, mean=means, best=alpha_label(best)
+            metric=exp.objective,
+            split="dev",
+            values=values,
+            mean=means,
+            best=alpha_label(best),
+            order=[alpha_label(a) for a in exp.alphas],
+            references=references,
         )
         return tuned
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 
@@ -193,12 +194,25 @@ class MergePlan:
         idx = [i for e in self.entries if (i := layer_index(e.key)) is not None]
         return max(idx) + 1 if idx else 1
 
-    def table(self) -> str:
-        """A plain-text table for ``mergeir merge --plan``."""
+    def table(self, params: Mapping[str, Any] | None = None) -> str:
+        """A plain-text table for ``mergeir merge --plan``; with ``params``, each merged
+        tensor's parameters as the merge resolves them (layer-wise rules per tensor)."""
+        from mergekit_ir.params import TensorPosition, layer_index, resolve_all
+
+        def resolved(e: PlanEntry) -> str:
+            if not params or e.action != "merge":
+                return ""
+            pos = TensorPosition(e.key, layer_index(e.key), self.num_layers)
+            return "  " + " ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in resolve_all(params, pos).items()
+                if v is not None
+            )
+
         lines = [f"{'action':<6}  {'tensor':<60}  {'shape':<18}  reason"]
         for e in self.entries:
             shape = "×".join(map(str, e.shape)) or "scalar"
-            lines.append(f"{e.action:<6}  {e.name:<60}  {shape:<18}  {e.reason}")
+            lines.append(f"{e.action:<6}  {e.name:<60}  {shape:<18}  {e.reason}{resolved(e)}")
         for model, name, reason in self.skipped:
             lines.append(f"{'skip':<6}  {name:<60}  {'':<18}  {reason} ({model})")
         c = self.counts()

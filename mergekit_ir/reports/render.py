@@ -14,11 +14,21 @@ import csv
 import io
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
-from mergekit_ir.reports.results import MERGED_AT_1, MERGED_BEST, Results, Row, Section, as_results
+from mergekit_ir.reports.results import (
+    MERGED_AT_1,
+    MERGED_BEST,
+    Results,
+    Row,
+    Section,
+    alpha_display,
+    alpha_label,
+    as_results,
+)
 from mergekit_ir.reports.selection import render_selection, selection_notes, selection_png
 from mergekit_ir.storage import atomic
 
@@ -91,7 +101,7 @@ def _alpha_notes(results: Results) -> list[str]:
                     if isinstance(v, int | float)
                     else f"{ds} α={n:g}"
                     if (n := _number(str(v))) is not None
-                    else f"{ds} α={v}"
+                    else f"{ds} α={alpha_display(str(v))}"
                     for ds, v in a.items()
                 )
                 notes.append(f"{s.triplet}, {r.label}: {per}")
@@ -308,39 +318,78 @@ def _number(label: str) -> float | None:
         return None
 
 
-def _alpha_order(labels: list[str]) -> list[str]:
-    """Scalar α in numeric order, then layer-wise α sorted by label.
-
-    Sorted, not swept order: results.json is written with sorted keys, and
-    ``mergeir report`` must give the same bytes as the run.
-    """
+def _alpha_order(labels: list[str], grid: list[str] | None = None) -> list[str]:
+    """The grid's own (YAML) order when the results record it; else scalar α in numeric
+    order, then layer-wise α sorted by label. Either way only ``results.json`` decides, so
+    ``mergeir report`` gives the same bytes as the run."""
+    seen = set(labels)
+    if grid:
+        ordered = [lb for lb in dict.fromkeys(grid) if lb in seen]
+        return ordered + _alpha_order([lb for lb in labels if lb not in set(ordered)])
     scalars = sorted({lb for lb in labels if _number(lb) is not None}, key=lambda lb: float(lb))
     return scalars + sorted({lb for lb in labels if _number(lb) is None})
 
 
-def _alpha_columns(results: Results) -> list[tuple[str, str, str, str, dict[str, float]]]:
-    """(triplet, dataset, metric, split, α label -> value) per plotted/tabled column."""
+@dataclass(frozen=True)
+class _AlphaColumn:
+    """One triplet × dataset of the α ablation: its curve, references and chosen α."""
+
+    triplet: str
+    dataset: str
+    metric: str
+    split: str
+    values: dict[str, float]
+    references: dict[str, float]
+    chosen: str | None  # the α label Θ' (tuned α) used on this dataset
+
+
+def _alpha_columns(results: Results) -> list[_AlphaColumn]:
     cols = []
     ablation = results.alpha_ablation
     for triplet in _ordered(ablation, [s.triplet for s in results.sections]):
         abl = ablation[triplet]
+        section = results.section(triplet)
+        best_row = section.row(MERGED_BEST) if section is not None else None
         for ds in _ordered(abl.values, results.all_datasets()):
             vals = abl.values[ds]
-            if vals:
-                cols.append((triplet, ds, abl.metric, abl.split, dict(vals)))
+            if not vals:
+                continue
+            used = best_row.alpha_for(ds) if best_row is not None else None
+            chosen = (
+                abl.best if used is None else used if isinstance(used, str) else alpha_label(used)
+            )
+            cols.append(
+                _AlphaColumn(
+                    triplet,
+                    ds,
+                    abl.metric,
+                    abl.split,
+                    dict(vals),
+                    dict(abl.references.get(ds, {})),
+                    chosen,
+                )
+            )
     return cols
 
 
+def _grid(results: Results) -> list[str]:
+    return [a for abl in results.alpha_ablation.values() for a in abl.order]
+
+
 def render_alpha_table(results: ResultsLike) -> str:
-    """Table 3: the α ablation, rows α, columns triplet × dataset, best α per column bold."""
-    cols = _alpha_columns(as_results(results))
+    """Table 3: the α ablation, rows α, columns triplet × dataset, best α per column bold;
+    ΘT and BM25 on the same split below the grid when the run measured them."""
+    res = as_results(results)
+    cols = _alpha_columns(res)
     if not cols:
         return "# α ablation\n\nNo α ablation in these results.\n"
-    kinds = sorted({(m, sp) for _, _, m, sp, _ in cols})
+    kinds = sorted({(c.metric, c.split) for c in cols})
     same = len(kinds) == 1
-    header = ["α"] + [f"{t} / {d}" + ("" if same else f" ({m}, {sp})") for t, d, m, sp, _ in cols]
-    alphas = _alpha_order([a for *_, v in cols for a in v])
-    best = [max(_fmt(x) for x in v.values()) for *_, v in cols]
+    header = ["α"] + [
+        f"{c.triplet} / {c.dataset}" + ("" if same else f" ({c.metric}, {c.split})") for c in cols
+    ]
+    alphas = _alpha_order([a for c in cols for a in c.values], _grid(res))
+    best = [max(_fmt(x) for x in c.values.values()) for c in cols]
     lines = ["# α ablation", ""]
     if same:
         lines += [f"{kinds[0][0]} on the {kinds[0][1]} split for each α.", ""]
@@ -349,72 +398,148 @@ def render_alpha_table(results: ResultsLike) -> str:
         "|" + "|".join([":---"] + ["---:"] * len(cols)) + "|",
     ]
     for a in alphas:
-        n = _number(a)
-        row = [f"{n:g}" if n is not None else a.replace("|", "\\|")]
-        for (*_, v), b in zip(cols, best, strict=True):
-            if a not in v:
+        row = [alpha_display(a).replace("|", "\\|")]
+        for c, b in zip(cols, best, strict=True):
+            if a not in c.values:
                 row.append(_DASH)
             else:
-                row.append(f"**{_fmt(v[a])}**" if _fmt(v[a]) == b else _fmt(v[a]))
+                row.append(
+                    f"**{_fmt(c.values[a])}**" if _fmt(c.values[a]) == b else _fmt(c.values[a])
+                )
         lines.append("| " + " | ".join(row) + " |")
+    for ref in _REFERENCES:
+        if any(ref in c.references for c in cols):
+            cells = [_fmt(c.references[ref]) if ref in c.references else _DASH for c in cols]
+            lines.append("| " + " | ".join([f"*{ref}*"] + cells) + " |")
+    chosen = [c.chosen for c in cols]
+    if any(chosen):
+        lines += [
+            "",
+            "Chosen α (the Θ' (tuned α) row): "
+            + "; ".join(
+                f"{c.triplet} / {c.dataset} {alpha_display(c.chosen)}" for c in cols if c.chosen
+            )
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
+
+
+#: Reference lines of the α ablation, in the order tables and plots show them.
+_REFERENCES = ("ΘT", "BM25")
 
 
 def render_alpha_latex(results: ResultsLike) -> str | None:
     """Table 3 as a booktabs ``tabular``: rows α, columns triplet / dataset, best bold."""
-    cols = _alpha_columns(as_results(results))
+    res = as_results(results)
+    cols = _alpha_columns(res)
     if not cols:
         return None
-    alphas = _alpha_order([a for *_, v in cols for a in v])
-    best = [max(_fmt(x) for x in v.values()) for *_, v in cols]
+    alphas = _alpha_order([a for c in cols for a in c.values], _grid(res))
+    best = [max(_fmt(x) for x in c.values.values()) for c in cols]
     out = [
         "% generated by mergekit-ir; needs \\usepackage{booktabs}",
         "\\begin{tabular}{l" + "c" * len(cols) + "}",
         "\\toprule",
-        " & ".join(["$\\alpha$"] + [f"{_tex(t)} / {_tex(d)}" for t, d, *_ in cols]) + " \\\\",
+        " & ".join(["$\\alpha$"] + [f"{_tex(c.triplet)} / {_tex(c.dataset)}" for c in cols])
+        + " \\\\",
         "\\midrule",
     ]
     for a in alphas:
-        n = _number(a)
-        row = [f"{n:g}" if n is not None else _tex(a)]
-        for (*_, v), b in zip(cols, best, strict=True):
-            if a not in v:
+        row = [_tex(alpha_display(a))]
+        for c, b in zip(cols, best, strict=True):
+            if a not in c.values:
                 row.append("--")
             else:
-                row.append(f"\\textbf{{{_fmt(v[a])}}}" if _fmt(v[a]) == b else _fmt(v[a]))
+                v = c.values[a]
+                row.append(f"\\textbf{{{_fmt(v)}}}" if _fmt(v) == b else _fmt(v))
         out.append(" & ".join(row) + " \\\\")
+    refs = [r for r in _REFERENCES if any(r in c.references for c in cols)]
+    if refs:
+        out.append("\\midrule")
+    for ref in refs:
+        cells = [_fmt(c.references[ref]) if ref in c.references else "--" for c in cols]
+        out.append(" & ".join([_tex(ref)] + cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
 
 def _alpha_png(results: Results) -> bytes | None:
-    """The scalar α points of each column (layer-wise α have no x position; the table has them)."""
-    cols = [
-        (t, d, m, sp, pts)
-        for t, d, m, sp, v in _alpha_columns(results)
-        if (pts := {n: x for a, x in v.items() if (n := _number(a)) is not None})
-    ]
+    """The α curve of each column, ΘT (dashed) and BM25 (dotted) on the same split, the chosen
+    α starred; layer-wise α, which have no position on the α axis, as points to the right of
+    it, labelled on the axis."""
+    cols = _alpha_columns(results)
     if not cols:
         return None
     # Figure + Agg canvas directly: no pyplot state, no global backend switch.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(6.0, 4.0))
+    alphas = _alpha_order([a for c in cols for a in c.values], _grid(results))
+    scalars = [a for a in alphas if _number(a) is not None]
+    layered = [a for a in alphas if _number(a) is None]
+    right = max([_number(a) or 0.0 for a in scalars] + [1.0])
+    step = 0.15 * max(right - min([_number(a) or 0.0 for a in scalars] + [0.0]), 1.0)
+    x_of = {a: _number(a) for a in scalars} | {
+        a: right + step * (i + 1) for i, a in enumerate(layered)
+    }
+    fig = Figure(figsize=(6.5 if layered else 6.0, 4.0))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for t, d, _, _, v in cols:
-        xs = sorted(v)
-        ax.plot(xs, [v[x] for x in xs], marker="o", label=f"{t} / {d}")
-    kinds = sorted({(m, sp) for _, _, m, sp, _ in cols})
+    for c in cols:
+        line_x = sorted(x_of[a] for a in c.values if a in scalars)
+        by_x = {x_of[a]: v for a, v in c.values.items()}
+        (line,) = ax.plot(
+            line_x, [by_x[x] for x in line_x], marker="o", label=f"{c.triplet} / {c.dataset}"
+        )
+        colour = line.get_color()
+        lw = [a for a in layered if a in c.values]
+        if lw:
+            ax.plot([x_of[a] for a in lw], [c.values[a] for a in lw], "D", color=colour)
+        for ref, style in zip(_REFERENCES, ("--", ":"), strict=True):
+            if ref in c.references:
+                ax.axhline(c.references[ref], color=colour, linestyle=style, linewidth=1)
+        if c.chosen in c.values:
+            ax.plot(
+                [x_of[c.chosen]],
+                [c.values[c.chosen]],
+                marker="*",
+                markersize=15,
+                color=colour,
+                markeredgecolor="black",
+                linestyle="none",
+            )
+    handles = []
+    if any("ΘT" in c.references for c in cols):
+        handles.append(Line2D([], [], color="grey", linestyle="--", label="ΘT (α = 0)"))
+    if any("BM25" in c.references for c in cols):
+        handles.append(Line2D([], [], color="grey", linestyle=":", label="BM25 alone"))
+    if any(c.chosen in c.values for c in cols):
+        handles.append(
+            Line2D(
+                [], [], color="grey", marker="*", markersize=12, linestyle="none", label="chosen α"
+            )
+        )
+    if layered:
+        ticks = [x_of[a] for a in scalars] + [x_of[a] for a in layered]
+        labels = [f"{_number(a):g}" for a in scalars] + [_short(alpha_display(a)) for a in layered]
+        ax.set_xticks(ticks, labels, fontsize="x-small")
+        for lab in ax.get_xticklabels()[len(scalars) :]:
+            lab.set_rotation(30)
+            lab.set_horizontalalignment("right")
+    kinds = sorted({(c.metric, c.split) for c in cols})
     ax.set_xlabel("α")
     ax.set_ylabel(" / ".join(f"{m} ({sp})" for m, sp in kinds))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_PNG_DPI, metadata={"Software": None})
     return buf.getvalue()
+
+
+def _short(text: str, n: int = 24) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def plot_alpha(results: ResultsLike, path: str | Path) -> Path | None:

@@ -50,6 +50,30 @@ def row_label(key: str) -> str:
     return f"ΘD{m.group(1)}" if m else ROW_LABELS.get(key, key)
 
 
+def alpha_display(label: str) -> str:
+    """How a human reads an α label: ``0.3``; ``gradient 0.2 → 0.8``; ``attention: 0.3; else 1``.
+
+    Layer-wise α are stored as sorted JSON (:func:`alpha_label`, a stable key); this is the
+    form reports print, without the ``filter: ""`` the parser adds to a catch-all rule.
+    """
+    import json
+
+    try:
+        value = json.loads(label)
+    except ValueError:
+        return label
+    if isinstance(value, dict) and "gradient" in value:
+        return "gradient " + " → ".join(f"{v:g}" for v in value["gradient"])
+    if isinstance(value, list) and all(isinstance(r, dict) for r in value):
+        return "; ".join(
+            f"{r.get('filter') or 'else'}: {r['value']:g}"
+            if isinstance(r.get("value"), int | float)
+            else f"{r.get('filter') or 'else'}: {r.get('value')}"
+            for r in value
+        )
+    return label
+
+
 def alpha_label(alpha: Any) -> str:
     """How an α is written in results: ``0.3`` for a scalar, sorted JSON for a layer-wise α."""
     import json
@@ -230,6 +254,10 @@ class AlphaAblation:
     values: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> α -> value
     mean: dict[str, float] = field(default_factory=dict)  # α -> mean over datasets
     best: str | None = None
+    #: the α labels in the grid's (the YAML's) order; results.json sorts mapping keys
+    order: list[str] = field(default_factory=list)
+    #: dataset -> reference line -> value on the same split ("BM25": first stage alone, "ΘT")
+    references: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -238,6 +266,8 @@ class AlphaAblation:
             "values": self.values,
             "mean": self.mean,
             "best": self.best,
+            "order": self.order,
+            "references": self.references,
         }
 
     @classmethod
@@ -251,6 +281,11 @@ class AlphaAblation:
             },
             mean={str(a): float(v) for a, v in (raw.get("mean") or {}).items()},
             best=None if raw.get("best") is None else str(raw["best"]),
+            order=[str(a) for a in raw.get("order") or []],
+            references={
+                str(d): {str(k): float(v) for k, v in (refs or {}).items()}
+                for d, refs in (raw.get("references") or {}).items()
+            },
         )
 
 

@@ -167,6 +167,10 @@ class Scorer(ABC):
 
     model: torch.nn.Module
     settings: ScoringSettings
+    #: what a pass's cost grows with: ``"pair"`` (every query–document pair runs the model) or
+    #: ``"document"`` (documents are encoded once per pass, as a bi-encoder or SPLADE does);
+    #: ``mergeir run --dry-run --estimate`` prices passes in this unit
+    cost_unit: str = "pair"
 
     def __init__(self, settings: ScoringSettings) -> None:
         self.settings = settings

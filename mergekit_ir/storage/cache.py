@@ -82,6 +82,10 @@ class Cache:
         self.events.append(("miss", kind, label or key))
         return None
 
+    def has_run(self, kind: str, key: str) -> bool:
+        """Whether an entry exists (not whether it reads back: :meth:`load_run` checks that)."""
+        return self.enabled and self._path(kind, key).is_file()
+
     def save_run(self, kind: str, key: str, run: Run) -> None:
         atomic.write_text(self._path(kind, key), json.dumps(run, sort_keys=True))
 

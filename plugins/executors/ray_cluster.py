@@ -4,10 +4,11 @@ Each actor (``num_gpus`` = ``gpus_per_worker``, fractional for small models) tak
 triplet jobs from an actor pool: it loads ΘT and the task vectors once and runs the α
 sweep and the baselines in place, writing model runs to the shared cache and returning
 runs and numbers (never models). The driver folds the outcomes into the report exactly as
-a local run does. A worker process that dies is restarted and its job retried by Ray
-(``max_retries``); a job that fails for a reason of its own (a bad checkpoint) is reported
-as one line naming the triplet once the other jobs have finished, so their runs are in
-the cache for the rerun.
+a local run does. Before them, the first stage of every split not yet cached runs as one
+Ray task per split (:meth:`RayExecutor.first_stages`). A worker process that dies is
+restarted and its job retried by Ray (``max_retries``); a job that fails for a reason of its
+own (a bad checkpoint) is reported as one line naming the triplet once the other jobs have
+finished, so their runs are in the cache for the rerun.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -27,6 +28,7 @@ from mergekit_ir import (
     TripletOutcome,
     WorkerSetup,
     hookimpl,
+    run_first_stage_job,
     run_triplet_job,
     wire_splits,
     worker_setup,
@@ -99,6 +101,11 @@ def remote_worker():
     return import_ray().remote(TripletWorker)
 
 
+@cache
+def remote_first_stage():
+    return import_ray().remote(run_first_stage_job)
+
+
 @dataclass
 class RayExecutor:
     address: str | None = None
@@ -106,6 +113,48 @@ class RayExecutor:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     max_retries: int = 3
+    _started_here: bool = field(default=False, init=False, repr=False)
+
+    def connect(self, ray: Any) -> None:
+        """Join (or start) the cluster once per run; :meth:`disconnect` undoes what this did."""
+        if not ray.is_initialized():
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+            self._started_here = True
+
+    def disconnect(self, ray: Any) -> None:
+        if self._started_here:
+            ray.shutdown()
+            self._started_here = False
+
+    def first_stages(self, run: Any, jobs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """Each split's first stage (index + retrieval) as a Ray task, retried if its worker
+        dies; the tasks write the shared cache and return the runs."""
+        ray = import_ray()
+        self.connect(ray)
+        try:
+            setup = self.placed(worker_setup(run))
+            task = remote_first_stage().options(
+                num_cpus=self.cpus_per_worker, max_retries=self.max_retries
+            )
+            refs = {job: task.remote(setup, *job) for job in jobs}
+            run.opts.echo(f"ray: {len(jobs)} first-stage job(s) ({run.exp.first_stage})")
+            out = {}
+            for (dataset, role), ref in refs.items():
+                try:
+                    out[(dataset, role)] = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+                    raise MergeIRError(f"first stage of {dataset}:{role}: {text}") from None
+            return out
+        except BaseException:
+            self.disconnect(ray)
+            raise
 
     def slots(self, ray: Any, jobs: int) -> int:
         if self.workers is not None:
@@ -140,14 +189,7 @@ class RayExecutor:
         from ray.util import ActorPool
         from tqdm import tqdm
 
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(
-                address=self.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+        self.connect(ray)
         actors: list[Any] = []
         bar = None
         try:
@@ -203,8 +245,7 @@ class RayExecutor:
                 bar.close()
             for a in actors:
                 ray.kill(a, no_restart=True)
-            if started_here:
-                ray.shutdown()
+            self.disconnect(ray)
 
 
 def failure_error(failures: list[JobFailure]) -> MergeIRError:

@@ -164,6 +164,8 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class BiEncoder(Scorer):
+    cost_unit = "document"  # documents are encoded once per pass, then dot products
+
     def __init__(self, path: Path, options: Mapping[str, Any], settings: ScoringSettings):
         super().__init__(settings)
         st = read_sentence_transformers(path)

@@ -43,6 +43,8 @@ def splade_weights(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.
 
 
 class Splade(Scorer):
+    cost_unit = "document"  # documents are encoded once per pass, then dot products
+
     def __init__(self, path: Path, options: Mapping[str, Any], settings: ScoringSettings):
         super().__init__(settings)
         self.tokenizer = AutoTokenizer.from_pretrained(path)

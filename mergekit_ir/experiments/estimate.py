@@ -1,0 +1,145 @@
+"""``mergeir run --dry-run --estimate``: what a run will cost on this machine, measured.
+
+The dry run counts passes without touching weights; the estimate goes one step further and
+runs what is cheap: the first stage of every split (BM25, cached for the run), which gives the
+exact query–document pairs and distinct documents each pass re-ranks, and a short throughput
+probe of each triplet's ΘT scorer on a few batches of real candidates. A pass costs its
+scorer's unit (:attr:`~mergekit_ir.scoring.scorer.Scorer.cost_unit`: pairs, or documents for
+scorers that encode each document once) divided by the probe's rate. It is an estimate —
+loading, merging and fusion are left out, and throughput on a few batches is not a long run's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from mergekit_ir.evaluation.first_stage import Run
+
+if TYPE_CHECKING:
+    from mergekit_ir.experiments.runner import ExperimentRun, Split
+    from mergekit_ir.scoring.scorer import Scorer
+
+
+@dataclass(frozen=True)
+class SplitWork:
+    """What one pass over a split re-ranks."""
+
+    queries: int
+    pairs: int
+    documents: int
+
+    def units(self, unit: str) -> int:
+        return self.documents if unit == "document" else self.pairs
+
+
+def split_work(candidates: Run) -> SplitWork:
+    docs = {d for ranked in candidates.values() for d in ranked}
+    return SplitWork(len(candidates), sum(len(r) for r in candidates.values()), len(docs))
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """A scorer's measured rate, in its cost unit per second."""
+
+    unit: str
+    per_second: float
+    sample: int  # units timed
+
+
+def _sample(candidates: Run, unit: str, target: int) -> Run:
+    """The first queries (in id order) whose candidates reach ``target`` units."""
+    out: Run = {}
+    docs: set[str] = set()
+    for qid in sorted(candidates):
+        out[qid] = candidates[qid]
+        docs.update(candidates[qid])
+        size = len(docs) if unit == "document" else sum(len(r) for r in out.values())
+        if size >= target:
+            break
+    return out
+
+
+def probe(scorer: Scorer, split: Split, batches: int = 3) -> Throughput:
+    """Time ``batches`` batches' worth of the split's real candidates (after one warm-up query)."""
+    unit = scorer.cost_unit
+    candidates = split.first_stage
+    ds = split.dataset
+    docs = {d: ds.corpus[d].full_text for r in candidates.values() for d in r}
+    first = min(candidates)
+    warm = {first: dict(list(candidates[first].items())[:2])}
+    scorer.rerank({first: ds.queries[first]}, warm, docs)
+    sample = _sample(candidates, unit, batches * scorer.settings.batch_size)
+    started = time.perf_counter()
+    scorer.rerank({q: ds.queries[q] for q in sample}, sample, docs)
+    seconds = max(time.perf_counter() - started, 1e-9)
+    units = split_work(sample).units(unit)
+    return Throughput(unit, units / seconds, units)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_lines(er: ExperimentRun) -> list[str]:
+    """The dry run's ``estimate`` block: per split the work, per triplet the probe and time."""
+    from mergekit_ir.experiments.dry_run import count_passes
+    from mergekit_ir.experiments.sources import locate_checkpoint, resolve_ref
+    from mergekit_ir.plugin_host import catalog
+
+    er.prepare_splits()
+    exp, reg = er.exp, er.reg
+    work = {("test", d): split_work(s.first_stage) for d, s in er.tests.items()}
+    work |= {("dev", d): split_work(s.first_stage) for d, s in er.devs.items()}
+    lines = ["", "estimate (measured on this machine; loading, merging and fusion not included):"]
+    for (role, dname), w in work.items():
+        lines.append(
+            f"  {dname}:{role:<5} {w.queries} queries, {w.pairs:,} pairs, {w.documents:,} documents"
+        )
+    total = 0.0
+    for tname in exp.triplets:
+        t = reg.triplet(tname)
+        counts = count_passes(reg, exp, tname, list(er.tests), list(er.devs))
+        test_passes = counts["baselines"] // max(len(er.tests), 1) + 2
+        dev_passes = (counts.get("ΘT on dev", 0) + counts["α grid on dev"]) // max(len(er.devs), 1)
+        if counts.get("baselines on dev (λ)"):
+            dev_passes += (counts["baselines on dev (λ)"] + counts["Θ' on dev (λ)"]) // max(
+                len(er.devs), 1
+            )
+        loc = locate_checkpoint(t.ir.ref, t.ir.revision, reg.base_dir)
+        if loc.kind not in ("local", "quickstart", "hub-cached"):
+            lines.append(f"  {tname}: no probe, ΘT is not local yet (the run downloads it)")
+            continue
+        folder = resolve_ref(t.ir, reg.base_dir, er.opts.cache.root)
+        kind = catalog().scorer(t.scorer, f"triplets.{tname}.scorer.kind")
+        if kind.check:
+            kind.check(folder)
+        torch.manual_seed(exp.seed)
+        scorer = kind.load(folder, t.scorer_options, er.settings)
+        first = er.tests[next(iter(er.tests))]
+        rate = probe(scorer, first)
+        del scorer
+        seconds = sum(
+            n * work[(role, d)].units(rate.unit) / rate.per_second
+            for role, n in (("test", test_passes), ("dev", dev_passes))
+            for d in (er.tests if role == "test" else er.devs)
+        )
+        total += seconds
+        lines.append(
+            f"  {tname}: {rate.per_second:,.0f} {rate.unit}s/s ({t.scorer}, {rate.sample} "
+            f"{rate.unit}s timed on {er.settings.torch_device.type}) → ≈ {_duration(seconds)} "
+            "for its passes"
+        )
+    if exp.alpha_selectors:
+        lines.append("  selectors' passes (pseudo-dev splits, the test curve) are not included")
+    lines.append(
+        f"  total ≈ {_duration(total)} (an estimate from a few batches; cache hits are free)"
+    )
+    return lines
