@@ -845,6 +845,12 @@ def task_vector_quantize(
 )
 @click.option("--option", "options", multiple=True, help="Scorer option NAME=VALUE (repeatable).")
 @click.option("--experiment", help="Take first stage, k, fusion and metrics from this experiment.")
+@click.option(
+    "--first-stage", "first_stage", help="First-stage backend (default: the experiment's, bm25s)."
+)
+@click.option(
+    "--k", type=click.IntRange(1), help="Candidates per query (default: the experiment's)."
+)
 @click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write TREC runs here.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
@@ -856,6 +862,8 @@ def rerank_cmd(
     scorer: str,
     options: tuple[str, ...],
     experiment: str | None,
+    first_stage: str | None,
+    k: int | None,
     registry_path: str | None,
     out_dir: str | None,
     device: str,
@@ -864,7 +872,8 @@ def rerank_cmd(
 ) -> None:
     """Re-rank with one MODEL (a merged folder, any checkpoint of a scorer kind), no triplet.
 
-    Same first stage, fusion (the protocol's fixed λ) and metrics as `mergeir run`.
+    Same first stage, fusion (the protocol's fixed λ) and metrics as `mergeir run`; the
+    table shows the first stage alone, the model alone and the model fused with it.
 
     \b
     Example:
@@ -883,7 +892,7 @@ def rerank_cmd(
         echo=click.echo,
     )
     results = rerank_model(
-        reg, model, scorer, _parse_params(options), list(datasets), opts, experiment
+        reg, model, scorer, _parse_params(options), list(datasets), opts, experiment, first_stage, k
     )
     for r in results:
         metrics = list(next(iter(r.means.values())))

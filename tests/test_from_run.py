@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mergekit_ir.cli import main
+from mergekit_ir.evaluation.trec_runs import read_trec
 
 REGISTRY = str(Path(__file__).resolve().parents[1] / "registry.yaml")
 pytestmark = pytest.mark.slow
@@ -122,9 +123,10 @@ def test_non_tty_progress_is_one_labelled_line_per_pass(tmp_path):
     )  # fmt: skip  (CliRunner: not a TTY)
     assert res.exit_code == 0, res.output
     passes = [ln for ln in res.output.splitlines() if ln.startswith("pass ")]
-    assert len(passes) == 15  # 10 α on dev + Θ0, ΘD, ΘT, Θ'(α=1), Θ'(tuned) on test
-    assert passes[0].startswith("pass 1/15 · Θ' (α=0.1) · quickstart-toy:dev: ")
-    assert any(p.startswith("pass 12/15 · ΘD · quickstart-toy:test") for p in passes)
+    assert len(passes) == 16  # 10 α and ΘT on dev + Θ0, ΘD, ΘT, Θ'(α=1), Θ'(tuned) on test
+    assert passes[0].startswith("pass 1/16 · Θ' (α=0.1) · quickstart-toy:dev: ")
+    assert passes[10].startswith("pass 11/16 · ΘT · quickstart-toy:dev: ")  # the α plot's line
+    assert any(p.startswith("pass 13/16 · ΘD · quickstart-toy:test") for p in passes)
     assert "ETA" in passes[0] and "ETA" not in passes[-1]
     assert "%|" not in res.output and len(res.output.splitlines()) < 80  # no bar redraws
 
@@ -149,6 +151,12 @@ def test_rerank_one_model_gives_the_runs_theta_t_row(finished, tmp_path):
     assert shown["fused"] == pytest.approx(fused, abs=5e-5)
     assert shown["model"] == pytest.approx(alone, abs=5e-5)
     assert (tmp_path / "rr" / "quickstart-toy" / "fused.trec").is_file()
+    top5 = invoke("rerank", "quickstart:ir", "--scorer", "bi-encoder", "--dataset",
+                  "quickstart-toy", "--first-stage", "bm25s", "--k", "5", "--registry", REGISTRY,
+                  "--cache-dir", str(root / "cache"), "--out", str(tmp_path / "k5"), "-q")  # fmt: skip
+    assert top5.exit_code == 0, top5.output
+    fused5 = read_trec(tmp_path / "k5" / "quickstart-toy" / "fused.trec")
+    assert max(len(docs) for docs in fused5.values()) == 5
     bad = invoke("rerank", "quickstart:ir", "--scorer", "nope", "--dataset", "quickstart-toy",
                  "--registry", REGISTRY)  # fmt: skip
     assert bad.exit_code == 2 and "--scorer" in bad.output and "Traceback" not in bad.output

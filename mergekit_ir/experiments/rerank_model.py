@@ -39,12 +39,23 @@ def rerank_model(
     datasets: list[str],
     opts: RunOptions,
     experiment: str | None = None,
+    first_stage: str | None = None,
+    k: int | None = None,
 ) -> list[RerankedDataset]:
-    """Score ``model`` on each dataset's test split; λ is the protocol's fixed one (no dev)."""
+    """Score ``model`` on each dataset's test split; λ is the protocol's fixed one (no dev).
+
+    ``first_stage`` (a backend name, with its default parameters) and ``k`` override the
+    experiment's (or the defaults')."""
     base = reg.experiment(experiment) if experiment else Experiment(_NAME, (), tuple(datasets))
     exp = dataclasses.replace(
         base, name=_NAME, triplets=(), datasets=tuple(datasets), tune_alpha=False, tune_fusion=False
     )
+    if first_stage is not None and first_stage != exp.first_stage:
+        backend = catalog().first_stage(first_stage, "--first-stage")
+        params = check_params(backend.params, {}, "--first-stage", first_stage)
+        exp = dataclasses.replace(exp, first_stage=first_stage, first_stage_params=params)
+    if k is not None:
+        exp = dataclasses.replace(exp, k=k)
     run = ExperimentRun(dataclasses.replace(reg, experiments={_NAME: exp}), _NAME, opts)
     kind = catalog().scorer(scorer, "--scorer")
     checked = check_params(kind.params, dict(options), "--option", scorer)
