@@ -43,6 +43,7 @@ from mergekit_ir.evaluation.trec_runs import write_trec
 from mergekit_ir.experiments.executor import TripletOutcome
 from mergekit_ir.experiments.registry import CheckpointRef, Experiment, Registry, Triplet
 from mergekit_ir.experiments.sources import load_dataset, resolve_ref
+from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.merging.checkpoint import open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, build_plan
 from mergekit_ir.merging.sweep import InPlaceSweep
@@ -424,6 +425,9 @@ class TripletRunner:
             self.fingerprints,
             self.vector_fingerprints,
         ]
+        rules = self.triplet.alignment
+        if rules != AlignmentRules():  # tensors copied from ΘT change Θ'(α): part of its key
+            identity.append({"copy": list(rules.copy), "skip_missing": rules.skip_missing})
         return self.model_run(
             f"merged@{alpha_label(alpha)}", identity, split, self.ir_scorer, {"alpha": alpha}
         )
