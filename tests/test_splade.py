@@ -111,3 +111,17 @@ def test_splade_tiny_real_weights_rank_the_relevant_document_first():
     assert run["a"]["x"] > run["a"]["y"] and run["b"]["y"] > run["b"]["x"]
     expected = float(direct(SPLADE_TINY, queries["a"], 64) @ direct(SPLADE_TINY, docs["x"], 256))
     assert run["a"]["x"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_head_by_text_equals_the_full_logits_path(mlm):
+    """The per-text head (no batch × length × vocab tensor) gives the full-logits weights."""
+    from mergekit_ir_plugins.scorers.splade import mlm_head, splade_weights_by_text
+
+    tok = AutoTokenizer.from_pretrained(mlm)
+    model = AutoModelForMaskedLM.from_pretrained(mlm).eval()
+    batch = tok(list(DOCS.values()), padding=True, return_tensors="pt")  # right-padded
+    with torch.no_grad():
+        full = splade_weights(model(**batch).logits, batch["attention_mask"])
+        by_text = splade_weights_by_text(model, mlm_head(model), dict(batch))
+    assert mlm_head(model) is model.cls
+    torch.testing.assert_close(by_text, full, rtol=1e-6, atol=1e-6)

@@ -42,6 +42,33 @@ def splade_weights(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return w.max(dim=1).values
 
 
+def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module that maps a masked-LM's hidden states to vocabulary logits (BERT's ``cls``,
+    RoBERTa's ``lm_head``), when the architecture has one under a known name."""
+    for name in ("cls", "lm_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    return None
+
+
+def splade_weights_by_text(
+    model: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """:func:`splade_weights` without the (batch × length × vocab) logits tensor.
+
+    The encoder runs on the whole batch; the head runs one text at a time on its unpadded
+    tokens. log(1 + ReLU(·)) is monotone, so the max over tokens is taken on the logits and
+    the transform applied to the (vocab,) maxima. A 32 × 128-token batch of a 30k-vocabulary
+    model otherwise allocates three 0.5 GB tensors, and the page faults of those fresh
+    allocations cost as much CPU as the arithmetic.
+    """
+    hidden = model.base_model(**batch).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    maxima = [head(hidden[i][mask[i]]).amax(dim=0) for i in range(hidden.shape[0])]
+    return torch.log1p(torch.relu(torch.stack(maxima).float()))
+
+
 class Splade(Scorer):
     cost_unit = "document"  # documents are encoded once per pass, then dot products
 
@@ -62,9 +89,12 @@ class Splade(Scorer):
         self.warn_empty(texts, name)
         enc = tokenize(self.tokenizer, texts, None, max_length, self.truncation, name=name)
 
+        head = mlm_head(self.model)
+
         def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            logits = self.model(**batch).logits
-            return splade_weights(logits, batch["attention_mask"])
+            if head is not None:
+                return splade_weights_by_text(self.model, head, batch)
+            return splade_weights(self.model(**batch).logits, batch["attention_mask"])
 
         with self.progress(len(texts), name, unit="text") as bar:
             return run_batches(
