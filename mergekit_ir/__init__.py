@@ -44,6 +44,7 @@ from mergekit_ir.scoring.batching import (
     tokenize,
     truncate_texts,
 )
+from mergekit_ir.scoring.mlm_head import encoder_of, mlm_head
 from mergekit_ir.scoring.model_config import read_model_config
 from mergekit_ir.scoring.scorer import Scorer, ScorerKind, ScoringSettings
 from mergekit_ir.storage import atomic
@@ -84,6 +85,8 @@ __all__ = [
     "pad_token_id",
     "parse_template",
     "read_model_config",
+    "encoder_of",
+    "mlm_head",
     "require_fast",
     "resolve_token",
     "run_batches",

@@ -285,3 +285,25 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(models, corpus, tmp_path)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     card = json.loads((cut / "mergekit_ir_adapt.json").read_text())
     assert card["steps"] == 300
+
+
+def test_masked_lm_loss_on_masked_rows_equals_the_models_loss(models):
+    """The head on the masked positions only gives transformers' own MLM loss, also through a
+    LoRA wrapper."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForMaskedLM
+
+    from mergekit_ir.adaptation.training import masked_lm_loss
+
+    model = AutoModelForMaskedLM.from_pretrained(models["bert"]).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(5, 40, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::4] = ids[:, ::4]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        torch.testing.assert_close(masked_lm_loss(model, batch), model(**batch).loss)
+        lora = get_peft_model(model, LoraConfig(r=4, target_modules=["query", "value"])).eval()
+        torch.testing.assert_close(masked_lm_loss(lora, batch), lora(**batch).loss)
+        nothing = {**batch, "labels": torch.full_like(ids, -100)}
+        assert masked_lm_loss(model, nothing).item() == 0.0

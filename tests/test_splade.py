@@ -115,7 +115,8 @@ def test_splade_tiny_real_weights_rank_the_relevant_document_first():
 
 def test_head_by_text_equals_the_full_logits_path(mlm):
     """The per-text head (no batch × length × vocab tensor) gives the full-logits weights."""
-    from mergekit_ir_plugins.scorers.splade import mlm_head, splade_weights_by_text
+    from mergekit_ir import mlm_head
+    from mergekit_ir_plugins.scorers.splade import splade_weights_by_text
 
     tok = AutoTokenizer.from_pretrained(mlm)
     model = AutoModelForMaskedLM.from_pretrained(mlm).eval()

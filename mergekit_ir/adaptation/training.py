@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mergekit_ir.adaptation.objectives import sentinel_ids, span_corruption
 from mergekit_ir.errors import CheckpointError, ConfigError
+from mergekit_ir.scoring.mlm_head import encoder_of, mlm_head
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,27 @@ def make_batch(
     return {"input_ids": inp, "attention_mask": (inp != pad).long(), "labels": lab}
 
 
+def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The masked-LM loss with the vocabulary head run on the masked positions only.
+
+    The same cross-entropy transformers' ``*ForMaskedLM`` computes (mean over positions whose
+    label is not -100), without logits for the ~85 % of positions it ignores; the head has no
+    dropout, so the random stream is the same too. Heads under unknown names take the model's
+    own loss.
+    """
+    head = mlm_head(model)
+    if head is None:
+        return model(**batch).loss
+    labels = batch["labels"]
+    hidden = encoder_of(model)(**{k: v for k, v in batch.items() if k != "labels"})
+    hidden = hidden.last_hidden_state
+    picked = labels != -100
+    if not bool(picked.any()):  # nothing masked in this batch: no signal (not NaN)
+        return hidden.sum() * 0.0
+    logits = head(hidden[picked])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[picked])
+
+
 def _lr_lambda(warmup: int, total: int, head_steps: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < head_steps:
@@ -331,7 +353,7 @@ def train(
                 for k, v in make_batch(objective, ids, tokenizer, settings, step, collator).items()
             }
             with autocast:
-                loss = model(**batch).loss
+                loss = masked_lm_loss(model, batch) if objective == "mlm" else model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.requires_grad], 1.0)
             opt.step()

@@ -23,7 +23,9 @@ from mergekit_ir import (
     Scorer,
     ScorerKind,
     ScoringSettings,
+    encoder_of,
     hookimpl,
+    mlm_head,
     read_model_config,
     run_batches,
     tokenize,
@@ -42,16 +44,6 @@ def splade_weights(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return w.max(dim=1).values
 
 
-def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The module that maps a masked-LM's hidden states to vocabulary logits (BERT's ``cls``,
-    RoBERTa's ``lm_head``), when the architecture has one under a known name."""
-    for name in ("cls", "lm_head"):
-        head = getattr(model, name, None)
-        if isinstance(head, torch.nn.Module):
-            return head
-    return None
-
-
 def splade_weights_by_text(
     model: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor]
 ) -> torch.Tensor:
@@ -63,7 +55,7 @@ def splade_weights_by_text(
     model otherwise allocates three 0.5 GB tensors, and the page faults of those fresh
     allocations cost as much CPU as the arithmetic.
     """
-    hidden = model.base_model(**batch).last_hidden_state
+    hidden = encoder_of(model)(**batch).last_hidden_state
     mask = batch["attention_mask"].bool()
     maxima = [head(hidden[i][mask[i]]).amax(dim=0) for i in range(hidden.shape[0])]
     return torch.log1p(torch.relu(torch.stack(maxima).float()))
