@@ -310,3 +310,34 @@ def test_estimate_samples_whole_queries_up_to_the_target():
     assert list(_sample(run, "pair", 3)) == ["q1", "q2"]  # 2 + 2 pairs reach 3
     assert list(_sample(run, "document", 3)) == ["q1", "q2"]  # a, c, then b
     assert list(_sample(run, "document", 99)) == ["q1", "q2", "q3"]
+
+
+def test_dry_run_estimate_on_two_datasets(tmp_path):
+    """Each split gets its own exact line; two test splits and one dev split here."""
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(
+        "datasets:\n"
+        "  a: {beir: 'quickstart:toy', test: test, dev: dev}\n"
+        "  b: {beir: 'quickstart:toy', test: 'test[:10]'}\n"
+        "triplets:\n  t:\n"
+        "    scorer: {kind: bi-encoder, pooling: mean, similarity: cosine}\n"
+        "    pretrained: 'quickstart:pretrained'\n    domain: 'quickstart:domain'\n"
+        "    ir: 'quickstart:ir'\n"
+        "experiments:\n  e:\n    triplets: [t]\n    datasets: [a, b]\n"
+        "    merge: {method: task_arithmetic, alpha: [0.5, 1.0]}\n    first_stage: {k: 7}\n"
+    )
+    res = invoke("run", "e", "--registry", str(reg), "--cache-dir", str(tmp_path / "c"),
+                 "--dry-run", "--estimate")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = {
+        ln.split()[0]: ln
+        for ln in res.output.splitlines()
+        if ln.startswith("  a:") or ln.startswith("  b:")
+    }
+    assert set(lines) == {"a:test", "a:dev", "b:test"}, res.output
+    assert "10 queries, 70 pairs" in lines["b:test"]  # k = 7 candidates for each of 10 queries
+    assert (
+        "t                    ≤ 13 passes (6 baselines, 1 ΘT on dev, 2 α grid on dev, 4 Θ' on test)"
+        in res.output
+    )
+    assert "t: " in res.output and "total ≈ " in res.output
