@@ -16,6 +16,7 @@ from mergekit_ir.experiments.registry import Experiment, Registry
 from mergekit_ir.experiments.sources import (
     HUB_PATTERNS,
     Location,
+    hub_offline,
     locate_checkpoint,
     locate_dataset,
     resolve_ref,
@@ -120,9 +121,7 @@ def _hub_download(ref: str, revision: str | None) -> Location:
     One metadata call with a short timeout; offline (or with ``HF_HUB_OFFLINE``) the size is
     unknown and the line says so — the dry run never waits on the network for long.
     """
-    import os
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         return Location(
             "hub-download", detail="hub, to download (HF_HUB_OFFLINE is set: size unknown)"
         )

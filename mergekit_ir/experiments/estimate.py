@@ -106,13 +106,13 @@ def estimate_lines(er: ExperimentRun) -> list[str]:
     total = 0.0
     for tname in exp.triplets:
         t = reg.triplet(tname)
-        counts = count_passes(reg, exp, tname, list(er.tests), list(er.devs))
-        test_passes = counts["baselines"] // max(len(er.tests), 1) + 2
-        dev_passes = (counts.get("ΘT on dev", 0) + counts["α grid on dev"]) // max(len(er.devs), 1)
-        if counts.get("baselines on dev (λ)"):
-            dev_passes += (counts["baselines on dev (λ)"] + counts["Θ' on dev (λ)"]) // max(
-                len(er.devs), 1
-            )
+        # passes per split: the counts of a one-dataset experiment on that split's dataset
+        passes = {}
+        for d in er.tests:
+            counts = count_passes(reg, exp, tname, [d], [d] if d in er.devs else [])
+            passes[("test", d)] = counts["baselines"] + counts["Θ' on test"]
+            if d in er.devs:
+                passes[("dev", d)] = sum(counts.values()) - passes[("test", d)]
         loc = locate_checkpoint(t.ir.ref, t.ir.revision, reg.base_dir)
         if loc.kind not in ("local", "quickstart", "hub-cached"):
             lines.append(f"  {tname}: no probe, ΘT is not local yet (the run downloads it)")
@@ -127,9 +127,7 @@ def estimate_lines(er: ExperimentRun) -> list[str]:
         rate = probe(scorer, first)
         del scorer
         seconds = sum(
-            n * work[(role, d)].units(rate.unit) / rate.per_second
-            for role, n in (("test", test_passes), ("dev", dev_passes))
-            for d in (er.tests if role == "test" else er.devs)
+            n * work[split].units(rate.unit) / rate.per_second for split, n in passes.items()
         )
         total += seconds
         lines.append(

@@ -10,6 +10,7 @@ answer, so the two can never disagree about a path.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,7 @@ def resolve_checkpoint(
 
         return Path(snapshot_download(repo_id=ref, revision=revision, allow_patterns=HUB_PATTERNS))
     except Exception as exc:
-        import os
-
-        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        if hub_offline():
             raise CheckpointError(
                 f"{ref}: not a local folder and not in the hub cache, and HF_HUB_OFFLINE is set "
                 "so the hub is not contacted; unset HF_HUB_OFFLINE or pass a local folder"
@@ -140,6 +139,11 @@ def resolve_checkpoint(
             f"{ref}: not a local folder and the hub download failed ({type(exc).__name__}); "
             "check the id and network, or pass a local folder"
         ) from None
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` tells us not to contact the hub (as huggingface_hub reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def resolve_ref(ref: CheckpointRef, base_dir: Path | None, cache_root: Path | None) -> Path:
