@@ -88,26 +88,33 @@ def test_scifact_dev_is_first_20_percent_of_train():
     assert BEIR.exists()
 
 
-def test_ir_datasets_loader_on_local_files(tmp_path, monkeypatch):
-    """The real ir_datasets path, fed from local files registered under a private id."""
+def register_local_ir_dataset(dataset_id: str, corpus, queries, qrels) -> None:
+    """Register BEIR-format local files under a private ir_datasets id (the real loaders)."""
     import ir_datasets
     from ir_datasets.datasets.base import Dataset as IrdsDataset
     from ir_datasets.datasets.beir import BeirDocs, BeirQrels, BeirQueries, BeirTitleDoc
     from ir_datasets.formats import GenericQuery
     from ir_datasets.util import LocalDownload
 
-    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
-    root = make_beir(tmp_path / "b")
-    dataset_id = f"mergekit-ir-test/{tmp_path.name}/test"
     if dataset_id not in ir_datasets.registry:
         ir_datasets.registry.register(
             dataset_id,
             IrdsDataset(
-                BeirDocs(dataset_id, LocalDownload(root / "corpus.jsonl"), BeirTitleDoc),
-                BeirQueries(dataset_id, LocalDownload(root / "queries.jsonl"), GenericQuery),
-                BeirQrels(LocalDownload(root / "qrels" / "test.tsv"), {}),
+                BeirDocs(dataset_id, LocalDownload(corpus), BeirTitleDoc),
+                BeirQueries(dataset_id, LocalDownload(queries), GenericQuery),
+                BeirQrels(LocalDownload(qrels), {}),
             ),
         )
+
+
+def test_ir_datasets_loader_on_local_files(tmp_path, monkeypatch):
+    """The real ir_datasets path, fed from local files registered under a private id."""
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
+    root = make_beir(tmp_path / "b")
+    dataset_id = f"mergekit-ir-test/{tmp_path.name}/test"
+    register_local_ir_dataset(
+        dataset_id, root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / "test.tsv"
+    )
     via_irds = load_ir_datasets(dataset_id, name="toy")
     via_folder = load_beir_folder(root, "test", name="toy")
     assert via_irds.corpus == via_folder.corpus
@@ -117,24 +124,12 @@ def test_ir_datasets_loader_on_local_files(tmp_path, monkeypatch):
 
 def test_ir_datasets_download_failure_is_one_line(tmp_path, monkeypatch):
     """A source ir_datasets cannot fetch (here a local file that is gone) is a DatasetError."""
-    import ir_datasets
-    from ir_datasets.datasets.base import Dataset as IrdsDataset
-    from ir_datasets.datasets.beir import BeirDocs, BeirQrels, BeirQueries, BeirTitleDoc
-    from ir_datasets.formats import GenericQuery
-    from ir_datasets.util import LocalDownload
-
     monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
     gone = tmp_path / "gone"
     dataset_id = f"mergekit-ir-test/{tmp_path.name}-gone/test"
-    if dataset_id not in ir_datasets.registry:
-        ir_datasets.registry.register(
-            dataset_id,
-            IrdsDataset(
-                BeirDocs(dataset_id, LocalDownload(gone / "corpus.jsonl"), BeirTitleDoc),
-                BeirQueries(dataset_id, LocalDownload(gone / "queries.jsonl"), GenericQuery),
-                BeirQrels(LocalDownload(gone / "test.tsv"), {}),
-            ),
-        )
+    register_local_ir_dataset(
+        dataset_id, gone / "corpus.jsonl", gone / "queries.jsonl", gone / "test.tsv"
+    )
     with pytest.raises(DatasetError) as err:
         load_ir_datasets(dataset_id)
     msg = str(err.value)

@@ -47,19 +47,19 @@ def run_cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def merge_args(t) -> list[str]:
+    """`mergeir merge` arguments naming the tiny triplet's three folders."""
+    return ["merge", "--ir", str(t["ir"]), "--pretrained", str(t["pretrained"]),
+            "--domain", str(t["domain"])]  # fmt: skip
+
+
 def test_cli_merge_reloads_with_transformers(tiny_triplet, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     t = tiny_triplet
     out = tmp_path / "merged"
     res = run_cli(
-        "merge",
-        "--ir",
-        str(t["ir"]),
-        "--pretrained",
-        str(t["pretrained"]),
-        "--domain",
-        str(t["domain"]),
+        *merge_args(t),
         "--alpha",
         "0.3",
         "--out",
@@ -262,13 +262,7 @@ def test_output_exists_refused_unless_overwrite(tiny_triplet, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     args = [
-        "merge",
-        "--ir",
-        str(t["ir"]),
-        "--pretrained",
-        str(t["pretrained"]),
-        "--domain",
-        str(t["domain"]),
+        *merge_args(t),
         "--out",
         str(out),
         "-q",
@@ -364,13 +358,7 @@ def test_plan_shows_layer_wise_alpha_per_tensor(tiny_triplet):
     """`merge --plan` prints the α each tensor gets, as the merge resolves it."""
     t = tiny_triplet
     out = run_cli(
-        "merge",
-        "--ir",
-        str(t["ir"]),
-        "--pretrained",
-        str(t["pretrained"]),
-        "--domain",
-        str(t["domain"]),
+        *merge_args(t),
         "--alpha",
         "[{filter: attention, value: 0.3}, {value: 1}]",
         "--plan",
