@@ -53,12 +53,16 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # read when transformers / huggingface_hub are imported: a merge never imports them (~1 s)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for noisy in ("transformers", "huggingface_hub", "bm25s", "numba", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:  # imported already: its settings are fixed, set them
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _registry(path: str | None):

@@ -284,7 +284,7 @@ def test_interrupted_write_leaves_nothing(tiny_triplet, tmp_path, monkeypatch):
     from mergekit_ir.merging import safetensors_writer
 
     calls = {"n": 0}
-    real = safetensors_writer.ShardedWriter.write
+    real = safetensors_writer.ShardedWriter.write_rows
 
     def failing(self, name, tensor):
         calls["n"] += 1
@@ -292,7 +292,7 @@ def test_interrupted_write_leaves_nothing(tiny_triplet, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(self, name, tensor)
 
-    monkeypatch.setattr(safetensors_writer.ShardedWriter, "write", failing)
+    monkeypatch.setattr(safetensors_writer.ShardedWriter, "write_rows", failing)
     with pytest.raises(CheckpointError, match=r"^disk full at .*m, nothing written; free space"):
         merge_to_folder(job_for(tiny_triplet), tmp_path / "m", progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -91,7 +91,7 @@ def test_failed_writes_are_one_line(tiny_triplet, tmp_path, monkeypatch, code, p
     def failing(self, name, tensor):
         raise OSError(code, os.strerror(code), str(out.parent / "shard"))
 
-    monkeypatch.setattr(safetensors_writer.ShardedWriter, "write", failing)
+    monkeypatch.setattr(safetensors_writer.ShardedWriter, "write_rows", failing)
     one_line_error(merge(tiny_triplet, out, "--overwrite", "--alpha", "0.3"), pattern)
     assert (out / "model.safetensors").read_bytes() == before  # the old output is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -39,6 +39,8 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+Rows = tuple[int, int] | None
+"""A range ``[start, stop)`` along a tensor's first dimension (None: the whole tensor)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 WEIGHT_FILES = (
     "model.safetensors",
@@ -86,6 +88,7 @@ class _SafetensorsFile:
                 f"{path}: truncated (tensor data runs past the end of the file); re-download it"
             )
         self.metadata = header.get("__metadata__") or {}
+        self._handle: int | None = None
 
     def info(self, name: str) -> TensorInfo:
         code, shape, _, _ = self.entries[name]
@@ -93,26 +96,56 @@ class _SafetensorsFile:
             raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {code}")
         return TensorInfo(shape, SAFETENSORS_DTYPES[code], self.path)
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, rows: Rows = None) -> torch.Tensor:
+        """The tensor, or only its rows ``[start, stop)`` along the first dimension."""
         code, shape, begin, end = self.entries[name]
         dtype = SAFETENSORS_DTYPES[code]
-        if end == begin:
-            return torch.empty(shape, dtype=dtype)
-        # read straight into the tensor's own (uninitialised) storage: no zero-fill pass, no copy
-        buf = torch.empty(end - begin, dtype=torch.uint8)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
+        if rows is None:
+            return self.read(name, 0, (end - begin) // dtype.itemsize).reshape(shape)
+        start, stop = rows
+        row = math.prod(shape[1:])
+        return self.read(name, start * row, stop * row).reshape(stop - start, *shape[1:])
+
+    def read(self, name: str, first: int, last: int) -> torch.Tensor:
+        """Elements ``[first, last)`` of the tensor's flat data, as a 1-D tensor of its dtype.
+
+        One positioned read straight into the new tensor's (uninitialised) storage: no
+        zero-fill pass, no copy, and no memory map whose pages would stay resident.
+        """
+        code, _, begin, end = self.entries[name]
+        dtype = SAFETENSORS_DTYPES[code]
+        size = dtype.itemsize
+        lo, hi = begin + first * size, begin + last * size
+        if not begin <= lo <= hi <= end:
+            raise CheckpointError(
+                f"{self.path}: tensor {name} has {(end - begin) // size} values, "
+                f"elements [{first}, {last}) requested"
+            )
+        buf = torch.empty(hi - lo, dtype=torch.uint8)
+        if hi > lo:
             view, off = memoryview(buf.numpy()), 0
+            fd = self._fd()
             while off < len(view):
-                got = os.preadv(fd, [view[off:]], self.data_start + begin + off)
+                got = os.preadv(fd, [view[off:]], self.data_start + lo + off)
                 if got <= 0:
                     raise CheckpointError(
                         f"{self.path}: unexpected end of file reading tensor {name}"
                     )
                 off += got
-        finally:
-            os.close(fd)
-        return buf.view(dtype).reshape(shape)
+        return buf.view(dtype)
+
+    def _fd(self) -> int:
+        """One read-only descriptor per file for its lifetime (positioned reads share it)."""
+        if self._handle is None:
+            self._handle = os.open(self.path, os.O_RDONLY)
+        return self._handle
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            os.close(self._handle)  # type: ignore[arg-type]
+
+    def __getstate__(self) -> dict[str, Any]:  # descriptors do not travel to other processes
+        return {**self.__dict__, "_handle": None}
 
 
 class TensorSource:
@@ -195,11 +228,13 @@ class TensorSource:
     def info(self, name: str) -> TensorInfo:
         return self._infos[name]
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, rows: Rows = None) -> torch.Tensor:
+        """One tensor (a fresh copy), or only its rows ``[start, stop)``."""
         fname = self._where[name]
         if fname in self._files:
-            return self._files[fname].get(name)
-        return self._bin[fname][name].clone()
+            return self._files[fname].get(name, rows)
+        t = self._bin[fname][name]
+        return (t if rows is None else t[rows[0] : rows[1]]).clone()
 
     @property
     def config(self) -> dict[str, Any]:

@@ -9,9 +9,13 @@ full disk never leaves a half-written model.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +34,7 @@ from mergekit_ir.merging.alignment import (
     is_head,
     vocab_case,
 )
-from mergekit_ir.merging.checkpoint import WEIGHT_SUFFIXES, TensorSource
+from mergekit_ir.merging.checkpoint import WEIGHT_SUFFIXES, Rows, TensorSource
 from mergekit_ir.merging.finite import all_finite
 from mergekit_ir.merging.method import MergeMethod, check_weights
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
@@ -197,12 +201,18 @@ def merged_tensor(
     taus: list[torch.Tensor] | None = None,
     tau_t: torch.Tensor | None = None,
     params: Mapping[str, Any] | None = None,
+    rows: Rows = None,
 ) -> torch.Tensor:
-    """Θ' for one planned tensor (fp32), reading inputs unless they are given (α sweep)."""
-    rows = e.rows
+    """Θ' for one planned tensor (fp32), reading inputs unless they are given (α sweep).
+
+    ``rows`` limits the merge to rows ``[start, stop)`` of the tensor (row blocks of an
+    elementwise method); by default the merged rows are all of them, or ``[0, e.rows)``
+    when ΘT has extra vocabulary rows.
+    """
+    if rows is None and e.rows:
+        rows = (0, e.rows)
     if theta_t is None:
-        theta_t = job.ir.get(e.name).to(device=device, dtype=torch.float32)
-        theta_t = theta_t[:rows] if rows else theta_t
+        theta_t = job.ir.get(e.name, rows).to(device=device, dtype=torch.float32)
         require_finite(
             job,
             theta_t,
@@ -213,15 +223,13 @@ def merged_tensor(
     if taus is None:
         taus = []
         for i, v in enumerate(job.vectors):
-            d = v.get(e.key)
-            if d is None:
-                d = torch.zeros_like(theta_t)
-            d = d.to(device)[:rows] if rows else d.to(device)
+            d = v.get(e.key, rows)
+            d = torch.zeros_like(theta_t) if d is None else d.to(device)
             check_tau(job, d, e.name, i)
             taus.append(d)
     if tau_t is None and job.method.needs_ir_vector:
-        p = job.pretrained.get(job.p_index.find(e.key)).to(device=device, dtype=torch.float32)  # type: ignore[union-attr]
-        tau_t = theta_t - (p[:rows] if rows else p)
+        p = job.pretrained.get(job.p_index.find(e.key), rows)  # type: ignore[union-attr]
+        tau_t = theta_t - p.to(device=device, dtype=torch.float32)
     pos = TensorPosition(e.key, layer_index(e.key), plan.num_layers)
     resolved = resolve_all(params if params is not None else job.params, pos)
     out = job.method.merge(theta_t, taus, tau_t=tau_t, name=e.key, **resolved)
@@ -233,20 +241,54 @@ def merged_tensor(
     return out
 
 
-def _merged_or_copied(
-    job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device
+BLOCK_BYTES = 4 * 2**20
+"""fp32 bytes of one row block: all inputs of a block stay in the CPU caches."""
+
+
+def row_blocks(shape: tuple[int, ...], split_at: int | None = None) -> list[Rows]:
+    """Row ranges of about :data:`BLOCK_BYTES` covering a tensor, cut at ``split_at``."""
+    if not shape:
+        return [None]
+    row = math.prod(shape[1:]) * 4
+    step = max(1, BLOCK_BYTES // max(row, 1))
+    cuts = sorted({0, shape[0], *range(0, shape[0], step), *([split_at] if split_at else [])})
+    return [(a, b) for a, b in itertools.pairwise(cuts)] or [(0, 0)]
+
+
+def _merged_block(
+    job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device, rows: Rows
 ) -> torch.Tensor:
-    if e.action == "copy":
-        return job.ir.get(e.name)
-    fp32 = merged_tensor(job, plan, e, device)
+    fp32 = merged_tensor(job, plan, e, device, rows=rows)
     merged = fp32.to("cpu", e.dtype)
     check_merged(job, e, fp32, merged)
-    del fp32
-    if e.rows:  # only then is ΘT's tensor needed again: its extra vocabulary rows
-        original = job.ir.get(e.name)
-        original[: e.rows] = merged
-        merged = original
     return merged
+
+
+def merged_blocks(
+    job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Θ' of one planned tensor in ΘT's dtype, as consecutive row blocks.
+
+    Copies and elementwise methods go block by block (memory stays at a few blocks and
+    their inputs stay in the CPU caches); other methods need the whole tensor at once.
+    """
+    if e.action == "copy":
+        for rows in row_blocks(e.shape):
+            yield job.ir.get(e.name, rows)
+        return
+    if job.method.elementwise:
+        for rows in row_blocks(e.shape, e.rows):
+            if e.rows and rows is not None and rows[0] >= e.rows:
+                yield job.ir.get(e.name, rows)  # ΘT's extra vocabulary rows
+            else:
+                yield _merged_block(job, plan, e, device, rows)
+        return
+    merged = _merged_block(job, plan, e, device, None)
+    if e.rows:  # ΘT's extra vocabulary rows follow the merged ones
+        yield merged
+        yield job.ir.get(e.name, (e.rows, e.shape[0]))
+    else:
+        yield merged
 
 
 def iter_merged(
@@ -254,32 +296,53 @@ def iter_merged(
     plan: MergePlan,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    overlap: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor in ΘT's dtype) for every planned tensor, in plan order.
+    """(name, row block in ΘT's dtype) for every planned tensor, in plan order.
 
-    With ``overlap`` one worker thread reads and merges tensor i + 1 while the caller
-    writes tensor i (positioned reads, torch kernels and file writes all release the
-    GIL), so reads, compute and writes overlap; memory grows by one tensor in flight.
-    Off by default: on a busy 2-CPU machine it measured no faster (docs/performance.md).
+    The blocks of one tensor come one after the other; concatenated along the first
+    dimension they are the tensor.
     """
     device = torch.device(device)
     entries = tqdm(plan.entries, desc="merging", unit="tensor", disable=not progress, leave=False)
-    if not overlap:
-        for e in entries:
-            yield e.name, _merged_or_copied(job, plan, e, device)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+    for e in entries:
+        for block in merged_blocks(job, plan, e, device):
+            yield e.name, block
 
-    with ThreadPoolExecutor(1, thread_name_prefix="mergeir-merge") as pool:
-        pending = None
-        for e in entries:
-            future = pool.submit(_merged_or_copied, job, plan, e, device)
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = (e.name, future)
-        if pending is not None:
-            yield pending[0], pending[1].result()
+
+def write_blocks(
+    writer: ShardedWriter, blocks: Iterator[tuple[str, torch.Tensor]], background: bool = True
+) -> None:
+    """Write ``blocks`` in order; with ``background`` a writer thread does it, so reading and
+    merging block i + 1 overlaps writing block i (file writes and torch kernels release
+    the GIL). A few blocks are in flight at most; an error on either side stops both."""
+    if not background:
+        for name, block in blocks:
+            writer.write_rows(name, block)
+        return
+    todo: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue(maxsize=8)
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            while (item := todo.get()) is not None:
+                writer.write_rows(*item)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+            while todo.get() is not None:  # let the producer finish or stop
+                pass
+
+    thread = threading.Thread(target=drain, name="mergeir-write", daemon=True)
+    thread.start()
+    try:
+        for item in blocks:
+            if failed:
+                break
+            todo.put(item)
+    finally:
+        todo.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 @dataclass
@@ -413,9 +476,13 @@ def merge_to_folder(
     progress: bool = True,
     provenance: Mapping[str, Any] | None = None,
     plan: MergePlan | None = None,
-    overlap: bool = False,
+    overlap: bool = True,
 ) -> MergeReport:
-    """Write Θ' as a Hugging Face folder (config + tokenizer of ΘT, sharded safetensors, card)."""
+    """Write Θ' as a Hugging Face folder (config + tokenizer of ΘT, sharded safetensors, card).
+
+    ``overlap``: write in a background thread while the next blocks are read and merged.
+    The shards are on disk (fsync) before the folder is renamed into place.
+    """
     out = Path(out)
     check_output_folder(out, input_folders(job), overwrite)
     start = time.perf_counter()
@@ -428,10 +495,9 @@ def merge_to_folder(
     try:
         with atomic.directory(out, overwrite=overwrite) as tmp:
             copy_side_files(job.ir.folder, tmp)
-            writer = ShardedWriter(tmp, specs, shard_size, meta)
+            writer = ShardedWriter(tmp, specs, shard_size, meta, durable=True)
             with writer:
-                for name, tensor in iter_merged(job, plan, device, progress, overlap):
-                    writer.write(name, tensor)
+                write_blocks(writer, iter_merged(job, plan, device, progress), overlap)
             (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
             (tmp / OUTPUT_MARKER).write_text(
                 json.dumps(

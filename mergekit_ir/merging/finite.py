@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -12,6 +14,6 @@ def all_finite(t: torch.Tensor) -> bool:
     every element finite; only a non-finite sum (NaN/Inf, or finite values overflowing the
     sum) needs the exact elementwise check.
     """
-    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+    if not t.is_floating_point() or math.isfinite(t.sum().item()):
         return True
     return bool(torch.isfinite(t).all())

@@ -58,6 +58,11 @@ class MergeMethod:
     merge: MergeFn
     params: tuple[Param, ...] = ()
     needs_ir_vector: bool = False
+    elementwise: bool = False
+    """Each output value depends only on the inputs at its own position (and the tensor's
+    parameters): the engine may then merge a tensor in row blocks, which keeps every
+    input of a block in the CPU caches. Methods using whole-tensor statistics (top-k,
+    norms, random masks drawn per tensor) leave it False."""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

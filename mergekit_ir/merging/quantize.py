@@ -81,8 +81,16 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return out.reshape(-1)[: packed_nbytes(n, bits)].clone()
 
 
-def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """The first ``numel`` codes of a packed stream, as uint8."""
+def unpack(
+    packed: torch.Tensor, bits: int, numel: int, dtype: torch.dtype = torch.uint8
+) -> torch.Tensor:
+    """The first ``numel`` codes of a packed stream, as ``dtype`` (float32 saves a pass when
+    they are dequantized next).
+
+    The stream is cut into chunks holding whole codes (one byte: 8/bits codes; 3 bits:
+    three bytes, eight codes); code ``j`` of every chunk is extracted at once with shifts
+    on a strided view of the bytes and written straight into its lane of the output.
+    """
     check_bits(bits)
     packed = packed.reshape(-1)
     if packed.numel() != packed_nbytes(numel, bits):
@@ -91,17 +99,21 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
             f"for {numel} values at {bits} bits"
         )
     if bits == 8:
-        return packed.clone()
+        return packed.to(dtype, copy=True)
+    chunk_bytes, chunk_codes = (1, 8 // bits) if 8 % bits == 0 else (3, 8)
+    chunks = math.ceil(packed.numel() / chunk_bytes)
+    if chunks * chunk_bytes != packed.numel():
+        packed = torch.cat([packed, packed.new_zeros(chunks * chunk_bytes - packed.numel())])
+    b = packed.reshape(chunks, chunk_bytes)
+    out = torch.empty(chunks, chunk_codes, dtype=dtype)
     mask = (1 << bits) - 1
-    if 8 % bits == 0:
-        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
-        return ((packed.unsqueeze(1) >> shifts) & mask).reshape(-1)[:numel]
-    padded = torch.zeros(math.ceil(packed.numel() / 3) * 3, dtype=torch.int32)
-    padded[: packed.numel()] = packed
-    b = padded.reshape(-1, 3)
-    word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-    shifts = torch.arange(0, 24, 3, dtype=torch.int32)
-    return ((word.unsqueeze(1) >> shifts) & mask).reshape(-1)[:numel].to(torch.uint8)
+    for j in range(chunk_codes):
+        byte, shift = divmod(j * bits, 8)
+        lane = b[:, byte] >> shift if shift else b[:, byte]
+        if shift + bits > 8:  # the code continues in the next byte
+            lane = lane | (b[:, byte + 1] << (8 - shift))
+        out[:, j].copy_(lane if shift + bits == 8 else lane & mask)  # top bits need no mask
+    return out.reshape(-1)[:numel]
 
 
 def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -152,14 +164,27 @@ def quantize(t: torch.Tensor, bits: int, group_size: int = 128) -> QuantizedTens
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
     """x̂ = z + code·s in fp32, in the original shape."""
-    rows, last, groups = layout(q.shape, q.group_size)
-    codes = unpack(q.packed, q.bits, rows * last).reshape(rows, last)
-    width = groups * q.group_size
+    rows, last, _ = layout(q.shape, q.group_size)
+    codes = unpack(q.packed, q.bits, rows * last, torch.float32)
+    return dequantize_codes(codes, q.scales, q.zeros, q.shape, q.group_size)
+
+
+def dequantize_codes(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    shape: tuple[int, ...],
+    group_size: int,
+) -> torch.Tensor:
+    """x̂ = z + code·s from unpacked codes (any slice of whole rows of a quantized tensor)."""
+    rows, last, groups = layout(shape, group_size)
+    codes = codes.reshape(rows, last)
+    width = groups * group_size
     if width != last:  # a shorter last group: pad the row to whole groups, cut after
         codes = torch.cat([codes, codes.new_zeros(rows, width - last)], dim=1)
-    x = codes.float().reshape(rows, groups, q.group_size)
-    x.mul_(q.scales.float().unsqueeze(-1)).add_(q.zeros.float().unsqueeze(-1))
-    return x.reshape(rows, width)[:, :last].reshape(q.shape).contiguous()
+    x = codes.float().reshape(rows, groups, group_size)
+    x.mul_(scales.float().reshape(rows, groups, 1)).add_(zeros.float().reshape(rows, groups, 1))
+    return x.reshape(rows, width)[:, :last].reshape(shape).contiguous()
 
 
 def group_bound(t: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:

@@ -29,15 +29,17 @@ from typing import Any
 import torch
 
 from mergekit_ir.errors import CheckpointError
-from mergekit_ir.merging.checkpoint import _SafetensorsFile
+from mergekit_ir.merging.checkpoint import Rows, _SafetensorsFile
 from mergekit_ir.merging.finite import all_finite
 from mergekit_ir.merging.quantize import (
     BITS,
     QuantizedTensor,
     dequantize,
+    dequantize_codes,
     layout,
     packed_nbytes,
     quantize,
+    unpack,
 )
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
 from mergekit_ir.storage import atomic
@@ -243,21 +245,43 @@ class QuantizedTerm:
     def shape(self, key: str) -> tuple[int, ...] | None:
         return self.tensors[key][1] if key in self.tensors else None
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, rows: Rows = None) -> torch.Tensor | None:
         if key not in self.tensors:
             return None
         kind, shape = self.tensors[key]
         if kind == "full":
-            return self.file.get(key).float().reshape(shape)
-        q = QuantizedTensor(
-            self.file.get(f"{key}::q"),
-            self.file.get(f"{key}::scale"),
-            self.file.get(f"{key}::zero"),
-            shape,
-            self.bits,
-            self.group_size,
+            return self.file.get(key, rows).float()
+        if rows is None or len(shape) < 2:
+            codes, scale, zero = (self.file.get(f"{key}::{p}") for p in ("q", "scale", "zero"))
+            whole = dequantize(
+                QuantizedTensor(codes, scale, zero, shape, self.bits, self.group_size)
+            )
+            return whole if rows is None else whole[rows[0] : rows[1]]
+        return self._rows(key, shape, rows)
+
+    def _rows(self, key: str, shape: tuple[int, ...], rows: tuple[int, int]) -> torch.Tensor:
+        """Dequantize rows ``[start, stop)`` only: their codes are one contiguous bit range.
+
+        Eight codes fill exactly ``bits`` bytes, so reading from the byte where the last
+        multiple of eight codes before the first wanted code starts keeps the packing
+        aligned; the few extra leading codes are dropped after unpacking.
+        """
+        start, stop = rows
+        inner = shape[1:]
+        rows_per, _, groups = layout(inner, self.group_size)
+        per_row = math.prod(inner)  # values of one first-dimension row
+        first, last = start * per_row, stop * per_row
+        aligned = first // 8 * 8
+        packed = self.file.read(
+            f"{key}::q",
+            aligned * self.bits // 8,
+            aligned * self.bits // 8 + packed_nbytes(last - aligned, self.bits),
         )
-        return dequantize(q)
+        codes = unpack(packed, self.bits, last - aligned, torch.float32)[first - aligned :]
+        g = rows_per * groups  # scale/zero entries of one first-dimension row
+        scale = self.file.read(f"{key}::scale", start * g, stop * g)
+        zero = self.file.read(f"{key}::zero", start * g, stop * g)
+        return dequantize_codes(codes, scale, zero, (stop - start, *inner), self.group_size)
 
     def describe(self) -> str:
         m = self.metadata

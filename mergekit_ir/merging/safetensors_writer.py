@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +73,10 @@ class ShardedWriter:
         max_shard_bytes: int,
         metadata: dict[str, str] | None = None,
         basename: str = "model",
+        durable: bool = False,
     ):
+        """``durable``: each shard is on disk (fsync) before ``close`` returns, its writeback
+        started in the background as data comes in so the final sync has little left."""
         self.folder = folder
         self.shards = plan_shards(specs, max_shard_bytes)
         n = len(self.shards)
@@ -85,34 +90,74 @@ class ShardedWriter:
         self._pos = 0
         self._shard = -1
         self._fh: BinaryIO | None = None
+        self._written = 0  # bytes of the current tensor written so far
+        self.durable = durable
+        self._flusher: _Flusher | None = None
         self.total_bytes = sum(s.nbytes for s in specs)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        if self._pos >= len(self._queue):
-            raise CheckpointError(f"tensor {name}: more tensors written than planned")
-        shard, spec = self._queue[self._pos]
-        if name != spec.name or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+        """Write the whole of tensor ``name`` (the next one planned)."""
+        spec = self._expect(name)
+        if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
             raise CheckpointError(
                 f"tensor {name} {tuple(tensor.shape)} {tensor.dtype}: expected {spec.name} {spec.shape} {spec.dtype}"
             )
+        self._put(spec, tensor)
+
+    def write_rows(self, name: str, block: torch.Tensor) -> None:
+        """Append the next rows of tensor ``name``; it is complete once all its rows came."""
+        spec = self._expect(name)
+        if tuple(block.shape[1:]) != spec.shape[1:] or block.dtype != spec.dtype:
+            raise CheckpointError(
+                f"tensor {name}: rows of shape {tuple(block.shape)} {block.dtype} do not fit "
+                f"{spec.shape} {spec.dtype}"
+            )
+        self._put(spec, block)
+
+    def _expect(self, name: str) -> TensorSpec:
+        if self._pos >= len(self._queue):
+            raise CheckpointError(f"tensor {name}: more tensors written than planned")
+        shard, spec = self._queue[self._pos]
+        if name != spec.name:
+            raise CheckpointError(f"tensor {name}: expected {spec.name} next")
         if shard != self._shard:
             self._open(shard)
+        return spec
+
+    def _put(self, spec: TensorSpec, tensor: torch.Tensor) -> None:
         assert self._fh is not None
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        if self._written + data.nbytes > spec.nbytes:
+            raise CheckpointError(f"tensor {spec.name}: more values written than its shape holds")
         self._fh.write(memoryview(data))
-        self._pos += 1
+        self._written += data.nbytes
+        if self._flusher is not None:
+            self._flusher.wrote(data.nbytes)
+        if self._written == spec.nbytes:
+            self._pos += 1
+            self._written = 0
 
     def _open(self, shard: int) -> None:
-        if self._fh is not None:
-            self._fh.close()
+        self._close_file()
         self._shard = shard
         self._fh = (self.folder / self.files[shard]).open("wb")
         self._fh.write(_header(self.shards[shard], self.metadata))
+        if self.durable:
+            self._flusher = _Flusher(self._fh)
 
-    def close(self) -> None:
-        if self._fh is not None:
+    def _close_file(self, sync: bool = True) -> None:
+        if self._fh is None:
+            return
+        try:
+            if self._flusher is not None:
+                self._flusher.finish(sync)
+        finally:
+            self._flusher = None
             self._fh.close()
             self._fh = None
+
+    def close(self) -> None:
+        self._close_file()
         if self._pos != len(self._queue):
             missing = self._queue[self._pos][1].name
             raise CheckpointError(f"output incomplete: tensor {missing} was never written")
@@ -131,8 +176,55 @@ class ShardedWriter:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.close()
-        elif self._fh is not None:
-            self._fh.close()
+        else:
+            self._close_file(sync=False)
+
+
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+class _Flusher:
+    """Writes a file's dirty pages back while more data comes, so ``fsync`` at the end is short.
+
+    A background thread calls ``fdatasync`` each time another ``every`` bytes were written
+    (the kernel otherwise starts writeback only when dirty pages pile up or age); the
+    writer never waits for it, except in :meth:`finish`.
+    """
+
+    def __init__(self, fh: BinaryIO, every: int = 128 * 2**20):
+        self.fh, self.every, self.pending = fh, every, 0
+        self.wake = threading.Semaphore(0)
+        self.done = False
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, name="mergeir-fsync", daemon=True)
+        self.thread.start()
+
+    def wrote(self, nbytes: int) -> None:
+        self.pending += nbytes
+        if self.pending >= self.every:
+            self.pending = 0
+            self.fh.flush()
+            self.wake.release()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.acquire()
+            if self.done:
+                return
+            try:
+                _datasync(self.fh.fileno())
+            except OSError as exc:  # reported by finish(), in the writer's thread
+                self.error = exc
+
+    def finish(self, sync: bool) -> None:
+        self.done = True
+        self.wake.release()
+        self.thread.join()
+        if sync:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        if self.error is not None:
+            raise self.error
 
 
 def parse_size(text: str | int) -> int:

@@ -25,16 +25,19 @@ import torch
 
 from mergekit_ir.errors import CheckpointError
 from mergekit_ir.merging.alignment import NameIndex, base_prefix, canonical, is_head, vocab_case
-from mergekit_ir.merging.checkpoint import TensorSource, _SafetensorsFile
+from mergekit_ir.merging.checkpoint import Rows, TensorSource, _SafetensorsFile
 from mergekit_ir.merging.finite import all_finite
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
 from mergekit_ir.storage import atomic
 
 
 class Term(Protocol):
+    """One summand of a task vector. ``get(key, rows)`` returns only rows ``[start, stop)``
+    of the delta (fp32) when ``rows`` is given, so the engine can merge in row blocks."""
+
     def keys(self) -> list[str]: ...
     def shape(self, key: str) -> tuple[int, ...] | None: ...
-    def get(self, key: str) -> torch.Tensor | None: ...
+    def get(self, key: str, rows: Rows = None) -> torch.Tensor | None: ...
     def describe(self) -> str: ...
 
 
@@ -100,15 +103,17 @@ class DiffTerm:
             f"tensor {names[0]}: shape {ps} in Θ0 but {ds} in ΘD; the models do not match"
         )
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, rows: Rows = None) -> torch.Tensor | None:
         shape = self.shape(key)
         if shape is None:
             return None
         p_name, d_name = self._names(key)  # type: ignore[misc]
-        p = self.pretrained.get(p_name).float()
-        d = self.domain.get(d_name).float()
-        if p.shape != d.shape:
-            p, d = p[: shape[0]], d[: shape[0]]
+        if rows is None and self.pretrained.info(p_name).shape != shape:
+            rows = (0, shape[0])  # vocabulary case: the rows both models have
+        if rows is None and self.domain.info(d_name).shape != shape:
+            rows = (0, shape[0])
+        p = self.pretrained.get(p_name, rows).float()
+        d = self.domain.get(d_name, rows).float()
         return d.sub_(p)
 
     def describe(self) -> str:
@@ -138,8 +143,8 @@ class StoredTerm:
     def shape(self, key: str) -> tuple[int, ...] | None:
         return self.where[key].info(key).shape if key in self.where else None
 
-    def get(self, key: str) -> torch.Tensor | None:
-        return self.where[key].get(key).float() if key in self.where else None
+    def get(self, key: str, rows: Rows = None) -> torch.Tensor | None:
+        return self.where[key].get(key, rows).float() if key in self.where else None
 
     def describe(self) -> str:
         m = self.metadata
@@ -199,17 +204,19 @@ class LoraTerm:
         d = self.get(key)
         return tuple(d.shape) if d is not None else None
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, rows: Rows = None) -> torch.Tensor | None:
         if key not in self.deltas_src:
             return None
         module, parts = self.deltas_src[key]
         scale, _ = self._scaling(module)
-        if "lora_embedding_A" in parts:
-            return (parts["lora_embedding_B"].float() @ parts["lora_embedding_A"].float()).T * scale
-        delta = parts["lora_B"].float() @ parts["lora_A"].float()
-        if self.config.fan_in_fan_out:
-            delta = delta.T
-        return delta * scale
+        r = slice(*rows) if rows is not None else slice(None)
+        if "lora_embedding_A" in parts:  # Δ = (B·A)ᵀ: its rows are A's columns
+            a, b = parts["lora_embedding_A"].float(), parts["lora_embedding_B"].float()
+            return (a[:, r].T @ b.T) * scale
+        a, b = parts["lora_A"].float(), parts["lora_B"].float()
+        if self.config.fan_in_fan_out:  # Δ = (B·A)ᵀ
+            return (a[:, r].T @ b.T) * scale
+        return (b[r] @ a) * scale
 
     def describe(self) -> str:
         return f"lora({self.folder})"
@@ -312,11 +319,12 @@ class TaskVector:
             )
         return shapes.pop() if shapes else None
 
-    def get(self, key: str) -> torch.Tensor | None:
-        """The delta for ``key`` in fp32, or None if no term covers it (zero delta)."""
+    def get(self, key: str, rows: Rows = None) -> torch.Tensor | None:
+        """The delta for ``key`` in fp32 (only rows ``[start, stop)`` when given), or None if
+        no term covers it (zero delta)."""
         out: torch.Tensor | None = None
         for c, term in self.terms:
-            d = term.get(key)
+            d = term.get(key, rows)
             if d is None:
                 continue
             if out is None:

@@ -43,5 +43,6 @@ def register_merge_methods(register):
             description="ΘT + α·Σ w_i·(ΘD_i − Θ0): add domain task vectors to the IR model",
             merge=task_arithmetic,
             params=(ALPHA, WEIGHTS),
+            elementwise=True,
         )
     )

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoTokenizer
 
 from mergekit_ir import (
     CheckpointError,
@@ -196,6 +195,8 @@ class BiEncoder(Scorer):
                 f"{path}: pooling with include_prompt=false is not supported by the bi-encoder scorer; "
                 "set scorer options query_prefix/doc_prefix to ''"
             )
+        from transformers import AutoModel, AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(st["transformer_path"])
         self.model = self.load_pretrained(AutoModel, st["transformer_path"])
         limit = getattr(self.model.config, "max_position_embeddings", 512)

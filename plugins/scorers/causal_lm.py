@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mergekit_ir import (
     CheckpointError,
@@ -85,6 +84,8 @@ class CausalLM(Scorer):
             "query": options.get("query_max_length") or 128,
             "document": options.get("doc_max_length") or 256,
         }
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         require_fast(self.tokenizer, path, "causal-lm")
         self.yes_id = self.no_id = None

@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 from mergekit_ir import (
     CheckpointError,
     ConfigError,
@@ -52,6 +50,8 @@ PARAMS = (
 class CrossEncoder(Scorer):
     def __init__(self, path: Path, options: Mapping[str, Any], settings: ScoringSettings):
         super().__init__(settings)
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = self.load_pretrained(
             AutoModelForSequenceClassification, path, report_missing=True

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mergekit_ir import (
     CheckpointError,
@@ -137,6 +136,8 @@ class MonoT5(Scorer):
         super().__init__(settings)
         check(path)
         self.parts = parse_template(options.get("template") or TEMPLATE)
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         require_fast(self.tokenizer, path, "monot5")
         config = AutoConfig.from_pretrained(path)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from mergekit_ir import (
     Param,
@@ -66,6 +65,8 @@ class Splade(Scorer):
 
     def __init__(self, path: Path, options: Mapping[str, Any], settings: ScoringSettings):
         super().__init__(settings)
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = self.load_pretrained(AutoModelForMaskedLM, path, report_missing=True)
         head = [k for k in self.newly_initialised if "embeddings" not in k]
