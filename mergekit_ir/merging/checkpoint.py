@@ -13,6 +13,7 @@ pinned to a revision). Weights are read one tensor at a time:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -141,8 +142,10 @@ class _SafetensorsFile:
         return self._handle
 
     def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None:
-            os.close(self._handle)  # type: ignore[arg-type]
+        fd = getattr(self, "_handle", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __getstate__(self) -> dict[str, Any]:  # descriptors do not travel to other processes
         return {**self.__dict__, "_handle": None}
