@@ -170,6 +170,17 @@ def build_checkpoints(
     return dirs
 
 
+def mergekit_config(path: Path, dirs: dict[str, Path], alpha: float, dtype: str) -> Path:
+    """mergekit's task arithmetic for Θ' = ΘT + α·(ΘD − Θ0): base Θ0, ΘT at weight 1, ΘD at α."""
+    path.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {dirs['pretrained']}\nmodels:\n"
+        f"  - model: {dirs['ir']}\n    parameters:\n      weight: 1.0\n"
+        f"  - model: {dirs['domain']}\n    parameters:\n      weight: {alpha}\n"
+        f"dtype: {dtype}\n"
+    )
+    return path
+
+
 def console_script(name: str) -> str:
     """The real entry-point script next to this interpreter (not a pyenv shim), else PATH's."""
     here = Path(sys.executable).parent / name
@@ -334,15 +345,7 @@ def main() -> None:
         )
 
         outs = {m: work / f"out-{m}" for m in methods}
-        cfg = work / "mergekit.yaml"
-        cfg.write_text(
-            "merge_method: task_arithmetic\n"
-            f"base_model: {dirs['pretrained']}\n"
-            "models:\n"
-            f"  - model: {dirs['ir']}\n    parameters:\n      weight: 1.0\n"
-            f"  - model: {dirs['domain']}\n    parameters:\n      weight: {args.alpha}\n"
-            "dtype: float16\n"
-        )
+        cfg = mergekit_config(work / "mergekit.yaml", dirs, args.alpha, "float16")
         commands = {
             "ours": [
                 console_script("mergeir"),

@@ -47,7 +47,13 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from merge_memory import build_checkpoints, console_script, layers_for, measure  # noqa: E402
+from merge_memory import (  # noqa: E402
+    build_checkpoints,
+    console_script,
+    layers_for,
+    measure,
+    mergekit_config,
+)
 
 LIMIT = r"""
 import os, sys, time
@@ -188,13 +194,7 @@ def run(args: argparse.Namespace, methods: list[str], work: Path) -> None:
         file=sys.stderr,
     )
     outs = {m: work / f"out-{m}" for m in methods}
-    cfg = work / "mergekit.yaml"
-    cfg.write_text(
-        f"merge_method: task_arithmetic\nbase_model: {dirs['pretrained']}\nmodels:\n"
-        f"  - model: {dirs['ir']}\n    parameters:\n      weight: 1.0\n"
-        f"  - model: {dirs['domain']}\n    parameters:\n      weight: {args.alpha}\n"
-        f"dtype: {dtype}\n"
-    )
+    cfg = mergekit_config(work / "mergekit.yaml", dirs, args.alpha, dtype)
     inputs = [*weight_files(dirs["ir"]), *weight_files(dirs["pretrained"])]
     inputs += weight_files(dirs["domain"])
     limit = [sys.executable, "-c", LIMIT]
@@ -215,11 +215,10 @@ def run(args: argparse.Namespace, methods: list[str], work: Path) -> None:
     failed: dict[str, str] = {}
     for r in range(args.repeat):
         for m in [m for m in methods if m not in failed]:
-            for p in (outs[m],):
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
+            if outs[m].is_dir():
+                shutil.rmtree(outs[m])
+            elif outs[m].exists():
+                outs[m].unlink()
             os.sync()
             warm(inputs + weight_files(tau))
             log = work / f"{m}.log"

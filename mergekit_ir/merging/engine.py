@@ -284,12 +284,9 @@ def merged_blocks(
             else:
                 yield _merged_block(job, plan, e, device, rows)
         return
-    merged = _merged_block(job, plan, e, device, None)
+    yield _merged_block(job, plan, e, device, None)
     if e.rows:  # ΘT's extra vocabulary rows follow the merged ones
-        yield merged
         yield job.ir.get(e.name, (e.rows, e.shape[0]))
-    else:
-        yield merged
 
 
 def iter_merged(
