@@ -67,11 +67,10 @@ def test_block_merge_equals_whole_tensor_merge_bit_for_bit(
     params = {"alpha": 0.7, "weights": None}
     merge_to_folder(MergeJob(ir, [tau], whole, params), tmp_path / "whole", progress=False)
     monkeypatch.setattr(engine, "BLOCK_BYTES", 3 * 4 * 32)  # 3 rows of 32 values: many blocks
-    for overlap in (False, True):
-        out = tmp_path / f"blocks-{overlap}"
-        merge_to_folder(
-            MergeJob(ir, [tau], blockwise, params), out, progress=False, overlap=overlap
-        )
+    for overlap, workers in ((False, 1), (True, 1), (True, 3)):  # 3 merge threads, out of order
+        out = tmp_path / f"blocks-{overlap}-{workers}"
+        job = MergeJob(ir, [tau], blockwise, params)
+        merge_to_folder(job, out, progress=False, overlap=overlap, workers=workers)
         a = load_file(tmp_path / "whole" / "model.safetensors")
         b = load_file(out / "model.safetensors")
         assert a.keys() == b.keys()
@@ -173,3 +172,20 @@ class _Dict:
 
     def describe(self) -> str:
         return "in-memory"
+
+
+def test_an_error_in_a_merge_thread_stops_the_merge_and_leaves_no_output(
+    tiny_triplet, tmp_path, monkeypatch
+):
+    t = tiny_triplet
+    pre, ir = open_checkpoint(str(t["pretrained"])), open_checkpoint(str(t["ir"]))
+    tau = TaskVector.from_checkpoints(pre, open_checkpoint(str(t["domain"])))
+    bad = {k: torch.zeros(tau.shape(k)) for k in tau.keys()}
+    emb = next(k for k in bad if k.endswith("word_embeddings.weight"))
+    bad[emb][-1, 0] = float("nan")  # in the last block of the embedding, not the first
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 3 * 4 * 32)
+    method = catalog().merge_method("task_arithmetic")
+    job = MergeJob(ir, [TaskVector([(1.0, _Dict(bad))])], method, {"alpha": 1.0, "weights": None})
+    with pytest.raises(CheckpointError, match="word_embeddings.weight: task vector τ1 .* NaN/Inf"):
+        merge_to_folder(job, tmp_path / "out", progress=False, workers=2)
+    assert not (tmp_path / "out").exists()

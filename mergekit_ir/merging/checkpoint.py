@@ -18,6 +18,7 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
+
+
+_OPEN_LOCK = threading.Lock()
 
 
 class _SafetensorsFile:
@@ -136,9 +140,12 @@ class _SafetensorsFile:
         return buf.view(dtype)
 
     def _fd(self) -> int:
-        """One read-only descriptor per file for its lifetime (positioned reads share it)."""
+        """One read-only descriptor per file for its lifetime (positioned reads share it,
+        from any thread: the merge engine reads blocks in parallel)."""
         if self._handle is None:
-            self._handle = os.open(self.path, os.O_RDONLY)
+            with _OPEN_LOCK:
+                if self._handle is None:
+                    self._handle = os.open(self.path, os.O_RDONLY)
         return self._handle
 
     def __del__(self) -> None:

@@ -9,11 +9,14 @@ full disk never leaves a half-written model.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import itertools
 import json
 import logging
 import math
+import os
 import queue
 import shutil
 import threading
@@ -265,28 +268,49 @@ def _merged_block(
     return merged
 
 
-def merged_blocks(
-    job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device
-) -> Iterator[torch.Tensor]:
-    """Θ' of one planned tensor in ΘT's dtype, as consecutive row blocks.
+@dataclass(frozen=True)
+class BlockTask:
+    """One row block of one planned tensor: merged, or ΘT's rows copied as they are."""
+
+    entry: PlanEntry
+    rows: Rows
+    merge: bool
+
+
+def block_tasks(job: MergeJob, e: PlanEntry) -> Iterator[BlockTask]:
+    """The blocks of one planned tensor, in order; concatenated they are the tensor.
 
     Copies and elementwise methods go block by block (memory stays at a few blocks and
     their inputs stay in the CPU caches); other methods need the whole tensor at once.
     """
     if e.action == "copy":
         for rows in row_blocks(e.shape):
-            yield job.ir.get(e.name, rows)
-        return
-    if job.method.elementwise:
+            yield BlockTask(e, rows, merge=False)
+    elif job.method.elementwise:
         for rows in row_blocks(e.shape, e.rows):
-            if e.rows and rows is not None and rows[0] >= e.rows:
-                yield job.ir.get(e.name, rows)  # ΘT's extra vocabulary rows
-            else:
-                yield _merged_block(job, plan, e, device, rows)
-        return
-    yield _merged_block(job, plan, e, device, None)
-    if e.rows:  # ΘT's extra vocabulary rows follow the merged ones
-        yield job.ir.get(e.name, (e.rows, e.shape[0]))
+            extra = bool(e.rows) and rows is not None and rows[0] >= e.rows  # type: ignore[operator]
+            yield BlockTask(e, rows, merge=not extra)  # ΘT's extra vocabulary rows are copied
+    else:
+        yield BlockTask(e, None, merge=True)
+        if e.rows:  # ΘT's extra vocabulary rows follow the merged ones
+            yield BlockTask(e, (e.rows, e.shape[0]), merge=False)
+
+
+def run_block(
+    job: MergeJob, plan: MergePlan, task: BlockTask, device: torch.device
+) -> torch.Tensor:
+    """Θ' of one block in ΘT's dtype (reads and arithmetic only: safe in any thread)."""
+    if not task.merge:
+        return job.ir.get(task.entry.name, task.rows)
+    return _merged_block(job, plan, task.entry, device, task.rows)
+
+
+def merged_blocks(
+    job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Θ' of one planned tensor in ΘT's dtype, as consecutive row blocks."""
+    for task in block_tasks(job, e):
+        yield run_block(job, plan, task, device)
 
 
 def iter_merged(
@@ -294,17 +318,38 @@ def iter_merged(
     plan: MergePlan,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    workers: int = 1,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, row block in ΘT's dtype) for every planned tensor, in plan order.
 
     The blocks of one tensor come one after the other; concatenated along the first
-    dimension they are the tensor.
+    dimension they are the tensor. With ``workers > 1`` that many threads read and merge
+    the next blocks while earlier ones are consumed (positioned reads and torch kernels
+    release the GIL, so one thread's reads overlap another's arithmetic); the order and
+    the bits are the same as with one.
     """
     device = torch.device(device)
     entries = tqdm(plan.entries, desc="merging", unit="tensor", disable=not progress, leave=False)
-    for e in entries:
-        for block in merged_blocks(job, plan, e, device):
-            yield e.name, block
+    tasks = (task for e in entries for task in block_tasks(job, e))
+    if workers <= 1:
+        for task in tasks:
+            yield task.entry.name, run_block(job, plan, task, device)
+        return
+    ahead = 2 * workers  # blocks in flight: memory stays at a few blocks
+    pending: collections.deque[tuple[str, concurrent.futures.Future[torch.Tensor]]]
+    pending = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="mergeir-merge")
+    try:
+        for task in tasks:
+            pending.append((task.entry.name, pool.submit(run_block, job, plan, task, device)))
+            if len(pending) >= ahead:
+                name, future = pending.popleft()
+                yield name, future.result()
+        while pending:
+            name, future = pending.popleft()
+            yield name, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -319,6 +364,12 @@ def _one_torch_thread(active: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def default_workers() -> int:
+    """Merge threads beside the writer: two overlap one's reads with the other's arithmetic
+    (docs/performance.md); more only pay where more cores and memory bandwidth are."""
+    return max(1, min(4, (os.cpu_count() or 1)))
 
 
 def write_blocks(
@@ -489,11 +540,13 @@ def merge_to_folder(
     provenance: Mapping[str, Any] | None = None,
     plan: MergePlan | None = None,
     overlap: bool = True,
+    workers: int | None = None,
 ) -> MergeReport:
     """Write Θ' as a Hugging Face folder (config + tokenizer of ΘT, sharded safetensors, card).
 
-    ``overlap``: write in a background thread while the next blocks are read and merged.
-    The shards are on disk (fsync) before the folder is renamed into place.
+    ``overlap``: write in a background thread while ``workers`` threads (default
+    :func:`default_workers`) read and merge the next blocks. The shards are on disk
+    (fsync) before the folder is renamed into place.
     """
     out = Path(out)
     check_output_folder(out, input_folders(job), overwrite)
@@ -509,7 +562,9 @@ def merge_to_folder(
             copy_side_files(job.ir.folder, tmp)
             writer = ShardedWriter(tmp, specs, shard_size, meta, durable=True)
             with writer, _one_torch_thread(overlap and job.method.elementwise):
-                write_blocks(writer, iter_merged(job, plan, device, progress), overlap)
+                # whole-tensor methods stay on one thread: memory stays at one tensor
+                n = (workers or default_workers()) if overlap and job.method.elementwise else 1
+                write_blocks(writer, iter_merged(job, plan, device, progress, n), overlap)
             (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
             (tmp / OUTPUT_MARKER).write_text(
                 json.dumps(
