@@ -301,3 +301,23 @@ def test_xquad_r_english_both_profiles():
         ndcg = bench.scores(run, ds.qrels)["NDCG@10"]
         print(f"XQuAD-R en, profile={profile}: NDCG@10 = {ndcg:.4f}")
         assert ndcg > 0.8
+
+
+@pytest.mark.slow  # a fresh interpreter (torch's import)
+def test_bm25s_is_imported_on_first_use_and_its_debug_logs_stay_off():
+    # loading the catalog (every command) must not pay bm25s's import; its own import sets
+    # its logger to DEBUG, which the backend undoes
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "from mergekit_ir.plugin_host import catalog\n"
+        "catalog()\n"
+        "print('bm25s' in sys.modules, 'Stemmer' in sys.modules, 'transformers' in sys.modules)\n"
+        "from mergekit_ir_plugins.first_stages import bm25s_backend as b\n"
+        "b.lucene_field_index([['a', 'b'], ['b']], 1.2, 0.75)\n"
+        "print(logging.getLogger('bm25s').level == logging.WARNING)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False", "True"]

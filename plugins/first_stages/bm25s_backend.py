@@ -33,11 +33,18 @@ from . import lucene
 if TYPE_CHECKING:
     import bm25s
 
-# bm25s and PyStemmer are imported where they are used: loading the plugin catalog (every
-# `mergeir` command, `mergeir merge` included) does not pay their ~0.4 s.
-
 log = logging.getLogger(__name__)
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s logs every index build at DEBUG
+
+
+def _bm25s() -> Any:
+    """bm25s, imported on first use: loading the plugin catalog (every `mergeir` command,
+    `mergeir merge` included) does not pay its ~0.4 s. Its import sets its logger to DEBUG,
+    and it logs every index build there, so the level is set back after it."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
 
 # Language -> (ISO 639-1 code, Snowball algorithm in PyStemmer, bm25s stop-word list).
 LANGUAGES: dict[str, tuple[str, str | None, str | None]] = {
@@ -151,8 +158,7 @@ def resolve_settings(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def corpus_key(corpus: Mapping[str, Any], settings: Mapping[str, Any], doc_ids: list[str]) -> str:
     """Content hash of the corpus (title and text apart) and every setting."""
-    import bm25s
-
+    bm25s = _bm25s()
     h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode())
     h.update(
         f"bm25s={bm25s.__version__};format={INDEX_FORMAT};uax29={lucene.HAS_WORD_BOUNDARIES}".encode()
@@ -210,8 +216,7 @@ class BM25sIndex:
 
     def analyze(self, text: str) -> list[str]:
         """The terms one text is indexed (and queried) as."""
-        import bm25s
-
+        bm25s = _bm25s()
         if self.analyzer is not None:
             return self.analyzer(text)
         return bm25s.tokenize(
@@ -225,8 +230,7 @@ class BM25sIndex:
     # -- building, saving, loading ------------------------------------------------------
 
     def _build(self, corpus: Mapping[str, Any]) -> None:
-        import bm25s
-
+        bm25s = _bm25s()
         s = self.settings
         if self.profile == "bm25s":
             texts = [corpus[d].full_text for d in self.doc_ids]
@@ -260,8 +264,7 @@ class BM25sIndex:
         (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids))  # written last
 
     def _load(self, folder: Path) -> None:
-        import bm25s
-
+        bm25s = _bm25s()
         self.doc_ids = json.loads((folder / "doc_ids.json").read_text())
         if self.profile == "bm25s":
             self.retriever = bm25s.BM25.load(str(folder))
@@ -273,8 +276,7 @@ class BM25sIndex:
     # -- search -------------------------------------------------------------------------
 
     def search(self, queries: Mapping[str, str], k: int) -> Run:
-        import bm25s
-
+        bm25s = _bm25s()
         if self.profile == "elasticsearch":
             return self._search_fields(queries, k)
         qids = sorted(queries)
@@ -355,8 +357,7 @@ def lucene_field_index(docs: list[list[str]], k1: float, b: float) -> bm25s.BM25
     query time; the entries are computed here the way Lucene does (see
     :func:`lucene.lucene_bm25_weights`), which bm25s's own indexer does not.
     """
-    import bm25s
-
+    bm25s = _bm25s()
     vocab: dict[str, int] = {t: i for i, t in enumerate(sorted({t for d in docs for t in d}))}
     doc_idx, term_idx, tf = [], [], []
     for i, terms in enumerate(docs):
@@ -391,8 +392,7 @@ def lucene_field_index(docs: list[list[str]], k1: float, b: float) -> bm25s.BM25
 
 def _load_field(folder: Path) -> bm25s.BM25:
     # saved with dtype float64: bm25s adds the float32 term scores in double, like Lucene
-    import bm25s
-
+    bm25s = _bm25s()
     return bm25s.BM25.load(str(folder))
 
 
@@ -415,6 +415,7 @@ _STOP_LISTS = {
 
 def _stop_list(code: str) -> tuple[str, ...]:
     """bm25s's stop-word list for a language code (what bm25s.tokenize uses)."""
+    _bm25s()
     import bm25s.stopwords
 
     return getattr(bm25s.stopwords, f"STOPWORDS_{_STOP_LISTS[code]}")
