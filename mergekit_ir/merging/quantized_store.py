@@ -420,11 +420,18 @@ def info(path: str | Path) -> str:
     except (OSError, ValueError):
         errors = {}
     if errors:
-        rel = sorted(v[0] for v in errors.values())
-        worst = sorted(errors.items(), key=lambda kv: -kv[1][0])[:5]
-        lines.append(
-            f"relative error ‖τ − τ̂‖/‖τ‖ per tensor: median {rel[len(rel) // 2]:.4f}, "
-            f"max {rel[-1]:.4f} over {len(rel)} tensors; worst:"
+        kinds = terms[-1][1].tensors
+        # fp16 tensors' errors (~1e-4) would hide the quantized ones' in one median
+        groups = {
+            kind: sorted(v[0] for k, v in errors.items() if kinds.get(k, ("q",))[0] == kind)
+            for kind in ("q", "full")
+        }
+        summary = "; ".join(
+            f"{label}: median {rel[len(rel) // 2]:.4f}, max {rel[-1]:.4f} over {len(rel)}"
+            for label, rel in (("quantized", groups["q"]), ("fp16", groups["full"]))
+            if rel
         )
+        worst = sorted(errors.items(), key=lambda kv: -kv[1][0])[:5]
+        lines.append(f"relative error ‖τ − τ̂‖/‖τ‖ per tensor — {summary}; worst:")
         lines += [f"  {k}: {v[0]:.4f} (max |err| {v[1]:.3g})" for k, v in worst]
     return "\n".join(lines)
