@@ -20,7 +20,7 @@ from mergekit_ir.merging import engine
 from mergekit_ir.merging.checkpoint import open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, merge_to_folder, row_blocks
 from mergekit_ir.merging.quantized_store import QuantSpec, save_quantized
-from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
+from mergekit_ir.merging.safetensors_writer import ShardedWriter, ShardFile, TensorSpec
 from mergekit_ir.merging.task_vector import TaskVector
 from mergekit_ir.plugin_host import catalog
 
@@ -189,3 +189,27 @@ def test_an_error_in_a_merge_thread_stops_the_merge_and_leaves_no_output(
     with pytest.raises(CheckpointError, match="word_embeddings.weight: task vector τ1 .* NaN/Inf"):
         merge_to_folder(job, tmp_path / "out", progress=False, workers=2)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_shard_file_writes_the_exact_bytes_direct_or_buffered(tmp_path, direct):
+    data = torch.randint(0, 256, (3 * ShardFile.STAGE // 2 + 12345,), dtype=torch.uint8).numpy()
+    f = ShardFile(tmp_path / "x.bin", direct=direct)
+    for start in range(0, len(data), 1_000_003):  # pieces that straddle the stage's end
+        f.write(memoryview(data[start : start + 1_000_003]))
+    f.close()
+    assert (tmp_path / "x.bin").read_bytes() == data.tobytes()  # the padding is cut off
+
+
+class _UnalignedTail(ShardFile):
+    ALIGN = 1  # the tail is written unpadded: O_DIRECT refuses it with EINVAL
+
+
+def test_shard_file_goes_on_buffered_when_a_direct_write_is_refused(tmp_path):
+    data = torch.randint(0, 256, (ShardFile.STAGE + 777,), dtype=torch.uint8).numpy()
+    f = _UnalignedTail(tmp_path / "x.bin")
+    was_direct = f.direct
+    f.write(memoryview(data))
+    f.close()
+    assert (tmp_path / "x.bin").read_bytes() == data.tobytes()
+    assert not f.direct or not was_direct  # where O_DIRECT works, the tail fell back

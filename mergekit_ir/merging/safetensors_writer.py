@@ -9,15 +9,17 @@ one by one as they are computed. Output follows Hugging Face's conventions:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import mmap
 import os
 import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
@@ -75,8 +77,8 @@ class ShardedWriter:
         basename: str = "model",
         durable: bool = False,
     ):
-        """``durable``: each shard is on disk (fsync) before ``close`` returns, its writeback
-        started in the background as data comes in so the final sync has little left."""
+        """``durable``: each shard is on disk (fsync) before ``close`` returns, written with
+        direct I/O where the file system allows it (:class:`ShardFile`)."""
         self.folder = folder
         self.shards = plan_shards(specs, max_shard_bytes)
         n = len(self.shards)
@@ -89,10 +91,9 @@ class ShardedWriter:
         self._queue = [(i, s) for i, shard in enumerate(self.shards) for s in shard]
         self._pos = 0
         self._shard = -1
-        self._fh: BinaryIO | None = None
+        self._fh: ShardFile | None = None
         self._written = 0  # bytes of the current tensor written so far
         self.durable = durable
-        self._flusher: _Flusher | None = None
         self.total_bytes = sum(s.nbytes for s in specs)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -131,8 +132,6 @@ class ShardedWriter:
             raise CheckpointError(f"tensor {spec.name}: more values written than its shape holds")
         self._fh.write(memoryview(data))
         self._written += data.nbytes
-        if self._flusher is not None:
-            self._flusher.wrote(data.nbytes)
         if self._written == spec.nbytes:
             self._pos += 1
             self._written = 0
@@ -140,20 +139,15 @@ class ShardedWriter:
     def _open(self, shard: int) -> None:
         self._close_file()
         self._shard = shard
-        self._fh = (self.folder / self.files[shard]).open("wb")
-        self._fh.write(_header(self.shards[shard], self.metadata))
-        if self.durable:
-            self._flusher = _Flusher(self._fh)
+        self._fh = ShardFile(self.folder / self.files[shard], direct=self.durable)
+        self._fh.write(memoryview(_header(self.shards[shard], self.metadata)))
 
-    def _close_file(self, sync: bool = True) -> None:
+    def _close_file(self, discard: bool = False) -> None:
         if self._fh is None:
             return
         try:
-            if self._flusher is not None:
-                self._flusher.finish(sync)
+            self._fh.close(sync=self.durable, discard=discard)
         finally:
-            self._flusher = None
-            self._fh.close()
             self._fh = None
 
     def close(self) -> None:
@@ -177,10 +171,117 @@ class ShardedWriter:
         if exc[0] is None:
             self.close()
         else:
-            self._close_file(sync=False)
+            self._close_file(discard=True)
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere the buffered path is taken
+
+
+class ShardFile:
+    """One output file written front to back, with direct I/O where the file system allows.
+
+    With ``direct``, bytes go through a page-aligned staging buffer and are written with
+    ``O_DIRECT``: the disk reads them from that buffer, so the kernel neither copies them
+    into the page cache nor writes them back later (on 2 CPUs, 1.34 GB took 0.85–1.0 s with
+    0.3 s of CPU this way, against 2.5–3.6 s of CPU buffered; docs/performance.md). The tail
+    is padded to the alignment and the file truncated to its true size at the end. Where
+    ``O_DIRECT`` is refused (tmpfs, macOS, some network file systems) or a direct write fails
+    with EINVAL, it goes on with buffered writes, whose writeback a :class:`_Flusher` starts
+    early.
+    """
+
+    ALIGN = 4096
+    STAGE = 16 * 2**20
+
+    def __init__(self, path: Path, direct: bool = True):
+        self.path = path
+        self.size = 0  # bytes accepted so far: the file's final size
+        self._fd = -1
+        self._stage: mmap.mmap | None = None
+        self._fill = 0  # bytes staged, not yet written
+        self._flusher: _Flusher | None = None
+        if direct and _O_DIRECT:
+            with contextlib.suppress(OSError):
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o644)
+                self._stage = mmap.mmap(-1, self.STAGE)  # anonymous maps are page-aligned
+        if self._stage is None:
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._flusher = _Flusher(self._fd) if direct else None
+
+    @property
+    def direct(self) -> bool:
+        return self._stage is not None
+
+    def write(self, data: memoryview) -> None:
+        data = data.cast("B")
+        self.size += len(data)
+        done = 0
+        while self._stage is not None and done < len(data):
+            n = min(len(data) - done, self.STAGE - self._fill)
+            self._stage[self._fill : self._fill + n] = data[done : done + n]
+            self._fill += n
+            done += n
+            if self._fill == self.STAGE:
+                self._drain()
+        if done < len(data):  # buffered, from the start or since a direct write failed
+            _write_all(self._fd, data[done:])
+            if self._flusher is not None:
+                self._flusher.wrote(len(data) - done)
+
+    def _drain(self) -> None:
+        """Write the staged bytes directly, a short tail padded to the alignment."""
+        assert self._stage is not None
+        fill = self._fill
+        padded = fill + (-fill % self.ALIGN)
+        self._stage[fill:padded] = bytes(padded - fill)
+        start = os.lseek(self._fd, 0, os.SEEK_CUR)
+        try:
+            with memoryview(self._stage) as stage:
+                _write_all(self._fd, stage[:padded])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            refused = True  # the file system takes the flag but not this write
+        else:
+            refused = False
+        if refused:  # go on buffered from where the direct writes stopped
+            written = os.lseek(self._fd, 0, os.SEEK_CUR) - start
+            staged = self._stage[written:fill]
+            os.close(self._fd)
+            self._stage.close()
+            self._stage = None
+            self._fd = os.open(self.path, os.O_WRONLY)
+            os.lseek(self._fd, start + written, os.SEEK_SET)
+            self._flusher = _Flusher(self._fd)
+            _write_all(self._fd, memoryview(staged))
+        self._fill = 0
+
+    def close(self, sync: bool = True, discard: bool = False) -> None:
+        """Write what is staged (unless ``discard``), cut the padding, ``fsync`` if ``sync``."""
+        try:
+            if not discard:
+                if self._stage is not None and self._fill:
+                    self._drain()
+                if self._stage is not None:
+                    os.ftruncate(self._fd, self.size)
+            if self._flusher is not None:
+                self._flusher.finish()
+            if sync and not discard:
+                os.fsync(self._fd)
+        finally:
+            if self._stage is not None:
+                self._stage.close()
+                self._stage = None
+            os.close(self._fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    done = 0
+    while done < len(data):
+        done += os.write(fd, data[done:])
 
 
 class _Flusher:
@@ -191,8 +292,8 @@ class _Flusher:
     writer never waits for it, except in :meth:`finish`.
     """
 
-    def __init__(self, fh: BinaryIO, every: int = 128 * 2**20):
-        self.fh, self.every, self.pending = fh, every, 0
+    def __init__(self, fd: int, every: int = 128 * 2**20):
+        self.fd, self.every, self.pending = fd, every, 0
         self.wake = threading.Semaphore(0)
         self.done = False
         self.error: OSError | None = None
@@ -203,7 +304,6 @@ class _Flusher:
         self.pending += nbytes
         if self.pending >= self.every:
             self.pending = 0
-            self.fh.flush()
             self.wake.release()
 
     def _run(self) -> None:
@@ -212,17 +312,14 @@ class _Flusher:
             if self.done:
                 return
             try:
-                _datasync(self.fh.fileno())
+                _datasync(self.fd)
             except OSError as exc:  # reported by finish(), in the writer's thread
                 self.error = exc
 
-    def finish(self, sync: bool) -> None:
+    def finish(self) -> None:
         self.done = True
         self.wake.release()
         self.thread.join()
-        if sync:
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
         if self.error is not None:
             raise self.error
 
