@@ -13,13 +13,14 @@ into page cache (none of it timed):
 - **I/O limit, Θ0 + ΘD**: read ΘT, Θ0 and ΘD from page cache, write the output's bytes and
   ``fsync`` them — what any merge must do at least;
 - **I/O limit, streamed**: the same bytes, but read in one thread while the output is written
-  in another, with ``fdatasync`` each 128 MB in a third (as ``mergeir merge`` writes) — the
+  in another with ``O_DIRECT`` from an aligned buffer (as ``mergeir merge`` writes) — the
   stricter bound: any merge on this machine needs at least this;
 - **I/O limit, 4-bit τ** (and streamed): the same with ΘT and the stored τ as inputs;
 - **ours**: ``mergeir merge --ir ΘT --pretrained Θ0 --domain ΘD --alpha 0.5``;
 - **ours, 4-bit τ**: ``mergeir merge --ir ΘT --domain task_vector:τ4 --alpha 0.5``;
 - **mergekit**: ``mergekit-yaml``, ``task_arithmetic`` with base Θ0, ΘT at weight 1 and ΘD at
-  weight α, in the checkpoints' dtype (``float32`` / ``float16``).
+  weight α, in the checkpoints' dtype (``float32`` / ``float16``);
+- **import torch**: ``python -c "import torch"``, the start-up both tools pay.
 
 For each: command wall time (start-up included), the time of the work itself (our merge as
 the CLI reports it — plan, merge, write, fsync, rename; the limit's own clock), peak RSS
@@ -59,7 +60,7 @@ from merge_memory import (  # noqa: E402
 )
 
 LIMIT = r"""
-import os, sys, threading, time
+import mmap, os, sys, threading, time
 mode, out, nbytes, *inputs = sys.argv[1:]
 CHUNK = 16 * 2**20
 
@@ -72,26 +73,21 @@ def read_all():  # into one reused buffer: the copy out of page cache and nothin
                 pass
 
 
-def write_all(flush_every=None):
-    chunk, left, pending = memoryview(bytearray(CHUNK)), int(nbytes), 0
+def write_all():  # buffered writes, then fsync
+    chunk, left = memoryview(bytearray(CHUNK)), int(nbytes)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    wake, done = threading.Semaphore(0), []
-    def flusher():  # fdatasync in the background each `flush_every` bytes, as mergeir does
-        while wake.acquire() and not done:
-            os.fdatasync(fd)
-    thread = threading.Thread(target=flusher)
-    if flush_every:
-        thread.start()
     while left > 0:
-        n = os.write(fd, chunk[: min(left, CHUNK)])
-        left, pending = left - n, pending + n
-        if flush_every and pending >= flush_every:
-            pending = 0
-            wake.release()
-    if flush_every:
-        done.append(True)
-        wake.release()
-        thread.join()
+        left -= os.write(fd, chunk[: min(left, CHUNK)])
+    os.fsync(fd)
+    os.close(fd)
+
+
+def write_direct():  # O_DIRECT from an aligned buffer: no page-cache copy, no writeback
+    chunk, left = mmap.mmap(-1, CHUNK), int(nbytes)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    while left > 0:
+        left -= os.write(fd, chunk)
+    os.ftruncate(fd, int(nbytes))
     os.fsync(fd)
     os.close(fd)
 
@@ -100,10 +96,10 @@ start = time.perf_counter()
 if mode == "serial":  # read everything, then write everything and fsync
     read_all()
     write_all()
-else:  # "streamed": reads and writes at once, writeback started as the output grows
+else:  # "streamed": reads in one thread while the output is written with O_DIRECT
     reader = threading.Thread(target=read_all)
     reader.start()
-    write_all(flush_every=128 * 2**20)
+    write_direct()
     reader.join()
 print(f"work {time.perf_counter() - start:.3f}")
 """
@@ -189,7 +185,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints and outputs")
     ap.add_argument(
         "--methods",
-        default="limit,limit-streamed,limit-tau,limit-tau-streamed,ours,ours-tau,mergekit",
+        default="limit,limit-streamed,limit-tau,limit-tau-streamed,ours,ours-tau,mergekit,"
+        "import-torch",
     )
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -252,6 +249,7 @@ def run(args: argparse.Namespace, methods: list[str], work: Path) -> None:
         "ours-tau": [*merge, "--domain", f"task_vector:{tau}", "--out", str(outs.get("ours-tau"))],
         "mergekit": [console_script("mergekit-yaml"), str(cfg), str(outs.get("mergekit")),
                      "--no-copy-tokenizer", "--quiet"],
+        "import-torch": [sys.executable, "-c", "import torch"],
     }  # fmt: skip
     results: dict[str, list[tuple[int, float, float | None]]] = {m: [] for m in methods}
     failed: dict[str, str] = {}
@@ -285,12 +283,13 @@ def run(args: argparse.Namespace, methods: list[str], work: Path) -> None:
 def report(args, results, outs, what, size, tau_bytes, failed) -> None:
     labels = {
         "limit": "I/O limit, Θ0 + ΘD (read 3, then write + fsync 1)",
-        "limit-streamed": "I/O limit, Θ0 + ΘD, streamed (reads beside writes, writeback as it goes)",
+        "limit-streamed": "I/O limit, Θ0 + ΘD, streamed (reads beside O_DIRECT writes)",
         "limit-tau": "I/O limit, 4-bit τ (read ΘT + τ, then write + fsync 1)",
         "limit-tau-streamed": "I/O limit, 4-bit τ, streamed",
         "ours": "ours, from Θ0 + ΘD (`mergeir merge`)",
         "ours-tau": "ours, from the 4-bit τ",
         "mergekit": "mergekit (`mergekit-yaml`)",
+        "import-torch": "`python -c 'import torch'` (start-up both tools pay)",
     }
     med = {m: statistics.median(x[1] for x in rs) for m, rs in results.items()}
     work_med = {
@@ -338,6 +337,10 @@ def report(args, results, outs, what, size, tau_bytes, failed) -> None:
             y = work_med[b] if kind == "work" and work_med[b] else med[b]
             note = f" ({goal})" if goal else ""
             print(f"- {a} / {b}, {kind} medians: **{x / y:.2f}**{note}")
+    if {"ours-tau", "mergekit", "import-torch"} <= results.keys():
+        t = med["import-torch"]
+        x, y = med["ours-tau"] - t, med["mergekit"] - t
+        print(f"- ours-tau / mergekit, wall medians less torch's import: **{x / y:.2f}**")
     if "ours" in results and "mergekit" in results:
         d = max_difference(outs["ours"], outs["mergekit"])
         print(f"- ours vs mergekit: max |difference| {d:.3g} (fp32 rounding; same terms)")

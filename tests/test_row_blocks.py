@@ -1,4 +1,5 @@
-"""Row-block merging: an elementwise method merged block by block equals the whole-tensor merge.
+"""Row-block merging (an elementwise method merged block by block equals the whole-tensor merge),
+and the pieces that make it fast: merge threads, direct-I/O shard files, finiteness checks.
 
 The engine cuts tensors into row blocks of ``BLOCK_BYTES``; here the blocks are made tiny
 (a few rows) so every tensor of the tiny triplet spans many of them, including the
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import shutil
+import sys
 
 import pytest
 import torch
@@ -17,8 +20,10 @@ from safetensors.torch import load_file, save_file
 
 from mergekit_ir.errors import CheckpointError
 from mergekit_ir.merging import engine
+from mergekit_ir.merging.allocator import keep_freed_buffers
 from mergekit_ir.merging.checkpoint import open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, merge_to_folder, row_blocks
+from mergekit_ir.merging.finite import all_finite
 from mergekit_ir.merging.quantized_store import QuantSpec, save_quantized
 from mergekit_ir.merging.safetensors_writer import ShardedWriter, ShardFile, TensorSpec
 from mergekit_ir.merging.task_vector import TaskVector
@@ -213,3 +218,19 @@ def test_shard_file_goes_on_buffered_when_a_direct_write_is_refused(tmp_path):
     f.close()
     assert (tmp_path / "x.bin").read_bytes() == data.tobytes()
     assert not f.direct or not was_direct  # where O_DIRECT works, the tail fell back
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_sees_every_nan_and_inf_and_passes_large_finite_blocks(dtype):
+    big = torch.full((100_000,), 60000.0 if dtype == torch.float16 else 1e30, dtype=dtype)
+    assert all_finite(big)  # its sum overflows fp16: still finite values
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = big.clone()
+        t[12345] = bad
+        assert not all_finite(t)
+    assert all_finite(torch.arange(5))  # integer buffers are never checked
+
+
+def test_merge_process_keeps_freed_block_buffers_on_glibc():
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_buffers() is expected

@@ -38,6 +38,7 @@ from mergekit_ir.merging.alignment import (
     is_head,
     vocab_case,
 )
+from mergekit_ir.merging.allocator import keep_freed_buffers
 from mergekit_ir.merging.checkpoint import WEIGHT_SUFFIXES, Rows, TensorSource
 from mergekit_ir.merging.finite import all_finite
 from mergekit_ir.merging.method import MergeMethod, check_weights
@@ -550,6 +551,7 @@ def merge_to_folder(
     """
     out = Path(out)
     check_output_folder(out, input_folders(job), overwrite)
+    keep_freed_buffers()
     start = time.perf_counter()
     plan = plan or build_plan(job)
     specs = [TensorSpec(e.name, e.shape, e.dtype) for e in plan.entries]
