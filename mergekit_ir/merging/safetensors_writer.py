@@ -248,13 +248,14 @@ class ShardFile:
         else:
             refused = False
         if refused:  # go on buffered from where the direct writes stopped
-            written = os.lseek(self._fd, 0, os.SEEK_CUR) - start
-            staged = self._stage[written:fill]
+            kept = min(os.lseek(self._fd, 0, os.SEEK_CUR) - start, fill)  # padding is not kept
+            staged = self._stage[kept:fill]
             os.close(self._fd)
             self._stage.close()
             self._stage = None
             self._fd = os.open(self.path, os.O_WRONLY)
-            os.lseek(self._fd, start + written, os.SEEK_SET)
+            os.ftruncate(self._fd, start + kept)
+            os.lseek(self._fd, start + kept, os.SEEK_SET)
             self._flusher = _Flusher(self._fd)
             _write_all(self._fd, memoryview(staged))
         self._fill = 0
