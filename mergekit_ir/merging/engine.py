@@ -355,9 +355,9 @@ def iter_merged(
 
 @contextlib.contextmanager
 def _one_torch_thread(active: bool) -> Iterator[None]:
-    """Row blocks are too small for torch's intra-op threads to pay, and the writer thread
-    needs a core: one torch thread merged BERT-large in 3.2 s against 4.4–4.8 s with two
-    (2 CPUs, docs/performance.md)."""
+    """Row blocks are too small for torch's intra-op threads to pay: the merge threads are
+    the parallelism, and with the writer thread they already fill the cores (one intra-op
+    thread merged BERT-large in 3.2 s against 4.4–4.8 s with two; docs/performance.md)."""
     before = torch.get_num_threads()
     if active:
         torch.set_num_threads(1)
