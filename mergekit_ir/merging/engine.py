@@ -306,14 +306,6 @@ def run_block(
     return _merged_block(job, plan, task.entry, device, task.rows)
 
 
-def merged_blocks(
-    job: MergeJob, plan: MergePlan, e: PlanEntry, device: torch.device
-) -> Iterator[torch.Tensor]:
-    """Θ' of one planned tensor in ΘT's dtype, as consecutive row blocks."""
-    for task in block_tasks(job, e):
-        yield run_block(job, plan, task, device)
-
-
 def iter_merged(
     job: MergeJob,
     plan: MergePlan,

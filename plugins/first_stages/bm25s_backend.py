@@ -16,6 +16,7 @@ setting, and loaded from there next time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,10 +37,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def _bm25s() -> Any:
     """bm25s, imported on first use: loading the plugin catalog (every `mergeir` command,
     `mergeir merge` included) does not pay its ~0.4 s. Its import sets its logger to DEBUG,
-    and it logs every index build there, so the level is set back after it."""
+    and it logs every index build there, so the level is set back after it — once: the
+    analyser calls this per text, and ``setLevel`` clears every logger's cache."""
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
