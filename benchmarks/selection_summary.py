@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mergekit_ir.reports.results import as_results, read_results_json
 from mergekit_ir.reports.selection import selection_rows
+from mergekit_ir.results import as_results, read_results_json
 
 
 def main() -> None:

@@ -29,11 +29,12 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from mergekit_ir.experiments import quickstart
-from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
 from mergekit_ir.merging.checkpoint import open_checkpoint
-from mergekit_ir.merging.quantized_store import QuantSpec, save_quantized, save_residual
+from mergekit_ir.merging.quantized_store import QuantSpec, save_quantized
+from mergekit_ir.merging.residual import save_residual
 from mergekit_ir.merging.task_vector import TaskVector
+from mergekit_ir.references import quickstart
+from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
 
 
 def main() -> None:

@@ -33,11 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _triplets import SHARED  # noqa: E402
 
 from mergekit_ir.merging.checkpoint import _SafetensorsFile, open_checkpoint  # noqa: E402
-from mergekit_ir.merging.quantized_store import (  # noqa: E402
-    QuantSpec,
-    save_quantized,
-    save_residual,
-)
+from mergekit_ir.merging.quantized_store import QuantSpec, save_quantized  # noqa: E402
+from mergekit_ir.merging.residual import save_residual  # noqa: E402
 from mergekit_ir.merging.task_vector import TaskVector  # noqa: E402
 
 
@@ -146,8 +143,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from safetensors.torch import load_file
 
-    from mergekit_ir.experiments import quickstart
-    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.references import quickstart
+    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -18,11 +18,15 @@ Everything else (``mergekit_ir.merging``, ``.scoring``, ``.evaluation``, ``.expe
 
 from mergekit_ir.errors import CheckpointError, ConfigError, DatasetError, MergeIRError, PluginError
 from mergekit_ir.evaluation.datasets import Dataset, Document
-from mergekit_ir.evaluation.first_stage import FirstStage, FirstStageKind, Run
-from mergekit_ir.experiments.executor import (
+from mergekit_ir.evaluation.first_stage import FirstStage, FirstStageKind
+from mergekit_ir.execution import (
     Executor,
     ExecutorKind,
+    FirstStageJobs,
+    TripletJobs,
     TripletOutcome,
+)
+from mergekit_ir.experiments.jobs import (
     WorkerSetup,
     run_first_stage_job,
     run_triplet_job,
@@ -32,7 +36,8 @@ from mergekit_ir.experiments.executor import (
 from mergekit_ir.hookspecs import hookimpl
 from mergekit_ir.merging.method import ALPHA, WEIGHTS, MergeMethod, domain_weights, tensor_generator
 from mergekit_ir.params import Param
-from mergekit_ir.reports.results import AlphaChoice, alpha_label
+from mergekit_ir.ranking import Qrels, Ranking
+from mergekit_ir.results import AlphaChoice, alpha_label
 from mergekit_ir.scoring.batching import (
     encode_template,
     fill_template,
@@ -65,16 +70,20 @@ __all__ = [
     "Executor",
     "ExecutorKind",
     "FirstStage",
+    "FirstStageJobs",
     "FirstStageKind",
     "MergeIRError",
     "MergeMethod",
     "Param",
     "PluginError",
+    "Qrels",
+    "Ranking",
     "Run",
     "Scorer",
     "ScorerKind",
     "ScoringSettings",
     "SelectionContext",
+    "TripletJobs",
     "TripletOutcome",
     "WorkerSetup",
     "atomic",
@@ -102,19 +111,19 @@ __all__ = [
 #: The Python API for scripts, imported on first use (``import mergekit_ir`` stays light for
 #: plugins): name -> (module, attribute).
 _LAZY = {
-    "merge": ("mergekit_ir.merging.api", "merge"),
-    "prepare_merge": ("mergekit_ir.merging.api", "prepare_merge"),
-    "merge_triplet": ("mergekit_ir.experiments.triplet_merge", "merge_triplet"),
+    "merge": ("mergekit_ir.api.merge", "merge"),
+    "prepare_merge": ("mergekit_ir.api.merge", "prepare_merge"),
+    "merge_triplet": ("mergekit_ir.api.triplet_merge", "merge_triplet"),
     "TaskVector": ("mergekit_ir.merging.task_vector", "TaskVector"),
     "QuantSpec": ("mergekit_ir.merging.quantized_store", "QuantSpec"),
     "save_quantized": ("mergekit_ir.merging.quantized_store", "save_quantized"),
-    "save_residual": ("mergekit_ir.merging.quantized_store", "save_residual"),
+    "save_residual": ("mergekit_ir.merging.residual", "save_residual"),
     "open_checkpoint": ("mergekit_ir.merging.checkpoint", "open_checkpoint"),
     "load_registry": ("mergekit_ir.experiments.registry", "load_registry"),
     "run_experiment": ("mergekit_ir.experiments.runner", "run_experiment"),
     "RunOptions": ("mergekit_ir.experiments.runner", "RunOptions"),
-    "InProcessExecutor": ("mergekit_ir.experiments.runner", "InProcess"),
-    "Results": ("mergekit_ir.reports.results", "Results"),
+    "Results": ("mergekit_ir.results", "Results"),
+    "DomainRef": ("mergekit_ir.references.checkpoints", "DomainRef"),
     "write_reports": ("mergekit_ir.reports.render", "write_reports"),
 }
 __all__ += sorted(_LAZY)
@@ -128,5 +137,9 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'mergekit_ir' has no attribute {name!r}")
 
+
+#: Deprecated: the old name of :data:`Ranking` ("run" now means an experiment's execution
+#: only). Kept for one release; new code should use ``Ranking``.
+Run = Ranking
 
 __version__ = "0.1.0"

@@ -13,10 +13,44 @@ import yaml
 
 from mergekit_ir.errors import ConfigError, MergeIRError, short_repr
 from mergekit_ir.scoring.scorer import DTYPES
+from mergekit_ir.storage.cache import resolve_cache_root
 
 
 class _Group(click.Group):
-    """Print user errors as one line (no traceback) and exit 2."""
+    """Print user errors as one line (no traceback) and exit 2; add plugins' commands.
+
+    Plugins' commands (the ``register_commands`` hook) are loaded only when a name is not a
+    built-in command or when the command list is shown, so ``mergeir merge`` does not import
+    every plugin first. A plugin command may not take a built-in's name.
+    """
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        from mergekit_ir.plugin_host import collect_commands, plugin_manager
+
+        commands = collect_commands(plugin_manager())
+        taken = sorted(set(commands) & set(self.commands))
+        if taken:
+            raise MergeIRError(
+                f"a plugin adds the command '{taken[0]}', which is built in; rename the plugin's command"
+            )
+        return commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        try:
+            extra = self._plugin_commands()
+        except MergeIRError as exc:  # --help still works; the broken plugin is named
+            click.echo(f"warning: {exc}", err=True)
+            extra = {}
+        return sorted({*self.commands, *extra})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        try:
+            return self._plugin_commands().get(cmd_name)
+        except MergeIRError as exc:
+            click.echo(f"error: {' '.join(str(exc).splitlines())}", err=True)
+            ctx.exit(2)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -74,7 +108,7 @@ def _registry(path: str | None):
 def _cache(cache_dir: str | None, no_cache: bool):
     from mergekit_ir.storage.cache import Cache
 
-    return Cache(Path(cache_dir) if cache_dir else None, enabled=not no_cache)
+    return Cache(resolve_cache_root(cache_dir), enabled=not no_cache)
 
 
 @main.command()
@@ -143,11 +177,17 @@ def _cache(cache_dir: str | None, no_cache: bool):
     "--executor",
     help="Where triplet jobs run: local (default) or ray; default: the experiment's executor.",
 )
-@click.option("--address", help="Ray cluster: auto or ray://HOST:10001 (ray executor).")
 @click.option(
-    "--gpus-per-worker", type=click.FloatRange(0), help="GPUs per Ray actor (fractions share one)."
+    "--executor-param",
+    "executor_params",
+    multiple=True,
+    help="An executor option NAME=VALUE (repeatable), e.g. workers=2 for ray; "
+    "`mergeir plugins` lists each executor's options.",
 )
-@click.option("--workers", type=click.IntRange(1), help="Number of Ray actors.")
+# Deprecated spellings of --executor-param for the ray executor (kept one release, hidden).
+@click.option("--address", hidden=True)
+@click.option("--gpus-per-worker", hidden=True)
+@click.option("--workers", hidden=True)
 def run(
     experiment: str,
     registry_path: str | None,
@@ -164,9 +204,10 @@ def run(
     dry_run: bool,
     estimate: bool,
     executor: str | None,
+    executor_params: tuple[str, ...],
     address: str | None,
-    gpus_per_worker: float | None,
-    workers: int | None,
+    gpus_per_worker: str | None,
+    workers: str | None,
 ) -> None:
     """Run an EXPERIMENT from the registry and write its report.
 
@@ -181,9 +222,10 @@ def run(
       mergeir run paper-table1 --dataset scifact --device cuda
       mergeir run paper-table1 --dry-run           # what it needs, what is local
       mergeir run paper-table1 --dry-run --estimate --device cuda   # and what it will cost
-      mergeir run paper-table1 --executor ray --address auto --gpus-per-worker 1
+      mergeir run paper-table1 --executor ray --executor-param address=auto \\
+          --executor-param gpus_per_worker=1
     """
-    from mergekit_ir.experiments.executor import resolve_executor
+    from mergekit_ir.experiments.jobs import resolve_executor
     from mergekit_ir.experiments.runner import RunOptions, run_experiment, selected_datasets
 
     reg = _registry(registry_path)
@@ -234,7 +276,15 @@ def run(
     if save_best:
         _check_save_best(Path(save_best))
     exp = reg.experiment(experiment)
-    overrides = {"address": address, "gpus_per_worker": gpus_per_worker, "workers": workers}
+    overrides = _parse_params(executor_params, "--executor-param")
+    for flag, name, value in (
+        ("--address", "address", address),
+        ("--gpus-per-worker", "gpus_per_worker", gpus_per_worker),
+        ("--workers", "workers", workers),
+    ):
+        if value is not None:  # deprecated: the same as --executor-param NAME=VALUE
+            click.echo(f"warning: {flag} is deprecated; use --executor-param {name}=...", err=True)
+            overrides[name] = yaml.safe_load(value)
     opts = RunOptions(
         executor=resolve_executor(
             exp.executor, exp.executor_params, f"experiments.{experiment}", executor, overrides
@@ -283,8 +333,8 @@ def _check_save_best(target: Path) -> None:
 
 def _save_best(run_dir: Path, target: Path, quiet: bool) -> None:
     """``run --save-best``: the run's tuned Θ', as ``merge --from-run`` writes it."""
-    from mergekit_ir.experiments.from_run import prepare_selection, selections
-    from mergekit_ir.merging.api import write_merge
+    from mergekit_ir.api.from_run import prepare_selection, selections
+    from mergekit_ir.api.merge import write_merge
 
     found = selections(run_dir)
     for sel in found:
@@ -302,24 +352,24 @@ def _save_best(run_dir: Path, target: Path, quiet: bool) -> None:
 def _recorded(ref: str) -> str:
     """How a saved τ records an input: a local path resolved (it must still mean the same
     folder from elsewhere), a hub id as given; a ``lora:``/``task_vector:`` prefix kept."""
-    kind, sep, rest = ref.partition(":")
-    prefix, target = (f"{kind}:", rest) if sep and kind in ("lora", "task_vector") else ("", ref)
-    path = Path(target).expanduser()
-    return prefix + (str(path.resolve()) if path.exists() else target)
+    from mergekit_ir.references.checkpoints import DomainRef
+
+    d = DomainRef.parse(ref)
+    path = Path(d.ref).expanduser()
+    return DomainRef(str(path.resolve()) if path.exists() else d.ref, d.kind).text()
 
 
-def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+def _parse_params(items: tuple[str, ...], flag: str = "--param") -> dict[str, Any]:
+    """``NAME=VALUE`` pairs (values read as YAML) for --param, --option and --executor-param."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(
-                f"--param {short_repr(item)}: write NAME=VALUE, e.g. --param density=0.5"
-            )
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {short_repr(item)}: write NAME=VALUE, e.g. {flag} name=0.5")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise ConfigError(f"--param {short_repr(item)}: the value is not valid YAML") from None
+            raise ConfigError(f"{flag} {short_repr(item)}: the value is not valid YAML") from None
     return out
 
 
@@ -409,8 +459,10 @@ def merge(
       mergeir merge quickstart-tiny --plan
       mergeir merge --from-run mergeir-out/quickstart --out best/   # the α the run tuned
     """
-    from mergekit_ir.merging.api import DomainRef, prepare_merge
+    from mergekit_ir.api.merge import prepare_merge
+    from mergekit_ir.merging.engine import provenance as made_of
     from mergekit_ir.plugin_host import catalog
+    from mergekit_ir.references.checkpoints import DomainRef
     from mergekit_ir.scoring.scorer import resolve_device
 
     resolve_device(device)  # a bad --device fails before anything is read
@@ -420,7 +472,7 @@ def merge(
             raise ConfigError(
                 "--from-run takes the triplet from the run; drop --ir/--pretrained/--domain/--registry"
             )
-        from mergekit_ir.experiments.from_run import one_selection, prepare_selection
+        from mergekit_ir.api.from_run import one_selection, prepare_selection
 
         selection = one_selection(from_run, triplet, dataset)
         click.echo(
@@ -448,7 +500,7 @@ def merge(
             raise ConfigError(
                 "give either a registry TRIPLET or --ir/--pretrained/--domain, not both"
             )
-        from mergekit_ir.experiments.triplet_merge import prepare_triplet_merge
+        from mergekit_ir.api.triplet_merge import prepare_triplet_merge
 
         prepared = prepare_triplet_merge(
             _registry(registry_path),
@@ -475,13 +527,13 @@ def merge(
             method=method,
             params=given,
             allow_nonfinite=allow_nonfinite,
-            provenance={"ΘT": str(ir_ref), "Θ0": str(pre_ref or "-"), "ΘD": ", ".join(domain_refs)},
+            provenance=made_of(str(ir_ref), pre_ref, list(domain_refs)),
         )
     _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet)
 
 
 def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet) -> None:
-    from mergekit_ir.merging.api import write_merge
+    from mergekit_ir.api.merge import write_merge
     from mergekit_ir.merging.safetensors_writer import parse_size
 
     if plan:
@@ -593,9 +645,8 @@ def adapt(
     """
     from mergekit_ir.adaptation.build import adapt as run_adapt
     from mergekit_ir.adaptation.training import AdaptSettings, LoraSpec
-    from mergekit_ir.experiments.sources import resolve_checkpoint
+    from mergekit_ir.references.checkpoints import resolve_checkpoint
     from mergekit_ir.scoring.scorer import resolve_device
-    from mergekit_ir.storage.cache import default_cache_dir
 
     if steps is not None and epochs is not None:
         raise ConfigError("--steps and --epochs: give one of them")
@@ -613,10 +664,12 @@ def adapt(
         freeze_head=freeze_head,
         lora=LoraSpec.parse(lora_spec) if lora_spec else None,
     )
-    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
-    registry = None
+    cache_root = resolve_cache_root(cache_dir)
+    corpora = None
     if not Path(corpus_spec).exists():
-        registry = _registry(registry_path)
+        from mergekit_ir.experiments.sources import registry_corpora
+
+        corpora = registry_corpora(_registry(registry_path), cache_root)
     base = resolve_checkpoint(base_ref, cache_root=cache_root)
     info = run_adapt(
         base,
@@ -624,7 +677,7 @@ def adapt(
         Path(out_dir),
         settings,
         dev,
-        registry=registry,
+        corpora=corpora,
         cache_root=cache_root,
         checkpoint_every=checkpoint_every,
         overwrite=overwrite,
@@ -673,7 +726,9 @@ def _spec(bits: str | None, group_size: int, keep_full: str | None, below: int, 
 
 
 def _domain_name(ref: str, taken: set[str]) -> str:
-    name = ref.rstrip("/").rsplit("/", 1)[-1].removeprefix("task_vector:").removeprefix("lora:")
+    from mergekit_ir.references.checkpoints import DomainRef
+
+    name = DomainRef.parse(ref).ref.rstrip("/").rsplit("/", 1)[-1]
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "tau"
     base, i = name, 2
     while name in taken or name == "base":
@@ -750,11 +805,11 @@ def task_vector(
             "mergeir task-vector needs --pretrained, --domain and --out "
             "(or --info DIR, or the quantize subcommand)"
         )
-    from mergekit_ir.merging.api import DomainRef
     from mergekit_ir.merging.checkpoint import open_checkpoint
     from mergekit_ir.merging.task_vector import TaskVector
+    from mergekit_ir.references.checkpoints import DomainRef
 
-    pre = open_checkpoint(pre_ref)
+    pre = open_checkpoint(pre_ref, cache_root=resolve_cache_root(None))
     taken: set[str] = set()
     named = []
     for text in domain_refs:
@@ -768,7 +823,9 @@ def task_vector(
         named.append((name, ref, tv))
     if residual:
         spec = _spec(bits, group_size, keep_full, keep_full_below, default=2)
-        paths = qs.save_residual(
+        from mergekit_ir.merging.residual import save_residual
+
+        paths = save_residual(
             [(n, tv) for n, _, tv in named],
             out_dir,
             base_bits=int(base_bits),
@@ -896,7 +953,15 @@ def rerank_cmd(
         echo=click.echo,
     )
     results = rerank_model(
-        reg, model, scorer, _parse_params(options), list(datasets), opts, experiment, first_stage, k
+        reg,
+        model,
+        scorer,
+        _parse_params(options, "--option"),
+        list(datasets),
+        opts,
+        experiment,
+        first_stage,
+        k,
     )
     for r in results:
         metrics = list(next(iter(r.means.values())))
@@ -1072,7 +1137,7 @@ def reported_cmd(experiment: str, registry_path: str | None) -> None:
 def report(run_dir: str) -> None:
     """Re-render the reports of a finished run from its results.json (no recomputation)."""
     from mergekit_ir.reports.render import write_reports
-    from mergekit_ir.reports.results import read_results_json
+    from mergekit_ir.results import read_results_json
 
     for p in write_reports(read_results_json(run_dir), Path(run_dir)):
         click.echo(f"wrote {p}")

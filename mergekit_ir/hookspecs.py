@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import click
+
     from mergekit_ir.evaluation.first_stage import FirstStageKind
-    from mergekit_ir.experiments.executor import ExecutorKind
+    from mergekit_ir.execution import ExecutorKind
     from mergekit_ir.merging.method import MergeMethod
     from mergekit_ir.scoring.scorer import ScorerKind
     from mergekit_ir.tuning.selector import AlphaSelector
@@ -86,4 +88,14 @@ def register_executors(register: Callable[[ExecutorKind], None]) -> None:
     An executor receives the prepared run and the triplet names and yields one
     :class:`mergekit_ir.TripletOutcome` per triplet, in order; the driver builds the report
     from them, so an executor changes where work runs, never a number.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``mergeir`` command line (as simonw/llm's ``register_commands``).
+
+    Receives the top-level :class:`click.Group`; decorate new commands with ``@cli.command()``.
+    A command whose name is taken already is an error naming the plugin. Commands see the same
+    one-line error handling as the built-in ones (raise :class:`mergekit_ir.MergeIRError`).
     """

@@ -21,7 +21,7 @@ import pluggy
 from mergekit_ir import hookspecs
 from mergekit_ir.errors import MergeIRError, PluginError, short_repr
 from mergekit_ir.evaluation.first_stage import FirstStageKind
-from mergekit_ir.experiments.executor import ExecutorKind
+from mergekit_ir.execution import ExecutorKind
 from mergekit_ir.merging.method import MergeMethod
 from mergekit_ir.scoring.scorer import ScorerKind
 from mergekit_ir.tuning.selector import AlphaSelector
@@ -156,7 +156,7 @@ _LABELS: dict[str, str] = {}
 
 def check_hooks(pm: pluggy.PluginManager) -> None:
     """Every hookimpl must match a hook spec: a misspelt hook would otherwise contribute nothing."""
-    known = sorted(k.hook for k in KINDS)
+    known = sorted([*(k.hook for k in KINDS), COMMAND_HOOK])
     for hook_name, caller in vars(pm.hook).items():
         if hook_name.startswith("_") or getattr(caller, "spec", None) is not None:
             continue
@@ -215,14 +215,53 @@ def collect(pm: pluggy.PluginManager) -> PluginCatalog:
 
 
 @cache
-def catalog() -> PluginCatalog:
-    """The installed plugins (entry points loaded once per process)."""
+def plugin_manager() -> pluggy.PluginManager:
+    """The installed plugins' manager (entry points loaded once per process)."""
     pm = make_plugin_manager()
     if not pm.get_plugins():
         raise PluginError(
             "no mergekit_ir plugins found: the package is not installed; run `pip install -e .`"
         )
-    return collect(pm)
+    return pm
+
+
+@cache
+def catalog() -> PluginCatalog:
+    """The installed plugins' merge methods, scorers, first stages, selectors and executors."""
+    return collect(plugin_manager())
+
+
+#: The hook through which plugins add ``mergeir`` commands (not a kind: it gets the CLI group).
+COMMAND_HOOK = "register_commands"
+
+
+def collect_commands(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """Commands the plugins add, by name (click commands). Each plugin fills a group of its
+    own, so two plugins claiming one name is an error naming both, never a silent override."""
+    import click
+
+    check_hooks(pm)
+    commands: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+    for impl in getattr(pm.hook, COMMAND_HOOK).get_hookimpls():
+        plugin_name = _LABELS.get(impl.plugin_name, impl.plugin_name)
+        group = click.Group()
+        try:
+            impl.function(cli=group)
+        except MergeIRError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {plugin_name}: {COMMAND_HOOK} failed ({type(exc).__name__}: {exc})"
+            ) from None
+        for name, command in group.commands.items():
+            if name in commands:
+                raise PluginError(
+                    f"command '{name}' is added twice: by plugin {owners[name]} and by plugin "
+                    f"{plugin_name}; uninstall one of them"
+                )
+            commands[name], owners[name] = command, plugin_name
+    return commands
 
 
 def installed_distributions() -> dict[str, str]:

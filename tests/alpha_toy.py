@@ -37,7 +37,7 @@ def _directions(dim: int, n: int) -> torch.Tensor:
 def _save(folder: Path, tok, emb: torch.Tensor) -> Path:
     from transformers import BertModel
 
-    from mergekit_ir.experiments.tiny_models import bert_config
+    from mergekit_ir.references.tiny_models import bert_config
 
     torch.manual_seed(0)
     model = BertModel(bert_config(len(tok), num_hidden_layers=0)).eval()
@@ -55,7 +55,7 @@ def _save(folder: Path, tok, emb: torch.Tensor) -> Path:
 
 def build_models(root: Path, kind: str) -> dict[str, Path]:
     """Θ0 = ΘT and ΘD = ΘT + τ for ``kind`` planted | harmful."""
-    from mergekit_ir.experiments.tiny_models import word_tokenizer
+    from mergekit_ir.references.tiny_models import word_tokenizer
 
     tok = word_tokenizer(WORDS)
     vocab = tok.get_vocab()

@@ -49,7 +49,7 @@ def tiny_triplet(tmp_path_factory) -> dict[str, Path]:
     """Θ0 (BERT MLM), ΘD (MLM, Θ0 + noise), ΘT (sequence classifier, Θ0 + noise) and a base ΘT."""
     from safetensors.torch import load_file
 
-    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
 
     root = tmp_path_factory.mktemp("triplet")
     tok = word_tokenizer(WORDS)

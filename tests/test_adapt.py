@@ -15,7 +15,7 @@ from mergekit_ir.adaptation.build import adapt
 from mergekit_ir.adaptation.corpus import pack_blocks
 from mergekit_ir.adaptation.training import AdaptSettings, LoraSpec
 from mergekit_ir.errors import CheckpointError, ConfigError, DatasetError
-from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
 from tiny_checkpoints import WORDS, save_llama, save_t5
 
 CPU = torch.device("cpu")

@@ -14,7 +14,7 @@ from mergekit_ir import Dataset, Document, MergeIRError
 from mergekit_ir.cli import main
 from mergekit_ir.experiments.registry import load_registry
 from mergekit_ir.experiments.selection import unjudged
-from mergekit_ir.reports.results import Results
+from mergekit_ir.results import Results
 from mergekit_ir.tuning.bootstrap import argmax, bootstrap, kendall_tau, percentile
 from mergekit_ir.tuning.selector import SelectionContext
 from mergekit_ir_plugins.alpha_selectors.consensus import rrf_top
@@ -81,7 +81,7 @@ def test_alpha_choice_round_trips_through_json():
     )
     raw = Results(alpha_selection={}).to_json()
     assert "alpha_selection" not in raw  # default runs keep results.json as before
-    from mergekit_ir.reports.results import AlphaChoice
+    from mergekit_ir.results import AlphaChoice
 
     assert AlphaChoice.from_json(json.loads(json.dumps(c.to_json()))) == c
 

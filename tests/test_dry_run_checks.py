@@ -77,7 +77,7 @@ def test_offline_hub_errors_say_hf_hub_offline_is_set(monkeypatch):
     import pytest
 
     from mergekit_ir.errors import CheckpointError
-    from mergekit_ir.experiments.sources import resolve_checkpoint
+    from mergekit_ir.references.checkpoints import resolve_checkpoint
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
@@ -86,7 +86,7 @@ def test_offline_hub_errors_say_hf_hub_offline_is_set(monkeypatch):
 
 def test_download_size_counts_what_a_snapshot_fetches():
     from mergekit_ir.experiments.dry_run import download_size
-    from mergekit_ir.experiments.sources import HUB_PATTERNS
+    from mergekit_ir.references.checkpoints import HUB_PATTERNS
 
     files = [("config.json", 600), ("model.safetensors", 10**9), ("flax_model.msgpack", 10**9)]
     assert download_size(files, HUB_PATTERNS) == 10**9 + 600  # no flax weights

@@ -30,7 +30,7 @@ from mergekit_ir.reports.render import (
     render_markdown,
     write_reports,
 )
-from mergekit_ir.reports.results import Results
+from mergekit_ir.results import Results
 
 IRM = {
     "P@10": P @ 10,
@@ -568,7 +568,7 @@ def test_alpha_table_and_plot_with_layer_wise_alpha(tmp_path):
 
 def test_alpha_labels_read_as_written():
     """Layer-wise α print as the user wrote them: no JSON, no ``filter: ""`` they never wrote."""
-    from mergekit_ir.reports.results import alpha_display, alpha_label
+    from mergekit_ir.results import alpha_display, alpha_label
 
     rules = [{"filter": "attention", "value": 0.3}, {"filter": "", "value": 1.0}]
     assert alpha_display(alpha_label(rules)) == "attention: 0.3; else: 1"

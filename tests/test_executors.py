@@ -7,10 +7,11 @@ import sys
 import pytest
 
 from mergekit_ir import CheckpointError, ConfigError, MergeIRError, PluginError
-from mergekit_ir.experiments.executor import resolve_executor
+from mergekit_ir.experiments.jobs import resolve_executor
 from mergekit_ir.experiments.registry import load_registry
-from mergekit_ir.experiments.runner import InProcess, StageTimer
+from mergekit_ir.experiments.runner import StageTimer
 from mergekit_ir.plugin_host import catalog
+from mergekit_ir_plugins.executors.local import InProcess
 from mergekit_ir_plugins.executors.ray_cluster import JobFailure, RayExecutor, failure_error
 
 REG = """

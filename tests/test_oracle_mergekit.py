@@ -28,7 +28,7 @@ def cls_triplet(tmp_path_factory):
     pytest.importorskip("mergekit", reason="mergekit not installed (pip install .[oracle])")
     if shutil.which("mergekit-yaml") is None:
         pytest.skip("mergekit-yaml not on PATH")
-    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
 
     root = tmp_path_factory.mktemp("oracle")
     tok = word_tokenizer(WORDS)

@@ -12,7 +12,8 @@ from mergekit_ir.errors import CheckpointError
 from mergekit_ir.merging.checkpoint import open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, merge_to_folder
 from mergekit_ir.merging.quantize import dequantize, quantize
-from mergekit_ir.merging.quantized_store import QuantSpec, info, save_quantized, save_residual
+from mergekit_ir.merging.quantized_store import QuantSpec, info, save_quantized
+from mergekit_ir.merging.residual import save_residual
 from mergekit_ir.merging.task_vector import TaskVector
 from mergekit_ir.plugin_host import catalog
 
@@ -23,7 +24,7 @@ SPEC = QuantSpec(bits=4, group_size=16, keep_full_below=0)
 @pytest.fixture(scope="module")
 def domains(tiny_triplet):
     """τ1 = ΘD − Θ0 and τ2 = ΘD2 − Θ0 for a second tiny domain model sharing Θ0."""
-    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
     from tests.conftest import WORDS
 
     pre = open_checkpoint(str(tiny_triplet["pretrained"]))

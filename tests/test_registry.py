@@ -196,7 +196,7 @@ def test_validate_accepts_exactly_what_the_code_runs(tmp_path):
 
     from mergekit_ir.evaluation.fusion import FUSION_METHODS, NORMS, fusion_method_name, norm_name
     from mergekit_ir.evaluation.significance import CORRECTIONS, TESTS, mark_improvements
-    from mergekit_ir.reports.results import Cell, Row, Section
+    from mergekit_ir.results import Cell, Row, Section
     from mergekit_ir.scoring.scorer import DTYPES, resolve_dtype
 
     for method in FUSION_METHODS:  # fuse() resolves names with fusion_method_name

@@ -34,7 +34,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def mlm(tmp_path_factory) -> Path:
-    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
 
     return save_bert(tmp_path_factory.mktemp("splade") / "m", word_tokenizer(WORDS), 5, head="mlm")
 
@@ -89,7 +89,7 @@ def test_splade_truncates_queries_and_documents(mlm):
 
 
 def test_splade_warns_on_a_model_without_mlm_head(tmp_path):
-    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
 
     base = save_bert(tmp_path / "b", word_tokenizer(WORDS), 1, head="base")
     scorer = load(base)

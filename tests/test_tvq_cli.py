@@ -58,7 +58,7 @@ def test_bits_info_and_quantize_subcommand(tiny_triplet, q4, tmp_path):
 
 
 def test_residual_cli(tiny_triplet, tmp_path):
-    from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
     from tests.conftest import WORDS
 
     t = tiny_triplet

@@ -20,7 +20,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from mergekit_ir.experiments.tiny_models import save_bert, word_tokenizer
+from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
 
 WORDS = (
     "query",

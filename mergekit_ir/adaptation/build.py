@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergekit_ir.adaptation.corpus import Corpus, load_corpus, packed_blocks
+from mergekit_ir.adaptation.corpus import Corpus, NamedCorpora, load_corpus, packed_blocks
 from mergekit_ir.adaptation.objectives import choose_objective
 from mergekit_ir.adaptation.output import write_output
 from mergekit_ir.adaptation.training import AdaptSettings, train
@@ -64,7 +64,7 @@ def adapt(
     out: Path,
     settings: AdaptSettings,
     device: Any,
-    registry: Any = None,
+    corpora: NamedCorpora | None = None,
     cache_root: Path | None = None,
     checkpoint_every: int = 200,
     overwrite: bool = False,
@@ -76,7 +76,7 @@ def adapt(
     out = Path(out)
     tokenizer = load_tokenizer(base)
     objective = resolve_objective(base, settings)
-    corpus = load_corpus(corpus_spec, registry, cache_root)
+    corpus = load_corpus(corpus_spec, corpora)
     blocks = packed_blocks(corpus, tokenizer, base, objective, settings.max_length, cache_root)
     base_fp = folder_fingerprint(base)
     key = run_key(base_fp, corpus, objective, settings)

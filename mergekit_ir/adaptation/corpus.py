@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,17 @@ class Corpus:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class NamedCorpora:
+    """Corpora known by name besides files (a registry's datasets), as plain values: the names,
+    a loader of one's corpus, and the folder relative corpus paths are read from. The
+    experiments layer builds it from a registry; adaptation never imports the registry."""
+
+    names: tuple[str, ...] = ()
+    load: Callable[[str], Corpus] | None = None
+    base_dir: Path | None = None
+
+
 def _read_jsonl(path: Path) -> list[str]:
     texts = []
     with path.open(encoding="utf-8") as fh:
@@ -62,8 +73,8 @@ def _read_jsonl(path: Path) -> list[str]:
     return texts
 
 
-def load_corpus(spec: str, registry: Any = None, cache_root: Path | None = None) -> Corpus:
-    """``spec`` is a .jsonl/.txt file, a BEIR folder, or a registry dataset name."""
+def load_corpus(spec: str, corpora: NamedCorpora | None = None) -> Corpus:
+    """``spec`` is a .jsonl/.txt file, a BEIR folder, or a name in ``corpora``."""
     path = Path(spec).expanduser()
     if path.suffix in (".jsonl", ".txt") or path.is_file():
         if not path.is_file():
@@ -80,21 +91,13 @@ def load_corpus(spec: str, registry: Any = None, cache_root: Path | None = None)
             str(path), _read_jsonl(path / "corpus.jsonl"), file_digest(path / "corpus.jsonl")
         )
     else:
-        if registry is None or spec not in registry.datasets:
-            known = ", ".join(sorted(registry.datasets)) if registry is not None else ""
+        if corpora is None or corpora.load is None or spec not in corpora.names:
+            known = ", ".join(sorted(corpora.names)) if corpora is not None else ""
             raise DatasetError(
                 f"--corpus {spec}: not a file, BEIR folder or registry dataset"
                 + (f" (datasets: {known})" if known else "")
             )
-        from mergekit_ir.experiments.sources import load_dataset
-        from mergekit_ir.storage.cache import default_cache_dir
-
-        ds_spec = registry.dataset(spec)
-        ds = load_dataset(
-            ds_spec, ds_spec.test, registry.base_dir, cache_root or default_cache_dir()
-        )
-        texts = [ds.corpus[d].full_text for d in sorted(ds.corpus)]
-        corpus = Corpus(spec, texts, ds.fingerprint())
+        corpus = corpora.load(spec)
     texts = [t for t in corpus.texts if t and t.strip()]
     if not texts:
         raise DatasetError(f"corpus {corpus.name}: no text (every document is empty)")

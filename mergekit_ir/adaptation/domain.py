@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergekit_ir.adaptation.corpus import NamedCorpora
 from mergekit_ir.adaptation.output import CARD
 from mergekit_ir.adaptation.spec import AdaptSpec
 
 
-def corpus_ref(spec: AdaptSpec, registry: Any) -> str:
-    """A registry dataset name as it is; a relative file path relative to the registry."""
-    if registry is not None and spec.corpus in registry.datasets:
+def corpus_ref(spec: AdaptSpec, corpora: NamedCorpora | None) -> str:
+    """A known corpus name as it is; a relative file path relative to the registry."""
+    if corpora is not None and spec.corpus in corpora.names:
         return spec.corpus
     path = Path(spec.corpus).expanduser()
-    if not path.is_absolute() and registry is not None:
-        path = registry.base_dir / path
+    if not path.is_absolute() and corpora is not None and corpora.base_dir is not None:
+        path = corpora.base_dir / path
     return str(path)
 
 
@@ -30,16 +31,20 @@ class DomainBuild:
     tokens: int  # estimated tokens the build trains on
 
 
-def plan_domain(spec: AdaptSpec, base: Path, registry: Any, cache_root: Path) -> DomainBuild:
+def plan_domain(
+    spec: AdaptSpec, base: Path, corpora: NamedCorpora | None, cache_root: Path
+) -> DomainBuild:
     """Where ΘD lives in the cache, whether it is built, and what building costs (estimate)."""
     from mergekit_ir.adaptation.build import resolve_objective, run_key
     from mergekit_ir.adaptation.corpus import load_corpus
     from mergekit_ir.storage.fingerprint import folder_fingerprint
 
     settings = spec.settings()
-    corpus = load_corpus(corpus_ref(spec, registry), registry, cache_root)
+    corpus = load_corpus(corpus_ref(spec, corpora), corpora)
     objective = resolve_objective(base, settings)
-    key = run_key(folder_fingerprint(base), corpus, objective, settings)
+    key = run_key(
+        folder_fingerprint(base, cache_dir=cache_root / "fingerprints"), corpus, objective, settings
+    )
     folder = cache_root / "adapt" / key
     if settings.steps:
         steps = settings.steps
@@ -59,7 +64,7 @@ def plan_domain(spec: AdaptSpec, base: Path, registry: Any, cache_root: Path) ->
 def build_domain(
     spec: AdaptSpec,
     base: Path,
-    registry: Any,
+    corpora: NamedCorpora | None,
     cache_root: Path,
     device: Any,
     echo: Any = print,
@@ -68,18 +73,18 @@ def build_domain(
     """The cached ΘD folder for ``spec`` adapted from ``base``; built (resumably) if absent."""
     from mergekit_ir.adaptation.build import adapt
 
-    plan = plan_domain(spec, base, registry, cache_root)
+    plan = plan_domain(spec, base, corpora, cache_root)
     if plan.cached:
         echo(f"  ΘD {spec.describe()}: cached ({plan.folder.name})")
         return plan.folder
     echo(f"  ΘD {spec.describe()}: building ({plan.steps} steps, ≈{plan.tokens:,} tokens)")
     adapt(
         base,
-        corpus_ref(spec, registry),
+        corpus_ref(spec, corpora),
         plan.folder,
         spec.settings(),
         device,
-        registry=registry,
+        corpora=corpora,
         cache_root=cache_root,
         show_progress=progress,
         overwrite=True,

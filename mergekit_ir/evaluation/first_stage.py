@@ -7,15 +7,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mergekit_ir.params import Param
-
-# A run: query id -> document id -> score. Ids are always strings.
-Run = dict[str, dict[str, float]]
+from mergekit_ir.ranking import Ranking
 
 
 class FirstStage(Protocol):
     """An index over one corpus."""
 
-    def search(self, queries: Mapping[str, str], k: int) -> Run:
+    def search(self, queries: Mapping[str, str], k: int) -> Ranking:
         """Top-``k`` documents per query, best first, ties broken by document id."""
         ...
 

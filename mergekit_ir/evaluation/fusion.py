@@ -21,8 +21,8 @@ from itertools import product
 from typing import Any
 
 from mergekit_ir.errors import ConfigError
-from mergekit_ir.evaluation.first_stage import Run
 from mergekit_ir.evaluation.metrics import Qrels, evaluate, mean_scores, ranx_metric
+from mergekit_ir.ranking import Ranking
 
 # Friendly aliases -> ranx's names (ranx's own names are accepted as they are).
 _ALIASES: dict[str, str] = {
@@ -107,7 +107,7 @@ def norm_name(norm: str | None) -> str | None:
     return norm
 
 
-def _ranx_runs(runs: Sequence[Run], qids: Sequence[str] | None = None) -> list[Any]:
+def _ranx_runs(runs: Sequence[Ranking], qids: Sequence[str] | None = None) -> list[Any]:
     from ranx import Run as RanxRun
 
     if len(runs) < 2:
@@ -120,7 +120,7 @@ def _ranx_runs(runs: Sequence[Run], qids: Sequence[str] | None = None) -> list[A
     return out
 
 
-def _to_dict(run: Any) -> Run:
+def _to_dict(run: Any) -> Ranking:
     return {
         str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.to_dict().items()
     }
@@ -141,7 +141,7 @@ def _min_max(results: Mapping[str, float]) -> dict[str, float]:
     return {d: (s - lo) / den for d, s in results.items()}
 
 
-def wsum_min_max(runs: Sequence[Run], weights: Sequence[float]) -> Run:
+def wsum_min_max(runs: Sequence[Ranking], weights: Sequence[float]) -> Ranking:
     """ranx ``fuse(norm="min-max", method="wsum")`` in plain Python, with the same numbers.
 
     Per query (the union over runs): min-max each run, then each document scores
@@ -151,7 +151,7 @@ def wsum_min_max(runs: Sequence[Run], weights: Sequence[float]) -> Run:
     if len(runs) < 2:
         raise ConfigError(f"fusion needs at least two runs, got {len(runs)}")
     qids = sorted(set().union(*(r.keys() for r in runs)))
-    out: Run = {}
+    out: Ranking = {}
     for q in qids:
         normed = [_min_max({str(d): float(s) for d, s in r.get(q, {}).items()}) for r in runs]
         fused: dict[str, float] = {}
@@ -167,11 +167,11 @@ def wsum_min_max(runs: Sequence[Run], weights: Sequence[float]) -> Run:
 
 
 def fuse(
-    runs: Sequence[Run],
+    runs: Sequence[Ranking],
     method: str = "wsum",
     norm: str | None = "min-max",
     params: Mapping[str, Any] | None = None,
-) -> Run:
+) -> Ranking:
     """Normalise each run per query, then combine them with a ranx fusion method."""
     name, nrm = fusion_method_name(method), norm_name(norm)
     p = dict(params or {})
@@ -212,7 +212,7 @@ def _plain(v: Any) -> Any:
 
 def tune_fusion(
     qrels: Qrels,
-    runs: Sequence[Run],
+    runs: Sequence[Ranking],
     method: str = "wsum",
     norm: str | None = "min-max",
     metric: str = "NDCG@10",

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 
 from mergekit_ir.errors import ConfigError, short_repr
-from mergekit_ir.evaluation.first_stage import Run
+from mergekit_ir.ranking import Ranking
 
 DEFAULT_METRICS: tuple[str, ...] = ("P@10", "NDCG@3", "NDCG@10", "MAP@100")
 
@@ -63,7 +63,7 @@ def _ranked(docs: Mapping[str, float]) -> dict[str, float]:
     return {doc: float(n - i) for i, (doc, _) in enumerate(order)}
 
 
-def evaluate(qrels: Qrels, run: Run, metrics: Iterable[str]) -> dict[str, dict[str, float]]:
+def evaluate(qrels: Qrels, run: Ranking, metrics: Iterable[str]) -> dict[str, dict[str, float]]:
     """Metric (as named by the caller) -> qid -> score for every query in ``qrels``."""
     names = list(metrics)
     ranx_names = [ranx_metric(n) for n in names]

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mergekit_ir.errors import ConfigError
-from mergekit_ir.reports.results import Results, Section, SignificanceSettings
+from mergekit_ir.results import Results, Section, SignificanceSettings
 
 TESTS = ("student", "fisher")
 CORRECTIONS = ("bonferroni", "none")

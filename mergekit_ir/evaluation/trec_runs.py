@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 from mergekit_ir.errors import DatasetError, short_repr
-from mergekit_ir.evaluation.first_stage import Run
+from mergekit_ir.ranking import Ranking
 
 
-def read_trec(path: str | Path) -> Run:
+def read_trec(path: str | Path) -> Ranking:
     """``{qid: {docid: score}}``; a malformed line is a one-line error naming file and line."""
     path = Path(path)
     try:
@@ -23,7 +23,7 @@ def read_trec(path: str | Path) -> Run:
         ) from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror})") from None
-    run: Run = {}
+    run: Ranking = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -53,7 +53,7 @@ def read_trec(path: str | Path) -> Run:
     return run
 
 
-def write_trec(path: str | Path, run: Run, tag: str) -> None:
+def write_trec(path: str | Path, run: Ranking, tag: str) -> None:
     """Ranked by score, ties by document id; written atomically."""
     from mergekit_ir.storage import atomic
 

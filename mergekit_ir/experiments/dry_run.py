@@ -13,15 +13,14 @@ from typing import Any
 
 from mergekit_ir.errors import MergeIRError
 from mergekit_ir.experiments.registry import Experiment, Registry
-from mergekit_ir.experiments.sources import (
+from mergekit_ir.experiments.sources import locate_dataset, registry_corpora, resolve_ref
+from mergekit_ir.plugin_host import catalog
+from mergekit_ir.references.checkpoints import (
     HUB_PATTERNS,
     Location,
     hub_offline,
     locate_checkpoint,
-    locate_dataset,
-    resolve_ref,
 )
-from mergekit_ir.plugin_host import catalog
 from mergekit_ir.scoring.scorer import ScorerKind
 
 
@@ -96,7 +95,7 @@ def _adapt_location(reg: Registry, t: Any, ref: Any, cache_root: Path) -> Locati
         return Location("adapt", detail=f"will be built from {base_ref.ref} once it is downloaded")
     try:
         base = resolve_ref(base_ref, reg.base_dir, cache_root)
-        plan = plan_domain(ref.adapt, base, reg, cache_root)
+        plan = plan_domain(ref.adapt, base, registry_corpora(reg, cache_root), cache_root)
     except MergeIRError as exc:
         return Location("problem", problem=f"CANNOT BUILD: {exc}")
     if plan.cached:

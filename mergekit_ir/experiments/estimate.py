@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mergekit_ir.evaluation.first_stage import Run
+from mergekit_ir.ranking import Ranking
 
 if TYPE_CHECKING:
     from mergekit_ir.experiments.runner import ExperimentRun, Split
@@ -36,7 +36,7 @@ class SplitWork:
         return self.documents if unit == "document" else self.pairs
 
 
-def split_work(candidates: Run) -> SplitWork:
+def split_work(candidates: Ranking) -> SplitWork:
     docs = {d for ranked in candidates.values() for d in ranked}
     return SplitWork(len(candidates), sum(len(r) for r in candidates.values()), len(docs))
 
@@ -50,9 +50,9 @@ class Throughput:
     sample: int  # units timed
 
 
-def _sample(candidates: Run, unit: str, target: int) -> Run:
+def _sample(candidates: Ranking, unit: str, target: int) -> Ranking:
     """The first queries (in id order) whose candidates reach ``target`` units."""
-    out: Run = {}
+    out: Ranking = {}
     docs: set[str] = set()
     for qid in sorted(candidates):
         out[qid] = candidates[qid]
@@ -91,8 +91,9 @@ def _duration(seconds: float) -> str:
 def estimate_lines(er: ExperimentRun) -> list[str]:
     """The dry run's ``estimate`` block: per split the work, per triplet the probe and time."""
     from mergekit_ir.experiments.dry_run import count_passes
-    from mergekit_ir.experiments.sources import locate_checkpoint, resolve_ref
+    from mergekit_ir.experiments.sources import resolve_ref
     from mergekit_ir.plugin_host import catalog
+    from mergekit_ir.references.checkpoints import locate_checkpoint
 
     er.prepare_splits()
     exp, reg = er.exp, er.reg

@@ -29,7 +29,7 @@ from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.merging.method import check_weights
 from mergekit_ir.params import check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
-from mergekit_ir.reports.results import domain_row_keys, model_row_keys
+from mergekit_ir.results import domain_row_keys, model_row_keys
 from mergekit_ir.scoring.scorer import DTYPES
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mergekit_ir.evaluation.first_stage import Run
 from mergekit_ir.experiments.registry import Experiment, Registry
 from mergekit_ir.experiments.runner import ExperimentRun, RunOptions
-from mergekit_ir.experiments.sources import resolve_checkpoint
 from mergekit_ir.params import check_params
 from mergekit_ir.plugin_host import catalog
+from mergekit_ir.ranking import Ranking
+from mergekit_ir.references.checkpoints import resolve_checkpoint
 
 _NAME = "rerank"
 
@@ -28,7 +28,7 @@ class RerankedDataset:
 
     dataset: str
     means: dict[str, dict[str, float]] = field(default_factory=dict)  # row -> metric -> mean
-    runs: dict[str, Run] = field(default_factory=dict)  # row -> run (for TREC files)
+    runs: dict[str, Ranking] = field(default_factory=dict)  # row -> run (for TREC files)
 
 
 def rerank_model(

@@ -38,18 +38,25 @@ import torch
 
 from mergekit_ir.errors import ConfigError
 from mergekit_ir.evaluation.datasets import Dataset
-from mergekit_ir.evaluation.first_stage import FirstStageKind, Run
+from mergekit_ir.evaluation.first_stage import FirstStageKind
 from mergekit_ir.evaluation.trec_runs import write_trec
-from mergekit_ir.experiments.executor import TripletOutcome
-from mergekit_ir.experiments.registry import CheckpointRef, Experiment, Registry, Triplet
-from mergekit_ir.experiments.sources import load_dataset, resolve_ref
+from mergekit_ir.execution import FirstStageJobs, TripletJobs, TripletOutcome, first_stage_offload
+from mergekit_ir.experiments.registry import Experiment, Registry, Triplet
+from mergekit_ir.experiments.sources import (
+    DomainBuilder,
+    domain_input,
+    load_dataset,
+    resolve_ref,
+)
+from mergekit_ir.experiments.splits import Split, WorkerSetup, wire_splits
 from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.merging.checkpoint import open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, build_plan
 from mergekit_ir.merging.sweep import InPlaceSweep
 from mergekit_ir.merging.task_vector import TaskVector
 from mergekit_ir.plugin_host import catalog, installed_distributions
-from mergekit_ir.reports.results import (
+from mergekit_ir.ranking import Ranking
+from mergekit_ir.results import (
     CANDIDATE_KEYS,
     IR,
     MERGED_AT_1,
@@ -60,6 +67,7 @@ from mergekit_ir.reports.results import (
     Results,
     Row,
     Section,
+    TunedAlpha,
     alpha_label,
     row_label,
 )
@@ -104,7 +112,7 @@ class RunOptions:
     strict: bool = False  # refuse what would be a warning (a randomly initialised head)
     echo: Callable[[str], None] = print
     passes: PassCounter = field(default_factory=PassCounter)
-    executor: Any = None  # an Executor (mergekit_ir.experiments.executor); None: in process
+    executor: Any = None  # an Executor (mergekit_ir.execution); None: the `local` plugin's
 
 
 @dataclass
@@ -143,20 +151,6 @@ class RunOutcome:
     results: Results
     written: list[Path]
     timer: StageTimer
-
-
-@dataclass
-class Split:
-    """One dataset split with its first-stage run (what every model re-ranks)."""
-
-    dataset: Dataset
-    first_stage: Run
-    fs_key: str
-    role: str  # test | dev
-
-    @property
-    def id(self) -> str:
-        return f"{self.dataset.name}:{self.role}"
 
 
 def split_id(s: Split) -> str:
@@ -223,7 +217,11 @@ class TripletRunner:
                 resolve_ref(triplet.pretrained, base, cache_root) if triplet.pretrained else None
             )
             self.pre_source = open_checkpoint(str(self.pre_folder)) if self.pre_folder else None
-            self.domain_folders = [self._domain_folder(d) for d in triplet.domains]
+            builder = DomainBuilder(self.settings.torch_device, opts.echo, opts.progress)
+            self.domain_inputs = [
+                domain_input(reg, triplet, d, cache_root, builder) for d in triplet.domains
+            ]
+            self.domain_folders = [d.folder for d in self.domain_inputs]
         self.fp_dir = opts.cache.root / "fingerprints"  # digests live with the run's cache
         self.fingerprints = {IR: self.ir_source.fingerprint(self.fp_dir)}
         if self.pre_source is not None:
@@ -231,43 +229,17 @@ class TripletRunner:
         self._vectors: list[TaskVector] | None = None
         self._ir_scorer: Scorer | None = None
         self._sweep: InPlaceSweep | None = None
-        self._memo: dict[str, Run] = {}  # identical models score once, also with --no-cache
+        self._memo: dict[str, Ranking] = {}  # identical models score once, also with --no-cache
         self.notes: dict[str, None] = {}  # scorer warnings, in first-seen order, for the report
 
-    def _domain_folder(self, ref: CheckpointRef) -> Path:
-        """A given ΘD's folder; an ``adapt:`` ΘD is built (or found in the cache) from its base."""
-        if ref.kind != "adapt":
-            return resolve_ref(ref, self.reg.base_dir, self.opts.cache.root)
-        from mergekit_ir.adaptation.domain import build_domain
-
-        assert ref.adapt is not None
-        base = self.pre_folder if ref.adapt.base == "pretrained" else self.ir_folder
-        assert base is not None
-        return build_domain(
-            ref.adapt,
-            base,
-            self.reg,
-            self.opts.cache.root,
-            self.settings.torch_device,
-            self.opts.echo,
-            self.opts.progress,
-        )
-
     # -- models -------------------------------------------------------------------------------
-    def _vector_kind(self, ref: CheckpointRef) -> tuple[str, Any]:
-        """(task-vector kind, the source τ is taken against) of one domain reference."""
-        if ref.kind != "adapt":
-            return ref.kind, self.pre_source
-        assert ref.adapt is not None
-        against = self.pre_source if ref.adapt.base == "pretrained" else self.ir_source
-        return ("lora" if ref.adapt.lora is not None else "checkpoint"), against
-
     def vectors(self) -> list[TaskVector]:
         if self._vectors is None:
-            self._vectors = []
-            for ref, folder in zip(self.triplet.domains, self.domain_folders, strict=True):
-                kind, against = self._vector_kind(ref)
-                self._vectors.append(TaskVector.from_reference(kind, folder, against))
+            sources = {"pretrained": self.pre_source, "ir": self.ir_source}
+            self._vectors = [
+                TaskVector.from_reference(d.kind, d.folder, sources[d.against])
+                for d in self.domain_inputs
+            ]
         return self._vectors
 
     @cached_property
@@ -316,7 +288,7 @@ class TripletRunner:
         return self._sweep
 
     # -- runs ---------------------------------------------------------------------------------
-    def _rerank(self, scorer: Scorer, split: Split) -> Run:
+    def _rerank(self, scorer: Scorer, split: Split) -> Ranking:
         ds = split.dataset
         docs = {d: ds.corpus[d].full_text for q in split.first_stage.values() for d in q}
         queries = {q: ds.queries[q] for q in split.first_stage}
@@ -331,7 +303,7 @@ class TripletRunner:
         split: Split,
         scorer_fn: Callable[[], Scorer],
         merged: Mapping[str, Any] | None = None,
-    ) -> Run:
+    ) -> Ranking:
         """One model's run on one split, from the cache when it is there.
 
         ``identity`` says which weights score (fingerprints, merge settings); ``merged``
@@ -382,9 +354,9 @@ class TripletRunner:
         self._memo[key] = run
         return run
 
-    def baseline_runs(self, splits: list[Split]) -> dict[str, dict[str, Run]]:
+    def baseline_runs(self, splits: list[Split]) -> dict[str, dict[str, Ranking]]:
         """variant key -> split id -> run, for Θ0, each ΘD and ΘT."""
-        out: dict[str, dict[str, Run]] = {}
+        out: dict[str, dict[str, Ranking]] = {}
         singles: list[tuple[str, Path]] = []
         if self.pre_folder is not None:
             singles.append((PRETRAINED, self.pre_folder))
@@ -410,10 +382,10 @@ class TripletRunner:
         out[IR] = {s.id: self.ir_run(s) for s in splits}
         return out
 
-    def ir_run(self, split: Split) -> Run:
+    def ir_run(self, split: Split) -> Ranking:
         return self.model_run(IR, [self.fingerprints[IR]], split, self.ir_scorer)
 
-    def merged_run(self, alpha: Any, split: Split) -> Run:
+    def merged_run(self, alpha: Any, split: Split) -> Ranking:
         if _is_zero(alpha) and not self.method.needs_ir_vector:
             # Θ' = ΘT + 0·τ is ΘT: score it once, under ΘT's key. (Methods that also rework
             # ΘT − Θ0, as TIES and DARE do, do not give back ΘT at α = 0.)
@@ -433,14 +405,6 @@ class TripletRunner:
         )
 
 
-@dataclass
-class TunedAlpha:
-    """The α each dataset's Θ'(tuned α) row uses, and the sweep it came from (None: not tuned)."""
-
-    per_dataset: dict[str, Any]
-    ablation: AlphaAblation | None = None
-
-
 class ExperimentRun:
     """One experiment's run, step by step (see the module docstring)."""
 
@@ -456,12 +420,12 @@ class ExperimentRun:
         self.settings = resolved_settings(self.exp, opts)  # a bad --device fails here, first
         self.tests: dict[str, Split] = {}
         self.devs: dict[str, Split] = {}
-        self.runs: dict[str, Run] = {}  # TREC files to write: "triplet/dataset/row" -> run
+        self.runs: dict[str, Ranking] = {}  # TREC files to write: "triplet/dataset/row" -> run
         self._indexes: dict[str, Any] = {}
         self.worker_hosts: set[str] = set()  # where triplet jobs ran, when not in this process
 
     # -- helpers ------------------------------------------------------------------------------
-    def fused(self, first: Run, model: Run, params: Mapping[str, Any]) -> Run:
+    def fused(self, first: Ranking, model: Ranking, params: Mapping[str, Any]) -> Ranking:
         from mergekit_ir.evaluation.fusion import fuse
 
         with self.timer("fusion"):
@@ -481,14 +445,14 @@ class ExperimentRun:
         return qrels
 
     def evaluate(
-        self, split: Split, run: Run, metrics: Sequence[str]
+        self, split: Split, run: Ranking, metrics: Sequence[str]
     ) -> dict[str, dict[str, float]]:
         from mergekit_ir.evaluation.metrics import evaluate
 
         with self.timer("evaluation"):
             return evaluate(self.judged(split), run, list(metrics))
 
-    def objective(self, split: Split, run: Run) -> float:
+    def objective(self, split: Split, run: Ranking) -> float:
         from mergekit_ir.evaluation.metrics import mean_scores
 
         return mean_scores(self.evaluate(split, run, [self.exp.objective]))[self.exp.objective]
@@ -505,7 +469,7 @@ class ExperimentRun:
             exp.k,
         )
 
-    def first_stage_split(self, ds: Dataset, role: str, run: Run | None = None) -> Split:
+    def first_stage_split(self, ds: Dataset, role: str, run: Ranking | None = None) -> Split:
         """``ds`` with its first-stage run: ``run`` when an executor computed it, else from
         the cache, else retrieved here (and cached)."""
         exp, opts = self.exp, self.opts
@@ -549,16 +513,18 @@ class ExperimentRun:
             )
             if spec.dev and (exp.tune_alpha or exp.tune_fusion):
                 loaded[(dname, "dev")] = self.load_split(dname, "dev")
-        remote: dict[tuple[str, str], Run] = {}
-        offload = getattr(opts.executor, "first_stages", None)
+        remote: dict[tuple[str, str], Ranking] = {}
+        offload = first_stage_offload(opts.executor)
         if offload is not None:
-            todo = [
+            todo = tuple(
                 job
                 for job, ds in loaded.items()
                 if not opts.cache.has_run("first_stage", self.first_stage_key(ds))
-            ]
+            )
             if todo:
-                remote = offload(self, todo)
+                remote = dict(
+                    offload(FirstStageJobs(todo, exp.first_stage, self.worker_setup, opts.echo))
+                )
         for (dname, role), ds in loaded.items():
             split = self.first_stage_split(ds, role, remote.get((dname, role)))
             (self.tests if role == "test" else self.devs)[dname] = split
@@ -570,9 +536,9 @@ class ExperimentRun:
         Ties go to the earlier α in the grid.
         """
         exp = self.exp
-        tuned = TunedAlpha({d: 1.0 for d in self.datasets})
+        untuned = TunedAlpha({d: 1.0 for d in self.datasets})
         if not (exp.tune_alpha and self.devs):
-            return tuned
+            return untuned
         fixed = dict(exp.fusion_params)
         values: dict[str, dict[str, float]] = {}
         for alpha in exp.alphas:
@@ -586,9 +552,7 @@ class ExperimentRun:
             for a in exp.alphas
         }
         best = max(exp.alphas, key=lambda a: (means[alpha_label(a)], -exp.alphas.index(a)))
-        for dname in self.datasets:
-            if dname in self.devs or exp.transfer_alpha:
-                tuned.per_dataset[dname] = best
+        chosen = {d: best if d in self.devs or exp.transfer_alpha else 1.0 for d in self.datasets}
         self.opts.echo(
             f"  tuned α = {alpha_label(best)} (mean dev {exp.objective} {means[alpha_label(best)]:.4f})"
         )
@@ -602,19 +566,21 @@ class ExperimentRun:
             }
             for dname, split in self.devs.items()
         }
-        tuned.ablation = AlphaAblation(
-            metric=exp.objective,
-            split="dev",
-            values=values,
-            mean=means,
-            best=alpha_label(best),
-            order=[alpha_label(a) for a in exp.alphas],
-            references=references,
+        return TunedAlpha(
+            chosen,
+            AlphaAblation(
+                metric=exp.objective,
+                split="dev",
+                values=values,
+                mean=means,
+                best=alpha_label(best),
+                order=[alpha_label(a) for a in exp.alphas],
+                references=references,
+            ),
         )
-        return tuned
 
     # -- 3. model runs --------------------------------------------------------------------------
-    def model_runs(self, runner: TripletRunner, tuned: TunedAlpha) -> dict[str, dict[str, Run]]:
+    def model_runs(self, runner: TripletRunner, tuned: TunedAlpha) -> dict[str, dict[str, Ranking]]:
         """Row key -> split id -> model run, for the baselines and both Θ' rows (test, and dev
         when λ is tuned there)."""
         exp = self.exp
@@ -631,7 +597,7 @@ class ExperimentRun:
         return variants
 
     # -- 4. fusion, metrics, significance -------------------------------------------------------
-    def fusion_params(self, dname: str, key: str, variants: dict[str, dict[str, Run]]) -> Any:
+    def fusion_params(self, dname: str, key: str, variants: dict[str, dict[str, Ranking]]) -> Any:
         """λ for one row on one dataset: tuned on its dev split, else the experiment's."""
         exp = self.exp
         if not (exp.tune_fusion and dname in self.devs):
@@ -648,7 +614,7 @@ class ExperimentRun:
                 metric=exp.objective,
             )
 
-    def cells(self, split: Split, run: Run) -> dict[str, Cell]:
+    def cells(self, split: Split, run: Ranking) -> dict[str, Cell]:
         from mergekit_ir.evaluation.metrics import mean_scores
 
         per_query = self.evaluate(split, run, self.exp.metrics)
@@ -658,7 +624,7 @@ class ExperimentRun:
     def build_section(
         self,
         tname: str,
-        variants: dict[str, dict[str, Run]],
+        variants: dict[str, dict[str, Ranking]],
         tuned: TunedAlpha,
         fusion: dict[str, dict[str, dict[str, Any]]],
     ) -> Section:
@@ -750,9 +716,24 @@ class ExperimentRun:
         if self.exp.alpha_selectors:  # tuning.alpha: {selector: ...}: selectors pick α
             from mergekit_ir.experiments.selection import select_alpha
 
-            selection = select_alpha(self, runner, tuned)
+            selection, tuned = select_alpha(self, runner, tuned)
         variants = self.model_runs(runner, tuned)
         return TripletOutcome(tname, tuned, variants, notes=list(runner.notes), selection=selection)
+
+    def worker_setup(self) -> WorkerSetup:
+        """What a worker process needs to run this run's jobs (picklable, once per worker)."""
+        opts = self.opts
+        return WorkerSetup(
+            registry=self.reg,
+            experiment=self.exp.name,
+            cache_root=opts.cache.root,
+            cache_enabled=opts.cache.enabled,
+            device=opts.device,
+            datasets=tuple(self.datasets),
+            batch_size=opts.batch_size,
+            dtype=opts.dtype,
+            strict=opts.strict,
+        )
 
     def absorb(self, outcome: TripletOutcome) -> None:
         """Fold a job that ran elsewhere into this run: its echo, stage times and cache log."""
@@ -778,8 +759,16 @@ class ExperimentRun:
         results = Results(
             experiment=self.exp.name, metrics=list(self.exp.metrics), datasets=self.datasets
         )
-        executor = self.opts.executor or InProcess()
-        for outcome in executor.run_triplets(self, list(self.exp.triplets)):
+        executor = self.opts.executor or catalog().executor("local").create({})
+        jobs = TripletJobs(
+            triplets=tuple(self.exp.triplets),
+            run_here=self.triplet_outcome,
+            worker_setup=self.worker_setup,
+            wire_splits=lambda: wire_splits(self),
+            echo=self.opts.echo,
+            progress=self.opts.progress,
+        )
+        for outcome in executor.run_triplets(jobs):
             self.absorb(outcome)
             tname, tuned = outcome.triplet, outcome.tuned
             if tuned.ablation is not None:
@@ -796,14 +785,6 @@ class ExperimentRun:
         written = self.write_outputs(results)
         self.timer.wall = time.perf_counter() - wall_start
         return RunOutcome(results, written, self.timer)
-
-
-class InProcess:
-    """Triplet jobs one after another in this process (the ``local`` executor)."""
-
-    def run_triplets(self, run: ExperimentRun, triplets: Sequence[str]) -> Iterator[TripletOutcome]:
-        for tname in triplets:
-            yield run.triplet_outcome(tname)
 
 
 def _json_round_trip(results: Results) -> dict[str, Any]:

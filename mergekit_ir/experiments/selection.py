@@ -9,15 +9,42 @@ test objective at every α (the oracle curve the selection report compares again
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from mergekit_ir.evaluation.datasets import Dataset
+from mergekit_ir.experiments.registry import Experiment
+from mergekit_ir.experiments.splits import Split
 from mergekit_ir.plugin_host import catalog
-from mergekit_ir.reports.results import AlphaSelection, alpha_label
+from mergekit_ir.ranking import Ranking
+from mergekit_ir.results import AlphaSelection, TunedAlpha, alpha_label
 from mergekit_ir.tuning.selector import BASELINE_ALPHA, SelectionContext, alpha_value
 
-if TYPE_CHECKING:
-    from mergekit_ir.experiments.runner import ExperimentRun, TripletRunner, TunedAlpha
+
+class MergedRankings(Protocol):
+    """What selection needs of a triplet's runner: Θ'(α)'s ranking of a split (in place, cached)."""
+
+    def merged_run(self, alpha: Any, split: Split) -> Ranking: ...
+
+
+class SelectionHost(Protocol):
+    """What selection needs of the experiment's run (``ExperimentRun`` is one): its splits,
+    fusion and evaluation, kept narrow so this step does not depend on the runner."""
+
+    exp: Experiment
+    tests: Mapping[str, Split]
+    devs: Mapping[str, Split]
+    opts: Any  # RunOptions: cache root and echo
+
+    def fused(self, first: Ranking, model: Ranking, params: Mapping[str, Any]) -> Ranking: ...
+
+    def evaluate(
+        self, split: Split, run: Ranking, metrics: Sequence[str]
+    ) -> dict[str, dict[str, float]]: ...
+
+    def objective(self, split: Split, run: Ranking) -> float: ...
+
+    first_stage_split: Callable[..., Split]
 
 
 def unjudged(ds: Dataset) -> Dataset:
@@ -25,7 +52,7 @@ def unjudged(ds: Dataset) -> Dataset:
     return Dataset(ds.name, ds.corpus, ds.queries, {}, ds.language, ds.source)
 
 
-def context(er: ExperimentRun, runner: TripletRunner, spec: Any) -> SelectionContext:
+def context(er: SelectionHost, runner: MergedRankings, spec: Any) -> SelectionContext:
     exp = er.exp
     fixed = dict(exp.fusion_params)
 
@@ -55,8 +82,11 @@ def context(er: ExperimentRun, runner: TripletRunner, spec: Any) -> SelectionCon
     )
 
 
-def select_alpha(er: ExperimentRun, runner: TripletRunner, tuned: TunedAlpha) -> AlphaSelection:
-    """Every selector's choice; the first one's α becomes the Θ'(tuned α) α per dataset."""
+def select_alpha(
+    er: SelectionHost, runner: MergedRankings, tuned: TunedAlpha
+) -> tuple[AlphaSelection, TunedAlpha]:
+    """Every selector's choice, and a new :class:`TunedAlpha` whose Θ'(tuned α) α per dataset
+    is the first selector's choice (``tuned`` itself is left as it was)."""
     exp = er.exp
     out = AlphaSelection(primary=exp.alpha_selectors[0].label, metric=exp.objective)
     if tuned.ablation is not None:
@@ -77,8 +107,9 @@ def select_alpha(er: ExperimentRun, runner: TripletRunner, tuned: TunedAlpha) ->
             note = f" (guard: raw α = {c.raw_alpha})" if c.guarded else ""
             er.opts.echo(f"  {spec.label} on {dname}: α = {c.alpha}{iv}{gain}{note}")
     primary = out.choices[out.primary]
-    for dname, c in primary.items():
-        tuned.per_dataset[dname] = alpha_value(c.alpha, exp.alphas)
+    selected = tuned.with_alphas(
+        {dname: alpha_value(c.alpha, exp.alphas) for dname, c in primary.items()}
+    )
     fixed = dict(exp.fusion_params)
     grid = list(dict.fromkeys([*exp.alphas, BASELINE_ALPHA, 1.0]))
     # the test curve (scoring and evaluation inside are timed by their own stages)
@@ -89,4 +120,4 @@ def select_alpha(er: ExperimentRun, runner: TripletRunner, tuned: TunedAlpha) ->
             )
             for a in grid
         }
-    return out
+    return out, selected

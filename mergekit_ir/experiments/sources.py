@@ -1,149 +1,24 @@
-"""Where every input comes from: the one answer for the dry run and the loader.
+"""Where a registry's inputs come from: the one answer for the dry run and the loader.
 
-A checkpoint reference is a ``quickstart:`` item, a local folder (relative paths are read
-beside the registry first), or a Hugging Face hub id; a dataset split is a local BEIR
-folder, a ``quickstart:`` folder, or an ``ir_datasets`` id. :func:`locate_checkpoint` and
-:func:`locate_dataset` answer without downloading or building anything (the dry run prints
-their answers); :func:`resolve_checkpoint` and :func:`load_dataset` then act on the very same
-answer, so the two can never disagree about a path.
+A dataset split is a local BEIR folder, a ``quickstart:`` folder, or an ``ir_datasets`` id;
+:func:`locate_dataset` answers without downloading anything (the dry run prints its answer)
+and :func:`load_dataset` acts on the very same answer. Checkpoint references are resolved by
+:mod:`mergekit_ir.references.checkpoints`; :func:`resolve_ref` applies it to a registry entry.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mergekit_ir.errors import CheckpointError, ConfigError
+from mergekit_ir.adaptation.corpus import Corpus, NamedCorpora
+from mergekit_ir.errors import ConfigError
 from mergekit_ir.evaluation.datasets import Dataset, load_beir_folder, load_ir_datasets
-from mergekit_ir.experiments import quickstart
-from mergekit_ir.experiments.registry import CheckpointRef, DatasetSpec
-
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin", "*.py", "*/*.json"]
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where an input will be read from.
-
-    ``kind`` is one of ``quickstart``, ``local``, ``hub-cached``, ``hub-download``,
-    ``ir_datasets`` or ``problem``; ``path`` is the local folder when there is one and
-    ``problem`` the one-line reason when the input cannot be read.
-    """
-
-    kind: str
-    path: Path | None = None
-    detail: str = ""
-    problem: str = ""
-    error: str = ""  # what the loader raises for a problem (the dry run prints ``problem``)
-
-    @property
-    def ok(self) -> bool:
-        return self.kind != "problem"
-
-    @property
-    def downloads(self) -> bool:
-        return self.kind == "hub-download" or (
-            self.kind == "ir_datasets" and "downloads" in self.detail
-        )
-
-    def describe(self) -> str:
-        """The dry run's words for it."""
-        return self.problem if not self.ok else self.detail
-
-
-def is_path_ref(ref: str) -> bool:
-    """A reference that can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``), never a hub id."""
-    return ref.startswith((".", "/", "~")) or ref.count("/") > 1
-
-
-def _hub_cached(repo_id: str, revision: str | None) -> bool:
-    """True when the hub cache holds the repo (HFValidationError for a malformed id)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in ("config.json", "modules.json", "adapter_config.json"):
-        found = try_to_load_from_cache(repo_id, filename, revision=revision)
-        if isinstance(found, str):
-            return True
-    return False
-
-
-def locate_checkpoint(
-    ref: str, revision: str | None = None, base_dir: Path | None = None
-) -> Location:
-    """Where a checkpoint reference points, without downloading or building it."""
-    if ref.startswith(quickstart.SCHEME):
-        return Location("quickstart", detail="generated offline (quickstart)")
-    path = Path(ref).expanduser()
-    beside = base_dir / path if base_dir is not None and not path.is_absolute() else path
-    for candidate in dict.fromkeys((beside, path)):
-        if candidate.is_dir():
-            return Location("local", candidate, f"local folder {candidate}")
-        if candidate.exists():
-            return Location(
-                "problem",
-                problem=f"MISSING: {candidate} is a file; give the folder that holds it",
-                error=f"{candidate}: a checkpoint is a folder, not a file",
-            )
-    if is_path_ref(ref):  # paths are local, "org/name" ids go to the hub
-        return Location(
-            "problem",
-            problem=f"MISSING: {beside} does not exist",
-            error=f"{ref}: checkpoint folder not found ({beside} does not exist)",
-        )
-    from huggingface_hub.errors import HFValidationError
-
-    try:
-        cached = _hub_cached(ref, revision)
-    except HFValidationError:
-        return Location(
-            "problem",
-            problem=f"MISSING: {ref!r} is neither a local folder nor a valid hub id",
-            error=f"{ref}: checkpoint folder not found, and not a valid hub id either",
-        )
-    if cached:
-        return Location("hub-cached", detail="hub, in the local cache")
-    return Location("hub-download", detail="hub, to download")
-
-
-def resolve_checkpoint(
-    ref: str,
-    revision: str | None = None,
-    base_dir: Path | None = None,
-    cache_root: Path | None = None,
-) -> Path:
-    """A local folder for a checkpoint reference: builds quickstart items, downloads hub ids."""
-    loc = locate_checkpoint(ref, revision, base_dir)
-    if loc.kind == "quickstart":
-        from mergekit_ir.storage.cache import default_cache_dir
-
-        path = quickstart.resolve(ref, cache_root or default_cache_dir())
-        assert path is not None
-        return path
-    if loc.kind == "local":
-        assert loc.path is not None
-        return loc.path
-    if not loc.ok:
-        raise CheckpointError(loc.error)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=ref, revision=revision, allow_patterns=HUB_PATTERNS))
-    except Exception as exc:
-        if hub_offline():
-            raise CheckpointError(
-                f"{ref}: not a local folder and not in the hub cache, and HF_HUB_OFFLINE is set "
-                "so the hub is not contacted; unset HF_HUB_OFFLINE or pass a local folder"
-            ) from None
-        raise CheckpointError(
-            f"{ref}: not a local folder and the hub download failed ({type(exc).__name__}); "
-            "check the id and network, or pass a local folder"
-        ) from None
-
-
-def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` tells us not to contact the hub (as huggingface_hub reads it)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+from mergekit_ir.experiments.registry import CheckpointRef, DatasetSpec, Registry, Triplet
+from mergekit_ir.references import quickstart
+from mergekit_ir.references.checkpoints import Location, resolve_checkpoint
 
 
 def resolve_ref(ref: CheckpointRef, base_dir: Path | None, cache_root: Path | None) -> Path:
@@ -238,3 +113,71 @@ def load_dataset(spec: DatasetSpec, split: str, base_dir: Path, cache_root: Path
             "(and no ir_datasets id to fall back on)"
         )
     return load_ir_datasets(ir_datasets_id(spec, split), name=spec.name, language=spec.language)
+
+
+def registry_corpora(reg: Registry, cache_root: Path) -> NamedCorpora:
+    """The registry's datasets as corpora ``adapt`` may read by name (each dataset's test-split
+    corpus, all documents in id order)."""
+
+    def load(name: str) -> Corpus:
+        spec = reg.dataset(name)
+        ds = load_dataset(spec, spec.test, reg.base_dir, cache_root)
+        return Corpus(name, [ds.corpus[d].full_text for d in sorted(ds.corpus)], ds.fingerprint())
+
+    return NamedCorpora(tuple(reg.datasets), load, reg.base_dir)
+
+
+@dataclass(frozen=True)
+class DomainInput:
+    """What a merge needs of one ΘD reference: its folder, the task-vector kind it is read as
+    (``checkpoint``, ``lora``, ``task_vector``) and the checkpoint τ is taken against
+    (``pretrained``, or ``ir`` for an ``adapt:`` ΘD built from ΘT)."""
+
+    folder: Path
+    kind: str
+    against: str = "pretrained"
+
+
+@dataclass(frozen=True)
+class DomainBuilder:
+    """How to build an ``adapt:`` ΘD that is not in the cache yet (``mergeir run`` builds it;
+    ``mergeir merge`` does not, and says so)."""
+
+    device: Any
+    echo: Callable[[str], None] = print
+    progress: bool = True
+
+
+def domain_input(
+    reg: Registry,
+    triplet: Triplet,
+    ref: CheckpointRef,
+    cache_root: Path,
+    build: DomainBuilder | None = None,
+) -> DomainInput:
+    """The one answer to "turn a ΘD reference into what the merge needs", for the runner and
+    ``mergeir merge``: a given ΘD resolves like any checkpoint; an ``adapt:`` ΘD is found in
+    the cache, or built there when ``build`` is given."""
+    if ref.kind != "adapt":
+        return DomainInput(resolve_ref(ref, reg.base_dir, cache_root), ref.kind)
+    from mergekit_ir.adaptation.domain import build_domain, plan_domain
+
+    assert ref.adapt is not None
+    where = f"triplets.{triplet.name}.domain"
+    against = "pretrained" if ref.adapt.base == "pretrained" else "ir"
+    base_ref = triplet.pretrained if against == "pretrained" else triplet.ir
+    assert base_ref is not None  # the registry checks that an adapt base exists
+    base = resolve_ref(base_ref, reg.base_dir, cache_root)
+    kind = "lora" if ref.adapt.lora is not None else "checkpoint"
+    corpora = registry_corpora(reg, cache_root)
+    if build is None:
+        plan = plan_domain(ref.adapt, base, corpora, cache_root)
+        if not plan.cached:
+            raise ConfigError(
+                f"{where}: {ref.describe()} is not built yet; `mergeir run` builds it"
+            )
+        return DomainInput(plan.folder, kind, against)
+    folder = build_domain(
+        ref.adapt, base, corpora, cache_root, build.device, build.echo, build.progress
+    )
+    return DomainInput(folder, kind, against)

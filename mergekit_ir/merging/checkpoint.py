@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mergekit_ir.errors import CheckpointError
+from mergekit_ir.references.checkpoints import resolve_checkpoint
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -285,12 +286,14 @@ class TensorSource:
 
 
 def open_checkpoint(
-    ref: str, revision: str | None = None, base_dir: Path | None = None
+    ref: str,
+    revision: str | None = None,
+    base_dir: Path | None = None,
+    cache_root: Path | None = None,
 ) -> TensorSource:
-    """A :class:`TensorSource` for a folder or hub id (resolved by ``experiments.sources``)."""
-    from mergekit_ir.experiments.sources import resolve_checkpoint
-
-    folder = resolve_checkpoint(ref, revision, base_dir)
+    """A :class:`TensorSource` for a folder, hub id or quickstart item (resolved by
+    :func:`mergekit_ir.references.checkpoints.resolve_checkpoint`)."""
+    folder = resolve_checkpoint(ref, revision, base_dir, cache_root)
     weights_folder = sentence_transformers_weights(folder)
     return TensorSource(weights_folder, ref=ref, revision=revision)
 

@@ -21,7 +21,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,6 +430,14 @@ def copy_side_files(src: Path, dst: Path) -> None:
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dst / rel)
+
+
+def provenance(
+    ir: str, pretrained: str | None, domains: Sequence[str], **extra: str
+) -> dict[str, str]:
+    """The model card's "made from" lines, in one shape for every way of merging (the CLI,
+    the Python API, a registry triplet, a finished run): ΘT, Θ0, ΘD, then ``extra``."""
+    return {"ΘT": ir, "Θ0": pretrained or "-", "ΘD": ", ".join(domains), **extra}
 
 
 def model_card(job: MergeJob, plan: MergePlan, provenance: Mapping[str, Any]) -> str:

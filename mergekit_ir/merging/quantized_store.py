@@ -9,7 +9,7 @@ matching ``keep_full``) stay fp16 under ``K``. The header metadata carries the f
 version, bits, group size, the per-tensor kinds and shapes, and the fingerprints of
 Θ0 and ΘD; the JSON side file adds per-tensor error statistics for ``--info``.
 
-RTVQ (``save_residual``) writes ``OUT/base`` — mean τ at ``base_bits`` — and one
+RTVQ (:func:`mergekit_ir.merging.residual.save_residual`) writes ``OUT/base`` — mean τ at ``base_bits`` — and one
 ``OUT/<name>`` per domain with τ_i − dequant(base) at ``bits``; offsets are computed
 against the *dequantized* base, so the base's error is corrected by the offset. A
 vector folder names its base (``../base`` and the base's id) and loads as base + offset.
@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,68 +311,6 @@ def quantized_terms(path: Path, sf: _SafetensorsFile) -> list[tuple[float, Any]]
             "re-quantize the vectors together"
         )
     return [(1.0, base), (1.0, term)]
-
-
-def save_residual(
-    vectors: Sequence[tuple[str, Any]],
-    out: str | Path,
-    base_bits: int = 3,
-    spec: QuantSpec | None = None,
-    metadata: dict[str, str] | None = None,
-    overwrite: bool = False,
-    allow_nonfinite: bool = False,
-) -> list[Path]:
-    """RTVQ: ``out/base`` (mean τ at ``base_bits``) and ``out/<name>`` offsets at ``spec.bits``."""
-    from mergekit_ir.merging.task_vector import TaskVector
-
-    spec = spec or QuantSpec(bits=2)
-    out = Path(out)
-    if len(vectors) < 2:
-        raise CheckpointError("--residual needs at least two domain vectors sharing Θ0")
-    names = [n for n, _ in vectors]
-    if len(set(names)) != len(names) or "base" in names:
-        raise CheckpointError(f"--residual: vector names must be distinct and not 'base': {names}")
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out}: exists; pass --overwrite to replace it")
-    if out.exists() and any(out.iterdir()) and not (out / "base" / SIDE).is_file():
-        raise CheckpointError(
-            f"{out}: not an earlier RTVQ folder, so --overwrite will not replace it; choose another"
-        )
-    base_id = uuid.uuid4().hex
-    n = len(vectors)
-    mean = sum((v * (1.0 / n) for _, v in vectors[1:]), vectors[0][1] * (1.0 / n))
-    base_spec = QuantSpec(base_bits, spec.group_size, spec.keep_full, spec.keep_full_below)
-    try:
-        with atomic.directory(out, overwrite=overwrite) as tmp:
-            save_quantized(
-                mean,
-                tmp / "base",
-                base_spec,
-                {**(metadata or {}), "tvq_role": "rtvq-base", "tvq_id": base_id, "domain": "mean"},
-                allow_nonfinite=allow_nonfinite,
-            )
-            base = TaskVector([(1.0, QuantizedTerm(tmp / "base"))])
-            for name, v in vectors:
-                meta = {
-                    **(metadata or {}),
-                    **source_fingerprints(v),
-                    "tvq_role": "rtvq-offset",
-                    "tvq_base": "../base",
-                    "tvq_base_id": base_id,
-                    "tvq_base_bits": str(base_bits),
-                    "domain": name,
-                }
-                save_quantized(
-                    v - base,
-                    tmp / name,
-                    spec,
-                    meta,
-                    allow_nonfinite=allow_nonfinite,
-                    reference=base,
-                )
-    except OSError as exc:
-        raise CheckpointError(atomic.os_error_message(exc, out)) from None
-    return [out / name for name in names]
 
 
 def info(path: str | Path) -> str:

@@ -1,4 +1,4 @@
-"""Render :class:`~mergekit_ir.reports.results.Results` as the paper's tables (Markdown, LaTeX, CSV) and the α plot.
+"""Render :class:`~mergekit_ir.results.Results` as the paper's tables (Markdown, LaTeX, CSV) and the α plot.
 
 Numbers are shown with three decimals in ``0.691`` style (the paper prints ``.691``;
 a leading zero is easier to read and to parse). Within each triplet section the
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
-from mergekit_ir.reports.results import (
+from mergekit_ir.reports.selection import render_selection, selection_notes, selection_png
+from mergekit_ir.results import (
     MERGED_AT_1,
     MERGED_BEST,
     Results,
@@ -29,7 +30,6 @@ from mergekit_ir.reports.results import (
     alpha_label,
     as_results,
 )
-from mergekit_ir.reports.selection import render_selection, selection_notes, selection_png
 from mergekit_ir.storage import atomic
 
 ResultsLike = Results | Mapping[str, Any]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mergekit_ir.errors import ConfigError, short_repr
-from mergekit_ir.reports.results import (
+from mergekit_ir.results import (
     CANDIDATE_KEYS,
     DOMAIN,
     IR,

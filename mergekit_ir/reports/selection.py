@@ -3,7 +3,7 @@
 Per triplet × dataset: the test objective at α = 0 (ΘT), α = 1, the dev-tuned α, the oracle
 (best test) α and each selector's α, with the selector's bootstrap interval and gain over
 α = 0, the regret (oracle − chosen) and Kendall's τ between the selector's curve and the test
-curve. Rendered only from :class:`~mergekit_ir.reports.results.Results`, so ``mergeir report``
+curve. Rendered only from :class:`~mergekit_ir.results.Results`, so ``mergeir report``
 gives the same bytes as the run.
 """
 
@@ -13,7 +13,7 @@ import io
 import math
 from typing import Any
 
-from mergekit_ir.reports.results import AlphaSelection, Results, alpha_label
+from mergekit_ir.results import AlphaSelection, Results, alpha_label
 from mergekit_ir.tuning.bootstrap import argmax, kendall_tau
 
 _DASH = "–"

@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mergekit_ir.errors import MergeIRError
-from mergekit_ir.evaluation.first_stage import Run
 from mergekit_ir.params import Param
+from mergekit_ir.ranking import Ranking
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +194,14 @@ class Scorer(ABC):
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """One relevance score per (query, document) pair."""
 
-    def rerank(self, queries: Mapping[str, str], candidates: Run, docs: Mapping[str, str]) -> Run:
+    def rerank(
+        self, queries: Mapping[str, str], candidates: Ranking, docs: Mapping[str, str]
+    ) -> Ranking:
         """Score every candidate of every query; returns a run over the same pairs."""
         keys = [(qid, did) for qid in sorted(candidates) for did in sorted(candidates[qid])]
         pairs = [(queries[qid], docs[did]) for qid, did in keys]
         scores = self.score_pairs(pairs)
-        run: Run = {}
+        run: Ranking = {}
         for (qid, did), s in zip(keys, scores, strict=True):
             run.setdefault(qid, {})[did] = float(s)
         return run

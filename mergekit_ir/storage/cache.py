@@ -17,17 +17,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mergekit_ir.evaluation.first_stage import Run
+from mergekit_ir.ranking import Ranking
 from mergekit_ir.storage import atomic
 
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
+    """``$MERGEIR_CACHE``, else ``$XDG_CACHE_HOME/mergekit_ir`` (``~/.cache/mergekit_ir``)."""
     env = os.environ.get("MERGEIR_CACHE")
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergekit_ir"
+
+
+def resolve_cache_root(given: str | Path | None) -> Path:
+    """The one answer to "where is the cache": what the user gave, else the default. Entry
+    points (the CLI, the Python API) call it once and pass the path down."""
+    return Path(given).expanduser() if given else default_cache_dir()
 
 
 def cache_key(*parts: Any) -> str:
@@ -58,14 +65,14 @@ def discard(path: Path) -> None:
 
 class Cache:
     def __init__(self, root: Path | None = None, enabled: bool = True):
-        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root = resolve_cache_root(root)
         self.enabled = enabled
         self.events: list[tuple[str, str, str]] = []  # (hit|miss, kind, label)
 
     def _path(self, kind: str, key: str) -> Path:
         return self.root / "runs" / kind / f"{key}.json"
 
-    def load_run(self, kind: str, key: str, label: str = "") -> Run | None:
+    def load_run(self, kind: str, key: str, label: str = "") -> Ranking | None:
         path = self._path(kind, key)
         if self.enabled and path.exists():
             try:
@@ -86,7 +93,7 @@ class Cache:
         """Whether an entry exists (not whether it reads back: :meth:`load_run` checks that)."""
         return self.enabled and self._path(kind, key).is_file()
 
-    def save_run(self, kind: str, key: str, run: Run) -> None:
+    def save_run(self, kind: str, key: str, run: Ranking) -> None:
         atomic.write_text(self._path(kind, key), json.dumps(run, sort_keys=True))
 
     def load_notes(self, key: str) -> list[str]:

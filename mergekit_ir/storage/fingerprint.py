@@ -30,9 +30,9 @@ DIGEST_VERSION = "blake2b-1"
 
 
 def fingerprint_cache_dir() -> Path:
-    from mergekit_ir.storage.cache import default_cache_dir
+    from mergekit_ir.storage.cache import resolve_cache_root
 
-    return default_cache_dir() / "fingerprints"
+    return resolve_cache_root(None) / "fingerprints"
 
 
 def _identity(st: os.stat_result, path: Path) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_ir.evaluation.datasets import Dataset
-from mergekit_ir.evaluation.first_stage import Run
 from mergekit_ir.params import Param
-from mergekit_ir.reports.results import AlphaChoice, alpha_label
+from mergekit_ir.ranking import Ranking
+from mergekit_ir.results import AlphaChoice, alpha_label
 from mergekit_ir.tuning.bootstrap import argmax, bootstrap, group_curve
 
 #: The α the guard falls back to: Θ' = ΘT (the IR model unchanged).
@@ -58,7 +58,7 @@ class SelectionContext:
     corpus: Callable[[str], Dataset]  # unjudged test split (corpus + queries, qrels empty)
     dev: Callable[[str], Any | None]  # the dev split (a Split), None without one
     make_split: Callable[[Dataset, str], Any]  # a Split with the experiment's first stage
-    ranking: Callable[[Any, Any], Run]  # Θ'(α) re-ranking fused with the first stage
+    ranking: Callable[[Any, Any], Ranking]  # Θ'(α) re-ranking fused with the first stage
     score: Callable[[Any, Any], dict[str, float]]  # per-query objective on a split's qrels
     echo: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)

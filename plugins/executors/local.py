@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mergekit_ir import ExecutorKind, hookimpl
+from mergekit_ir import ExecutorKind, TripletJobs, TripletOutcome, hookimpl
 
 
-def create(params: Mapping[str, Any]):
-    from mergekit_ir import InProcessExecutor  # lazy: the runner loads only when a run starts
+class InProcess:
+    """Triplet jobs one after another in this process."""
 
-    return InProcessExecutor()
+    def run_triplets(self, jobs: TripletJobs) -> Iterator[TripletOutcome]:
+        for triplet in jobs.triplets:
+            yield jobs.run_here(triplet)
+
+
+def create(params: Mapping[str, Any]) -> InProcess:
+    return InProcess()
 
 
 @hookimpl

@@ -15,23 +15,24 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
 from mergekit_ir import (
     ExecutorKind,
+    FirstStageJobs,
     MergeIRError,
     Param,
     PluginError,
+    Ranking,
+    TripletJobs,
     TripletOutcome,
     WorkerSetup,
     hookimpl,
     run_first_stage_job,
     run_triplet_job,
-    wire_splits,
-    worker_setup,
 )
 
 log = logging.getLogger(__name__)
@@ -131,18 +132,18 @@ class RayExecutor:
             ray.shutdown()
             self._started_here = False
 
-    def first_stages(self, run: Any, jobs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    def first_stages(self, jobs: FirstStageJobs) -> dict[tuple[str, str], Ranking]:
         """Each split's first stage (index + retrieval) as a Ray task, retried if its worker
         dies; the tasks write the shared cache and return the runs."""
         ray = import_ray()
         self.connect(ray)
         try:
-            setup = self.placed(worker_setup(run))
+            setup = self.placed(jobs.worker_setup())
             task = remote_first_stage().options(
                 num_cpus=self.cpus_per_worker, max_retries=self.max_retries
             )
-            refs = {job: task.remote(setup, *job) for job in jobs}
-            run.opts.echo(f"ray: {len(jobs)} first-stage job(s) ({run.exp.first_stage})")
+            refs = {job: task.remote(setup, *job) for job in jobs.jobs}
+            jobs.echo(f"ray: {len(jobs.jobs)} first-stage job(s) ({jobs.backend})")
             out = {}
             for (dataset, role), ref in refs.items():
                 try:
@@ -184,11 +185,12 @@ class RayExecutor:
             return replace(setup, device="cuda")
         return setup
 
-    def run_triplets(self, run: Any, triplets: Sequence[str]) -> Iterator[TripletOutcome]:
+    def run_triplets(self, jobs: TripletJobs) -> Iterator[TripletOutcome]:
         ray = import_ray()
         from ray.util import ActorPool
         from tqdm import tqdm
 
+        triplets = jobs.triplets
         self.connect(ray)
         actors: list[Any] = []
         bar = None
@@ -200,19 +202,17 @@ class RayExecutor:
                 "max_restarts": self.max_retries,
                 "max_task_retries": self.max_retries,
             }
-            setup = self.placed(worker_setup(run))
+            setup = self.placed(jobs.worker_setup())
             actors = [remote_worker().options(**options).remote(setup) for _ in range(n)]
-            splits = ray.put(wire_splits(run))  # once, shared by the actors of a node
-            run.opts.echo(
+            splits = ray.put(jobs.wire_splits())  # once, shared by the actors of a node
+            jobs.echo(
                 f"ray: {len(triplets)} triplet job(s) on {n} worker(s) "
                 f"({self.gpus_per_worker:g} GPU, {self.cpus_per_worker:g} CPU each)"
             )
             pool = ActorPool(actors)
             for t in triplets:
                 pool.submit(lambda a, t: a.run.remote(splits, t), t)
-            bar = tqdm(
-                total=len(triplets), desc="triplets", unit="job", disable=not run.opts.progress
-            )
+            bar = tqdm(total=len(triplets), desc="triplets", unit="job", disable=not jobs.progress)
             done: dict[str, TripletOutcome] = {}
             failures: list[JobFailure] = []
             finished: set[str] = set()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mergekit_ir import ConfigError, DatasetError, FirstStageKind, Param, Run, atomic, hookimpl
+from mergekit_ir import ConfigError, DatasetError, FirstStageKind, Param, Ranking, atomic, hookimpl
 
 from . import lucene
 
@@ -278,7 +278,7 @@ class BM25sIndex:
 
     # -- search -------------------------------------------------------------------------
 
-    def search(self, queries: Mapping[str, str], k: int) -> Run:
+    def search(self, queries: Mapping[str, str], k: int) -> Ranking:
         bm25s = _bm25s()
         if self.profile == "elasticsearch":
             return self._search_fields(queries, k)
@@ -293,7 +293,7 @@ class BM25sIndex:
         )
         vocab = self.retriever.vocab_dict
         tokens = [[t for t in toks if t in vocab] for toks in tokens]
-        run: Run = {}
+        run: Ranking = {}
         nonempty = [i for i, toks in enumerate(tokens) if toks]
         if nonempty and k > 0:
             docs, scores = self.retriever.retrieve(
@@ -332,8 +332,8 @@ class BM25sIndex:
         """The ``best_fields`` score of every document: max + tie_breaker x the others."""
         return best_fields(list(self.field_scores(query).values()), TIE_BREAKER)
 
-    def _search_fields(self, queries: Mapping[str, str], k: int) -> Run:
-        run: Run = {}
+    def _search_fields(self, queries: Mapping[str, str], k: int) -> Ranking:
+        run: Ranking = {}
         ids = np.array(self.doc_ids)
         for qid in sorted(queries):
             scores = self.scores(queries[qid])

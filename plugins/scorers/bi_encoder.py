@@ -18,7 +18,7 @@ import torch
 from mergekit_ir import (
     CheckpointError,
     Param,
-    Run,
+    Ranking,
     Scorer,
     ScorerKind,
     ScoringSettings,
@@ -248,14 +248,16 @@ class BiEncoder(Scorer):
             [self.doc_prefix + t for t in texts], "documents", self.max_length, "documents"
         )
 
-    def rerank(self, queries: Mapping[str, str], candidates: Run, docs: Mapping[str, str]) -> Run:
+    def rerank(
+        self, queries: Mapping[str, str], candidates: Ranking, docs: Mapping[str, str]
+    ) -> Ranking:
         qids = sorted(candidates)
         dids = sorted({d for q in qids for d in candidates[q]})
         q_emb = self.encode_queries([queries[q] for q in qids])
         d_emb = self.encode_documents([docs[d] for d in dids])
         self.log_truncation()
         row = {d: i for i, d in enumerate(dids)}
-        run: Run = {}
+        run: Ranking = {}
         for qi, qid in enumerate(qids):
             idx = torch.tensor([row[d] for d in sorted(candidates[qid])], dtype=torch.long)
             scores = d_emb[idx] @ q_emb[qi]

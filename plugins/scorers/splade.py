@@ -18,7 +18,7 @@ import torch
 
 from mergekit_ir import (
     Param,
-    Run,
+    Ranking,
     Scorer,
     ScorerKind,
     ScoringSettings,
@@ -94,14 +94,16 @@ class Splade(Scorer):
                 self.tokenizer, enc, self.settings.batch_size, self.device, forward, bar
             )
 
-    def rerank(self, queries: Mapping[str, str], candidates: Run, docs: Mapping[str, str]) -> Run:
+    def rerank(
+        self, queries: Mapping[str, str], candidates: Ranking, docs: Mapping[str, str]
+    ) -> Ranking:
         qids = sorted(candidates)
         dids = sorted({d for q in qids for d in candidates[q]})
         q_w = self.encode([queries[q] for q in qids], self.query_max_length, "queries")
         d_w = self.encode([docs[d] for d in dids], self.max_length, "documents")
         self.log_truncation()
         row = {d: i for i, d in enumerate(dids)}
-        run: Run = {}
+        run: Ranking = {}
         for qi, qid in enumerate(qids):
             cands = sorted(candidates[qid])
             idx = torch.tensor([row[d] for d in cands], dtype=torch.long)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from mergekit_ir.errors import ConfigError, short_repr
-from mergekit_ir.reports.results import MERGED_BEST, Results, read_results_json
+from mergekit_ir.results import MERGED_BEST, Results, read_results_json
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,8 @@ def one_selection(
 
 def prepare_selection(selection: RunSelection, allow_nonfinite: bool = False):
     """The planned merge of a run's choice, from the registry and cache the run used."""
+    from mergekit_ir.api.triplet_merge import prepare_triplet_merge
     from mergekit_ir.experiments.registry import load_registry
-    from mergekit_ir.experiments.triplet_merge import prepare_triplet_merge
 
     if not selection.registry.is_file():
         raise ConfigError(

@@ -6,10 +6,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mergekit_ir.api.merge import PreparedMerge, prepare_merge, write_merge
+from mergekit_ir.errors import ConfigError
 from mergekit_ir.experiments.registry import Registry, load_registry
-from mergekit_ir.experiments.sources import resolve_ref
-from mergekit_ir.merging.api import DomainRef, PreparedMerge, prepare_merge, write_merge
+from mergekit_ir.experiments.sources import domain_input, resolve_ref
 from mergekit_ir.merging.engine import MergeReport
+from mergekit_ir.merging.engine import provenance as made_of
+from mergekit_ir.references.checkpoints import DomainRef
+from mergekit_ir.storage.cache import resolve_cache_root
 
 
 def prepare_triplet_merge(
@@ -25,6 +29,7 @@ def prepare_triplet_merge(
 ) -> PreparedMerge:
     """A validated, planned merge of one registry triplet (nothing written yet);
     ``provenance`` adds lines to the model card (e.g. the run that chose α)."""
+    cache_root = resolve_cache_root(cache_root)
     t = registry.triplet(triplet)
     base = registry.base_dir
     domains = [_domain(registry, t, d, cache_root) for d in t.domains]
@@ -38,10 +43,12 @@ def prepare_triplet_merge(
         allow_nonfinite=allow_nonfinite,
         provenance={
             "triplet": triplet,
-            "ΘT": t.ir.describe(),
-            "Θ0": t.pretrained.describe() if t.pretrained else "-",
-            "ΘD": ", ".join(d.describe() for d in t.domains),
-            **dict(provenance or {}),
+            **made_of(
+                t.ir.describe(),
+                t.pretrained.describe() if t.pretrained else None,
+                [d.describe() for d in t.domains],
+                **dict(provenance or {}),
+            ),
         },
         where=where,
     )
@@ -58,6 +65,7 @@ def merge_triplet(
     device: str = "cpu",
     progress: bool = True,
     shard_size: int = 5 * 10**9,
+    cache_dir: str | Path | None = None,
 ) -> MergeReport:
     """Write Θ' for a registry triplet; ``registry`` defaults to the bundled ``registry.yaml``.
 
@@ -67,7 +75,9 @@ def merge_triplet(
 
     if not isinstance(registry, Registry):
         registry = load_registry(registry or default_registry_path())
-    prepared = prepare_triplet_merge(registry, triplet, method=method, params=params)
+    prepared = prepare_triplet_merge(
+        registry, triplet, method=method, params=params, cache_root=resolve_cache_root(cache_dir)
+    )
     return write_merge(
         prepared, out, shard_size=shard_size, overwrite=overwrite, device=device, progress=progress
     )
@@ -75,21 +85,9 @@ def merge_triplet(
 
 def _domain(registry: Registry, t: Any, ref: Any, cache_root: Path | None) -> DomainRef:
     """A given ΘD, or an ``adapt:`` ΘD already built by ``mergeir run`` (found in the cache)."""
-    if ref.kind != "adapt":
-        return DomainRef(str(resolve_ref(ref, registry.base_dir, cache_root)), ref.kind)
-    from mergekit_ir.adaptation.domain import plan_domain
-    from mergekit_ir.errors import ConfigError
-    from mergekit_ir.storage.cache import default_cache_dir
-
-    if ref.adapt.base == "ir":
+    if ref.kind == "adapt" and ref.adapt.base == "ir":
         raise ConfigError(
             f"triplets.{t.name}.domain: an adapt ΘD built from ΘT (base: ir) merges only in `mergeir run`"
         )
-    root = cache_root or default_cache_dir()
-    base = resolve_ref(t.pretrained, registry.base_dir, root)
-    plan = plan_domain(ref.adapt, base, registry, root)
-    if not plan.cached:
-        raise ConfigError(
-            f"triplets.{t.name}.domain: {ref.describe()} is not built yet; `mergeir run` builds it"
-        )
-    return DomainRef(str(plan.folder), "lora" if ref.adapt.lora is not None else "checkpoint")
+    found = domain_input(registry, t, ref, resolve_cache_root(cache_root))
+    return DomainRef(str(found.folder), found.kind)

@@ -2,7 +2,7 @@
 
 :func:`prepare_merge` turns references (folders or hub ids) into a :class:`MergeJob` with
 every parameter validated against the method's declarations; :func:`merge` then streams
-Θ' to a folder. ``mergekit_ir.experiments.triplet_merge.merge_triplet`` does the same from a
+Θ' to a folder. ``mergekit_ir.api.triplet_merge.merge_triplet`` does the same from a
 registry triplet.
 """
 
@@ -17,26 +17,11 @@ from mergekit_ir.errors import ConfigError
 from mergekit_ir.merging.alignment import AlignmentRules, MergePlan
 from mergekit_ir.merging.checkpoint import TensorSource, open_checkpoint
 from mergekit_ir.merging.engine import MergeJob, MergeReport, build_plan, merge_to_folder
+from mergekit_ir.merging.engine import provenance as made_of
 from mergekit_ir.merging.method import check_weights
 from mergekit_ir.merging.task_vector import TaskVector
-
-DOMAIN_KINDS = ("checkpoint", "lora", "task_vector")
-
-
-@dataclass(frozen=True)
-class DomainRef:
-    """A domain input: a full ΘD checkpoint, a PEFT LoRA adapter, or a saved task vector."""
-
-    ref: str
-    kind: str = "checkpoint"
-
-    @classmethod
-    def parse(cls, text: str) -> DomainRef:
-        """``lora:DIR`` / ``task_vector:DIR`` / anything else is a checkpoint (folder or hub id)."""
-        kind, sep, rest = text.partition(":")
-        if sep and kind in DOMAIN_KINDS[1:]:
-            return cls(rest, kind)
-        return cls(text)
+from mergekit_ir.references.checkpoints import DomainRef, resolve_checkpoint
+from mergekit_ir.storage.cache import resolve_cache_root
 
 
 @dataclass
@@ -46,12 +31,6 @@ class PreparedMerge:
     job: MergeJob
     plan: MergePlan
     provenance: dict[str, str]
-
-
-def _folder(ref: str, base_dir: Path | None, cache_root: Path | None) -> Path:
-    from mergekit_ir.experiments.sources import resolve_checkpoint
-
-    return resolve_checkpoint(ref, None, base_dir, cache_root)
 
 
 def prepare_merge(
@@ -68,7 +47,10 @@ def prepare_merge(
     provenance: Mapping[str, str] | None = None,
     where: str = "--param",
 ) -> PreparedMerge:
-    """Resolve inputs, validate ``params`` (α included) against the method, and plan the merge."""
+    """Resolve inputs, validate ``params`` (α included) against the method, and plan the merge.
+
+    ``cache_root`` is where quickstart checkpoints are built (default: the cache folder)."""
+    cache_root = resolve_cache_root(cache_root)
     from mergekit_ir.params import check_params
     from mergekit_ir.plugin_host import catalog
 
@@ -78,14 +60,16 @@ def prepare_merge(
     def source(x: str | Path | TensorSource) -> TensorSource:
         if isinstance(x, TensorSource):
             return x
-        return open_checkpoint(str(_folder(str(x), base_dir, cache_root)))
+        return open_checkpoint(str(resolve_checkpoint(str(x), None, base_dir, cache_root)))
 
     ir_src = source(ir)
     pre_src = source(pretrained) if pretrained is not None else None
     vectors = []
     for d in domains:
         d = d if isinstance(d, DomainRef) else DomainRef.parse(str(d))
-        folder = _folder(d.ref, base_dir, cache_root)  # adapters may be hub ids too
+        folder = resolve_checkpoint(
+            d.ref, None, base_dir, cache_root
+        )  # adapters may be hub ids too
         vectors.append(TaskVector.from_reference(d.kind, folder, pre_src))
     if not vectors:
         raise ConfigError("give at least one domain input (a ΘD checkpoint, lora: or task_vector:)")
@@ -99,12 +83,12 @@ def prepare_merge(
         rules=alignment or AlignmentRules(),
         allow_nonfinite=allow_nonfinite,
     )
-    default_prov = {
-        "ΘT": str(ir_src.ref),
-        "Θ0": str(pre_src.ref) if pre_src is not None else "-",
-        "ΘD": ", ".join(v.describe() for v in vectors),
-    }
-    return PreparedMerge(job, build_plan(job), dict(provenance or default_prov))
+    made_from = provenance or made_of(
+        str(ir_src.ref),
+        str(pre_src.ref) if pre_src is not None else None,
+        [v.describe() for v in vectors],
+    )
+    return PreparedMerge(job, build_plan(job), dict(made_from))
 
 
 def merge(
@@ -121,6 +105,7 @@ def merge(
     overwrite: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> MergeReport:
     """Write Θ' = merge(ΘT, τ…; params) as a Hugging Face folder; see ``docs/merging.md``.
 
@@ -134,6 +119,7 @@ def merge(
         params=params,
         alignment=alignment,
         allow_nonfinite=allow_nonfinite,
+        cache_root=resolve_cache_root(cache_dir),
     )
     return write_merge(
         prepared, out, shard_size=shard_size, overwrite=overwrite, device=device, progress=progress

@@ -295,6 +295,21 @@ def _pair(raw: Any) -> tuple[float, float] | None:
     return (float(raw[0]), float(raw[1]))
 
 
+@dataclass(frozen=True)
+class TunedAlpha:
+    """The α each dataset's Θ'(tuned α) row uses, and the sweep it came from (None: not tuned).
+
+    Frozen: a step that changes the choice (an α selector) returns a new value with
+    :meth:`with_alphas`, so no later step sees an α changed behind its back."""
+
+    per_dataset: Mapping[str, Any]
+    ablation: AlphaAblation | None = None
+
+    def with_alphas(self, alphas: Mapping[str, Any]) -> TunedAlpha:
+        """The same sweep with ``alphas`` replacing the chosen α of those datasets."""
+        return TunedAlpha({**self.per_dataset, **alphas}, self.ablation)
+
+
 @dataclass
 class AlphaChoice:
     """What an α selector chose on one dataset, with its evidence.

@@ -1,0 +1,1 @@
+"""Checkpoint references: where a checkpoint comes from (folder, hub, quickstart)."""
