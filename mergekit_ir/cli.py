@@ -269,10 +269,6 @@ def run(
         return
     if estimate:
         raise ConfigError("--estimate goes with --dry-run")
-    if experiment == "quickstart":
-        click.echo(
-            "quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing."
-        )
     if save_best:
         _check_save_best(Path(save_best))
     exp = reg.experiment(experiment)
@@ -299,6 +295,10 @@ def run(
         strict=strict,
         echo=click.echo,
     )
+    if experiment == "quickstart":
+        click.echo(
+            "quickstart: a smoke demo on a toy collection with tiny random models — its numbers mean nothing."
+        )
     outcome = run_experiment(reg, experiment, opts)
     click.echo("")
     click.echo((out / "results.md").read_text())
@@ -461,6 +461,7 @@ def merge(
     """
     from mergekit_ir.api.merge import prepare_merge
     from mergekit_ir.merging.engine import provenance as made_of
+    from mergekit_ir.merging.method import check_alpha
     from mergekit_ir.plugin_host import catalog
     from mergekit_ir.references.checkpoints import DomainRef
     from mergekit_ir.scoring.scorer import resolve_device
@@ -491,9 +492,8 @@ def merge(
     if alpha_value is None:
         raise ConfigError(f"--alpha {short_repr(alpha)}: empty; give a number, e.g. --alpha 0.5")
     mm = catalog().merge_method(method, "--method")
-    alpha_param = mm.param("alpha")
-    if alpha_param is not None:
-        alpha_value = alpha_param.check(alpha_value, "--alpha")
+    if mm.param("alpha") is not None:
+        alpha_value = check_alpha(mm, alpha_value, "--alpha")
     given = {**_parse_params(params), "alpha": alpha_value}
     if triplet:
         if ir_ref or pre_ref or domain_refs:

@@ -138,13 +138,13 @@ def test_same_theta0_and_thetat_scores_once_with_an_adapt_domain_from_ir(tmp_pat
     from mergekit_ir.experiments import runner
 
     calls = []
-    original = runner.TripletRunner.model_run
+    original = runner.TripletRunner.model_ranking
 
     def counting(self, variant, identity, split, *args, **kwargs):
         calls.append((variant, split.role))
         return original(self, variant, identity, split, *args, **kwargs)
 
-    monkeypatch.setattr(runner.TripletRunner, "model_run", counting)
+    monkeypatch.setattr(runner.TripletRunner, "model_ranking", counting)
     reg = registry(tmp_path, {"adapt": {**ADAPT, "base": "ir"}}, pretrained="quickstart:ir")
     res = _run(reg, tmp_path)
     assert res.exit_code == 0, res.output

@@ -262,3 +262,110 @@ def test_builtin_plugins_import_only_public_names():
                     if a.name.startswith("mergekit_ir")
                 ]
     assert offenders == []
+
+
+# -- executors and commands from a plugin (docs/plugins.md "Executors and commands") -----------
+def _tools_plugin():
+    import types
+
+    module = types.ModuleType("mergekit_ir_tools")
+    exec(doc_files()["mergekit-ir-tools/mergekit_ir_tools.py"], module.__dict__)
+    return module
+
+
+@pytest.fixture
+def with_tools_plugin(monkeypatch):
+    """The installed plugins plus the documented tools plugin, as the CLI sees them."""
+    from mergekit_ir import plugin_host
+
+    pm = make_plugin_manager()
+    plugin_host.register_plugin(pm, _tools_plugin(), "tools", "mergekit-ir-tools")
+    monkeypatch.setattr(plugin_host, "plugin_manager", lambda: pm)
+    monkeypatch.setattr(plugin_host, "catalog", lambda: collect(pm))
+    return pm
+
+
+def test_documented_command_plugin_adds_a_command(with_tools_plugin, tiny_triplet):
+    res = CliRunner().invoke(main, ["tensors", str(tiny_triplet["ir"])])
+    assert res.exit_code == 0, res.output
+    assert "bert.encoder.layer.0.attention.self.query.weight (32, 32) float32" in res.output
+    assert "tensors" in CliRunner().invoke(main, ["--help"]).output
+    # a built-in command is found without loading the plugins' commands
+    assert CliRunner().invoke(main, ["validate", "--help"]).exit_code == 0
+
+
+def test_plugin_command_errors_are_one_line(with_tools_plugin, tmp_path):
+    res = CliRunner().invoke(main, ["tensors", str(tmp_path / "absent")])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and res.output.count("\n") == 1
+
+
+def test_a_plugin_command_may_not_take_a_builtin_name(monkeypatch):
+    import types
+
+    from mergekit_ir import plugin_host
+
+    module = types.ModuleType("shadow")
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command("merge")
+        def merge():
+            pass
+
+    module.register_commands = register_commands
+    pm = make_plugin_manager()
+    plugin_host.register_plugin(pm, module, "shadow", "shadow-pkg")
+    monkeypatch.setattr(plugin_host, "plugin_manager", lambda: pm)
+    res = CliRunner().invoke(main, ["nonesuch"])
+    assert res.exit_code == 2
+    assert "a plugin adds the command 'merge', which is built in" in res.output
+
+
+def test_two_plugins_adding_one_command_name_both():
+    import types
+
+    from mergekit_ir import plugin_host
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    for name in ("first", "second"):
+        module = types.ModuleType(name)
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command("same")
+            def same():
+                pass
+
+        module.register_commands = register_commands
+        plugin_host.register_plugin(pm, module, name, f"{name}-pkg")
+    with pytest.raises(PluginError, match="command 'same' is added twice: by plugin"):
+        plugin_host.collect_commands(pm)
+
+
+@pytest.mark.slow
+def test_documented_executor_plugin_runs_jobs_with_its_params(with_tools_plugin, tmp_path):
+    res = CliRunner().invoke(
+        main,
+        [
+            "run", "quickstart", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"),
+            "--executor", "timed", "--executor-param", "label=job", "-q",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^job: quickstart-tiny took \d+\.\ds$", res.output, re.M), res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--executor-param", "label"], "error: --executor-param 'label': write NAME=VALUE"),
+        (["--executor-param", "lable=x"], "error: --executor timed.lable: unknown parameter"),
+    ],
+)
+def test_executor_params_are_checked_before_any_work(with_tools_plugin, tmp_path, args, message):
+    res = CliRunner().invoke(
+        main,
+        ["run", "quickstart", "--out", str(tmp_path / "o"), "--executor", "timed", *args],
+    )
+    assert res.exit_code == 2 and res.output.startswith(message), res.output
+    assert not (tmp_path / "o").exists()

@@ -41,7 +41,7 @@ def fail(*_args, **_kwargs):
 STAGES = {
     "prepare_splits": (runner_module.ExperimentRun, "prepare_splits"),
     "tune_alpha": (runner_module.ExperimentRun, "tune_alpha"),
-    "model_runs": (runner_module.ExperimentRun, "model_runs"),
+    "model_rankings": (runner_module.ExperimentRun, "model_rankings"),
     "build_section": (runner_module.ExperimentRun, "build_section"),
     "write_trec": (runner_module, "write_trec"),
     "write_reports": (render, "write_reports"),

@@ -101,7 +101,7 @@ def test_interrupted_run_resumes_from_cache(tmp_path, monkeypatch, quickstart_ru
     from mergekit_ir.experiments import runner as harness
 
     cache, out = tmp_path / "cache", tmp_path / "out"
-    real = harness.TripletRunner.model_run
+    real = harness.TripletRunner.model_ranking
     calls = {"n": 0}
 
     def dies_after_three(self, *a, **kw):
@@ -110,13 +110,13 @@ def test_interrupted_run_resumes_from_cache(tmp_path, monkeypatch, quickstart_ru
             raise KeyboardInterrupt
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(harness.TripletRunner, "model_run", dies_after_three)
+    monkeypatch.setattr(harness.TripletRunner, "model_ranking", dies_after_three)
     res = CliRunner().invoke(
         main, ["run", "--registry", REGISTRY, "--out", str(out), "--cache-dir", str(cache), "-q"]
     )
     assert res.exit_code != 0  # click turns Ctrl-C into "Aborted!"
     assert not (out / "results.json").exists()
-    monkeypatch.setattr(harness.TripletRunner, "model_run", real)
+    monkeypatch.setattr(harness.TripletRunner, "model_ranking", real)
 
     events: list = []
     real_load = harness.Cache.load_run

@@ -26,7 +26,7 @@ from mergekit_ir.evaluation.datasets import parse_split
 from mergekit_ir.evaluation.fusion import FUSION_METHODS, NORMS
 from mergekit_ir.evaluation.significance import CORRECTIONS, TESTS
 from mergekit_ir.merging.alignment import AlignmentRules
-from mergekit_ir.merging.method import check_weights
+from mergekit_ir.merging.method import check_alpha_grid, check_weights
 from mergekit_ir.params import check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
 from mergekit_ir.results import domain_row_keys, model_row_keys
@@ -547,25 +547,12 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         merge.pop("method", "task_arithmetic"), str, f"{path}.merge.method", "a name"
     )
     method = catalog.merge_method(method_name, f"{path}.merge.method")
-    alpha_param = method.param("alpha")
-    alphas = merge.pop("alpha", list(DEFAULT_ALPHAS))
-    if alpha_param is None:
+    if method.param("alpha") is None:
         raise ConfigError(
             f"{path}.merge.method: '{method_name}' declares no 'alpha' parameter to sweep"
         )
-    if not isinstance(alphas, list) or (
-        alphas and all(isinstance(a, Mapping) and "filter" in a for a in alphas)
-    ):
-        alphas = [alphas]
-    if not alphas:
-        raise ConfigError(
-            f"{path}.merge.alpha: the α grid is empty; give at least one value, e.g. [0.5]"
-        )
-    for i, a in enumerate(alphas):
-        if a is None:
-            raise ConfigError(f"{path}.merge.alpha[{i}]: empty value; give a number such as 0.5")
-    kw["alphas"] = tuple(
-        alpha_param.check(a, f"{path}.merge.alpha[{i}]") for i, a in enumerate(alphas)
+    kw["alphas"] = check_alpha_grid(
+        method, merge.pop("alpha", list(DEFAULT_ALPHAS)), f"{path}.merge.alpha"
     )
     kw["method"] = method_name
     fixed = check_params(

@@ -70,10 +70,14 @@ def rerank_model(
         docs = {d: ds.corpus[d].full_text for q in split.first_stage.values() for d in q}
         queries = {q: ds.queries[q] for q in split.first_stage}
         scoring.pass_label = f"{model} · {name}:test"
-        model_run = scoring.rerank(queries, split.first_stage, docs)
-        fused = run.fused(split.first_stage, model_run, exp.fusion_params)
+        model_ranking = scoring.rerank(queries, split.first_stage, docs)
+        fused = run.fused(split.first_stage, model_ranking, exp.fusion_params)
         result = RerankedDataset(name)
-        for row, r in (("first stage", split.first_stage), ("model", model_run), ("fused", fused)):
+        for row, r in (
+            ("first stage", split.first_stage),
+            ("model", model_ranking),
+            ("fused", fused),
+        ):
             result.means[row] = {m: c.mean for m, c in run.cells(split, r).items()}
             result.runs[row] = r
         out.append(result)

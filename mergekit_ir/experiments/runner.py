@@ -7,7 +7,7 @@ executor replaces one step and leaves the others alone:
    the first stage (cached);
 2. :meth:`~ExperimentRun.tune_alpha`: sweep α in place on the loaded ΘT over the dev
    split(s) and pick α on the dev objective;
-3. :meth:`~ExperimentRun.model_runs`: re-rank with Θ0, ΘD, ΘT (each loaded once, runs
+3. :meth:`~ExperimentRun.model_rankings`: re-rank with Θ0, ΘD, ΘT (each loaded once, runs
    cached) and Θ' at α = 1 and the tuned α;
 4. :meth:`~ExperimentRun.build_section`: fuse each model run with the first stage (λ fixed
    or tuned on dev), evaluate, and mark significant improvements over the best baseline;
@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -142,6 +142,14 @@ class StageTimer:
         """Add a worker's stage times (the table then sums worker time)."""
         for k, v in seconds.items():
             self.seconds[k] += v
+
+
+class BuiltSection(NamedTuple):
+    """Step 4's result for one triplet (see :meth:`ExperimentRun.build_section`)."""
+
+    section: Section
+    rankings: dict[str, Ranking]
+    fusion: dict[str, dict[str, dict[str, Any]]]
 
 
 @dataclass
@@ -296,7 +304,7 @@ class TripletRunner:
             run = scorer.rerank(queries, split.first_stage, docs)
         return run
 
-    def model_run(
+    def model_ranking(
         self,
         variant: str,
         identity: list[Any],
@@ -331,30 +339,36 @@ class TripletRunner:
             scorer = scorer_fn()
             shown = f"Θ' (α={variant.split('@', 1)[1]})" if variant.startswith("merged@") else None
             what = f"{shown or row_label(variant)} · {split.dataset.name}:{split.role}"
-            scorer.pass_label = self.opts.passes.next_label(what)
+            pass_label = self.opts.passes.next_label(what)
             started = time.perf_counter()
-            if merged is None:
+            with scorer.labelled(pass_label), self._weights(merged):
                 run = self._rerank(scorer, split)
-            else:
-                sweep = self.sweep()
-                with self.timer("merge"):
-                    sweep.apply(merged)
-                try:
-                    run = self._rerank(scorer, split)
-                finally:
-                    with self.timer("merge"):
-                        sweep.restore()
             if self.opts.progress:
-                self.opts.echo(
-                    self.opts.passes.finished(scorer.pass_label, time.perf_counter() - started)
-                )
+                self.opts.echo(self.opts.passes.finished(pass_label, time.perf_counter() - started))
             self.opts.cache.save_notes(key, list(scorer.warnings))
             self.notes.update(dict.fromkeys(scorer.warnings))
             self.opts.cache.save_run("model", key, run)
         self._memo[key] = run
         return run
 
-    def baseline_runs(self, splits: list[Split]) -> dict[str, dict[str, Ranking]]:
+    @contextmanager
+    def _weights(self, merged: Mapping[str, Any] | None) -> Iterator[None]:
+        """ΘT's scorer holds Θ'(merged) inside the block (the sweep's own context, timed as
+        merging), and ΘT again after it; ``None`` leaves the weights alone."""
+        if merged is None:
+            yield
+            return
+        sweep = self.sweep()
+        with self.timer("merge"):
+            held = sweep.merged(merged)
+            held.__enter__()
+        try:
+            yield
+        finally:
+            with self.timer("merge"):
+                held.__exit__(None, None, None)
+
+    def baseline_rankings(self, splits: list[Split]) -> dict[str, dict[str, Ranking]]:
         """variant key -> split id -> run, for Θ0, each ΘD and ΘT."""
         out: dict[str, dict[str, Ranking]] = {}
         singles: list[tuple[str, Path]] = []
@@ -368,7 +382,7 @@ class TripletRunner:
             holder: dict[str, Scorer] = {}
             fp = open_checkpoint(str(folder)).fingerprint(self.fp_dir)
             if fp == self.fingerprints[IR]:  # the same weights as ΘT: score them once, as ΘT
-                out[variant] = {s.id: self.ir_run(s) for s in splits}
+                out[variant] = {s.id: self.ir_ranking(s) for s in splits}
                 continue
 
             def get(_folder: Path = folder, _holder: dict = holder) -> Scorer:
@@ -377,19 +391,19 @@ class TripletRunner:
                         _holder["s"] = self.load_scorer(_folder)
                 return _holder["s"]
 
-            out[variant] = {s.id: self.model_run(variant, [fp], s, get) for s in splits}
+            out[variant] = {s.id: self.model_ranking(variant, [fp], s, get) for s in splits}
             holder.clear()
-        out[IR] = {s.id: self.ir_run(s) for s in splits}
+        out[IR] = {s.id: self.ir_ranking(s) for s in splits}
         return out
 
-    def ir_run(self, split: Split) -> Ranking:
-        return self.model_run(IR, [self.fingerprints[IR]], split, self.ir_scorer)
+    def ir_ranking(self, split: Split) -> Ranking:
+        return self.model_ranking(IR, [self.fingerprints[IR]], split, self.ir_scorer)
 
-    def merged_run(self, alpha: Any, split: Split) -> Ranking:
+    def merged_ranking(self, alpha: Any, split: Split) -> Ranking:
         if _is_zero(alpha) and not self.method.needs_ir_vector:
             # Θ' = ΘT + 0·τ is ΘT: score it once, under ΘT's key. (Methods that also rework
             # ΘT − Θ0, as TIES and DARE do, do not give back ΘT at α = 0.)
-            return self.ir_run(split)
+            return self.ir_ranking(split)
         identity = [
             self.exp.method,
             dict(self.exp.merge_params),
@@ -400,7 +414,7 @@ class TripletRunner:
         rules = self.triplet.alignment
         if rules != AlignmentRules():  # tensors copied from ΘT change Θ'(α): part of its key
             identity.append({"copy": list(rules.copy), "skip_missing": rules.skip_missing})
-        return self.model_run(
+        return self.model_ranking(
             f"merged@{alpha_label(alpha)}", identity, split, self.ir_scorer, {"alpha": alpha}
         )
 
@@ -420,7 +434,6 @@ class ExperimentRun:
         self.settings = resolved_settings(self.exp, opts)  # a bad --device fails here, first
         self.tests: dict[str, Split] = {}
         self.devs: dict[str, Split] = {}
-        self.runs: dict[str, Ranking] = {}  # TREC files to write: "triplet/dataset/row" -> run
         self._indexes: dict[str, Any] = {}
         self.worker_hosts: set[str] = set()  # where triplet jobs ran, when not in this process
 
@@ -543,7 +556,7 @@ class ExperimentRun:
         values: dict[str, dict[str, float]] = {}
         for alpha in exp.alphas:
             for dname, split in self.devs.items():
-                run = runner.merged_run(alpha, split)
+                run = runner.merged_ranking(alpha, split)
                 values.setdefault(dname, {})[alpha_label(alpha)] = self.objective(
                     split, self.fused(split.first_stage, run, fixed)
                 )
@@ -561,7 +574,7 @@ class ExperimentRun:
             dname: {
                 "BM25": self.objective(split, split.first_stage),
                 "ΘT": self.objective(
-                    split, self.fused(split.first_stage, runner.ir_run(split), fixed)
+                    split, self.fused(split.first_stage, runner.ir_ranking(split), fixed)
                 ),
             }
             for dname, split in self.devs.items()
@@ -580,20 +593,22 @@ class ExperimentRun:
         )
 
     # -- 3. model runs --------------------------------------------------------------------------
-    def model_runs(self, runner: TripletRunner, tuned: TunedAlpha) -> dict[str, dict[str, Ranking]]:
+    def model_rankings(
+        self, runner: TripletRunner, tuned: TunedAlpha
+    ) -> dict[str, dict[str, Ranking]]:
         """Row key -> split id -> model run, for the baselines and both Θ' rows (test, and dev
         when λ is tuned there)."""
         exp = self.exp
         need_dev = list(self.devs.values()) if exp.tune_fusion else []
-        variants = runner.baseline_runs(list(self.tests.values()) + need_dev)
+        variants = runner.baseline_rankings(list(self.tests.values()) + need_dev)
         variants[MERGED_AT_1], variants[MERGED_BEST] = {}, {}
         for dname, split in self.tests.items():
             splits = [split] + (
                 [self.devs[dname]] if exp.tune_fusion and dname in self.devs else []
             )
             for s in splits:
-                variants[MERGED_AT_1][s.id] = runner.merged_run(1.0, s)
-                variants[MERGED_BEST][s.id] = runner.merged_run(tuned.per_dataset[dname], s)
+                variants[MERGED_AT_1][s.id] = runner.merged_ranking(1.0, s)
+                variants[MERGED_BEST][s.id] = runner.merged_ranking(tuned.per_dataset[dname], s)
         return variants
 
     # -- 4. fusion, metrics, significance -------------------------------------------------------
@@ -622,12 +637,10 @@ class ExperimentRun:
         return {m: Cell(mean=means[m], per_query=per_query[m]) for m in self.exp.metrics}
 
     def build_section(
-        self,
-        tname: str,
-        variants: dict[str, dict[str, Ranking]],
-        tuned: TunedAlpha,
-        fusion: dict[str, dict[str, dict[str, Any]]],
-    ) -> Section:
+        self, tname: str, variants: dict[str, dict[str, Ranking]], tuned: TunedAlpha
+    ) -> BuiltSection:
+        """One triplet's table section, the fused rankings to write as TREC files
+        (``triplet/dataset/row``) and the λ each row used; returned, nothing stored."""
         from mergekit_ir.evaluation.metrics import mean_scores
         from mergekit_ir.evaluation.significance import mark_improvements
 
@@ -635,10 +648,12 @@ class ExperimentRun:
         distinct_best = {alpha_label(tuned.per_dataset[d]) for d in self.datasets}
         best_label = f"Θ' (α={distinct_best.pop()})" if len(distinct_best) == 1 else "Θ' (tuned α)"
         section = Section(tname)
+        rankings: dict[str, Ranking] = {}
+        fusion: dict[str, dict[str, dict[str, Any]]] = {}
         first_row = Row(key=fs.row_key, label=fs.row_label)
         for dname, split in self.tests.items():
             first_row.cells[dname] = self.cells(split, split.first_stage)
-            self.runs[f"{tname}/{dname}/{fs.row_key}"] = split.first_stage
+            rankings[f"{tname}/{dname}/{fs.row_key}"] = split.first_stage
         section.rows.append(first_row)
         for key, runs in variants.items():
             row = Row(key=key, label=row_label(key))
@@ -652,15 +667,15 @@ class ExperimentRun:
                 section.tuned_alpha = {d: tuned.per_dataset[d] for d in self.datasets}
             row.unfused = {}
             for dname, split in self.tests.items():
-                model_run = runs[split.id]
+                model_ranking = runs[split.id]
                 lam = self.fusion_params(dname, key, variants)
-                final = self.fused(split.first_stage, model_run, lam)
-                row.unfused[dname] = mean_scores(self.evaluate(split, model_run, exp.metrics))
+                final = self.fused(split.first_stage, model_ranking, lam)
+                row.unfused[dname] = mean_scores(self.evaluate(split, model_ranking, exp.metrics))
                 fusion.setdefault(key, {})[dname] = {
                     k: list(v) if isinstance(v, tuple | list) else v for k, v in dict(lam).items()
                 }
                 row.cells[dname] = self.cells(split, final)
-                self.runs[f"{tname}/{dname}/{key}"] = final
+                rankings[f"{tname}/{dname}/{key}"] = final
             section.rows.append(row)
         with self.timer("evaluation"):
             present = [r.key for r in section.rows]
@@ -674,10 +689,10 @@ class ExperimentRun:
                 correction=exp.correction,
                 comparisons=exp.comparisons,
             )
-        return section
+        return BuiltSection(section, rankings, fusion)
 
     # -- 5. outputs -----------------------------------------------------------------------------
-    def write_outputs(self, results: Results) -> list[Path]:
+    def write_outputs(self, results: Results, rankings: Mapping[str, Ranking]) -> list[Path]:
         """Every output into a temporary sibling folder, then one rename: the output folder is
         the previous complete run or the new complete run, never a mix."""
         from mergekit_ir.reports.render import write_reports
@@ -685,7 +700,7 @@ class ExperimentRun:
         out = self.opts.out_dir
         with atomic.directory(out, overwrite=True) as tmp:
             with self.timer("reporting"):
-                for rid, run in self.runs.items():
+                for rid, run in rankings.items():
                     write_trec(
                         tmp / "runs" / f"{rid.replace('@', '_at_')}.trec",
                         run,
@@ -717,7 +732,7 @@ class ExperimentRun:
             from mergekit_ir.experiments.selection import select_alpha
 
             selection, tuned = select_alpha(self, runner, tuned)
-        variants = self.model_runs(runner, tuned)
+        variants = self.model_rankings(runner, tuned)
         return TripletOutcome(tname, tuned, variants, notes=list(runner.notes), selection=selection)
 
     def worker_setup(self) -> WorkerSetup:
@@ -759,6 +774,7 @@ class ExperimentRun:
         results = Results(
             experiment=self.exp.name, metrics=list(self.exp.metrics), datasets=self.datasets
         )
+        rankings: dict[str, Ranking] = {}  # TREC files to write: "triplet/dataset/row"
         executor = self.opts.executor or catalog().executor("local").create({})
         jobs = TripletJobs(
             triplets=tuple(self.exp.triplets),
@@ -775,14 +791,14 @@ class ExperimentRun:
                 results.alpha_ablation[tname] = tuned.ablation
             if outcome.selection is not None:
                 results.alpha_selection[tname] = outcome.selection
-            section = self.build_section(
-                tname, outcome.variants, tuned, results.fusion.setdefault(tname, {})
-            )
-            section.notes = list(outcome.notes)
-            results.sections.append(section)
+            built = self.build_section(tname, outcome.variants, tuned)
+            built.section.notes = list(outcome.notes)
+            results.sections.append(built.section)
+            results.fusion[tname] = built.fusion
+            rankings.update(built.rankings)
         if self.exp.reported:
             results.reported = compare_reported(results, self.exp.reported)
-        written = self.write_outputs(results)
+        written = self.write_outputs(results, rankings)
         self.timer.wall = time.perf_counter() - wall_start
         return RunOutcome(results, written, self.timer)
 

@@ -1,7 +1,7 @@
 """The α-selection step: run the experiment's selectors through one interface.
 
 :func:`select_alpha` builds a :class:`~mergekit_ir.tuning.selector.SelectionContext` on one
-triplet's runner — scoring a candidate α goes through ``TripletRunner.merged_run`` (the in-place
+triplet's runner — scoring a candidate α goes through ``TripletRunner.merged_ranking`` (the in-place
 sweep and the run cache) and the experiment's fusion with λ fixed, as α tuning on dev does —
 calls each selector, replaces the Θ'(tuned α) α by the first selector's choice, and records the
 test objective at every α (the oracle curve the selection report compares against).
@@ -24,7 +24,7 @@ from mergekit_ir.tuning.selector import BASELINE_ALPHA, SelectionContext, alpha_
 class MergedRankings(Protocol):
     """What selection needs of a triplet's runner: Θ'(α)'s ranking of a split (in place, cached)."""
 
-    def merged_run(self, alpha: Any, split: Split) -> Ranking: ...
+    def merged_ranking(self, alpha: Any, split: Split) -> Ranking: ...
 
 
 class SelectionHost(Protocol):
@@ -57,7 +57,7 @@ def context(er: SelectionHost, runner: MergedRankings, spec: Any) -> SelectionCo
     fixed = dict(exp.fusion_params)
 
     def ranking(alpha: Any, split: Any):
-        return er.fused(split.first_stage, runner.merged_run(alpha, split), fixed)
+        return er.fused(split.first_stage, runner.merged_ranking(alpha, split), fixed)
 
     def score(alpha: Any, split: Any) -> dict[str, float]:
         return er.evaluate(split, ranking(alpha, split), [exp.objective])[exp.objective]
@@ -116,7 +116,7 @@ def select_alpha(
     for dname, split in er.tests.items():
         out.test_curve[dname] = {
             alpha_label(a): er.objective(
-                split, er.fused(split.first_stage, runner.merged_run(a, split), fixed)
+                split, er.fused(split.first_stage, runner.merged_ranking(a, split), fixed)
             )
             for a in grid
         }

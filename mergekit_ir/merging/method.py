@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,31 @@ class MergeMethod:
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+
+def check_alpha(method: MergeMethod, value: Any, where: str) -> Any:
+    """One α value (a number, or layer-wise rules) checked against the method's declaration;
+    the one check for the registry's grid and ``mergeir merge --alpha``."""
+    param = method.param("alpha")
+    if param is None:
+        raise ConfigError(f"{where}: '{method.name}' declares no 'alpha' parameter")
+    if value is None:
+        raise ConfigError(f"{where}: empty value; give a number such as 0.5")
+    return param.check(value, where)
+
+
+def check_alpha_grid(method: MergeMethod, values: Any, where: str) -> tuple[Any, ...]:
+    """An α grid: one value or a list of them (a list of filter rules is one layer-wise value),
+    each checked by :func:`check_alpha`, errors naming ``where[i]``."""
+    if method.param("alpha") is None:
+        raise ConfigError(f"{where}: '{method.name}' declares no 'alpha' parameter to sweep")
+    if not isinstance(values, list) or (
+        values and all(isinstance(a, Mapping) and "filter" in a for a in values)
+    ):
+        values = [values]
+    if not values:
+        raise ConfigError(f"{where}: the α grid is empty; give at least one value, e.g. [0.5]")
+    return tuple(check_alpha(method, a, f"{where}[{i}]") for i, a in enumerate(values))
 
 
 def domain_weights(weights: Sequence[float] | None, n: int, name: str = "") -> list[float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,6 +28,16 @@ from mergekit_ir.merging.engine import (
 log = logging.getLogger(__name__)
 
 
+class SweepSlot(NamedTuple):
+    """One merged tensor of the live model: what the sweep recomputes per parameter point."""
+
+    entry: Any  # the merge plan's entry for this tensor
+    target: torch.Tensor  # the live parameter (rows of it, for extra vocabulary rows)
+    theta_t: torch.Tensor  # ΘT's values, kept to restore and to merge from
+    taus: list[torch.Tensor]  # τ_i on the scoring device, in the model's dtype
+    tau_t: torch.Tensor | None  # ΘT − Θ0, for methods that declare needs_ir_vector
+
+
 class InPlaceSweep:
     """The live model's merged tensors, switchable between ΘT and Θ'(α) without a reload.
 
@@ -39,9 +49,7 @@ class InPlaceSweep:
         state = model.state_dict(keep_vars=True)
         index = NameIndex.build("model", list(state), {"architectures": [type(model).__name__]})
         self.job, self.plan = job, plan
-        self.slots: list[
-            tuple[Any, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None]
-        ] = []
+        self.slots: list[SweepSlot] = []
         seen: set[int] = set()
         missing = []
         with torch.no_grad():
@@ -78,7 +86,7 @@ class InPlaceSweep:
                 if job.method.needs_ir_vector:
                     p = job.pretrained.get(job.p_index.find(e.key)).float()  # type: ignore[union-attr]
                     tau_t = (theta_t.float() - (p[:rows] if rows else p).to(device)).to(dtype)
-                self.slots.append((e, target, theta_t, taus, tau_t))
+                self.slots.append(SweepSlot(e, target, theta_t, taus, tau_t))
         self.state: Any = "ir"
         if missing:
             log.info(
@@ -91,20 +99,20 @@ class InPlaceSweep:
         """Set the model's weights to Θ'(params)."""
         full = {**self.job.params, **params}
         with torch.no_grad():
-            for e, target, theta_t, taus, tau_t in self.slots:
+            for slot in self.slots:
                 out = merged_tensor(
                     self.job,
                     self.plan,
-                    e,
-                    target.device,
-                    theta_t=theta_t.float(),
-                    taus=[t.float() for t in taus],
-                    tau_t=None if tau_t is None else tau_t.float(),
+                    slot.entry,
+                    slot.target.device,
+                    theta_t=slot.theta_t.float(),
+                    taus=[t.float() for t in slot.taus],
+                    tau_t=None if slot.tau_t is None else slot.tau_t.float(),
                     params=full,
                 )
-                cast = out.to(target.dtype)
-                check_merged(self.job, e, out, cast)
-                target.copy_(cast)
+                cast = out.to(slot.target.dtype)
+                check_merged(self.job, slot.entry, out, cast)
+                slot.target.copy_(cast)
         self.state = dict(params)
 
     def restore(self) -> None:
@@ -112,8 +120,8 @@ class InPlaceSweep:
         if self.state == "ir":
             return
         with torch.no_grad():
-            for _, target, theta_t, _, _ in self.slots:
-                target.copy_(theta_t)
+            for slot in self.slots:
+                slot.target.copy_(slot.theta_t)
         self.state = "ir"
 
     @contextmanager

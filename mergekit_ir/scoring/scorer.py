@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,8 +180,18 @@ class Scorer(ABC):
         self.truncation = TruncationStats()
         self.warnings: list[str] = []  # for the run's report notes; each is also logged
         self.newly_initialised: list[str] = []  # weights the checkpoint lacked (random init)
-        #: what the current pass is (e.g. ``pass 3/15 · ΘD · scifact:test``), set by the runner
+        #: what the current pass is (e.g. ``pass 3/15 · ΘD · scifact:test``); see :meth:`labelled`
         self.pass_label = ""
+
+    @contextmanager
+    def labelled(self, label: str) -> Iterator[None]:
+        """Progress bars inside the block carry ``label`` (the runner's pass counter); the
+        label is the scorer's own state, back to what it was after the block."""
+        before, self.pass_label = self.pass_label, label
+        try:
+            yield
+        finally:
+            self.pass_label = before
 
     def warn(self, message: str) -> None:
         """Record a warning for the report notes; log it once per process (INFO on repeats)."""
