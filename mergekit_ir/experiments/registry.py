@@ -13,21 +13,20 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from mergekit_ir.adaptation.spec import AdaptSpec, parse_adapt
 from mergekit_ir.errors import ConfigError, MergeIRError, key_label, short_repr
 from mergekit_ir.evaluation.datasets import parse_split
 from mergekit_ir.evaluation.fusion import FUSION_METHODS, NORMS
 from mergekit_ir.evaluation.significance import CORRECTIONS, TESTS
+from mergekit_ir.experiments.registry_yaml import read_yaml
 from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.merging.method import check_alpha_grid, check_weights
-from mergekit_ir.params import check_params
+from mergekit_ir.params import Param, check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
 from mergekit_ir.results import domain_row_keys, model_row_keys
 from mergekit_ir.scoring.scorer import DTYPES
@@ -35,156 +34,8 @@ from mergekit_ir.scoring.scorer import DTYPES
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
-# -- YAML with duplicate-key detection and an expansion limit ------------------------------
-MAX_EXPANDED_NODES = 200_000
-"""A registry expands to a few thousand YAML values; aliases past this are an alias bomb."""
-
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 """Dataset, triplet and experiment names become file and folder names under ``--out``."""
-
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's parser when present: the paper's published cells make the file long."""
-
-
-def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        try:
-            hash(key)
-        except TypeError:
-            raise ConfigError(
-                f"{loader.name}:{key_node.start_mark.line + 1}: a mapping key must be a plain "
-                f"name, not {type(key).__name__} {short_repr(key)}"
-            ) from None
-        if key in seen:
-            raise ConfigError(
-                f"{loader.name}:{key_node.start_mark.line + 1}: duplicate name {short_repr(key)} "
-                f"(first defined on line {seen[key] + 1}); rename one of them"
-            )
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
-def _children(node: yaml.Node) -> list[tuple[str, yaml.Node]]:
-    if isinstance(node, yaml.SequenceNode):
-        return [(f"[{i}]", c) for i, c in enumerate(node.value)]
-    if isinstance(node, yaml.MappingNode):
-        out = []
-        for k, v in node.value:
-            label = k.value if isinstance(k, yaml.ScalarNode) else "?"
-            out += [(f".{short_repr(label, 40).strip(chr(39))}", v), ("(key)", k)]
-        return out
-    return []
-
-
-def _expanded_sizes(root: yaml.Node, path: Path) -> dict[int, int]:
-    """How many values each node stands for once every alias is expanded (memoised: linear)."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        nid = id(node)
-        if done:
-            open_nodes.discard(nid)
-            if isinstance(node, yaml.ScalarNode):
-                sizes[nid] = 1 + len(node.value) // 100
-            else:
-                sizes[nid] = 1 + sum(sizes[id(c)] for _, c in _children(node))
-            continue
-        if nid in sizes:
-            continue
-        if nid in open_nodes:
-            raise ConfigError(
-                f"{path}:{node.start_mark.line + 1}: a YAML alias refers to the value that "
-                "contains it (a recursive alias); write the value out instead"
-            )
-        open_nodes.add(nid)
-        stack.append((node, True))
-        stack.extend((c, False) for _, c in _children(node) if id(c) not in sizes)
-    return sizes
-
-
-def _check_expansion(root: yaml.Node, path: Path) -> None:
-    sizes = _expanded_sizes(root, path)
-    if sizes[id(root)] <= MAX_EXPANDED_NODES:
-        return
-    refs: dict[int, int] = {}  # how often each node is used: > 1 for an alias target
-    seen, todo = {id(root)}, [root]
-    while todo:
-        for _, c in _children(todo.pop()):
-            refs[id(c)] = refs.get(id(c), 0) + 1
-            if id(c) not in seen:
-                seen.add(id(c))
-                todo.append(c)
-    where, node = "", root
-    while True:  # descend to the value whose aliases multiply, not into the aliased values
-        kids = _children(node)
-        if not kids:
-            break
-        label, child = max(kids, key=lambda kid: sizes[id(kid[1])])
-        if refs.get(id(child), 0) > 1 or (
-            sizes[id(child)] <= MAX_EXPANDED_NODES and node is not root
-        ):
-            break
-        where, node = where + label, child
-    raise ConfigError(
-        f"{path}:{node.start_mark.line + 1}: {where.lstrip('.') or 'the document'}: YAML aliases "
-        f"expand to more than {MAX_EXPANDED_NODES} values (an alias bomb?); write the values out"
-    )
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a registry file; every problem is one line naming the file (and line)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: registry file not found; pass --registry FILE") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder; pass the registry YAML file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the registry ({exc.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the file as UTF-8"
-        ) from None
-    try:
-        loader = _Loader(text)
-        loader.name = str(path)
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return None
-            _check_expansion(node, path)
-            return loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML ({exc.problem}); fix the syntax there") from None
-    except yaml.reader.ReaderError as exc:
-        line = text[: exc.position].count("\n") + 1
-        raise ConfigError(
-            f"{path}:{line}: character {_codepoint(exc.character)} is not allowed in YAML "
-            "(a NUL or control character); remove it"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({short_repr(str(exc))}); fix the file") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to read; flatten the YAML") from None
-
-
-def _codepoint(char: int | str) -> str:
-    return f"U+{char if isinstance(char, int) else ord(char):04X}"
 
 
 def check_name(name: Any, path: str) -> str:
@@ -495,105 +346,157 @@ def _dataset(name: str, raw: Any) -> DatasetSpec:
     )
 
 
-def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
-    from mergekit_ir.evaluation.metrics import ranx_metric
+#: Plain-valued fields of an experiment, declared once: type, range and choices are checked
+#: by :class:`Param` (the same checks as plugin parameters and CLI flags).
+SCORING_FIELDS = (Param("dtype", str, "auto", "scoring precision", choices=DTYPES),)
+EVALUATION_FIELDS = (
+    Param(
+        "queries",
+        str,
+        "all",
+        "all judged queries, or those the first stage retrieved anything for",
+        choices=("all", "retrieved"),
+    ),
+)
+SIGNIFICANCE_FIELDS = (
+    Param("test", str, "student", "paired test", choices=TESTS),
+    Param("max_p", float, 0.01, "significance level", min=0.0, max=1.0),
+    Param("correction", str, "bonferroni", "multiple-comparison correction", choices=CORRECTIONS),
+)
+SEED = Param("seed", int, 0, "seed for heads a checkpoint lacks and random merge masks")
 
+EXPERIMENT_FIELDS = (
+    "description",
+    "triplets",
+    "datasets",
+    "merge",
+    "first_stage",
+    "fusion",
+    "metrics",
+    "tuning",
+    "significance",
+    "scoring",
+    "seed",
+    "evaluation",
+    "reported",
+    "executor",
+)
+
+
+def _fields(
+    section: Mapping[str, Any], declared: Sequence[Param], path: str, also: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A section of plain values checked against its declaration (unknown keys, types, ranges);
+    ``also`` names the section's other keys, checked by the caller."""
+    _keys(section, path, {p.name for p in declared} | set(also))
+    return {p.name: p.check(section.get(p.name, p.default), f"{path}.{p.name}") for p in declared}
+
+
+def _positive_int(value: Any, path: str) -> int:
+    _expect(value, int, path, "a positive integer")
+    if value < 1:
+        raise ConfigError(f"{path}: {value} must be at least 1")
+    return value
+
+
+def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
+    """One experiment, each section checked by its own function; errors name the YAML path."""
     path = f"experiments.{name}"
     _expect(raw, Mapping, path, "a mapping")
-    _keys(
-        raw,
-        path,
-        {
-            "description",
-            "triplets",
-            "datasets",
-            "merge",
-            "first_stage",
-            "fusion",
-            "metrics",
-            "tuning",
-            "significance",
-            "scoring",
-            "seed",
-            "evaluation",
-            "reported",
-            "executor",
-        },
-        {"triplets", "datasets"},
-    )
-    trips = raw["triplets"] if isinstance(raw["triplets"], list) else [raw["triplets"]]
-    for i, t in enumerate(trips):
-        _expect(t, str, f"{path}.triplets[{i}]", "a triplet name")
-        if t not in reg.triplets:
-            raise ConfigError(
-                f"{path}.triplets[{i}]: unknown triplet {short_repr(t)} (defined: {', '.join(sorted(reg.triplets)) or 'none'})"
-            )
-    dsets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
-    for i, d in enumerate(dsets):
-        _expect(d, str, f"{path}.datasets[{i}]", "a dataset name")
-        if d not in reg.datasets:
-            raise ConfigError(
-                f"{path}.datasets[{i}]: unknown dataset {short_repr(d)} (defined: {', '.join(sorted(reg.datasets)) or 'none'})"
-            )
+    _keys(raw, path, set(EXPERIMENT_FIELDS), {"triplets", "datasets"})
+    trips = _members(raw["triplets"], reg.triplets, f"{path}.triplets", "triplet")
+    dsets = _members(raw["datasets"], reg.datasets, f"{path}.datasets", "dataset")
     kw: dict[str, Any] = {
         "name": name,
-        "triplets": tuple(trips),
-        "datasets": tuple(dsets),
+        "triplets": trips,
+        "datasets": dsets,
         "description": str(raw.get("description", "")),
+        **_merge_section(_section(raw, "merge", path), trips, reg, catalog, f"{path}.merge"),
+        **_first_stage_section(_section(raw, "first_stage", path), catalog, f"{path}.first_stage"),
+        **_fusion_section(_section(raw, "fusion", path), f"{path}.fusion"),
+        **_metrics_section(raw.get("metrics"), f"{path}.metrics"),
+        **_tuning_section(_section(raw, "tuning", path), catalog, f"{path}.tuning"),
+        **_significance_section(_section(raw, "significance", path), f"{path}.significance"),
+        **_scoring_section(_section(raw, "scoring", path), f"{path}.scoring"),
+        **_executor_section(_section(raw, "executor", path), catalog, f"{path}.executor"),
     }
-
-    merge = _section(raw, "merge", path)
-    method_name = _expect(
-        merge.pop("method", "task_arithmetic"), str, f"{path}.merge.method", "a name"
-    )
-    method = catalog.merge_method(method_name, f"{path}.merge.method")
-    if method.param("alpha") is None:
-        raise ConfigError(
-            f"{path}.merge.method: '{method_name}' declares no 'alpha' parameter to sweep"
+    kw["eval_queries"] = _fields(
+        _section(raw, "evaluation", path), EVALUATION_FIELDS, f"{path}.evaluation"
+    )["queries"]
+    if "seed" in raw:
+        kw["seed"] = SEED.check(raw["seed"], f"{path}.seed")
+    if raw.get("reported") is not None:
+        first_stage_row = catalog.first_stage(kw["first_stage"]).row_key
+        kw["reported"] = parse_reported(
+            raw["reported"],
+            f"{path}.reported",
+            triplets={t: (first_stage_row, *reg.triplets[t].rows) for t in trips},
+            first_stage_row=first_stage_row,
+            datasets=dsets,
+            metrics=kw.get("metrics", Experiment.metrics),
+            ablation_metric=kw.get("objective", Experiment.objective),
+            alphas=kw["alphas"],
+            sweep_datasets=[d for d in dsets if reg.datasets[d].dev] if kw["tune_alpha"] else [],
         )
-    kw["alphas"] = check_alpha_grid(
-        method, merge.pop("alpha", list(DEFAULT_ALPHAS)), f"{path}.merge.alpha"
-    )
-    kw["method"] = method_name
+    return Experiment(**kw)
+
+
+def _members(value: Any, defined: Mapping[str, Any], path: str, kind: str) -> tuple[str, ...]:
+    """A name or list of names, each defined in the registry's ``kind`` section."""
+    names = value if isinstance(value, list) else [value]
+    for i, n in enumerate(names):
+        _expect(n, str, f"{path}[{i}]", f"a {kind} name")
+        if n not in defined:
+            raise ConfigError(
+                f"{path}[{i}]: unknown {kind} {short_repr(n)} (defined: {', '.join(sorted(defined)) or 'none'})"
+            )
+    return tuple(names)
+
+
+def _merge_section(
+    merge: dict[str, Any], trips: Sequence[str], reg: Registry, catalog: Any, path: str
+) -> dict[str, Any]:
+    method_name = _expect(merge.pop("method", "task_arithmetic"), str, f"{path}.method", "a name")
+    method = catalog.merge_method(method_name, f"{path}.method")
+    if method.param("alpha") is None:
+        raise ConfigError(f"{path}.method: '{method_name}' declares no 'alpha' parameter to sweep")
+    alphas = check_alpha_grid(method, merge.pop("alpha", list(DEFAULT_ALPHAS)), f"{path}.alpha")
     fixed = check_params(
         [p for p in method.params if p.name != "alpha"],
         merge,
-        f"{path}.merge",
+        path,
         f"merge method '{method_name}'",
     )
-    kw["merge_params"] = fixed
     if fixed.get("weights") is not None:
         for t in trips:
-            check_weights(fixed["weights"], len(reg.triplets[t].domains), f"{path}.merge.weights")
+            check_weights(fixed["weights"], len(reg.triplets[t].domains), f"{path}.weights")
+    return {"method": method_name, "alphas": alphas, "merge_params": fixed}
 
-    fs = _section(raw, "first_stage", path)
-    backend = _expect(fs.pop("backend", "bm25s"), str, f"{path}.first_stage.backend", "a name")
-    kind = catalog.first_stage(backend, f"{path}.first_stage.backend")
-    k = fs.pop("k", 100)
-    _expect(k, int, f"{path}.first_stage.k", "a positive integer")
-    if k < 1:
-        raise ConfigError(f"{path}.first_stage.k: {k} must be at least 1")
-    kw.update(
-        first_stage=backend,
-        k=k,
-        first_stage_params=check_params(
-            kind.params, fs, f"{path}.first_stage", f"backend '{backend}'"
-        ),
-    )
 
-    fusion = _section(raw, "fusion", path)
-    _keys(fusion, f"{path}.fusion", {"method", "norm", "weights", "params", "tune"})
+def _first_stage_section(fs: dict[str, Any], catalog: Any, path: str) -> dict[str, Any]:
+    backend = _expect(fs.pop("backend", "bm25s"), str, f"{path}.backend", "a name")
+    kind = catalog.first_stage(backend, f"{path}.backend")
+    k = _positive_int(fs.pop("k", 100), f"{path}.k")
+    return {
+        "first_stage": backend,
+        "k": k,
+        "first_stage_params": check_params(kind.params, fs, path, f"backend '{backend}'"),
+    }
+
+
+def _fusion_section(fusion: dict[str, Any], path: str) -> dict[str, Any]:
+    _keys(fusion, path, {"method", "norm", "weights", "params", "tune"})
     fmethod = fusion.get("method", "wsum")
     if not isinstance(fmethod, str) or fmethod.lower() not in FUSION_METHODS:
         raise ConfigError(
-            f"{path}.fusion.method: unknown ranx fusion {short_repr(fmethod)} (e.g. wsum, rrf, combsum, combmnz)"
+            f"{path}.method: unknown ranx fusion {short_repr(fmethod)} (e.g. wsum, rrf, combsum, combmnz)"
         )
     norm = fusion.get("norm", "min-max")
     if norm not in NORMS:
         raise ConfigError(
-            f"{path}.fusion.norm: unknown normalisation {short_repr(norm)} (one of {', '.join(NORMS)})"
+            f"{path}.norm: unknown normalisation {short_repr(norm)} (one of {', '.join(NORMS)})"
         )
-    params = _section(fusion, "params", f"{path}.fusion")
+    params = _section(fusion, "params", path)
     if "weights" in fusion:
         w = fusion["weights"]
         if not (
@@ -605,144 +508,116 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
             )
         ):
             raise ConfigError(
-                f"{path}.fusion.weights: give two numbers [λ_BM25, λ_model], e.g. [0.5, 0.5]"
+                f"{path}.weights: give two numbers [λ_BM25, λ_model], e.g. [0.5, 0.5]"
             )
         params["weights"] = [float(x) for x in w]
     elif fmethod == "wsum":
         params.setdefault("weights", [0.5, 0.5])
-    kw.update(
-        fusion_method=fmethod,
-        fusion_norm=norm,
-        fusion_params=params,
-        tune_fusion=bool(fusion.get("tune", False)),
-    )
+    return {
+        "fusion_method": fmethod,
+        "fusion_norm": norm,
+        "fusion_params": params,
+        "tune_fusion": bool(fusion.get("tune", False)),
+    }
 
-    metrics = raw.get("metrics")
-    if metrics is not None:
-        _expect(metrics, list, f"{path}.metrics", "a list such as [P@10, NDCG@10]")
-        for i, m in enumerate(metrics):
-            _expect(m, str, f"{path}.metrics[{i}]", "a metric such as NDCG@10")
-            try:
-                ranx_metric(str(m))
-            except ConfigError as exc:
-                raise ConfigError(f"{path}.metrics[{i}]: {exc}") from None
-        kw["metrics"] = tuple(str(m) for m in metrics)
 
-    tuning = _section(raw, "tuning", path)
-    _keys(tuning, f"{path}.tuning", {"objective", "alpha", "transfer", "compare"})
+def _metrics_section(metrics: Any, path: str) -> dict[str, Any]:
+    from mergekit_ir.evaluation.metrics import ranx_metric  # ranx loads on first use
+
+    if metrics is None:
+        return {}
+    _expect(metrics, list, path, "a list such as [P@10, NDCG@10]")
+    for i, m in enumerate(metrics):
+        _expect(m, str, f"{path}[{i}]", "a metric such as NDCG@10")
+        try:
+            ranx_metric(str(m))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}[{i}]: {exc}") from None
+    return {"metrics": tuple(str(m) for m in metrics)}
+
+
+def _tuning_section(tuning: dict[str, Any], catalog: Any, path: str) -> dict[str, Any]:
+    from mergekit_ir.evaluation.metrics import ranx_metric
+
+    _keys(tuning, path, {"objective", "alpha", "transfer", "compare"})
+    out: dict[str, Any] = {}
     if "objective" in tuning:
         try:
             ranx_metric(str(tuning["objective"]))
         except ConfigError as exc:
-            raise ConfigError(f"{path}.tuning.objective: {exc}") from None
-        kw["objective"] = str(tuning["objective"])
+            raise ConfigError(f"{path}.objective: {exc}") from None
+        out["objective"] = str(tuning["objective"])
     alpha_cfg = tuning.get("alpha", True)
     if isinstance(alpha_cfg, Mapping):
-        specs = [_selector(alpha_cfg, f"{path}.tuning.alpha", catalog)]
+        specs = [_selector(alpha_cfg, f"{path}.alpha", catalog)]
         compare = tuning.get("compare") or []
-        _expect(compare, list, f"{path}.tuning.compare", "a list of {selector: name, ...}")
-        specs += [
-            _selector(c, f"{path}.tuning.compare[{i}]", catalog) for i, c in enumerate(compare)
-        ]
+        _expect(compare, list, f"{path}.compare", "a list of {selector: name, ...}")
+        specs += [_selector(c, f"{path}.compare[{i}]", catalog) for i, c in enumerate(compare)]
         seen: dict[str, str] = {}
         for i, sp in enumerate(specs):
-            where = f"{path}.tuning.alpha" if i == 0 else f"{path}.tuning.compare[{i - 1}]"
+            where = f"{path}.alpha" if i == 0 else f"{path}.compare[{i - 1}]"
             if sp.label in seen:
                 raise ConfigError(
                     f"{where}: selector {sp.label} is already given at {seen[sp.label]}; "
                     "give each selector once (or other params)"
                 )
             seen[sp.label] = where
-        kw["alpha_selectors"] = tuple(specs)
+        out["alpha_selectors"] = tuple(specs)
         alpha_cfg = True
     elif "compare" in tuning:
         raise ConfigError(
-            f"{path}.tuning.compare: needs tuning.alpha as a mapping, e.g. {{selector: dev}}"
+            f"{path}.compare: needs tuning.alpha as a mapping, e.g. {{selector: dev}}"
         )
     if not isinstance(alpha_cfg, bool):
         raise ConfigError(
-            f"{path}.tuning.alpha: {short_repr(alpha_cfg)} is neither true/false nor a mapping "
+            f"{path}.alpha: {short_repr(alpha_cfg)} is neither true/false nor a mapping "
             "such as {selector: pseudo-queries, source: title}"
         )
-    kw["tune_alpha"] = alpha_cfg
-    kw["transfer_alpha"] = bool(tuning.get("transfer", False))
-    evaluation = _section(raw, "evaluation", path)
-    _keys(evaluation, f"{path}.evaluation", {"queries"})
-    if evaluation.get("queries", "all") not in ("all", "retrieved"):
-        raise ConfigError(
-            f"{path}.evaluation.queries: {short_repr(evaluation['queries'])} is not one of all, retrieved"
-        )
-    kw["eval_queries"] = evaluation.get("queries", "all")
+    out["tune_alpha"] = alpha_cfg
+    out["transfer_alpha"] = bool(tuning.get("transfer", False))
+    return out
 
-    sig = _section(raw, "significance", path)
-    _keys(sig, f"{path}.significance", {"test", "max_p", "correction", "comparisons"})
-    if sig.get("test", "student") not in TESTS:
-        raise ConfigError(
-            f"{path}.significance.test: {short_repr(sig['test'])} is not one of {', '.join(TESTS)}"
-        )
-    if sig.get("correction", "bonferroni") not in CORRECTIONS:
-        raise ConfigError(
-            f"{path}.significance.correction: {short_repr(sig['correction'])} is not one of "
-            f"{', '.join(CORRECTIONS)}"
-        )
-    max_p = sig.get("max_p", 0.01)
-    if not isinstance(max_p, int | float) or not 0 < max_p < 1:
-        raise ConfigError(f"{path}.significance.max_p: {short_repr(max_p)} is outside (0, 1)")
+
+def _significance_section(sig: dict[str, Any], path: str) -> dict[str, Any]:
+    fields = _fields(sig, SIGNIFICANCE_FIELDS, path, also=["comparisons"])
+    if not 0 < fields["max_p"] < 1:
+        raise ConfigError(f"{path}.max_p: {short_repr(fields['max_p'])} is outside (0, 1)")
     comparisons = sig.get("comparisons")
     if comparisons is not None and (
         isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1
     ):
         raise ConfigError(
-            f"{path}.significance.comparisons: {short_repr(comparisons)} is not a positive integer "
+            f"{path}.comparisons: {short_repr(comparisons)} is not a positive integer "
             "(the Bonferroni m; leave it out to use the number of merged rows)"
         )
-    if comparisons is not None and sig.get("correction", "bonferroni") != "bonferroni":
+    if comparisons is not None and fields["correction"] != "bonferroni":
         raise ConfigError(
-            f"{path}.significance.comparisons: only used with correction: bonferroni; "
+            f"{path}.comparisons: only used with correction: bonferroni; "
             "remove it or set the correction"
         )
-    kw.update(
-        significance_test=sig.get("test", "student"),
-        max_p=float(max_p),
-        correction=sig.get("correction", "bonferroni"),
-        comparisons=comparisons,
-    )
+    return {
+        "significance_test": fields["test"],
+        "max_p": fields["max_p"],
+        "correction": fields["correction"],
+        "comparisons": comparisons,
+    }
 
-    scoring = _section(raw, "scoring", path)
-    _keys(scoring, f"{path}.scoring", {"batch_size", "dtype"})
-    bs = scoring.get("batch_size", 32)
-    _expect(bs, int, f"{path}.scoring.batch_size", "a positive integer")
-    if bs < 1:
-        raise ConfigError(f"{path}.scoring.batch_size: {bs} must be at least 1")
-    if scoring.get("dtype", "auto") not in DTYPES:
-        raise ConfigError(
-            f"{path}.scoring.dtype: {short_repr(scoring['dtype'])} is not one of {', '.join(DTYPES)}"
-        )
-    kw.update(batch_size=bs, dtype=scoring.get("dtype", "auto"))
-    if "seed" in raw:
-        kw["seed"] = _expect(raw["seed"], int, f"{path}.seed", "an integer")
-    ex = _section(raw, "executor", path)
-    ex_name = _expect(ex.pop("kind", "local"), str, f"{path}.executor.kind", "an executor name")
-    ex_kind = catalog.executor(ex_name, f"{path}.executor.kind")
-    kw.update(
-        executor=ex_name,
-        executor_params=check_params(
-            ex_kind.params, ex, f"{path}.executor", f"executor '{ex_name}'"
-        ),
-    )
-    if raw.get("reported") is not None:
-        kw["reported"] = parse_reported(
-            raw["reported"],
-            f"{path}.reported",
-            triplets={t: (kind.row_key, *reg.triplets[t].rows) for t in trips},
-            first_stage_row=kind.row_key,
-            datasets=dsets,
-            metrics=kw.get("metrics", Experiment.metrics),
-            ablation_metric=kw.get("objective", Experiment.objective),
-            alphas=kw["alphas"],
-            sweep_datasets=[d for d in dsets if reg.datasets[d].dev] if kw["tune_alpha"] else [],
-        )
-    return Experiment(**kw)
+
+def _scoring_section(scoring: dict[str, Any], path: str) -> dict[str, Any]:
+    fields = _fields(scoring, SCORING_FIELDS, path, also=["batch_size"])
+    return {
+        **fields,
+        "batch_size": _positive_int(scoring.get("batch_size", 32), f"{path}.batch_size"),
+    }
+
+
+def _executor_section(ex: dict[str, Any], catalog: Any, path: str) -> dict[str, Any]:
+    name = _expect(ex.pop("kind", "local"), str, f"{path}.kind", "an executor name")
+    kind = catalog.executor(name, f"{path}.kind")
+    return {
+        "executor": name,
+        "executor_params": check_params(kind.params, ex, path, f"executor '{name}'"),
+    }
 
 
 def _selector(raw: Any, path: str, catalog: Any) -> SelectorSpec:
