@@ -11,9 +11,12 @@ from typing import Any
 import click
 import yaml
 
+from mergekit_ir.adaptation.spec import ADAPT_PARAMS
 from mergekit_ir.errors import ConfigError, MergeIRError, short_repr
+from mergekit_ir.params import Param
 from mergekit_ir.scoring.scorer import DTYPES
 from mergekit_ir.storage.cache import resolve_cache_root
+from mergekit_ir.storage.output_folder import os_error_line
 
 
 class _Group(click.Group):
@@ -55,10 +58,48 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except MergeIRError as exc:
-            message = " ".join(str(exc).splitlines())  # one line, whatever a value held
-            click.echo(f"error: {message}", err=True)
+        except (MergeIRError, OSError) as exc:
+            # The error boundary: user errors, and the OS refusing a write (disk full,
+            # read-only, a name too long), are one line and exit code 2; no traceback.
+            message = str(exc) if isinstance(exc, MergeIRError) else os_error_line(exc)
+            click.echo(f"error: {' '.join(message.splitlines())}", err=True)
             ctx.exit(2)
+
+
+class Number(click.ParamType):
+    """A numeric flag checked by its :class:`~mergekit_ir.params.Param`, the declaration a
+    registry field of the same name uses: finite, in range, an integer where meant. A bad
+    value is one ``error:`` line naming the flag (not click's three-line usage error)."""
+
+    name = "number"
+
+    def __init__(self, declared: Param) -> None:
+        self.declared = declared
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        flag = param.opts[0] if param is not None and param.opts else f"--{self.declared.name}"
+        if isinstance(value, str):
+            value = _number(value.strip(), self.declared.type, flag)
+        return self.declared.check_scalar(value, flag)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.declared.type.__name__.upper()
+
+
+def _number(text: str, typ: type, flag: str) -> Any:
+    """``text`` as ``typ``; an integer may be written ``1e3`` when it is one exactly."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {short_repr(text)} is not a number") from None
+    if typ is int:
+        try:
+            return int(text)
+        except ValueError:
+            if value.is_integer():
+                return int(value)  # the declared range then names the bound
+            raise ConfigError(f"{flag}: {short_repr(text)} is not an integer") from None
+    return value
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -576,17 +617,25 @@ def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, qu
     show_default=True,
     help="auto: mlm for encoders, span corruption for T5, clm for decoders.",
 )
-@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (default: one epoch).")
 @click.option(
-    "--epochs", type=click.FloatRange(min=0, min_open=True), help="Passes over the corpus."
+    "--steps", type=Number(ADAPT_PARAMS["steps"]), help="Optimizer steps (default: one epoch)."
 )
-@click.option("--max-length", default=256, show_default=True, type=click.IntRange(min=4))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=5e-5, show_default=True, type=float)
+@click.option("--epochs", type=Number(ADAPT_PARAMS["epochs"]), help="Passes over the corpus.")
 @click.option(
-    "--warmup", default=0.06, show_default=True, type=float, help="Fraction (<1) or steps."
+    "--max-length", default=256, show_default=True, type=Number(ADAPT_PARAMS["max_length"])
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--batch-size", default=32, show_default=True, type=Number(ADAPT_PARAMS["batch_size"])
+)
+@click.option("--lr", default=5e-5, show_default=True, type=Number(ADAPT_PARAMS["lr"]))
+@click.option(
+    "--warmup",
+    default=0.06,
+    show_default=True,
+    type=Number(ADAPT_PARAMS["warmup"]),
+    help="Fraction (<1) or steps.",
+)
+@click.option("--seed", default=0, show_default=True, type=Number(ADAPT_PARAMS["seed"]))
 @click.option(
     "--lora", "lora_spec", help="Train a LoRA adapter, e.g. r=16,alpha=32,targets=query,value."
 )
@@ -594,7 +643,7 @@ def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, qu
     "--head-warmup",
     default=100,
     show_default=True,
-    type=click.IntRange(min=0),
+    type=Number(ADAPT_PARAMS["head_warmup"]),
     help="Steps training only a fresh MLM head (encoder frozen) when the base has none.",
 )
 @click.option(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mergekit_ir.errors import ConfigError, key_label, short_repr
+from mergekit_ir.params import Param
 
 _FIELDS = {
     "corpus": str,
@@ -25,6 +26,31 @@ _FIELDS = {
     "base": str,
 }
 _LORA = {"r": int, "alpha": int, "dropout": (int, float), "targets": list}
+
+#: The numeric settings of an adaptation, declared once for ``mergeir adapt``'s flags and a
+#: registry ``adapt:`` block: finite, in a range that can run, an integer where meant. The
+#: upper bounds are far past any sensible run; they exist so that a typo (``lr: 1e30``,
+#: ``seed: 1e23``) is one line, not a NaN model or an overflow after the work.
+ADAPT_PARAMS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("steps", int, None, "optimizer steps", min=1, max=10**9),
+        Param("epochs", float, None, "passes over the corpus", min=1e-6, max=1e4),
+        Param("max_length", int, 256, "tokens per training block", min=4, max=2**20),
+        Param("batch_size", int, 32, "blocks per step", min=1, max=2**16),
+        Param("lr", float, 5e-5, "peak learning rate", min=1e-12, max=10.0),
+        Param(
+            "warmup",
+            float,
+            0.06,
+            "learning-rate warm-up: a fraction of the steps (< 1) or a number of steps",
+            min=0.0,
+            max=1e7,
+        ),
+        Param("seed", int, 0, "random seed", min=0, max=2**32 - 1),
+        Param("head_warmup", int, 100, "steps that train only a fresh MLM head", min=0, max=10**7),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -109,12 +135,9 @@ def parse_adapt(raw: Any, path: str) -> AdaptSpec:
         )
     if "steps" in values and "epochs" in values:
         raise ConfigError(f"{path}: give steps or epochs, not both")
-    for k in ("steps", "max_length", "batch_size"):
-        if k in values and values[k] < 1:
-            raise ConfigError(f"{path}.{k}: must be ≥ 1, got {values[k]}")
-    for k in ("epochs", "lr"):
-        if k in values and not values[k] > 0:
-            raise ConfigError(f"{path}.{k}: must be > 0, got {values[k]}")
+    for k, param in ADAPT_PARAMS.items():
+        if k in values:
+            values[k] = param.check_scalar(values[k], f"{path}.{k}")
     lora = None
     if "lora" in values:
         for k, v in values["lora"].items():

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -46,6 +45,7 @@ from mergekit_ir.experiments.sources import (
     DomainBuilder,
     domain_input,
     load_dataset,
+    local_inputs,
     resolve_ref,
 )
 from mergekit_ir.experiments.splits import Split, WorkerSetup, wire_splits
@@ -75,6 +75,7 @@ from mergekit_ir.scoring.scorer import Scorer, ScoringSettings, resolve_device, 
 from mergekit_ir.storage import atomic
 from mergekit_ir.storage.cache import Cache, cache_key
 from mergekit_ir.storage.fingerprint import folder_fingerprint
+from mergekit_ir.storage.output_folder import OutputKind, check_output
 
 log = logging.getLogger(__name__)
 
@@ -764,7 +765,7 @@ class ExperimentRun:
         from mergekit_ir.experiments.dry_run import count_passes
         from mergekit_ir.reports.reported import compare as compare_reported
 
-        check_output_folder(self.opts.out_dir)
+        check_output_folder(self.opts.out_dir, local_inputs(self.reg, self.exp))
         wall_start = time.perf_counter()
         self.prepare_splits()
         self.opts.passes.total = sum(  # an upper bound: cache hits and reuse make it smaller
@@ -807,24 +808,21 @@ def _json_round_trip(results: Results) -> dict[str, Any]:
     return json.loads(json.dumps(results.to_json(), sort_keys=True, default=str))
 
 
-def check_output_folder(out: Path) -> None:
+#: What ``mergeir run`` writes, for the output-folder policy: a rerun replaces its own
+#: earlier output (marked by results.json) without a flag, and nothing else.
+RUN_OUTPUT = OutputKind(
+    what="the run's outputs",
+    marker="results.json",
+    earlier="`mergeir run`",
+    overwrite_flag=None,
+    error=ConfigError,
+)
+
+
+def check_output_folder(out: Path, inputs: Sequence[tuple[str, Path]] = ()) -> None:
     """Fail before any work when the run could not write its outputs, or would replace a
-    folder that is not an earlier run's."""
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"--out {out}: is a file; give a folder for the run's outputs")
-        if any(out.iterdir()) and not (out / "results.json").is_file():
-            raise ConfigError(
-                f"--out {out}: exists and is not the output of an earlier `mergeir run` "
-                "(no results.json); choose an empty or new folder"
-            )
-    parent = out.parent if not out.exists() else out
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK) or (
-        out.exists() and not os.access(out.parent, os.W_OK | os.X_OK)
-    ):
-        raise ConfigError(f"--out {out}: {parent} is not writable; choose another folder")
+    folder that is not an earlier run's (the output-folder policy)."""
+    check_output(out, RUN_OUTPUT, inputs=inputs)
 
 
 def run_experiment(reg: Registry, name: str, opts: RunOptions) -> RunOutcome:

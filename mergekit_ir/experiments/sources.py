@@ -16,9 +16,15 @@ from typing import Any
 from mergekit_ir.adaptation.corpus import Corpus, NamedCorpora
 from mergekit_ir.errors import ConfigError
 from mergekit_ir.evaluation.datasets import Dataset, load_beir_folder, load_ir_datasets
-from mergekit_ir.experiments.registry import CheckpointRef, DatasetSpec, Registry, Triplet
+from mergekit_ir.experiments.registry import (
+    CheckpointRef,
+    DatasetSpec,
+    Experiment,
+    Registry,
+    Triplet,
+)
 from mergekit_ir.references import quickstart
-from mergekit_ir.references.checkpoints import Location, resolve_checkpoint
+from mergekit_ir.references.checkpoints import Location, locate_checkpoint, resolve_checkpoint
 
 
 def resolve_ref(ref: CheckpointRef, base_dir: Path | None, cache_root: Path | None) -> Path:
@@ -181,3 +187,23 @@ def domain_input(
         ref.adapt, base, corpora, cache_root, build.device, build.echo, build.progress
     )
     return DomainInput(folder, kind, against)
+
+
+def local_inputs(reg: Registry, experiment: Experiment) -> list[tuple[str, Path]]:
+    """The local folders an experiment reads (checkpoints, BEIR folders), named by their YAML
+    path: what the output-folder policy keeps ``--out`` away from. Nothing is downloaded."""
+    found: list[tuple[str, Path]] = []
+    for tname in experiment.triplets:
+        t = reg.triplet(tname)
+        refs = [("ir", t.ir), ("pretrained", t.pretrained), *(("domain", d) for d in t.domains)]
+        for role, ref in refs:
+            if ref is None or ref.kind == "adapt":
+                continue
+            loc = locate_checkpoint(ref.ref, ref.revision, reg.base_dir)
+            if loc.kind == "local" and loc.path is not None:
+                found.append((f"triplets.{tname}.{role}", loc.path))
+    for dname in experiment.datasets:
+        folder = _beir_folder(reg.dataset(dname), reg.base_dir)
+        if folder is not None:
+            found.append((f"datasets.{dname}", folder))
+    return found

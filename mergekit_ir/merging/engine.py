@@ -46,6 +46,7 @@ from mergekit_ir.merging.safetensors_writer import ShardedWriter, TensorSpec
 from mergekit_ir.merging.task_vector import TaskVector
 from mergekit_ir.params import TensorPosition, layer_index, resolve_all
 from mergekit_ir.storage import atomic
+from mergekit_ir.storage.output_folder import OutputKind, check_output
 
 log = logging.getLogger(__name__)
 
@@ -491,43 +492,23 @@ def input_folders(job: MergeJob) -> list[tuple[str, Path]]:
     return out
 
 
-def check_output_folder(out: Path, inputs: list[tuple[str, Path]], overwrite: bool) -> None:
-    """Refuse outputs that would destroy or swallow an input, or replace unrelated files.
+#: What a merge writes, for the output-folder policy (:mod:`mergekit_ir.storage.output_folder`).
+MERGE_OUTPUT = OutputKind(
+    what="Θ'", marker=OUTPUT_MARKER, earlier="merge output", error=CheckpointError
+)
 
-    Runs before any work: ``--out`` may not be an input, inside one (the next merge
-    would copy it along), or above one (replacing it would delete the input); and
-    ``--overwrite`` replaces only an empty folder or an earlier merge output.
-    """
-    target = out.resolve()
-    if atomic.is_cwd_or_above(out):
-        raise CheckpointError(
-            f"--out {out}: is the current folder or one above it; name a new folder for Θ'"
-        )
-    for role, folder in inputs:
-        src = folder.resolve()
-        if target == src:
-            raise CheckpointError(f"--out {out}: is the input folder of {role}; choose another")
-        if src in target.parents:
-            raise CheckpointError(
-                f"--out {out}: is inside the input folder of {role} ({folder}); "
-                "choose a folder outside the inputs"
-            )
-        if target in src.parents:
-            raise CheckpointError(
-                f"--out {out}: contains the input folder of {role} ({folder}); "
-                "replacing it would delete the input — choose another folder"
-            )
-    if not out.exists() and not out.is_symlink():
-        return
-    if not out.is_dir():
-        raise CheckpointError(f"--out {out}: exists and is not a folder; choose another path")
-    if not overwrite:
-        raise CheckpointError(f"{out}: output folder exists; pass --overwrite to replace it")
-    if any(out.iterdir()) and not (out / OUTPUT_MARKER).is_file():
-        raise CheckpointError(
-            f"{out}: not an earlier merge output (no {OUTPUT_MARKER}), so --overwrite will not "
-            "replace it; remove it yourself or choose another folder"
-        )
+
+def check_output_folder(
+    out: Path, inputs: list[tuple[str, Path]], overwrite: bool, needed_bytes: int = 0
+) -> None:
+    """The output-folder policy for Θ' (before any work): never an input, inside or above one;
+    ``--overwrite`` replaces only an empty folder or an earlier merge output; room for it."""
+    check_output(out, MERGE_OUTPUT, inputs=inputs, overwrite=overwrite, needed_bytes=needed_bytes)
+
+
+def output_bytes(plan: MergePlan) -> int:
+    """The tensor bytes Θ' will take on disk (what the free-space check compares with)."""
+    return sum(math.prod(e.shape) * e.dtype.itemsize for e in plan.entries)
 
 
 def merge_to_folder(
@@ -550,10 +531,10 @@ def merge_to_folder(
     (fsync) before the folder is renamed into place.
     """
     out = Path(out)
-    check_output_folder(out, input_folders(job), overwrite)
+    plan = plan or build_plan(job)
+    check_output_folder(out, input_folders(job), overwrite, output_bytes(plan))
     keep_freed_buffers()
     start = time.perf_counter()
-    plan = plan or build_plan(job)
     specs = [TensorSpec(e.name, e.shape, e.dtype) for e in plan.entries]
     meta = {
         "mergekit_ir_method": job.method.name,
