@@ -12,7 +12,7 @@ import click
 import yaml
 
 from mergekit_ir.adaptation.spec import ADAPT_PARAMS
-from mergekit_ir.errors import ConfigError, MergeIRError, short_repr
+from mergekit_ir.errors import CheckpointError, ConfigError, MergeIRError, short_repr
 from mergekit_ir.params import Param
 from mergekit_ir.scoring.scorer import DTYPES
 from mergekit_ir.storage.cache import resolve_cache_root
@@ -313,6 +313,10 @@ def run(
     if save_best:
         _check_save_best(Path(save_best))
     exp = reg.experiment(experiment)
+    from mergekit_ir.experiments.runner import check_output_folder, run_inputs
+
+    cache = _cache(cache_dir, no_cache)
+    check_output_folder(out, run_inputs(reg, exp, cache.root))  # before any work or banner
     overrides = _parse_params(executor_params, "--executor-param")
     for flag, name, value in (
         ("--address", "address", address),
@@ -327,7 +331,7 @@ def run(
             exp.executor, exp.executor_params, f"experiments.{experiment}", executor, overrides
         ),
         out_dir=out,
-        cache=_cache(cache_dir, no_cache),
+        cache=cache,
         device=device,
         datasets=datasets or None,
         progress=not quiet,
@@ -361,7 +365,9 @@ def run(
 def _check_save_best(target: Path) -> None:
     """Before the run: --save-best must be writable at the end, not fail after the work."""
     from mergekit_ir.merging.engine import OUTPUT_MARKER
+    from mergekit_ir.storage.output_folder import check_path_names, check_writable
 
+    check_path_names(target, "--save-best")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"--save-best {target}: is a file; give a folder for Θ'")
     ours = [target / OUTPUT_MARKER, *target.glob(f"*/{OUTPUT_MARKER}")] if target.is_dir() else []
@@ -370,6 +376,7 @@ def _check_save_best(target: Path) -> None:
             f"--save-best {target}: exists and is not an earlier merge output; "
             "choose an empty or new folder"
         )
+    check_writable(target, "--save-best")
 
 
 def _save_best(run_dir: Path, target: Path, quiet: bool) -> None:
@@ -508,6 +515,9 @@ def merge(
     from mergekit_ir.scoring.scorer import resolve_device
 
     resolve_device(device)  # a bad --device fails before anything is read
+    from mergekit_ir.merging.safetensors_writer import parse_size
+
+    shard_bytes = parse_size(out_shard_size)  # and a bad --out-shard-size
     triplet = triplet or triplet_opt
     if from_run is not None:
         if ir_ref or pre_ref or domain_refs or registry_path:
@@ -522,7 +532,7 @@ def merge(
             f"(tuned on {', '.join(selection.datasets)} by {from_run})"
         )
         prepared = prepare_selection(selection, allow_nonfinite)
-        _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet)
+        _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet)
         return
     if dataset is not None:
         raise ConfigError("--dataset goes with --from-run")
@@ -570,12 +580,11 @@ def merge(
             allow_nonfinite=allow_nonfinite,
             provenance=made_of(str(ir_ref), pre_ref, list(domain_refs)),
         )
-    _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet)
+    _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet)
 
 
-def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, quiet) -> None:
+def _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet) -> None:
     from mergekit_ir.api.merge import write_merge
-    from mergekit_ir.merging.safetensors_writer import parse_size
 
     if plan:
         click.echo(prepared.plan.table(prepared.job.params))
@@ -585,7 +594,7 @@ def _finish_merge(prepared, plan, out_dir, out_shard_size, overwrite, device, qu
     report = write_merge(
         prepared,
         out_dir,
-        shard_size=parse_size(out_shard_size),
+        shard_size=shard_bytes,
         overwrite=overwrite,
         device=device,
         progress=not quiet,
@@ -747,7 +756,7 @@ def _quant_options(f: Any) -> Any:
         [
             click.option(
                 "--group-size",
-                type=click.IntRange(1),
+                type=Number(Param("group_size", int, 128, min=1, max=2**16)),
                 default=128,
                 show_default=True,
                 help="Values per quantization group along each tensor's last dimension.",
@@ -854,9 +863,11 @@ def task_vector(
             "mergeir task-vector needs --pretrained, --domain and --out "
             "(or --info DIR, or the quantize subcommand)"
         )
+    from mergekit_ir.experiments.registry import check_name
     from mergekit_ir.merging.checkpoint import open_checkpoint
     from mergekit_ir.merging.task_vector import TaskVector
     from mergekit_ir.references.checkpoints import DomainRef
+    from mergekit_ir.storage.output_folder import OutputKind, check_output
 
     pre = open_checkpoint(pre_ref, cache_root=resolve_cache_root(None))
     taken: set[str] = set()
@@ -865,11 +876,23 @@ def task_vector(
         name, sep, ref = text.partition("=")
         if not sep:
             name, ref = _domain_name(text, taken), text
-        else:
+        else:  # the name becomes a folder under --out: never a path
+            check_name(name, f"--domain {short_repr(text)}")
+            if name == "base":
+                raise ConfigError(f"--domain {short_repr(text)}: 'base' is the RTVQ base's folder")
             taken.add(name)
-        d = DomainRef.parse(ref)
-        tv = TaskVector.from_reference(d.kind, d.ref, pre)
-        named.append((name, ref, tv))
+        named.append((name, ref, DomainRef.parse(ref)))
+    kind = OutputKind(
+        what="τ",
+        marker="base/task_vector.json" if residual else "task_vector.json",
+        earlier="saved task vector" if not residual else "RTVQ folder",
+        error=CheckpointError,
+    )
+    inputs = [("--pretrained", pre.folder)] + [
+        (f"--domain {name}", Path(d.ref)) for name, _, d in named if Path(d.ref).exists()
+    ]
+    check_output(out_dir, kind, inputs=inputs, overwrite=overwrite)
+    named = [(n, ref, TaskVector.from_reference(d.kind, d.ref, pre)) for n, ref, d in named]
     if residual:
         spec = _spec(bits, group_size, keep_full, keep_full_below, default=2)
         from mergekit_ir.merging.residual import save_residual
@@ -992,7 +1015,16 @@ def rerank_cmd(
     from mergekit_ir.evaluation.trec_runs import write_trec
     from mergekit_ir.experiments.rerank_model import rerank_model
     from mergekit_ir.experiments.runner import RunOptions
+    from mergekit_ir.storage import atomic
+    from mergekit_ir.storage.output_folder import OutputKind, check_output
 
+    rerank_output = OutputKind(
+        what="the TREC runs", marker="rerank.json", earlier="`mergeir rerank`", overwrite_flag=None
+    )
+    if out_dir:  # checked before any scoring: a refusal after it would throw the work away
+        model_path = Path(model)
+        inputs = [("MODEL", model_path)] if model_path.exists() else []
+        check_output(out_dir, rerank_output, inputs=inputs)
     reg = _registry(registry_path)
     opts = RunOptions(
         out_dir=Path(out_dir or "."),
@@ -1019,10 +1051,17 @@ def rerank_cmd(
         click.echo("|:---|" + "---:|" * len(metrics))
         for row, means in r.means.items():
             click.echo(f"| {row} | " + " | ".join(f"{means[m]:.4f}" for m in metrics) + " |")
-        if out_dir:
-            for row, run in r.runs.items():
-                write_trec(Path(out_dir) / r.dataset / f"{row.replace(' ', '_')}.trec", run, row)
-    if out_dir:
+    if out_dir:  # all files or none, replacing only an earlier rerank output
+        with atomic.directory(out_dir, overwrite=True) as tmp:
+            for r in results:
+                for row, run in r.runs.items():
+                    write_trec(tmp / r.dataset / f"{row.replace(' ', '_')}.trec", run, row)
+            summary = {
+                "model": model,
+                "scorer": scorer,
+                "means": {r.dataset: r.means for r in results},
+            }
+            (tmp / rerank_output.marker).write_text(json.dumps(summary, indent=1, sort_keys=True))
         click.echo(f"\nTREC runs in {out_dir}/")
 
 
@@ -1186,9 +1225,17 @@ def reported_cmd(experiment: str, registry_path: str | None) -> None:
 def report(run_dir: str) -> None:
     """Re-render the reports of a finished run from its results.json (no recomputation)."""
     from mergekit_ir.reports.render import write_reports
-    from mergekit_ir.results import read_results_json
+    from mergekit_ir.results import load_results
 
-    for p in write_reports(read_results_json(run_dir), Path(run_dir)):
+    results = load_results(run_dir)
+    try:
+        written = write_reports(results, Path(run_dir))
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # odd values in the file
+        raise ConfigError(
+            f"{Path(run_dir) / 'results.json'}: cannot be rendered ({type(exc).__name__}: "
+            f"{exc}); rerun the experiment"
+        ) from None
+    for p in written:
         click.echo(f"wrote {p}")
 
 

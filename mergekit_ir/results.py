@@ -551,6 +551,32 @@ def as_results(results: Results | Mapping[str, Any]) -> Results:
     return results if isinstance(results, Results) else Results.from_json(results)
 
 
+def json_kind(value: Any) -> str:
+    """How JSON calls a parsed value's type (for messages about a user's file)."""
+    kinds = {type(None): "null", bool: "a boolean", list: "a list", str: "a string"}
+    return kinds.get(type(value), "a number" if isinstance(value, int | float) else "an object")
+
+
+def load_results(run_dir: str | Path) -> Results:
+    """A finished run's :class:`Results`; a results.json of the wrong shape (a list, null,
+    fields of the wrong type) is one line naming the file, never a traceback."""
+    from mergekit_ir.errors import ConfigError
+
+    raw = read_results_json(run_dir)
+    path = Path(run_dir) / "results.json"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{path}: holds {json_kind(raw)}, not a run's results (a JSON object); "
+            "rerun the experiment"
+        )
+    try:
+        return Results.from_json(raw)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise ConfigError(
+            f"{path}: not a run's results ({type(exc).__name__}: {exc}); rerun the experiment"
+        ) from None
+
+
 def read_results_json(run_dir: str | Path) -> Any:
     """The parsed ``results.json`` of a finished run; a missing or broken file is one line."""
     import json

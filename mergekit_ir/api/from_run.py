@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from mergekit_ir.errors import ConfigError, short_repr
-from mergekit_ir.results import MERGED_BEST, Results, read_results_json
+from mergekit_ir.results import MERGED_BEST, Results, load_results, read_results_json
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class RunSelection:
     datasets: tuple[str, ...]  # the datasets this α was tuned for
     method: str
     params: dict[str, Any] = field(default_factory=dict)  # fixed parameters and the tuned α
+    #: what the run recorded of each input: "triplet.role" -> {"fingerprint": …, …}
+    checkpoints: dict[str, Any] = field(default_factory=dict)
 
     @property
     def alpha(self) -> Any:
@@ -51,7 +53,7 @@ def read_results(run_dir: Path) -> Results:
         raise ConfigError(
             f"{run_dir / 'results.json'}: not a run's results (no manifest); rerun the experiment"
         )
-    return Results.from_json(raw)
+    return load_results(run_dir)
 
 
 def selections(
@@ -63,7 +65,7 @@ def selections(
     results = read_results(run_dir)
     manifest = results.manifest or {}
     exp = manifest.get("experiment") or {}
-    cache = (manifest.get("cache") or {}).get("dir")
+    cache = _recorded_cache((manifest.get("cache") or {}).get("dir"))
     sections = results.sections
     if triplet is not None:
         sections = [s for s in sections if s.triplet == triplet]
@@ -93,16 +95,53 @@ def selections(
                     run_dir=run_dir,
                     experiment=str(results.experiment),
                     registry=Path(str(manifest.get("registry", ""))),
-                    cache_dir=Path(cache) if cache else None,
+                    cache_dir=cache,
                     triplet=s.triplet,
                     datasets=tuple(names),
                     method=str(exp.get("method", "task_arithmetic")),
                     params={**dict(exp.get("merge_params") or {}), "alpha": json.loads(alpha_json)},
+                    checkpoints={
+                        k: v
+                        for k, v in dict(manifest.get("checkpoints") or {}).items()
+                        if k.startswith(f"{s.triplet}.") and isinstance(v, dict)
+                    },
                 )
             )
     if not out:
         raise ConfigError(f"--from-run {run_dir}: the run has no tuned Θ' row to write")
     return out
+
+
+def _recorded_cache(recorded: Any) -> Path | None:
+    """The run's cache folder, only where it still is one (holds ``runs/``): a results.json
+    is a user's file, and a path in it must never make us create folders elsewhere."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    path = Path(recorded)
+    return path if (path / "runs").is_dir() else None
+
+
+def check_unchanged(selection: RunSelection, registry: Any, cache_root: Path) -> None:
+    """The checkpoints the registry names now are the ones the run scored (same content
+    fingerprints as its manifest); otherwise the written Θ' would be one the run never saw."""
+    from mergekit_ir.experiments.sources import resolve_ref
+    from mergekit_ir.merging.checkpoint import open_checkpoint
+
+    t = registry.triplet(selection.triplet)
+    roles = [("ir", t.ir), ("pretrained", t.pretrained)]
+    roles += [(f"domain{i + 1}", d) for i, d in enumerate(t.domains)]
+    for role, ref in roles:
+        recorded = selection.checkpoints.get(f"{selection.triplet}.{role}", {})
+        if ref is None or not recorded.get("fingerprint") or ref.kind != "checkpoint":
+            continue
+        folder = resolve_ref(ref, registry.base_dir, cache_root)
+        now = open_checkpoint(str(folder)).fingerprint(cache_root / "fingerprints")
+        if now != recorded["fingerprint"]:
+            raise ConfigError(
+                f"--from-run {selection.run_dir}: triplets.{selection.triplet}.{role} "
+                f"({ref.describe()}) is not the checkpoint the run scored (its content changed "
+                "since); rerun the experiment, or merge it with `mergeir merge TRIPLET --alpha …`"
+            )
 
 
 def one_selection(
@@ -133,8 +172,12 @@ def prepare_selection(selection: RunSelection, allow_nonfinite: bool = False):
             f"--from-run {selection.run_dir}: the run's registry {selection.registry} is gone; "
             "restore it or merge with `mergeir merge TRIPLET --alpha …`"
         )
+    from mergekit_ir.storage.cache import resolve_cache_root
+
+    registry = load_registry(selection.registry)
+    check_unchanged(selection, registry, resolve_cache_root(selection.cache_dir))
     return prepare_triplet_merge(
-        load_registry(selection.registry),
+        registry,
         selection.triplet,
         method=selection.method,
         params=selection.params,

@@ -765,7 +765,7 @@ class ExperimentRun:
         from mergekit_ir.experiments.dry_run import count_passes
         from mergekit_ir.reports.reported import compare as compare_reported
 
-        check_output_folder(self.opts.out_dir, local_inputs(self.reg, self.exp))
+        check_output_folder(self.opts.out_dir, run_inputs(self.reg, self.exp, self.opts.cache.root))
         wall_start = time.perf_counter()
         self.prepare_splits()
         self.opts.passes.total = sum(  # an upper bound: cache hits and reuse make it smaller
@@ -817,6 +817,12 @@ RUN_OUTPUT = OutputKind(
     overwrite_flag=None,
     error=ConfigError,
 )
+
+
+def run_inputs(reg: Registry, exp: Experiment, cache_root: Path) -> list[tuple[str, Path]]:
+    """What a run reads and ``--out`` must stay away from: its local checkpoint and BEIR
+    folders, and the cache (replacing an output that holds it would delete the cache)."""
+    return [*local_inputs(reg, exp), ("--cache-dir", cache_root)]
 
 
 def check_output_folder(out: Path, inputs: Sequence[tuple[str, Path]] = ()) -> None:

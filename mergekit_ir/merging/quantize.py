@@ -143,6 +143,8 @@ def quantize(t: torch.Tensor, bits: int, group_size: int = 128) -> QuantizedTens
         return QuantizedTensor(
             torch.empty(0, dtype=torch.uint8), empty, empty, shape, bits, group_size
         )
+    if not torch.isfinite(x).all():
+        raise ValueError("NaN/Inf values cannot be quantized")
     g = _groups(x, group_size)
     lo, hi = g.amin(dim=2), g.amax(dim=2)
     z16 = lo.half()

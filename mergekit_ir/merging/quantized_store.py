@@ -47,6 +47,11 @@ FILE = "task_vector.safetensors"
 SIDE = "task_vector.json"
 
 
+#: Larger groups than any tensor's last dimension buy nothing (a group never spans rows) and
+#: a huge value would make the packing buffers huge: 2^16 is past every model's width.
+MAX_GROUP_SIZE = 2**16
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How to quantize: bits, group size, and which tensors stay fp16."""
@@ -59,8 +64,11 @@ class QuantSpec:
     def __post_init__(self) -> None:
         if self.bits not in BITS:
             raise CheckpointError(f"--bits {self.bits}: choose one of {', '.join(map(str, BITS))}")
-        if self.group_size < 1:
-            raise CheckpointError(f"--group-size {self.group_size}: must be at least 1")
+        if not 1 <= self.group_size <= MAX_GROUP_SIZE:
+            raise CheckpointError(
+                f"--group-size {self.group_size}: must be in [1, {MAX_GROUP_SIZE}] "
+                "(a group is a run of values along a tensor's last dimension)"
+            )
         if self.keep_full:
             try:
                 re.compile(self.keep_full)
@@ -160,6 +168,12 @@ def save_quantized(
                         )
                     if full[k]:
                         stored = t.half()
+                        if not all_finite(stored) and all_finite(t):
+                            raise CheckpointError(
+                                f"tensor {k}: τ has values beyond the fp16 range (|x| > 65504), "
+                                "which a saved τ keeps in fp16; check the checkpoints (nothing "
+                                "written)"
+                            )
                         w.write(k, stored)
                         approx = stored.float()
                     else:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mergekit_ir.errors import CheckpointError
+from mergekit_ir.errors import CheckpointError, short_repr
 from mergekit_ir.merging.checkpoint import DTYPE_CODES
 
 
@@ -325,10 +325,8 @@ class _Flusher:
             raise self.error
 
 
-def parse_size(text: str | int) -> int:
-    """``5GB``, ``500MB``, ``1.5GiB`` or a byte count."""
-    if isinstance(text, int):
-        return text
+def parse_size(text: str | int, flag: str = "--out-shard-size") -> int:
+    """``5GB``, ``500MB``, ``1.5GiB`` or a byte count: a finite, positive whole number of bytes."""
     units = {
         "b": 1,
         "kb": 10**3,
@@ -338,16 +336,20 @@ def parse_size(text: str | int) -> int:
         "mib": 2**20,
         "gib": 2**30,
     }
-    t = text.strip().lower().replace(" ", "")
+    t = str(text).strip().lower().replace(" ", "")
+    number, scale = t, 1
     for unit in sorted(units, key=len, reverse=True):
         if t.endswith(unit):
-            try:
-                return int(float(t[: -len(unit)]) * units[unit])
-            except ValueError:
-                break
+            number, scale = t[: -len(unit)], units[unit]
+            break
     try:
-        return int(t)
+        value = float(number) * scale
     except ValueError:
         raise CheckpointError(
-            f"shard size {text!r}: write e.g. 5GB, 500MB or a byte count"
+            f"{flag} {short_repr(text)}: write e.g. 5GB, 500MB or a byte count"
         ) from None
+    if not math.isfinite(value) or value < 1:
+        raise CheckpointError(
+            f"{flag} {short_repr(text)}: give a positive, finite size such as 5GB"
+        )
+    return int(value)

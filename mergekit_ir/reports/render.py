@@ -603,29 +603,33 @@ def write_reports(results: ResultsLike, out_dir: str | Path) -> list[Path]:
     """
     results = as_results(results)
     out = Path(out_dir)
-    written = [
-        atomic.write_text(out / "results.md", render_markdown(results)),
-        atomic.write_text(out / "results.tex", render_latex(results)),
-        atomic.write_text(out / "results.csv", render_csv(results)),
-        atomic.write_text(out / "alpha.md", render_alpha_table(results)),
-    ]
+    # every text is rendered before the first file is written: a rendering error leaves the
+    # reports as they were, never half old and half new
+    texts = {
+        "results.md": render_markdown(results),
+        "results.tex": render_latex(results),
+        "results.csv": render_csv(results),
+        "alpha.md": render_alpha_table(results),
+    }
+    optional = {
+        "alpha.tex": render_alpha_latex(results),
+        "selection.md": render_selection(results),
+        "selection.png": selection_png(results, _PNG_DPI),
+    }
+    reported = render_reported(results)
+    written = [atomic.write_text(out / name, text) for name, text in texts.items()]
     png = plot_alpha(results, out / "alpha.png")
     if png is not None:
         written.append(png)
     else:
         (out / "alpha.png").unlink(missing_ok=True)
-    for name, content in (
-        ("alpha.tex", render_alpha_latex(results)),
-        ("selection.md", render_selection(results)),
-        ("selection.png", selection_png(results, _PNG_DPI)),
-    ):
+    for name, content in optional.items():
         if content is None:
             (out / name).unlink(missing_ok=True)
         elif isinstance(content, bytes):
             written.append(atomic.write_bytes(out / name, content))
         else:
             written.append(atomic.write_text(out / name, content))
-    reported = render_reported(results)
     if reported is not None:
         written.append(atomic.write_text(out / "reported.md", reported))
     else:

@@ -80,7 +80,7 @@ def check_path_names(path: Path, flag: str = "--out") -> None:
 
 def nearest_existing(path: Path) -> Path:
     p = Path(os.path.abspath(path))
-    while not p.exists() and p != p.parent:
+    while not os.path.exists(p) and p != p.parent:  # no OSError for a name too long
         p = p.parent
     return p
 
