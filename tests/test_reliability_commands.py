@@ -326,3 +326,118 @@ def test_merge_options_catalogue(tmp_path_factory, alpha, shard):
         one_line_error(res, r"^error: ")
         assert not out.exists()
     assert sorted(os.listdir(work)) in ([], ["m"])
+
+
+def test_two_writers_of_one_cache_entry_do_not_collide(tmp_path):
+    """Two runs sharing a cold cache: the second index to finish finds the first one's folder
+    in place (the OSError 39 of the review) and keeps it."""
+    from mergekit_ir.storage import atomic
+
+    entry = tmp_path / "bm25s-abc"
+    with atomic.directory(entry, content_addressed=True) as tmp:
+        (tmp / "doc_ids.json").write_text("ours")
+        entry.mkdir()  # the other process renamed its folder into place meanwhile
+        (entry / "doc_ids.json").write_text("theirs")
+    assert (entry / "doc_ids.json").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["bm25s-abc"]  # no temporaries left
+
+
+def test_saved_files_follow_the_umask_even_when_a_library_writes_them_private(tmp_path):
+    from mergekit_ir.storage import atomic
+
+    with atomic.directory(tmp_path / "out") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"x")
+        os.chmod(tmp / "model.safetensors", 0o600)
+    mode = (tmp_path / "out" / "model.safetensors").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def test_a_cached_ranking_must_rank_the_candidates():
+    from mergekit_ir.experiments.runner import ranks_candidates
+
+    candidates = {"q1": {"d1": 2.0, "d2": 1.0}, "q2": {}}
+    assert ranks_candidates({"q1": {"d1": 0.3, "d2": 0.1}}, candidates)
+    assert not ranks_candidates({}, candidates)  # an entry replaced by {}
+    assert not ranks_candidates({"q1": {"d1": 0.3}}, candidates)  # truncated
+
+
+@pytest.mark.slow
+def test_strict_refuses_on_a_warm_cache_and_emptied_entries_are_recomputed(tmp_path, tiny_triplet):
+    from test_reliability_runs import CROSS_ENCODER_REGISTRY, run
+
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(
+        CROSS_ENCODER_REGISTRY.replace("{pretrained}", str(tiny_triplet["pretrained"]))
+        .replace("{domain}", str(tiny_triplet["domain"]))
+        .replace("{ir}", str(tiny_triplet["ir"]))
+    )
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert run(out, cache, "cross", registry=str(reg)).exit_code == 0
+    first = json.loads((out / "results.json").read_text())["sections"]
+    res = run(tmp_path / "strict", cache, "cross", "--strict", registry=str(reg))
+    assert res.exit_code == 2 and "under --strict" in res.output, res.output
+    assert not (tmp_path / "strict").exists()
+    for entry in (cache / "runs" / "model").glob("*.json"):
+        entry.write_text("{}")  # the review's "cache entries replaced by {}"
+    assert run(out, cache, "cross", registry=str(reg)).exit_code == 0
+    again = json.loads((out / "results.json").read_text())["sections"]
+    assert [r["cells"] for r in again[0]["rows"]] == [r["cells"] for r in first[0]["rows"]]
+
+
+def test_a_link_inside_theta_t_to_outside_is_not_copied(tiny_triplet, tmp_path):
+    import shutil
+
+    ir = tmp_path / "ir"
+    shutil.copytree(tiny_triplet["ir"], ir)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not ship")
+    (ir / "notes.txt").symlink_to(secret)
+    res = invoke(
+        "merge", "--ir", ir, "--pretrained", tiny_triplet["pretrained"],
+        "--domain", tiny_triplet["domain"], "--out", tmp_path / "m", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "m" / "notes.txt").exists()
+    assert (tmp_path / "m" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("bad", ["null", '""', '"  "', "true", "[1]"])
+def test_doc_ids_must_be_non_empty(tmp_path, bad):
+    from mergekit_ir.errors import DatasetError
+    from mergekit_ir.evaluation.datasets import load_beir_folder
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text(f'{{"_id": {bad}, "text": "x"}}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td\t1\n")
+    with pytest.raises(DatasetError, match=r"corpus\.jsonl:1: '_id' is .*; give a non-empty"):
+        load_beir_folder(tmp_path, "test")
+
+
+def test_a_nan_mean_is_never_bold():
+    from mergekit_ir.reports.render import _best_of
+
+    assert _best_of([0.5, float("nan"), float("inf"), 0.7]) == "0.700"
+    assert _best_of([float("nan")]) is None
+
+
+def test_a_saved_tau_of_another_base_is_refused(tiny_triplet, tmp_path):
+    t = tiny_triplet
+    made = invoke(
+        "task-vector", "--pretrained", t["pretrained"], "--domain", t["domain"], "--bits", "4",
+        "--out", tmp_path / "tau",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    ok = invoke(
+        "merge", "--ir", t["ir"], "--pretrained", t["pretrained"],
+        "--domain", f"task_vector:{tmp_path / 'tau'}", "--out", tmp_path / "m1", "-q",
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    res = invoke(
+        "merge", "--ir", t["ir"], "--pretrained", t["domain"],  # another Θ0
+        "--domain", f"task_vector:{tmp_path / 'tau'}", "--out", tmp_path / "m2", "-q",
+    )  # fmt: skip
+    one_line_error(res, r"this τ was taken against another Θ0")
+    assert not (tmp_path / "m2").exists()

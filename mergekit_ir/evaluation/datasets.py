@@ -117,6 +117,14 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             ) from None
         if not isinstance(rec, dict) or "_id" not in rec:
             raise DatasetError(f"{path}:{lineno}: record has no '_id' field")
+        if (
+            not isinstance(rec["_id"], str | int)
+            or isinstance(rec["_id"], bool)
+            or not str(rec["_id"]).strip()
+        ):
+            raise DatasetError(
+                f"{path}:{lineno}: '_id' is {short_repr(rec['_id'])}; give a non-empty string"
+            )
         rid = str(rec["_id"])
         if rid in first_line:  # last-wins would silently change the collection
             raise DatasetError(

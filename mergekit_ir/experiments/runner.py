@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mergekit_ir.errors import ConfigError
+from mergekit_ir.errors import CheckpointError, ConfigError
 from mergekit_ir.evaluation.datasets import Dataset
 from mergekit_ir.evaluation.first_stage import FirstStageKind
 from mergekit_ir.evaluation.trec_runs import write_trec
@@ -71,7 +71,13 @@ from mergekit_ir.results import (
     alpha_label,
     row_label,
 )
-from mergekit_ir.scoring.scorer import Scorer, ScoringSettings, resolve_device, resolve_dtype
+from mergekit_ir.scoring.scorer import (
+    STRICT_NOTE,
+    Scorer,
+    ScoringSettings,
+    resolve_device,
+    resolve_dtype,
+)
 from mergekit_ir.storage import atomic
 from mergekit_ir.storage.cache import Cache, cache_key
 from mergekit_ir.storage.fingerprint import folder_fingerprint
@@ -199,6 +205,13 @@ def settings_identity(settings: ScoringSettings) -> dict[str, Any]:
         "dtype": str(settings.torch_dtype).removeprefix("torch."),
         "batch_size": settings.batch_size,
     }
+
+
+def ranks_candidates(ranking: Ranking, candidates: Ranking) -> bool:
+    """A model's ranking scores exactly the first stage's candidates (what a cached entry of it
+    must hold: ``{}`` or a truncated copy would otherwise pass for a result)."""
+    wanted = {q: docs for q, docs in candidates.items() if docs}
+    return set(ranking) == set(wanted) and all(set(ranking[q]) == set(d) for q, d in wanted.items())
 
 
 def _is_zero(alpha: Any) -> bool:
@@ -330,9 +343,15 @@ class TripletRunner:
         if key in self._memo:
             return self._memo[key]
         label = f"{self.triplet.name}/{variant}/{split.dataset.name}:{split.role}"
-        run = self.opts.cache.load_run("model", key, label)
+        run = self.opts.cache.load_run(
+            "model", key, label, expected=lambda r: ranks_candidates(r, split.first_stage)
+        )
         if run is not None:
             for note in self.opts.cache.load_notes(key):  # what the cold run warned about
+                if self.opts.strict and note.endswith(STRICT_NOTE):  # as a cold run would
+                    raise CheckpointError(
+                        f"{note.removesuffix(STRICT_NOTE).rstrip()}; refusing under --strict"
+                    )
                 if note not in self.notes:
                     log.warning("%s", note)
                 self.notes.setdefault(note)
@@ -490,7 +509,12 @@ class ExperimentRun:
         params = dict(exp.first_stage_params)
         fs_key = self.first_stage_key(ds)
         if run is None:
-            run = opts.cache.load_run("first_stage", fs_key, f"{exp.first_stage}/{ds.name}:{role}")
+            run = opts.cache.load_run(
+                "first_stage",
+                fs_key,
+                f"{exp.first_stage}/{ds.name}:{role}",
+                expected=lambda r: set(r) == set(ds.queries),
+            )
         if run is None:
             with self.timer("first stage"):
                 ikey = cache_key(exp.first_stage, params, ds.language, ds.fingerprint())

@@ -411,10 +411,21 @@ class MergeReport:
     shards: int
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies inside ``folder``: a link in a checkpoint to
+    /etc/hostname or a home folder is not part of the model and is never copied out."""
+    target, root = path.resolve(), folder.resolve()
+    return target == root or root in target.parents
+
+
 def copy_side_files(src: Path, dst: Path) -> None:
-    """Config, tokenizer and sentence-transformers files of ΘT: everything but weights and card."""
+    """Config, tokenizer and sentence-transformers files of ΘT: everything but weights and card
+    (and links that lead outside ΘT's folder, skipped with a warning)."""
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
+        if path.is_symlink() and not inside(path, src):
+            log.warning("%s: a link to %s, outside ΘT's folder; not copied", path, path.resolve())
+            continue
         top_level = (
             len(rel.parts) == 1
         )  # weights of sub-modules (e.g. sentence-transformers Dense) are kept

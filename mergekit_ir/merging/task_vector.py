@@ -257,7 +257,10 @@ class TaskVector:
         if kind == "lora":
             return cls.from_lora(folder)
         if kind == "task_vector":
-            return cls.load(folder)
+            tv = cls.load(folder)
+            if pretrained is not None:
+                tv.check_base(pretrained, folder)
+            return tv
         if kind != "checkpoint":
             raise ValueError(f"unknown domain reference kind {kind!r}")
         if pretrained is None:
@@ -283,6 +286,20 @@ class TaskVector:
             if quantized_store.is_quantized(sf):
                 return cls(quantized_store.quantized_terms(path, sf))
         return cls([(1.0, StoredTerm(path))])
+
+    def check_base(self, pretrained: TensorSource, where: str | Path) -> None:
+        """A saved τ records the fingerprint of the Θ0 it was taken against: merging it into a
+        triplet with another Θ0 would add a difference that belongs to another model."""
+        from mergekit_ir.merging.quantized_store import source_fingerprints
+
+        recorded = source_fingerprints(self)["fingerprint_pretrained"].split(",")
+        known = [fp for fp in recorded if fp and fp != "?"]
+        if known and any(fp != pretrained.fingerprint() for fp in known):
+            raise CheckpointError(
+                f"{where}: this τ was taken against another Θ0 than {pretrained.ref} (its "
+                "recorded fingerprint differs); rebuild it with `mergeir task-vector "
+                "--pretrained` of this triplet's Θ0"
+            )
 
     # -- algebra -----------------------------------------------------------------------------
     def __add__(self, other: TaskVector) -> TaskVector:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mergekit_ir.errors import MergeIRError
+from mergekit_ir.errors import CheckpointError, MergeIRError
 from mergekit_ir.params import Param
 from mergekit_ir.ranking import Ranking
 
@@ -28,6 +28,9 @@ _LOGGED_WARNINGS: set[str] = set()
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: The scoring dtypes a run, the registry's ``scoring.dtype`` and ``--dtype`` accept.
+#: Ends every warning that ``--strict`` turns into a refusal (see ``Scorer.refuse_if_strict``).
+STRICT_NOTE = "(--strict refuses it)"
+
 DTYPES: tuple[str, ...] = ("auto", *_DTYPES)
 
 
@@ -192,6 +195,14 @@ class Scorer(ABC):
             yield
         finally:
             self.pass_label = before
+
+    def refuse_if_strict(self, message: str, fix: str) -> None:
+        """A problem ``--strict`` refuses and a normal run reports (a random head): raise, or
+        record it marked with :data:`STRICT_NOTE`, so that a warm run, which reads the note
+        from the cache instead of loading the model, refuses it under ``--strict`` too."""
+        if self.settings.strict:
+            raise CheckpointError(f"{message}; refusing under --strict ({fix})")
+        self.warn(f"{message}; {fix} {STRICT_NOTE}")
 
     def warn(self, message: str) -> None:
         """Record a warning for the report notes; log it once per process (INFO on repeats)."""

@@ -127,10 +127,16 @@ def is_cwd_or_above(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def directory(
+    path: str | Path, overwrite: bool = False, content_addressed: bool = False
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it becomes ``path``.
 
     With ``overwrite`` an existing ``path`` is replaced only once the new one is complete.
+    With ``content_addressed`` (``path`` is named by a digest of what it holds, as cache
+    entries are) a folder another process put at ``path`` first is as good as ours: it is
+    kept and ours is dropped, so two runs filling one cold cache never collide (with
+    ``overwrite`` too, an existing folder is replaced, but one landing during our rename wins).
     """
     path = Path(path)
     if is_cwd_or_above(path) or not path.resolve().name:
@@ -147,18 +153,44 @@ def directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        _shareable(tmp)
+        if content_addressed and not overwrite and path.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if path.exists():
             if not overwrite:
                 raise FileExistsError(path)
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
-            os.replace(tmp, path)
+            _rename_into_place(tmp, path, content_addressed)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
+            _rename_into_place(tmp, path, content_addressed)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _rename_into_place(tmp: Path, path: Path, content_addressed: bool) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        # another writer's folder landed between our check and the rename: for a
+        # content-addressed entry it holds what ours holds, so it stays
+        if not (content_addressed and exc.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _shareable(folder: Path) -> None:
+    """Files a library wrote private (0600, as some writers' temporaries are) get the
+    permissions the umask allows, like every other file of the output."""
+    mode = 0o666 & ~_umask()
+    for p in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            st = p.lstat()
+            if p.is_file() and not p.is_symlink() and st.st_mode & 0o077 == 0 and mode & 0o077:
+                os.chmod(p, (st.st_mode & 0o100) | mode)
 
 
 def os_error_message(exc: OSError, target: Path) -> str:

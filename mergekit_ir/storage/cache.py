@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +73,27 @@ class Cache:
     def _path(self, kind: str, key: str) -> Path:
         return self.root / "runs" / kind / f"{key}.json"
 
-    def load_run(self, kind: str, key: str, label: str = "") -> Ranking | None:
+    def load_run(
+        self,
+        kind: str,
+        key: str,
+        label: str = "",
+        expected: Callable[[Ranking], bool] | None = None,
+    ) -> Ranking | None:
+        """The cached ranking under ``key``, or None. ``expected`` checks the entry against
+        what the caller knows it must hold (its queries and candidates): an entry that reads
+        but does not fit (``{}`` written over it, a truncated copy) is recomputed, with a
+        warning, never taken for a result."""
         path = self._path(kind, key)
         if self.enabled and path.exists():
             try:
                 run = json.loads(path.read_text())
                 if not is_run(run):
                     raise ValueError("not a run")
+                if expected is not None and not expected(run):
+                    raise ValueError("not the queries and candidates it must rank")
             except (OSError, ValueError):  # unreadable, not JSON, a folder, the wrong shape
-                log.warning("cache entry %s is unreadable; recomputing", path)
+                log.warning("cache entry %s is unreadable or incomplete; recomputing", path)
                 discard(path)
             else:
                 self.events.append(("hit", kind, label or key))

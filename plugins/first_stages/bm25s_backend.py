@@ -191,7 +191,7 @@ class BM25sIndex:
             return
         self._build(corpus)
         if self.path is not None:
-            with atomic.directory(self.path, overwrite=True) as tmp:
+            with atomic.directory(self.path, content_addressed=True) as tmp:
                 self._save(tmp)
             log.info("cached bm25s index at %s", self.path)
 

@@ -93,11 +93,7 @@ class CrossEncoder(Scorer):
             f"{path}: no trained classification head ({', '.join(missing[:3])}{more} "
             "initialised at random), so its cross-encoder scores are meaningless"
         )
-        if self.settings.strict:
-            raise CheckpointError(
-                f"{what}; refusing under --strict (use a cross-encoder checkpoint)"
-            )
-        self.warn(f"{what}; use a checkpoint fine-tuned as a cross-encoder (--strict refuses it)")
+        self.refuse_if_strict(what, "use a checkpoint fine-tuned as a cross-encoder")
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         queries = [p[0] for p in pairs]
