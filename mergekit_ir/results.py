@@ -209,6 +209,81 @@ class SignificanceSettings:
         )
 
 
+#: What the verdicts compare the merged rows with (``significance: {against: [...]}``).
+AGAINST = ("theta_t", "best_baseline")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to "did merging help?" for one merged row, reference, dataset and metric:
+    the difference of means, the paired test's p-value and what it means at the threshold."""
+
+    candidate: str  # row key: merged@best or merged@1
+    reference: str  # row key of what it is compared with (ir, bm25, …)
+    against: str  # theta_t | best_baseline (how the reference was chosen)
+    dataset: str
+    metric: str
+    candidate_mean: float
+    reference_mean: float
+    p_value: float
+    threshold: float  # max_p after the correction
+    test: str = "student"
+
+    @property
+    def delta(self) -> float:
+        return self.candidate_mean - self.reference_mean
+
+    @property
+    def outcome(self) -> str:
+        """``better``, ``worse`` or ``no significant difference`` (at :attr:`threshold`)."""
+        if self.p_value < self.threshold and self.delta != 0:
+            return "better" if self.delta > 0 else "worse"
+        return "no significant difference"
+
+    def sentence(self, candidate_label: str, reference_label: str) -> str:
+        p = f"p = {self.p_value:.3g}"
+        if self.outcome == "no significant difference":
+            return (
+                f"{candidate_label} vs {reference_label} on {self.metric}: no significant "
+                f"difference ({self.delta:+.3f}, {p}, threshold {self.threshold:.3g})"
+            )
+        return (
+            f"{candidate_label} is {self.outcome} than {reference_label} on {self.metric} by "
+            f"{abs(self.delta):.3f}, {p}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "reference": self.reference,
+            "against": self.against,
+            "dataset": self.dataset,
+            "metric": self.metric,
+            "candidate_mean": self.candidate_mean,
+            "reference_mean": self.reference_mean,
+            "delta": self.delta,
+            "p_value": self.p_value,
+            "threshold": self.threshold,
+            "test": self.test,
+            "outcome": self.outcome,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Verdict:
+        return cls(
+            candidate=str(raw["candidate"]),
+            reference=str(raw["reference"]),
+            against=str(raw.get("against", "best_baseline")),
+            dataset=str(raw["dataset"]),
+            metric=str(raw["metric"]),
+            candidate_mean=float(raw["candidate_mean"]),
+            reference_mean=float(raw["reference_mean"]),
+            p_value=float(raw["p_value"]),
+            threshold=float(raw["threshold"]),
+            test=str(raw.get("test", "student")),
+        )
+
+
 @dataclass
 class Section:
     """One triplet's block of rows."""
@@ -220,6 +295,8 @@ class Section:
     notes: list[str] = field(default_factory=list)
     #: dataset -> the exact α the Θ'(tuned α) row used (rows carry labels, which round)
     tuned_alpha: dict[str, Any] = field(default_factory=dict)
+    #: "did merging help?": each merged row against ΘT and the best baseline (see Verdict)
+    verdicts: list[Verdict] = field(default_factory=list)
 
     def row(self, key: str) -> Row | None:
         return next((r for r in self.rows if r.key == key), None)
@@ -232,6 +309,8 @@ class Section:
             out["notes"] = list(self.notes)
         if self.tuned_alpha:
             out["tuned_alpha"] = dict(self.tuned_alpha)
+        if self.verdicts:
+            out["verdicts"] = [v.to_json() for v in self.verdicts]
         return out
 
     @classmethod
@@ -242,6 +321,7 @@ class Section:
             significance=SignificanceSettings.from_json(raw.get("significance")),
             notes=[str(n) for n in raw.get("notes") or []],
             tuned_alpha={str(d): a for d, a in (raw.get("tuned_alpha") or {}).items()},
+            verdicts=[Verdict.from_json(v) for v in raw.get("verdicts") or []],
         )
 
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mergekit_ir.errors import ConfigError
-from mergekit_ir.results import Results, Section, SignificanceSettings
+from mergekit_ir.results import AGAINST, Results, Section, SignificanceSettings, Verdict
 
 TESTS = ("student", "fisher")
 CORRECTIONS = ("bonferroni", "none")
@@ -144,3 +144,68 @@ def mark_improvements(
                     cell.p_value = p
                     cell.compared_to = best_key
                     cell.significant = bool(cell.mean > best.mean and p < threshold)
+
+
+def verdicts(
+    section: Section,
+    *,
+    candidates: Sequence[str],
+    baselines: Sequence[str],
+    theta_t: str,
+    datasets: Sequence[str],
+    metrics: Sequence[str],
+    against: Sequence[str] = AGAINST,
+    max_p: float = 0.01,
+    test: str = "student",
+    correction: str = "bonferroni",
+    comparisons: int | None = None,
+) -> list[Verdict]:
+    """Each merged row against ΘT and/or the best baseline, per dataset and metric.
+
+    The family corrected for is one dataset × metric: every candidate against every
+    reference (``m`` = candidates × references, or ``comparisons`` when given). The best
+    baseline is the baseline row with the highest mean there (ΘT included; the first listed
+    wins a tie). A returned list, nothing marked on the section.
+    """
+    unknown = [a for a in against if a not in AGAINST]
+    if unknown:
+        raise ConfigError(
+            f"significance.against: {unknown[0]!r} is not one of {', '.join(AGAINST)}"
+        )
+    rows = {r.key: r for r in section.rows}
+    out: list[Verdict] = []
+    for ds in datasets:
+        for metric in metrics:
+            refs: list[tuple[str, str]] = []  # (against, row key)
+            for how in against:
+                if how == "theta_t" and theta_t in rows and rows[theta_t].cell(ds, metric):
+                    refs.append((how, theta_t))
+                elif how == "best_baseline":
+                    present = [
+                        (k, c) for k in baselines if k in rows and (c := rows[k].cell(ds, metric))
+                    ]
+                    if present:
+                        refs.append((how, max(present, key=lambda kc: kc[1].mean)[0]))
+            cands = [k for k in candidates if k in rows and rows[k].cell(ds, metric)]
+            m = (comparisons or max(len(cands) * len(refs), 1)) if correction == "bonferroni" else 1
+            threshold = bonferroni(max_p, m)
+            for key in cands:
+                cell = rows[key].cell(ds, metric)
+                for how, ref in refs:
+                    base = rows[ref].cell(ds, metric)
+                    p = p_values(base.per_query, cell.per_query, test)
+                    out.append(
+                        Verdict(
+                            candidate=key,
+                            reference=ref,
+                            against=how,
+                            dataset=ds,
+                            metric=metric,
+                            candidate_mean=cell.mean,
+                            reference_mean=base.mean,
+                            p_value=p,
+                            threshold=threshold,
+                            test=test,
+                        )
+                    )
+    return out

@@ -28,7 +28,7 @@ from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.merging.method import check_alpha_grid, check_weights
 from mergekit_ir.params import Param, check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
-from mergekit_ir.results import domain_row_keys, model_row_keys
+from mergekit_ir.results import AGAINST, domain_row_keys, model_row_keys
 from mergekit_ir.scoring.scorer import DTYPES
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -153,6 +153,8 @@ class Experiment:
     max_p: float = 0.01
     correction: str = "bonferroni"
     comparisons: int | None = None
+    #: what the verdicts compare the merged rows with (theta_t, best_baseline)
+    significance_against: tuple[str, ...] = AGAINST
     batch_size: int = 32
     dtype: str = "auto"
     seed: int = 0
@@ -579,7 +581,20 @@ def _tuning_section(tuning: dict[str, Any], catalog: Any, path: str) -> dict[str
 
 
 def _significance_section(sig: dict[str, Any], path: str) -> dict[str, Any]:
-    fields = _fields(sig, SIGNIFICANCE_FIELDS, path, also=["comparisons"])
+    fields = _fields(sig, SIGNIFICANCE_FIELDS, path, also=["comparisons", "against"])
+    against = sig.get("against", list(AGAINST))
+    if isinstance(against, str):
+        against = [against]
+    if (
+        not isinstance(against, list)
+        or not against
+        or any(a not in AGAINST for a in against)
+        or len(set(against)) != len(against)
+    ):
+        raise ConfigError(
+            f"{path}.against: {short_repr(against)}; give one or both of "
+            f"{', '.join(AGAINST)} (what the merged rows are compared with)"
+        )
     if not 0 < fields["max_p"] < 1:
         raise ConfigError(f"{path}.max_p: {short_repr(fields['max_p'])} is outside (0, 1)")
     comparisons = sig.get("comparisons")
@@ -600,6 +615,7 @@ def _significance_section(sig: dict[str, Any], path: str) -> dict[str, Any]:
         "max_p": fields["max_p"],
         "correction": fields["correction"],
         "comparisons": comparisons,
+        "significance_against": tuple(against),
     }
 
 

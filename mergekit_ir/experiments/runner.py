@@ -667,7 +667,7 @@ class ExperimentRun:
         """One triplet's table section, the fused rankings to write as TREC files
         (``triplet/dataset/row``) and the λ each row used; returned, nothing stored."""
         from mergekit_ir.evaluation.metrics import mean_scores
-        from mergekit_ir.evaluation.significance import mark_improvements
+        from mergekit_ir.evaluation.significance import mark_improvements, verdicts
 
         exp, fs = self.exp, self.first_stage
         distinct_best = {alpha_label(tuned.per_dataset[d]) for d in self.datasets}
@@ -704,6 +704,19 @@ class ExperimentRun:
             section.rows.append(row)
         with self.timer("evaluation"):
             present = [r.key for r in section.rows]
+            section.verdicts = verdicts(
+                section,
+                candidates=[MERGED_BEST, MERGED_AT_1],
+                baselines=[k for k in present if k not in CANDIDATE_KEYS],
+                theta_t=IR,
+                datasets=list(self.tests),
+                metrics=list(exp.metrics),
+                against=exp.significance_against,
+                max_p=exp.max_p,
+                test=exp.significance_test,
+                correction=exp.correction,
+                comparisons=exp.comparisons,
+            )
             mark_improvements(
                 section,
                 baselines=[k for k in present if k not in CANDIDATE_KEYS],

@@ -21,6 +21,7 @@ from typing import Any
 
 from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
 from mergekit_ir.reports.selection import render_selection, selection_notes, selection_png
+from mergekit_ir.reports.verdicts import render_verdicts_latex, render_verdicts_markdown
 from mergekit_ir.results import (
     MERGED_AT_1,
     MERGED_BEST,
@@ -142,6 +143,8 @@ def render_markdown(results: ResultsLike) -> str:
     lines = [
         f"# Results: {results.experiment}".rstrip(),
         "",
+        *render_verdicts_markdown(results),
+        *(["## All rows", ""] if any(s.verdicts for s in results.sections) else []),
         "| " + " | ".join(header) + " |",
         "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
@@ -246,6 +249,13 @@ def render_latex(results: ResultsLike) -> str:
                 shown.append(text + ("$^{*}$" if sig else ""))
             out.append(" & ".join([_tex(r.label)] + shown) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
+    verdict_table = render_verdicts_latex(results)
+    if verdict_table:
+        out += [
+            "",
+            "% Did merging help? Each merged row against ΘT and the best baseline.",
+            verdict_table,
+        ]
     return "\n".join(out) + "\n"
 
 
