@@ -872,3 +872,37 @@ def test_docs_example_runs(tmp_path, monkeypatch):
         name = next(n for n in merged if n.endswith(k))
         want = ir[name] + w * (dom[name] - pre[name])
         assert torch.allclose(merged[name], want, rtol=1.3e-6, atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_cli_mergekit_config_plans_writes_and_refuses_mixed_flags(tmp_path, monkeypatch):
+    """`mergeir merge --mergekit-config` with docs/merging.md's recipe: --plan prints the
+    mapping, --out writes Θ', and flags the recipe already answers are one line."""
+    import re
+
+    from click.testing import CliRunner
+
+    from mergekit_ir.cli import main
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "merging.md").read_text()
+    recipe = re.search(r"<!-- mergekit-recipe-example -->\n```yaml\n(.*?)```", doc, re.S)
+    path = tmp_path / "recipe.yml"
+    path.write_text(recipe.group(1))
+    env = {"MERGEIR_CACHE": str(tmp_path / "cache")}
+    planned = CliRunner().invoke(main, ["merge", "--mergekit-config", str(path), "--plan"], env=env)
+    assert planned.exit_code == 0, planned.output
+    assert "task_arithmetic" in planned.output
+    wrote = CliRunner().invoke(
+        main, ["merge", "--mergekit-config", str(path), "--out", str(tmp_path / "m"), "-q"], env=env
+    )
+    assert wrote.exit_code == 0, wrote.output
+    assert any(p.suffix == ".safetensors" for p in (tmp_path / "m").iterdir())
+    mixed = CliRunner().invoke(
+        main,
+        ["merge", "--mergekit-config", str(path), "--alpha", "0.5", "--out", str(tmp_path / "x")],
+        env=env,
+    )
+    assert mixed.exit_code == 2 and "takes models, method and parameters from the recipe" in (
+        mixed.output
+    )
+    assert not (tmp_path / "x").exists()
