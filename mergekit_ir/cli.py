@@ -284,6 +284,7 @@ def run(
             selected_datasets(reg.experiment(experiment), datasets),
             _cache(cache_dir, no_cache).root,
             out,
+            strict=strict,
         )
         click.echo(plan)
         if problems:
@@ -472,6 +473,12 @@ def _parse_params(items: tuple[str, ...], flag: str = "--param") -> dict[str, An
 )
 @click.option("--triplet", "triplet_opt", help="With --from-run: the triplet to write.")
 @click.option("--dataset", help="With --from-run: the dataset whose tuned α to use.")
+@click.option(
+    "--mergekit-config",
+    "mergekit_config",
+    type=click.Path(dir_okay=False),
+    help="A mergekit YAML recipe to run instead (same tensors as mergekit-yaml; docs/merging.md).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def merge(
     triplet: str | None,
@@ -491,6 +498,7 @@ def merge(
     from_run: str | None,
     triplet_opt: str | None,
     dataset: str | None,
+    mergekit_config: str | None,
     quiet: bool,
 ) -> None:
     """Write Θ' for one TRIPLET and α as a Hugging Face folder.
@@ -506,6 +514,7 @@ def merge(
           --domain my/bio-bert --method ties --param density=0.3 --alpha 0.7 --out merged/
       mergeir merge quickstart-tiny --plan
       mergeir merge --from-run mergeir-out/quickstart --out best/   # the α the run tuned
+      mergeir merge --mergekit-config recipe.yml --out merged/     # a mergekit recipe
     """
     from mergekit_ir.api.merge import prepare_merge
     from mergekit_ir.merging.engine import provenance as made_of
@@ -519,6 +528,20 @@ def merge(
 
     shard_bytes = parse_size(out_shard_size)  # and a bad --out-shard-size
     triplet = triplet or triplet_opt
+    if mergekit_config is not None:
+        _merge_recipe(
+            mergekit_config,
+            (triplet, ir_ref, pre_ref, domain_refs, from_run, params, registry_path),
+            method != "task_arithmetic" or alpha != "1.0",
+            plan,
+            out_dir,
+            shard_bytes,
+            overwrite,
+            device,
+            allow_nonfinite,
+            quiet,
+        )
+        return
     if from_run is not None:
         if ir_ref or pre_ref or domain_refs or registry_path:
             raise ConfigError(
@@ -581,6 +604,52 @@ def merge(
             provenance=made_of(str(ir_ref), pre_ref, list(domain_refs)),
         )
     _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet)
+
+
+def _merge_recipe(
+    recipe_path: str,
+    others: tuple[Any, ...],
+    method_given: bool,
+    plan: bool,
+    out_dir: str | None,
+    shard_bytes: int,
+    overwrite: bool,
+    device: str,
+    allow_nonfinite: bool,
+    quiet: bool,
+) -> None:
+    """``merge --mergekit-config``: the recipe says everything a merge needs."""
+    from mergekit_ir.api.recipe import (
+        describe_recipe,
+        load_recipe,
+        prepare_recipe_merge,
+        write_recipe_merge,
+    )
+
+    if any(others) or method_given:
+        raise ConfigError(
+            "--mergekit-config takes models, method and parameters from the recipe; drop "
+            "TRIPLET/--ir/--pretrained/--domain/--from-run/--method/--alpha/--param"
+        )
+    recipe = load_recipe(recipe_path)
+    prepared = prepare_recipe_merge(
+        recipe, cache_root=resolve_cache_root(None), allow_nonfinite=allow_nonfinite
+    )
+    if plan:
+        click.echo("\n".join(describe_recipe(recipe, prepared)))
+        click.echo(prepared.plan.table(prepared.job.params))
+        return
+    if not out_dir:
+        raise ConfigError("--out DIR is required (or use --plan to only print the plan)")
+    report = write_recipe_merge(
+        prepared,
+        out_dir,
+        shard_size=shard_bytes,
+        overwrite=overwrite,
+        device=device,
+        progress=not quiet,
+    )
+    click.echo(f"wrote {report.out} ({report.bytes_written / 1e6:.1f} MB) from {recipe_path}")
 
 
 def _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet) -> None:
@@ -658,7 +727,22 @@ def _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet
 @click.option(
     "--freeze-head", is_flag=True, help="Keep the LM head fixed (only the encoder moves)."
 )
-@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--checkpoint-every",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Steps between resumable checkpoints (0: by time only).",
+)
+@click.option(
+    "--checkpoint-minutes",
+    default=2.0,
+    show_default=True,
+    type=Number(
+        Param("checkpoint_minutes", float, 2.0, "minutes between checkpoints", min=0.0, max=1e6)
+    ),
+    help="Also checkpoint when this many minutes passed (0: by steps only); Ctrl-C loses at most this.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option(
     "--registry",
@@ -669,7 +753,11 @@ def _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet
 @click.option(
     "--cache-dir", type=click.Path(file_okay=False), help="Cache root (tokenised corpora)."
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an earlier `mergeir adapt` output (never a folder it did not write).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def adapt(
     base_ref: str,
@@ -687,6 +775,7 @@ def adapt(
     head_warmup: int,
     freeze_head: bool,
     checkpoint_every: int,
+    checkpoint_minutes: float,
     device: str,
     registry_path: str | None,
     cache_dir: str | None,
@@ -699,7 +788,10 @@ def adapt(
     Example:
       mergeir adapt --base ../shared/models/splade-tiny --corpus scifact --out theta-d/ --steps 400
       # then in registry.yaml:  domain: theta-d/   (or, with --lora, domain: {lora: theta-d/})
-    Rerunning the same command after an interruption resumes from the last checkpoint.
+    Rerunning the same command after an interruption resumes from the last checkpoint
+    (saved every --checkpoint-every steps and every --checkpoint-minutes); rerunning it once
+    ΘD is written says so and does nothing. The base, the corpus and the output folder are
+    checked before any work.
     """
     from mergekit_ir.adaptation.build import adapt as run_adapt
     from mergekit_ir.adaptation.training import AdaptSettings, LoraSpec
@@ -738,9 +830,16 @@ def adapt(
         corpora=corpora,
         cache_root=cache_root,
         checkpoint_every=checkpoint_every,
+        checkpoint_minutes=checkpoint_minutes,
         overwrite=overwrite,
         show_progress=not quiet,
     )
+    if info.get("already_built"):
+        click.echo(
+            f"{out_dir}: already built by this command (same base, corpus and settings; run key "
+            f"{info['run_key']}); nothing to do — delete it or change a setting to build again"
+        )
+        return
     click.echo(
         f"wrote {out_dir} ({info['objective']}, {info['steps']} steps"
         + (f" + {info['head_warmup_steps']} head warm-up" if info["head_warmup_steps"] else "")

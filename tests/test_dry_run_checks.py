@@ -99,3 +99,40 @@ def test_hub_downloads_say_when_the_size_is_unknown(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loc = _hub_download("org/never-downloaded", None)
     assert loc.downloads and "HF_HUB_OFFLINE is set: size unknown" in loc.describe()
+
+
+def test_pass_counts_include_the_selectors_and_their_test_curve():
+    """The plan counts what the run does with selectors, so `pass N/total` never overflows."""
+    reg = load_registry(REGISTRY)
+    exp = reg.experiment("quickstart-select")
+    counts = count_passes(reg, exp, "quickstart-tiny", ["quickstart-toy"], ["quickstart-toy"])
+    own = sum(1 for s in exp.alpha_selectors if s.name != "dev")
+    assert counts["selectors' α grid"] == own * len(exp.alphas)
+    assert counts["test curve (selection report)"] == len(dict.fromkeys([*exp.alphas, 0.0, 1.0]))
+
+
+def test_the_dry_run_applies_the_runs_scorer_rule(tmp_path, tiny_triplet):
+    """A cross-encoder ΘT without a classification head: MISMATCH up front (the run refuses
+    it too); Θ0/ΘD without one: a WARNING line, and MISMATCH under --strict."""
+    reg = tmp_path / "r.yaml"
+    reg.write_text(
+        "datasets:\n  toy: {beir: 'quickstart:toy', test: test}\n"
+        f"triplets:\n  t: {{scorer: {{kind: cross-encoder}}, pretrained: {tiny_triplet['pretrained']}, "
+        f"domain: {tiny_triplet['domain']}, ir: IR}}\n"
+        "experiments:\n  e: {triplets: [t], datasets: [toy]}\n"
+    )
+    text = reg.read_text()
+    reg.write_text(text.replace("IR", str(tiny_triplet["ir"])))
+    res = CliRunner().invoke(main, ["run", "e", "--registry", str(reg), "--dry-run"])
+    assert res.exit_code == 0 and "WARNING:" in res.output and "(--strict" not in res.output, (
+        res.output
+    )
+    strict = CliRunner().invoke(main, ["run", "e", "--registry", str(reg), "--dry-run", "--strict"])
+    assert (
+        strict.exit_code == 2
+        and "MISMATCH" in strict.output
+        and "refusing under --strict" in strict.output
+    )
+    reg.write_text(text.replace("IR", str(tiny_triplet["pretrained"])))  # an MLM folder as ΘT
+    res = CliRunner().invoke(main, ["run", "e", "--registry", str(reg), "--dry-run"])
+    assert res.exit_code == 2 and "ΘT must be a working scorer" in res.output, res.output

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mergekit_ir.adaptation.naming import setting_name, setting_text
+from mergekit_ir.adaptation.progress import Reporter, duration, now
 from mergekit_ir.errors import DatasetError
 from mergekit_ir.storage import atomic
 from mergekit_ir.storage.cache import cache_key
@@ -55,36 +57,70 @@ class NamedCorpora:
     base_dir: Path | None = None
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file; a binary or non-UTF-8 file is one line naming
+    the file and the line (not a UnicodeDecodeError traceback)."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the corpus ({exc.strerror or exc})") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            if b"\0" in raw:
+                raise DatasetError(
+                    f"{path}:{lineno}: a NUL byte: a binary file, not text; give a UTF-8 "
+                    ".jsonl (title/text per line) or .txt (one document per line)"
+                )
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                    f"{exc.start + 1}); convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            yield lineno, text.removeprefix("\ufeff") if lineno == 1 else text
+
+
+def _read_txt(path: Path) -> list[str]:
+    # splitlines per line: the same documents as str.splitlines() of the whole file
+    return [t.strip() for _, line in _lines(path) for t in line.splitlines()]
+
+
 def _read_jsonl(path: Path) -> list[str]:
     texts = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{lineno}: expected a JSON object with 'title'/'text'")
-            body = row.get("text") or row.get("contents") or ""
-            title = row.get("title") or ""
-            texts.append(f"{title} {body}".strip() if title else str(body))
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{lineno}: expected a JSON object with 'title'/'text'")
+        body = row.get("text") or row.get("contents") or ""
+        title = row.get("title") or ""
+        texts.append(f"{title} {body}".strip() if title else str(body))
     return texts
 
 
-def load_corpus(spec: str, corpora: NamedCorpora | None = None) -> Corpus:
-    """``spec`` is a .jsonl/.txt file, a BEIR folder, or a name in ``corpora``."""
+def corpus_path(spec: str) -> Path | None:
+    """The local file or folder ``spec`` names (an input the output must stay away from), or
+    None for a registry dataset name."""
+    path = Path(spec).expanduser()
+    return path if path.exists() else None
+
+
+def load_corpus(spec: str, corpora: NamedCorpora | None = None, where: str | None = None) -> Corpus:
+    """``spec`` is a .jsonl/.txt file, a BEIR folder, or a name in ``corpora``; ``where`` is
+    the YAML path of a registry ``adapt:`` block (errors then name its ``corpus`` key)."""
+    named = setting_text("corpus", spec, where)
     path = Path(spec).expanduser()
     if path.suffix in (".jsonl", ".txt") or path.is_file():
         if not path.is_file():
             raise DatasetError(
-                f"--corpus {spec}: file not found; give a registry dataset name or a .jsonl/.txt file"
+                f"{named}: file not found; give a registry dataset name or a .jsonl/.txt file"
             )
-        if path.suffix == ".jsonl":
-            texts = _read_jsonl(path)
-        else:
-            texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines()]
+        texts = _read_jsonl(path) if path.suffix == ".jsonl" else _read_txt(path)
         corpus = Corpus(str(path), texts, file_digest(path))
     elif path.is_dir() and (path / "corpus.jsonl").is_file():
         corpus = Corpus(
@@ -94,7 +130,7 @@ def load_corpus(spec: str, corpora: NamedCorpora | None = None) -> Corpus:
         if corpora is None or corpora.load is None or spec not in corpora.names:
             known = ", ".join(sorted(corpora.names)) if corpora is not None else ""
             raise DatasetError(
-                f"--corpus {spec}: not a file, BEIR folder or registry dataset"
+                f"{named}: not a file, BEIR folder or registry dataset"
                 + (f" (datasets: {known})" if known else "")
             )
         corpus = corpora.load(spec)
@@ -152,6 +188,21 @@ def tokenizer_fingerprint(folder: Path) -> str:
     return files_fingerprint(files, salt="tokenizer")
 
 
+def _check_known(tokens: Iterable[int], tokenizer: Any, corpus: Corpus, n_docs: int) -> None:
+    """At least one token the tokenizer knows (not unknown, not special): a corpus of texts
+    that tokenise to nothing (zero-width characters) or to ``[UNK]`` only trains on padding
+    and separators — a silent no-op model — so it is one line instead."""
+    unknown = set(tokenizer.all_special_ids)
+    if tokenizer.unk_token_id is not None:
+        unknown.add(tokenizer.unk_token_id)
+    if not any(t not in unknown for t in tokens):
+        raise DatasetError(
+            f"corpus {corpus.name}: its {n_docs:,} documents tokenise to nothing the base's "
+            "tokenizer knows (no tokens, or only unknown/special ones); training on it would "
+            "teach nothing — give text in the base's language and vocabulary"
+        )
+
+
 def packed_blocks(
     corpus: Corpus,
     tokenizer: Any,
@@ -159,8 +210,11 @@ def packed_blocks(
     objective: str,
     max_length: int,
     cache_root: Path | None,
+    where: str | None = None,
+    reporter: Reporter | None = None,
 ) -> torch.Tensor:
     """(blocks, max_length) int64 ids of the packed corpus; cached by corpus, tokenizer and layout."""
+    reporter = reporter or Reporter(False)
     raw_length = max_length - 1 if objective == "span" else max_length
     key = cache_key(
         "adapt-corpus",
@@ -172,24 +226,40 @@ def packed_blocks(
     cached = cache_root / "adapt-corpus" / f"{key}.pt" if cache_root is not None else None
     if cached is not None and cached.is_file():
         try:
-            return torch.load(cached, map_location="cpu", weights_only=True).long()
+            tensor = torch.load(cached, map_location="cpu", weights_only=True).long()
         except Exception:
             cached.unlink(missing_ok=True)
+        else:
+            _check_known(tensor.unique().tolist(), tokenizer, corpus, len(corpus.texts))
+            reporter.say(f"packed corpus from the cache: {len(tensor):,} blocks of {max_length}")
+            return tensor
+    n_docs = len(corpus.texts)
+    reporter.say(f"tokenising {n_docs:,} documents of {corpus.name}…")
+    start = now()
     ids: list[list[int]] = []
-    for start in range(0, len(corpus.texts), 1000):
-        chunk = corpus.texts[start : start + 1000]
+    for first in range(0, n_docs, 1000):
+        chunk = corpus.texts[first : first + 1000]
         ids.extend(tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"])
+        if reporter.due() and len(ids) < n_docs:
+            rate = len(ids) / max(now() - start, 1e-9)
+            reporter.say(
+                f"tokenised {len(ids):,}/{n_docs:,} documents · {rate:,.0f} documents/s · "
+                f"ETA {duration((n_docs - len(ids)) / max(rate, 1e-9))}"
+            )
+    _check_known((t for doc in ids for t in doc), tokenizer, corpus, n_docs)
     prefix, suffix, separator = layout(tokenizer, objective)
     blocks = pack_blocks(ids, raw_length, prefix, suffix, separator)
     if not blocks:
         n = sum(len(x) + len(separator) for x in ids)
         raise DatasetError(
-            f"corpus {corpus.name}: {n} tokens, fewer than one block of --max-length {max_length}; "
-            "lower --max-length or give a larger corpus"
+            f"corpus {corpus.name}: {n} tokens, fewer than one block of "
+            f"{setting_text('max_length', max_length, where)}; lower "
+            f"{setting_name('max_length', where)} or give a larger corpus"
         )
     tensor = torch.tensor(blocks, dtype=torch.int32)
     if cached is not None:
         buf = io.BytesIO()
         torch.save(tensor, buf)
         atomic.write_bytes(cached, buf.getvalue())
+    reporter.say(f"{len(blocks):,} blocks of {max_length} tokens")
     return tensor.long()

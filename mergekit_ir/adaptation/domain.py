@@ -32,16 +32,33 @@ class DomainBuild:
 
 
 def plan_domain(
-    spec: AdaptSpec, base: Path, corpora: NamedCorpora | None, cache_root: Path
+    spec: AdaptSpec,
+    base: Path,
+    corpora: NamedCorpora | None,
+    cache_root: Path,
+    where: str | None = None,
 ) -> DomainBuild:
-    """Where ΘD lives in the cache, whether it is built, and what building costs (estimate)."""
-    from mergekit_ir.adaptation.build import resolve_objective, run_key
+    """Where ΘD lives in the cache, whether it is built, and what building costs (estimate).
+
+    What the base decides is checked here, so ``mergeir run --dry-run`` and the run say it
+    before any work: the objective fits, ``max_length`` is within the base's positions. Errors
+    name the block's YAML path (``where``, by default the one the spec was parsed at).
+    """
+    from mergekit_ir.adaptation.build import (
+        check_max_length,
+        load_config,
+        resolve_objective,
+        run_key,
+    )
     from mergekit_ir.adaptation.corpus import load_corpus
     from mergekit_ir.storage.fingerprint import folder_fingerprint
 
+    where = where or spec.where or None
     settings = spec.settings()
-    corpus = load_corpus(corpus_ref(spec, corpora), corpora)
-    objective = resolve_objective(base, settings)
+    config = load_config(base)
+    objective = resolve_objective(base, settings, where, config)
+    check_max_length(config, settings.max_length, base, where)
+    corpus = load_corpus(corpus_ref(spec, corpora), corpora, where)
     key = run_key(
         folder_fingerprint(base, cache_dir=cache_root / "fingerprints"), corpus, objective, settings
     )
@@ -74,6 +91,7 @@ def build_domain(
     from mergekit_ir.adaptation.build import adapt
 
     plan = plan_domain(spec, base, corpora, cache_root)
+    where = spec.where or None
     if plan.cached:
         echo(f"  ΘD {spec.describe()}: cached ({plan.folder.name})")
         return plan.folder
@@ -88,5 +106,6 @@ def build_domain(
         cache_root=cache_root,
         show_progress=progress,
         overwrite=True,
+        where=where,
     )
     return plan.folder

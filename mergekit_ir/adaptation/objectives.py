@@ -36,8 +36,9 @@ def architecture_objective(config: Any) -> str:
     return "clm"
 
 
-def choose_objective(config: Any, requested: str, where: str) -> str:
-    """``requested`` (or the architecture's own for ``auto``); an objective that cannot fit is an error."""
+def choose_objective(config: Any, requested: str, where: str, flag: str = "--objective") -> str:
+    """``requested`` (or the architecture's own for ``auto``); an objective that cannot fit is an
+    error (``flag``: how the message names the setting, a CLI flag or a registry key)."""
     if requested not in OBJECTIVES:
         raise ConfigError(f"{where}: objective {requested!r}: use one of {', '.join(OBJECTIVES)}")
     native = architecture_objective(config)
@@ -47,7 +48,7 @@ def choose_objective(config: Any, requested: str, where: str) -> str:
     if not fits[requested]:
         raise ConfigError(
             f"{where}: objective {requested!r} does not fit a {config.model_type} checkpoint "
-            f"(its architecture trains with {native!r}); use --objective auto or {native}"
+            f"(its architecture trains with {native!r}); use {flag} auto or {native}"
         )
     return requested
 

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +22,58 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack")
 CARD = "mergekit_ir_adapt.json"
 
 
-def base_tensor_names(base: Path) -> dict[str, str]:
-    """Tensor name -> dtype of every tensor in the base's safetensors files."""
+def weight_files(base: Path) -> tuple[str, list[Path]]:
+    """The base's PyTorch weight files: ``("safetensors", files)``, or ``("bin", files)`` for a
+    base saved only as ``pytorch_model*.bin`` (read with ``torch.load(weights_only=True)``;
+    ΘD is then written as ``model.safetensors`` under the same tensor names). Checked before
+    any work: a base with neither (TensorFlow/Flax only) is one line."""
     files = sorted(base.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(
-            f"{base}: no *.safetensors weights; adaptation writes ΘD with the base's tensor names "
-            "and needs them (re-save the base with save_pretrained)"
-        )
-    names: dict[str, str] = {}
+    if files:
+        return "safetensors", files
+    bins = sorted(base.glob("pytorch_model*.bin"))
+    if bins:
+        return "bin", bins
+    raise CheckpointError(
+        f"{base}: no PyTorch weights (*.safetensors or pytorch_model.bin); adaptation writes "
+        "ΘD under the base's tensor names and needs them (re-save the base with save_pretrained)"
+    )
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read the weights ({exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def base_tensors(base: Path) -> Iterator[tuple[str, Callable[[], torch.Tensor], int]]:
+    """(name, loader, element count) of every tensor in the base's weight files."""
+    kind, files = weight_files(base)
     for f in files:
-        with safe_open(f, "pt") as fh:
-            for k in fh.keys():
-                names[k] = str(fh.get_slice(k).get_dtype())
-    return names
+        if kind == "safetensors":
+            with safe_open(f, "pt") as fh:
+                for k in fh.keys():
+                    numel = math.prod(fh.get_slice(k).get_shape())
+                    yield k, (lambda fh=fh, k=k: fh.get_tensor(k)), numel
+        else:
+            for k, t in _load_bin(f).items():
+                yield k, (lambda t=t: t), t.numel()
+
+
+def base_tensor_names(base: Path) -> dict[str, str]:
+    """Tensor name -> dtype of every tensor in the base's weight files."""
+    return {k: str(load().dtype) for k, load, _ in base_tensors(base)}
+
+
+def base_numel(base: Path) -> int:
+    """Elements in the base's weights (for the free-space check, read from the headers)."""
+    return sum(n for _, _, n in base_tensors(base))
 
 
 def aligned_state(model: torch.nn.Module, base: Path) -> dict[str, torch.Tensor]:
@@ -41,17 +82,14 @@ def aligned_state(model: torch.nn.Module, base: Path) -> dict[str, torch.Tensor]
     state = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "")
     out: dict[str, torch.Tensor] = {}
-    files = sorted(base.glob("*.safetensors"))
-    for f in files:
-        with safe_open(f, "pt") as fh:
-            for k in fh.keys():
-                for cand in (k, f"{prefix}.{k}", k.removeprefix(f"{prefix}.")):
-                    if cand in state:
-                        t = state[cand]
-                        break
-                else:
-                    t = fh.get_tensor(k)
-                out[k] = t.detach().to("cpu").contiguous()
+    for k, load, _ in base_tensors(base):
+        for cand in (k, f"{prefix}.{k}", k.removeprefix(f"{prefix}.")):
+            if cand in state:
+                t = state[cand]
+                break
+        else:
+            t = load()
+        out[k] = t.detach().to("cpu").contiguous()
     # safetensors refuses shared storage (tied weights): give each tensor its own
     seen: set[int] = set()
     for k, t in out.items():
@@ -59,6 +97,85 @@ def aligned_state(model: torch.nn.Module, base: Path) -> dict[str, torch.Tensor]
             out[k] = t.clone()
         seen.add(t.data_ptr())
     return out
+
+
+def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], what: str, lr_flag: str) -> None:
+    """Never write a model with NaN/inf weights (a diverged run): one line naming a tensor."""
+    for name, t in tensors:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{what}: tensor {name} holds NaN/inf after training (the run diverged); "
+                f"nothing written — lower {lr_flag}"
+            )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: Path) -> None:
+    """Every file 0666 and folder 0777 less the umask, as :mod:`~mergekit_ir.storage.atomic`
+    does (safetensors and copies would otherwise leave 0600 or the base's own modes)."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
+def _roots(base: Path) -> list[Path]:
+    """Where files the base links to may live: the base itself and, for a Hugging Face hub
+    snapshot (``…/snapshots/<rev>``, whose files link to ``../../blobs``), its repo folder."""
+    real = base.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots":
+        roots.append(real.parent.parent)
+    return roots
+
+
+def copy_extras(
+    base: Path, dest: Path, warn: Callable[[str], None], top_skip: Callable[[Path], bool]
+) -> None:
+    """Copy the base's non-weight files into ``dest``: only regular files (and folders) that
+    are inside the base. A symlink pointing elsewhere (``/etc/hostname``…), a FIFO or device
+    is skipped with a warning, never copied, read or followed out of the base."""
+    roots = _roots(base)
+    seen: set[Path] = set()
+
+    def inside(target: Path) -> bool:
+        return any(target == r or r in target.parents for r in roots)
+
+    def walk(src: Path, dst: Path, top: bool) -> None:
+        real = src.resolve()
+        if real in seen:  # a link loop
+            return
+        seen.add(real)
+        for item in sorted(src.iterdir()):
+            if item.name.startswith(".") or (top and top_skip(item)):
+                continue
+            shown = item.relative_to(base)
+            if item.is_symlink():
+                target = item.resolve()
+                if not inside(target):
+                    warn(f"{base}: {shown} links outside the base (to {target}); not copied")
+                    continue
+            else:
+                target = item
+            if target.is_dir():
+                (dst / item.name).mkdir(exist_ok=True)
+                walk(item, dst / item.name, False)
+            elif target.is_file():
+                shutil.copyfile(target, dst / item.name)
+            else:
+                warn(
+                    f"{base}: {shown} is not a regular file (a FIFO, socket or device); not copied"
+                )
+
+    walk(base, dest, True)
 
 
 def _loss_plot(losses: list[float], path: Path) -> None:
@@ -113,8 +230,29 @@ def _card_text(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_output(out: Path, base: Path, result: Any, info: dict[str, Any], overwrite: bool) -> Path:
-    """Write ΘD (or the adapter) to ``out`` atomically, with model card, adapt json and loss.png."""
+def _top_skip(item: Path) -> bool:
+    """Top-level files of the base that ΘD replaces: weights, their index, our own card/plot."""
+    if item.name in ("README.md", CARD, "loss.png"):
+        return True
+    return item.is_file() and (
+        item.name.endswith(_WEIGHT_SUFFIXES) or item.name.endswith(".index.json")
+    )
+
+
+def write_output(
+    out: Path,
+    base: Path,
+    result: Any,
+    info: dict[str, Any],
+    overwrite: bool,
+    warn: Callable[[str], None] | None = None,
+    lr_flag: str = "--lr",
+) -> Path:
+    """Write ΘD (or the adapter) to ``out`` atomically, with model card, adapt json and loss.png;
+    refused (nothing written) when a weight is not finite."""
+    from mergekit_ir.adaptation.progress import warn as print_warning
+
+    warn = warn or print_warning
     lora = hasattr(result.model, "peft_config")
     info = {
         **info,
@@ -122,6 +260,15 @@ def write_output(out: Path, base: Path, result: Any, info: dict[str, Any], overw
         "loss_curve": result.losses,
         "final_loss": round(result.losses[-1], 4) if result.losses else None,
     }
+    what = f"adapt {base}"
+    if lora:
+        check_finite(
+            ((n, p) for n, p in result.model.named_parameters() if p.requires_grad), what, lr_flag
+        )
+        state = None
+    else:
+        state = aligned_state(result.model, base)
+        check_finite(state.items(), what, lr_flag)
     with atomic.directory(out, overwrite=overwrite) as tmp:
         if lora:
             result.model.save_pretrained(tmp)
@@ -130,24 +277,11 @@ def write_output(out: Path, base: Path, result: Any, info: dict[str, Any], overw
             cfg["base_model_name_or_path"] = str(base)
             cfg_path.write_text(json.dumps(cfg, indent=2))
         else:
-            for item in base.iterdir():
-                if item.name.startswith(".") or item.name in ("README.md", CARD, "loss.png"):
-                    continue
-                if item.is_file() and (
-                    item.name.endswith(_WEIGHT_SUFFIXES) or item.name.endswith(".index.json")
-                ):
-                    continue
-                if item.is_dir():
-                    shutil.copytree(item, tmp / item.name)
-                else:
-                    shutil.copy2(item, tmp / item.name)
-            save_file(
-                aligned_state(result.model, base),
-                tmp / "model.safetensors",
-                metadata={"format": "pt"},
-            )
+            copy_extras(base, tmp, warn, _top_skip)
+            save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / CARD).write_text(json.dumps(info, indent=2, default=str))
         (tmp / "README.md").write_text(_card_text(info))
         if result.losses:
             _loss_plot(result.losses, tmp / "loss.png")
+        follow_umask(tmp)
     return out

@@ -4,7 +4,7 @@ YAML path of every wrong field (light: no torch import)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mergekit_ir.errors import ConfigError, key_label, short_repr
@@ -68,6 +68,9 @@ class AdaptSpec:
     freeze_head: bool = False
     lora: tuple[tuple[str, Any], ...] | None = None  # sorted (key, value) pairs: hashable
     base: str = "pretrained"  # pretrained | ir
+    #: the block's YAML path (``triplets.t.domain.adapt``): errors found when ΘD is planned or
+    #: built name the block's keys, not CLI flags. Not part of the value (equality, hash).
+    where: str = field(default="", compare=False, repr=False)
 
     def describe(self) -> str:
         length = f"{self.steps} steps" if self.steps else f"{self.epochs or 1} epoch(s)"
@@ -152,4 +155,4 @@ def parse_adapt(raw: Any, path: str) -> AdaptSpec:
             sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values["lora"].items())
         )
     values["lora"] = lora
-    return AdaptSpec(**values)
+    return AdaptSpec(**values, where=path)

@@ -9,12 +9,11 @@ exactly the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +22,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mergekit_ir.adaptation.naming import setting_name, setting_text
 from mergekit_ir.adaptation.objectives import sentinel_ids, span_corruption
-from mergekit_ir.errors import CheckpointError, ConfigError
+from mergekit_ir.adaptation.progress import Reporter, duration, is_tty, now, warn
+from mergekit_ir.errors import CheckpointError, ConfigError, MergeIRError
 from mergekit_ir.scoring.mlm_head import encoder_of, mlm_head
 
 log = logging.getLogger(__name__)
+
+#: Beside ``state.pt`` in a checkpoint folder: its run key and step, readable before any work.
+CHECKPOINT_INFO = "run.json"
+
+
+class DivergedError(MergeIRError):
+    """The loss (or gradient) became NaN/inf: training stopped, nothing written."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,9 @@ def head_parameters(model: torch.nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if id(p) in ids and id(p) not in shared]
 
 
-def apply_lora(model: torch.nn.Module, spec: LoraSpec, where: str) -> torch.nn.Module:
+def apply_lora(
+    model: torch.nn.Module, spec: LoraSpec, where: str, flag: str = "--lora"
+) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     if spec.targets:
@@ -146,8 +156,8 @@ def apply_lora(model: torch.nn.Module, spec: LoraSpec, where: str) -> torch.nn.M
         ]
         if missing:
             raise ConfigError(
-                f"{where}: LoRA targets {', '.join(missing)} match no module of the base; "
-                f"linear modules: {', '.join(sorted(leaves))}"
+                f"{flag}: LoRA targets {', '.join(missing)} match no module of the base "
+                f"({where}); linear modules: {', '.join(sorted(leaves))}"
             )
     cfg = LoraConfig(
         r=spec.r,
@@ -159,7 +169,7 @@ def apply_lora(model: torch.nn.Module, spec: LoraSpec, where: str) -> torch.nn.M
     try:
         return get_peft_model(model, cfg)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}; give targets=… explicitly") from None
+        raise ConfigError(f"{flag} ({where}): {exc}; give targets=… explicitly") from None
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -242,6 +252,32 @@ def _lr_lambda(warmup: int, total: int, head_steps: int) -> Callable[[int], floa
     return f
 
 
+def read_checkpoint_info(checkpoint: Path) -> dict[str, Any] | None:
+    """The run key and step of the checkpoint in ``checkpoint`` (None: none, or unreadable)."""
+    try:
+        info = json.loads((checkpoint / CHECKPOINT_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def train_steps(settings: AdaptSettings, n_blocks: int) -> int:
+    """Optimizer steps after any head warm-up: ``steps``, or ``epochs`` passes over the blocks."""
+    if settings.steps is not None:
+        return settings.steps
+    per_epoch = Batches(n_blocks, settings.batch_size, settings.seed).per_epoch
+    return max(math.ceil((settings.epochs or 1.0) * per_epoch), 1)
+
+
+def _step_line(step: int, total: int, loss: float, tokens: float, done: int, elapsed: float) -> str:
+    rate = done / max(elapsed, 1e-9)
+    eta = (total - step) / rate if rate > 0 else 0.0
+    return (
+        f"adapt step {step}/{total} · loss {loss:.3f} · {tokens / max(elapsed, 1e-9):.0f} "
+        f"tokens/s · {rate:.2f} steps/s · ETA {duration(eta)}"
+    )
+
+
 def train(
     base: Path,
     blocks: torch.Tensor,
@@ -254,18 +290,45 @@ def train(
     run_key: str = "",
     show_progress: bool = True,
     stop_after: int | None = None,
+    checkpoint_minutes: float = 0.0,
+    where: str | None = None,
+    reporter: Reporter | None = None,
 ) -> TrainResult:
-    """Run (or resume from ``checkpoint``) the adaptation; ``stop_after`` ends early, as a kill would."""
-    where = f"adapt {base}"
+    """Run (or resume from ``checkpoint``) the adaptation; ``stop_after`` ends early, as a kill would.
+
+    A checkpoint is saved every ``checkpoint_every`` steps and whenever ``checkpoint_minutes``
+    passed since the last one. A NaN/inf loss or gradient stops the run (:class:`DivergedError`)
+    before the weights it would poison are saved. ``where`` is the YAML path of a registry
+    ``adapt:`` block (messages then name its keys instead of CLI flags).
+    """
+    label = f"adapt {base}"
+    reporter = reporter or Reporter(show_progress)
+    reporter.say(f"loading {base} for {_AUTO[objective].removeprefix('AutoModelFor')}…")
     torch.manual_seed(settings.seed)
     model, missing = load_for_objective(base, objective)
     head = set(head_parameters(model))
     fresh_head = sorted(
         n for n in missing if n in head or n.startswith(("cls.", "lm_head", "vocab_"))
     )
+    steps = train_steps(settings, len(blocks))
     head_steps = settings.head_warmup if fresh_head else 0
+    if fresh_head and settings.freeze_head:
+        raise ConfigError(
+            f"{setting_name('freeze_head', where)}: {base} has no {objective.upper()} head "
+            f"(a fresh one is made: {fresh_head[0]}…), and a frozen random head teaches the "
+            f"model nothing; drop {setting_name('freeze_head', where)} for this base"
+        )
+    if head_steps > steps:
+        # The warm-up is a guard for the encoder, not the run itself: a 10-step run does not
+        # get 100 steps of head training on top. Capped, and said so.
+        warn(
+            f"{base} has no {objective.upper()} head: the fresh head warms up for {steps} steps "
+            f"({setting_text('head_warmup', settings.head_warmup, where)} capped at the "
+            f"{steps} training steps)"
+        )
+        head_steps = steps
     if settings.lora is not None:
-        model = apply_lora(model, settings.lora, where)
+        model = apply_lora(model, settings.lora, label, setting_name("lora", where))
         prefix = "base_model.model."
         head = {prefix + n for n in head}
         if fresh_head:
@@ -279,9 +342,6 @@ def train(
         trainable -= head
 
     batches = Batches(len(blocks), settings.batch_size, settings.seed)
-    steps = settings.steps
-    if steps is None:
-        steps = max(math.ceil((settings.epochs or 1.0) * batches.per_epoch), 1)
     warmup = int(settings.warmup * steps) if settings.warmup < 1 else int(settings.warmup)
     total = head_steps + steps
     # The fused kernel (as Trainer's default adamw_torch_fused): one pass over all parameters.
@@ -297,12 +357,12 @@ def train(
         from transformers import DataCollatorForLanguageModeling
 
         if tokenizer.mask_token_id is None:
-            raise ConfigError(f"{where}: the tokenizer has no mask token; masked LM needs one")
+            raise ConfigError(f"{label}: the tokenizer has no mask token; masked LM needs one")
         collator = DataCollatorForLanguageModeling(
             tokenizer, mlm=True, mlm_probability=settings.mlm_probability, return_tensors="pt"
         )
     elif objective == "span":
-        collator = {"sentinels": sentinel_ids(tokenizer, where), "eos": tokenizer.eos_token_id}
+        collator = {"sentinels": sentinel_ids(tokenizer, label), "eos": tokenizer.eos_token_id}
 
     step, tokens_seen, losses = 0, 0, []
     if checkpoint is not None and (checkpoint / "state.pt").is_file():
@@ -315,7 +375,8 @@ def train(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, tokens_seen, losses = state["step"], state["tokens"], state["losses"]
-        log.info("resuming %s from step %d", where, step)
+        log.info("resuming %s from step %d", label, step)
+        reporter.say(f"resuming from the checkpoint at step {step}/{total}")
 
     def set_phase(s: int) -> None:
         warm = s < head_steps
@@ -327,11 +388,17 @@ def train(
         if device.type == "cuda" and torch.cuda.is_bf16_supported()
         else torch.autocast("cpu", enabled=False)
     )
-    start = time.perf_counter()
+    phases = (
+        f"{head_steps} head warm-up (only the fresh head trains) + {steps}" if head_steps else ""
+    )
+    reporter.say(f"training {phases or total} steps on {device}…")
+    start = now()
+    last_checkpoint = start
+    first_step = step
     done_tokens = 0
-    # A bar on a terminal; in a log (stderr not a TTY) a line every tenth of the run instead of
-    # one redraw per step.
-    tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    # A bar on a terminal; in a log (stderr not a TTY) a line every tenth of the run, and at
+    # least every LOG_INTERVAL_S seconds, instead of one redraw per step.
+    tty = is_tty()
     log_every = max(1, total // 10) if show_progress and not tty else 0
     bar = tqdm(
         total=total,
@@ -341,6 +408,7 @@ def train(
         disable=not show_progress or not tty,
         dynamic_ncols=True,
     )
+    lr_flag = setting_name("lr", where)
     try:
         while step < total:
             if stop_after is not None and step >= stop_after:
@@ -354,8 +422,27 @@ def train(
             }
             with autocast:
                 loss = masked_lm_loss(model, batch) if objective == "mlm" else model(**batch).loss
+            value = loss.item()
+            if not math.isfinite(value) and step == 0:
+                raise DivergedError(
+                    f"{label}: the loss is {value} on the first batch, before any update: the "
+                    "base itself gives NaN/inf (check its weights, or its dtype); nothing written"
+                )
+            if not math.isfinite(value):
+                raise DivergedError(
+                    f"{label}: the loss is {value} at step {step + 1}/{total}: training "
+                    f"diverged; lower {lr_flag} (now {settings.lr:g}); nothing written"
+                )
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.requires_grad], 1.0)
+            norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in params.values() if p.requires_grad], 1.0
+            )
+            if not math.isfinite(float(norm)):
+                raise DivergedError(
+                    f"{label}: the gradient is {float(norm)} at step {step + 1}/{total} "
+                    f"(loss {value:.4g}): training diverged; lower {lr_flag} "
+                    f"(now {settings.lr:g}); nothing written"
+                )
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -363,29 +450,29 @@ def train(
             n_tok = int(batch["attention_mask"].sum())
             tokens_seen += n_tok
             done_tokens += n_tok
-            losses.append(loss.item())
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(
-                loss=f"{losses[-1]:.3f}", tok_s=f"{done_tokens / max(elapsed, 1e-9):.0f}"
-            )
+            losses.append(value)
+            t = now()
+            elapsed = t - start
+            bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{done_tokens / max(elapsed, 1e-9):.0f}")
             bar.update(1)
-            if log_every and (step % log_every == 0 or step == total):
-                print(
-                    f"adapt step {step}/{total} · loss {losses[-1]:.3f} · "
-                    f"{done_tokens / max(elapsed, 1e-9):.0f} tokens/s",
-                    file=sys.stderr,
-                    flush=True,
+            if log_every and (step % log_every == 0 or step == total or reporter.due()):
+                reporter.line(
+                    _step_line(step, total, value, done_tokens, step - first_step, elapsed)
                 )
             if (
                 checkpoint is not None
-                and checkpoint_every
-                and step % checkpoint_every == 0
                 and step < total
+                and (
+                    (checkpoint_every and step % checkpoint_every == 0)
+                    or (checkpoint_minutes and t - last_checkpoint >= checkpoint_minutes * 60)
+                )
             ):
                 _save_state(checkpoint, model, opt, sched, step, tokens_seen, losses, run_key)
+                last_checkpoint = now()
     finally:
         bar.close()
     model.eval()
+    seconds = now() - start
     return TrainResult(
         model=model,
         objective=objective,
@@ -394,11 +481,8 @@ def train(
         tokens_seen=tokens_seen,
         losses=losses,
         fresh_head=fresh_head,
-        seconds=time.perf_counter() - start,
-        extra={
-            "total_steps": total,
-            "tokens_per_s": done_tokens / max(time.perf_counter() - start, 1e-9),
-        },
+        seconds=seconds,
+        extra={"total_steps": total, "tokens_per_s": done_tokens / max(seconds, 1e-9)},
     )
 
 
@@ -419,3 +503,6 @@ def _save_state(folder: Path, model, opt, sched, step, tokens, losses, run_key) 
         tmp,
     )
     os.replace(tmp, folder / "state.pt")
+    info = folder / f".{CHECKPOINT_INFO}.{os.getpid()}.tmp"
+    info.write_text(json.dumps({"run_key": run_key, "step": step}))
+    os.replace(info, folder / CHECKPOINT_INFO)

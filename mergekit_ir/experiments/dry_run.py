@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mergekit_ir.errors import MergeIRError
+from mergekit_ir.errors import CheckpointError, MergeIRError
 from mergekit_ir.experiments.registry import Experiment, Registry
 from mergekit_ir.experiments.sources import locate_dataset, registry_corpora, resolve_ref
 from mergekit_ir.plugin_host import catalog
@@ -30,16 +30,34 @@ def _grid(exp: Experiment) -> str:
     return ", ".join(f"{a:g}" if isinstance(a, int | float) else "layer-wise" for a in exp.alphas)
 
 
-def fits_scorer(loc: Location, kind: ScorerKind) -> Location:
+def fits_scorer(
+    loc: Location, kind: ScorerKind, role: str = "ΘT", strict: bool = False
+) -> Location:
     """A local checkpoint whose config does not fit the scorer kind is a problem now (reading
-    ``config.json`` is cheap), not a failure after the first stage has run."""
-    if not (loc.ok and loc.path is not None and kind.check):
+    ``config.json`` is cheap), not a failure after the first stage has run; the same rule as
+    the run (:func:`scorer_caveat`)."""
+    if not (loc.ok and loc.path is not None):
         return loc
     try:
-        kind.check(loc.path)
+        if kind.check:
+            kind.check(loc.path)
+        note = scorer_caveat(kind, loc.path, role, strict)
     except MergeIRError as exc:
         return Location("problem", loc.path, problem=f"MISMATCH: {exc}")
+    if note:
+        return Location(loc.kind, loc.path, f"{loc.detail}; WARNING: {note}")
     return loc
+
+
+def scorer_caveat(kind: ScorerKind, folder: Path, role: str, strict: bool) -> str | None:
+    """The one rule for a scorer's caveat (e.g. no trained head), for the run and the dry run:
+    ΘT with one is refused (the IR model must be a working scorer), so is any row under
+    ``--strict``; otherwise the caveat is returned, to be reported."""
+    note = kind.caveat(folder) if kind.caveat else None
+    if note and (role == "ΘT" or strict):
+        why = "ΘT must be a working scorer" if role == "ΘT" else "refusing under --strict"
+        raise CheckpointError(f"{note}; {why}")
+    return note
 
 
 def count_passes(
@@ -64,6 +82,14 @@ def count_passes(
         counts["ΘT on dev"] = len(has_dev)
     counts["α grid on dev"] = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
     counts["Θ' on test"] = 2 * len(datasets)
+    if exp.alpha_selectors:
+        # label-free selectors score the grid on a split of their own per dataset (the dev
+        # selector reuses the dev sweep); the selection report's test curve scores the grid
+        # with α = 0 and 1 on every test split (an upper bound: ΘT and α = 1 are reused)
+        own = sum(1 for s in exp.alpha_selectors if s.name != "dev")
+        counts["selectors' α grid"] = own * len(exp.alphas) * len(datasets)
+        grid = dict.fromkeys([*exp.alphas, 0.0, 1.0])  # as select_alpha builds its test curve
+        counts["test curve (selection report)"] = len(grid) * len(datasets)
     return counts
 
 
@@ -140,7 +166,12 @@ def _hub_download(ref: str, revision: str | None) -> Location:
 
 
 def describe(
-    reg: Registry, name: str, datasets: list[str], cache_root: Path, out_dir: Path
+    reg: Registry,
+    name: str,
+    datasets: list[str],
+    cache_root: Path,
+    out_dir: Path,
+    strict: bool = False,
 ) -> tuple[str, int]:
     """The experiment as ``mergeir run`` will execute it, and how many sources need fixing.
 
@@ -179,7 +210,7 @@ def describe(
                     if loc.kind == "hub-download":
                         loc = _hub_download(ref.ref, ref.revision)
                     if role == "ΘT" or ref.kind == "checkpoint":
-                        loc = fits_scorer(loc, kind)
+                        loc = fits_scorer(loc, kind, role, strict)
                 sources.append(loc)
                 lines.append(f"    {role} {ref.describe():<58} {sources[-1].describe()}")
     fs = ", ".join(f"{k}={v}" for k, v in sorted(exp.first_stage_params.items()) if v is not None)

@@ -63,6 +63,10 @@ def _sample(candidates: Ranking, unit: str, target: int) -> Ranking:
     return out
 
 
+#: Probes per scorer: the estimate reports the range they span.
+PROBES = 3
+
+
 def probe(scorer: Scorer, split: Split, batches: int = 3) -> Throughput:
     """Time ``batches`` batches' worth of the split's real candidates (after one warm-up query)."""
     unit = scorer.cost_unit
@@ -104,14 +108,22 @@ def estimate_lines(er: ExperimentRun) -> list[str]:
         lines.append(
             f"  {dname}:{role:<5} {w.queries} queries, {w.pairs:,} pairs, {w.documents:,} documents"
         )
-    total = 0.0
+    total_low = total_high = 0.0
     for tname in exp.triplets:
         t = reg.triplet(tname)
         # passes per split: the counts of a one-dataset experiment on that split's dataset
         passes = {}
         for d in er.tests:
             counts = count_passes(reg, exp, tname, [d], [d] if d in er.devs else [])
-            passes[("test", d)] = counts["baselines"] + counts["Θ' on test"]
+            # selectors' own splits are sized like the test split (pseudo-queries over the
+            # same corpus): priced on it
+            on_test = (
+                "baselines",
+                "Θ' on test",
+                "selectors' α grid",
+                "test curve (selection report)",
+            )
+            passes[("test", d)] = sum(counts.get(k, 0) for k in on_test)
             if d in er.devs:
                 passes[("dev", d)] = sum(counts.values()) - passes[("test", d)]
         loc = locate_checkpoint(t.ir.ref, t.ir.revision, reg.base_dir)
@@ -125,20 +137,23 @@ def estimate_lines(er: ExperimentRun) -> list[str]:
         torch.manual_seed(exp.seed)
         scorer = kind.load(folder, t.scorer_options, er.settings)
         first = er.tests[next(iter(er.tests))]
-        rate = probe(scorer, first)
+        # several probes: one on a momentarily loaded machine must not set the forecast
+        rates = [probe(scorer, first) for _ in range(PROBES)]
         del scorer
-        seconds = sum(
-            n * work[split].units(rate.unit) / rate.per_second for split, n in passes.items()
-        )
-        total += seconds
+        fast, slow = max(r.per_second for r in rates), min(r.per_second for r in rates)
+        unit = rates[0].unit
+        units = sum(n * work[split].units(unit) for split, n in passes.items())
+        low, high = units / fast, units / slow
+        total_low, total_high = total_low + low, total_high + high
+        builds = [d for d in t.domains if d.kind == "adapt"]
         lines.append(
-            f"  {tname}: {rate.per_second:,.0f} {rate.unit}s/s ({t.scorer}, {rate.sample} "
-            f"{rate.unit}s timed on {er.settings.torch_device.type}) → ≈ {_duration(seconds)} "
-            "for its passes"
+            f"  {tname}: {slow:,.0f}–{fast:,.0f} {unit}s/s ({t.scorer}, {PROBES} probes of "
+            f"{rates[0].sample} {unit}s on {er.settings.torch_device.type}) → "
+            f"{_duration(low)}–{_duration(high)} for its {sum(passes.values())} passes"
+            + (f"; plus {len(builds)} ΘD build(s), see the plan above" if builds else "")
         )
-    if exp.alpha_selectors:
-        lines.append("  selectors' passes (pseudo-dev splits, the test curve) are not included")
     lines.append(
-        f"  total ≈ {_duration(total)} (an estimate from a few batches; cache hits are free)"
+        f"  total {_duration(total_low)}–{_duration(total_high)} (from {PROBES} probes of a "
+        "few batches each; cache hits are free; ΘD builds not timed)"
     )
     return lines

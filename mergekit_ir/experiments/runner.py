@@ -40,6 +40,7 @@ from mergekit_ir.evaluation.datasets import Dataset
 from mergekit_ir.evaluation.first_stage import FirstStageKind
 from mergekit_ir.evaluation.trec_runs import write_trec
 from mergekit_ir.execution import FirstStageJobs, TripletJobs, TripletOutcome, first_stage_offload
+from mergekit_ir.experiments.dry_run import scorer_caveat
 from mergekit_ir.experiments.registry import Experiment, Registry, Triplet
 from mergekit_ir.experiments.sources import (
     DomainBuilder,
@@ -234,6 +235,7 @@ class TripletRunner:
             self.ir_folder = resolve_ref(triplet.ir, base, cache_root)
             if self.kind.check:
                 self.kind.check(self.ir_folder)
+            scorer_caveat(self.kind, self.ir_folder, "ΘT", opts.strict)  # as the dry run does
             self.ir_source = open_checkpoint(str(self.ir_folder))
             self.pre_folder = (
                 resolve_ref(triplet.pretrained, base, cache_root) if triplet.pretrained else None

@@ -159,7 +159,12 @@ def render_selection(results: Results) -> str | None:
 
 def selection_png(results: Results, dpi: int = 100) -> bytes | None:
     """One panel per triplet × dataset: the dev curve, each selector's curve and the test
-    curve (marked oracle), scalar α only."""
+    curve (marked oracle), scalar α only.
+
+    The curves measure different things on very different scales (a crop objective near 0.06,
+    a consensus near 0.97, NDCG near 0.5), so each is drawn relative to its own range — 0 at
+    its minimum, 1 at its maximum — with the range in the legend: what the panel compares is
+    where each curve peaks, which is what each selector acts on."""
     panels = []
     for t in _ordered(results.alpha_selection, [s.triplet for s in results.sections]):
         sel = results.alpha_selection[t]
@@ -178,7 +183,15 @@ def selection_png(results: Results, dpi: int = 100) -> bytes | None:
         def line(curve: dict[str, float], label: str, style: str, ax: Any = ax) -> None:
             pts = sorted((n, v) for a, v in curve.items() if (n := _num(a)) is not None)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
+                lo, hi = min(p[1] for p in pts), max(p[1] for p in pts)
+                span = hi - lo or 1.0
+                ax.plot(
+                    [p[0] for p in pts],
+                    [(p[1] - lo) / span for p in pts],
+                    style,
+                    marker="o",
+                    label=f"{label} [{lo:.3f}–{hi:.3f}]",
+                )
 
         abl = results.alpha_ablation.get(t)
         if abl is not None and d in abl.values:
@@ -193,7 +206,7 @@ def selection_png(results: Results, dpi: int = 100) -> bytes | None:
         line(sel.test_curve[d], "test (oracle)", ":")
         ax.set_title(f"{t} / {d}", fontsize="small")
         ax.set_xlabel("α")
-        ax.set_ylabel(sel.metric)
+        ax.set_ylabel("relative to own range")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small")
     fig.tight_layout()

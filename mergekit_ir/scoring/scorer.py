@@ -297,6 +297,12 @@ class ScorerKind:
     :class:`Scorer`; ``options`` are the triplet's scorer options, already
     validated against ``params``. ``check(path)`` may raise a one-line error when
     the folder is not of this architecture, before anything heavy is loaded.
+
+    ``caveat(path)`` (cheap: configs only) names what would make this folder's scores
+    meaningless without making it unloadable — e.g. a cross-encoder folder without a trained
+    classification head. The dry run and the run apply it the same way: ΘT with a caveat is
+    refused up front (the IR model must be one), Θ0/ΘD rows are reported with it, and
+    ``--strict`` refuses them too.
     """
 
     name: str
@@ -304,3 +310,4 @@ class ScorerKind:
     load: Callable[[Path, Mapping[str, Any], ScoringSettings], Scorer]
     params: tuple[Param, ...] = ()
     check: Callable[[Path], None] | None = None
+    caveat: Callable[[Path], str | None] | None = None

@@ -1,0 +1,74 @@
+"""The docs' offline commands run verbatim (a reader copies them from the page).
+
+Every ``mergeir …`` line of a ```bash block in README.md and docs/*.md that needs no network
+and no extra plugin — the quickstart's, the published cells, validation, re-rendering and
+evaluating the quickstart's outputs — runs in a fresh folder holding the repository's
+registry.yaml, in page order after the README's main job (``mergeir run``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+#: A command runs offline when it names something generated here or read from the registry.
+OFFLINE = re.compile(
+    r"quickstart|^mergeir reported |^mergeir validate registry\.yaml|^mergeir plugins$"
+)
+#: Commands that need what this page set up elsewhere (a third-party plugin being written, a
+#: Ray cluster, a hub id) are not run here; their own tests cover them.
+NEEDS_MORE = re.compile(r"clipped|--executor|timed|--mergekit-config|my-exp|/tmp/")
+
+
+def commands(page: Path) -> list[str]:
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            line = re.sub(r"\s+", " ", line)
+            if line.startswith("mergeir ") and OFFLINE.search(line) and not NEEDS_MORE.search(line):
+                found.append(line)
+    return found
+
+
+def test_the_docs_have_offline_commands_to_run():
+    every = [c for p in PAGES for c in commands(p)]
+    assert "mergeir merge quickstart-tiny --alpha 0.5 --out merged/" in every
+    assert any(c.startswith("mergeir eval mergeir-out/quickstart/") for c in every)
+
+
+@pytest.mark.slow
+def test_offline_commands_in_the_docs_run_verbatim(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(ROOT / "registry.yaml", work / "registry.yaml")
+    shutil.copytree(ROOT / "docs", work / "docs")
+    env = {
+        **os.environ,
+        "MERGEIR_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("MERGEIR_REGISTRY", None)
+    ran: set[str] = set()
+    for cmd in ["mergeir run -q", *(c for p in PAGES for c in commands(p))]:
+        if cmd in ran:
+            continue
+        ran.add(cmd)
+        if "--out merged/" in cmd or "--out best/" in cmd:  # pages reuse these names
+            shutil.rmtree(work / cmd.split("--out ")[1].split()[0], ignore_errors=True)
+        res = subprocess.run(
+            ["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert res.returncode == 0, f"{cmd}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    assert len(ran) >= 6
