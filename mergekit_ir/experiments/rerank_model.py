@@ -8,6 +8,7 @@ the defaults — so its numbers sit next to a run's rows.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,14 +64,19 @@ def rerank_model(
     if kind.check:
         kind.check(folder)
     run.prepare_splits()
+    opts.echo(f"loading {model} ({scorer})")
     scoring = kind.load(folder, checked, run.settings)
     out = []
-    for name, split in run.tests.items():
+    for i, (name, split) in enumerate(run.tests.items(), 1):
         ds = split.dataset
         docs = {d: ds.corpus[d].full_text for q in split.first_stage.values() for d in q}
         queries = {q: ds.queries[q] for q in split.first_stage}
-        scoring.pass_label = f"{model} · {name}:test"
-        model_ranking = scoring.rerank(queries, split.first_stage, docs)
+        label = f"pass {i}/{len(run.tests)} · {model} · {name}:test"
+        opts.echo(f"{label}: {sum(map(len, split.first_stage.values())):,} pairs")
+        started = time.perf_counter()
+        with scoring.labelled(label):
+            model_ranking = scoring.rerank(queries, split.first_stage, docs)
+        opts.echo(f"{label}: {time.perf_counter() - started:.1f}s")
         fused = run.fused(split.first_stage, model_ranking, exp.fusion_params)
         result = RerankedDataset(name)
         for row, r in (

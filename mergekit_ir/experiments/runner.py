@@ -518,6 +518,7 @@ class ExperimentRun:
                 expected=lambda r: set(r) == set(ds.queries),
             )
         if run is None:
+            opts.echo(f"first stage {exp.first_stage} · {ds.name}:{role}: {len(ds.corpus):,} docs")
             with self.timer("first stage"):
                 ikey = cache_key(exp.first_stage, params, ds.language, ds.fingerprint())
                 if ikey not in self._indexes:

@@ -161,6 +161,26 @@ def _stderr_is_tty() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
+#: How often a pass speaks in a log (non-TTY stderr): a line at least this often.
+LOG_EVERY_S = 30.0
+
+
+class LogLines:
+    """A file for tqdm that turns its carriage-return redraws into whole lines on stderr."""
+
+    def write(self, text: str) -> None:
+        import sys
+
+        for part in text.replace("\r", "\n").split("\n"):
+            if part.strip():
+                sys.stderr.write(part.strip() + "\n")
+
+    def flush(self) -> None:
+        import sys
+
+        sys.stderr.flush()
+
+
 class Scorer(ABC):
     """A loaded re-ranking model.
 
@@ -229,15 +249,24 @@ class Scorer(ABC):
         return run
 
     def progress(self, total: int, desc: str, unit: str = "pair") -> tqdm:
-        """A bar labelled with the pass it belongs to; off under ``-q`` and when stderr is
-        not a terminal (a log gets the runner's one line per pass, not hundreds of redraws)."""
+        """A bar labelled with the pass it belongs to; off under ``-q``. When stderr is not a
+        terminal (a log), the same bar becomes a plain line at the start and then at most
+        every :data:`LOG_EVERY_S` seconds, with rate and ETA — a long pass never goes silent,
+        and a log never fills with redraws."""
+        label = f"{self.pass_label} · {desc}" if self.pass_label else desc
+        if not self.settings.show_progress:
+            return tqdm(total=total, disable=True)
+        if _stderr_is_tty():
+            return tqdm(total=total, desc=label, unit=unit, leave=False, dynamic_ncols=True)
         return tqdm(
             total=total,
-            desc=f"{self.pass_label} · {desc}" if self.pass_label else desc,
+            desc=label,
             unit=unit,
-            disable=not self.settings.show_progress or not _stderr_is_tty(),
+            file=LogLines(),
+            mininterval=LOG_EVERY_S,
+            maxinterval=LOG_EVERY_S,
             leave=False,
-            dynamic_ncols=True,
+            ncols=110,
         )
 
     def load_pretrained(
