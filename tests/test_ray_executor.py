@@ -5,7 +5,9 @@ The quickstart and a two-triplet experiment run through both executors into sepa
 caches (so the Ray workers really compute), and ``results.json`` (timings and hosts
 aside), the TREC runs and the reports must be identical. A worker killed mid-job is
 retried; a triplet whose checkpoint is broken fails the run in one line naming it, with
-the other triplet's runs left in the cache.
+the other triplet's runs left in the cache. Requests no node can hold and addresses nothing
+answers at fail in one line within a bound (run as subprocesses, so a hang fails the test
+instead of hanging it).
 """
 
 from __future__ import annotations
@@ -75,12 +77,18 @@ experiments:
     datasets: [quickstart-toy]
     merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
     metrics: [NDCG@10, MAP@100]
+  greedy:
+    triplets: [tiny-cos]
+    datasets: [quickstart-toy]
+    merge: {method: task_arithmetic, alpha: [0.5, 1.0]}
+    executor: {kind: ray, cpus_per_worker: 64}
 """
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new cluster even if this machine has a `ray start` record or $RAY_ADDRESS
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -273,3 +281,142 @@ def running_jobs(first_stage: bool = False) -> list[int]:
         for p in psutil.process_iter(["cmdline"])
         if any(m in " ".join(p.info["cmdline"] or []) for m in marks)
     ]
+
+
+def run_all(commands: dict[str, list[str]], env: dict[str, str], limit: float) -> dict:
+    """Run each command (``python ARGS``) at once; name -> (exit code, output, seconds). A
+    command still going after ``limit`` seconds is killed and fails the test."""
+    import subprocess
+
+    procs = {
+        name: (
+            time.monotonic(),
+            subprocess.Popen(
+                [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            ),
+        )
+        for name, args in commands.items()
+    }
+    out = {}
+    try:
+        for name, (start, proc) in procs.items():
+            try:
+                output, _ = proc.communicate(timeout=max(1.0, start + limit - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{name}: still waiting after {limit:g}s")
+            out[name] = (proc.returncode, output.decode(), time.monotonic() - start)
+    finally:
+        for _, proc in procs.values():
+            proc.kill()
+    return out
+
+
+def one_error(output: str) -> str:
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    return errors[0]
+
+
+def test_resources_no_node_has_fail_in_one_line_at_once(cluster, registry, tmp_path):
+    """On the 2-CPU, GPU-less cluster: 64 CPUs per worker (flag and registry block) and one
+    GPU per worker used to wait forever; now one line, before any task or actor."""
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+    def run(name: str, *args: str) -> list[str]:
+        out = ["--out", str(tmp_path / name / "out"), "--cache-dir", str(tmp_path / name / "c")]
+        return ["-m", "mergekit_ir.cli", "run", *args, *out, "-q"]
+
+    param = ["--executor", "ray", "--executor-param"]
+    res = run_all(
+        {
+            "cpus flag": run("a", "--registry", BUNDLED, *param, "cpus_per_worker=64"),
+            "cpus block": run("b", "greedy", "--registry", registry),
+            "gpus flag": run("c", "--registry", BUNDLED, *param, "gpus_per_worker=1"),
+        },
+        env,
+        limit=150,  # start-up of three drivers on a loaded machine; the check itself is instant
+    )
+    for name in ("cpus flag", "cpus block"):
+        code, output, _ = res[name]
+        assert code == 2 and one_error(output).startswith(
+            "error: executor 'ray': cpus_per_worker=64 but the largest node has 2 CPUs; "
+            "lower cpus_per_worker"
+        ), output
+        assert "first-stage job(s)" not in output  # no task was started
+    code, output, _ = res["gpus flag"]
+    assert code == 2 and one_error(output).startswith(
+        "error: executor 'ray': gpus_per_worker=1 but the cluster has no GPUs"
+    ), output
+    assert not list(tmp_path.glob("*/out/results.json"))
+
+
+CONNECT = """
+import sys, time, ray
+from mergekit_ir import MergeIRError
+from mergekit_ir_plugins.executors.ray_cluster import RayExecutor
+ex = RayExecutor(address=sys.argv[1], connect_timeout=float(sys.argv[2]))
+start = time.monotonic()
+try:
+    ex.connect(ray)
+    print("connected")
+except MergeIRError as exc:
+    print(exc)
+print(f"took {time.monotonic() - start:.2f}")
+"""
+
+
+def test_unreachable_addresses_fail_in_one_line_within_the_bound(tmp_path):
+    """Nothing at 127.0.0.1:1 (GCS and Ray Client forms: Ray waited 33 s to minutes), and a
+    local port that accepts but never answers (bounded by connect_timeout=2): the connection
+    step is timed inside a driver process, and the CLI gives one line. Only local addresses
+    are touched."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray dials the node's IP for 127.0.0.1 (a cluster's view of this machine); with this,
+    # its loopback, so the test touches 127.0.0.1 only
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        out = ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")]
+        res = run_all(
+            {
+                "gcs": ["-c", CONNECT, "127.0.0.1:1", "10"],
+                "client": ["-c", CONNECT, "ray://127.0.0.1:1", "10"],
+                "silent": ["-c", CONNECT, f"127.0.0.1:{port}", "2"],
+                "cli": [
+                    "-m",
+                    "mergekit_ir.cli",
+                    "run",
+                    "--registry",
+                    BUNDLED,
+                    *out,
+                    "-q",
+                    "--executor",
+                    "ray",
+                    "--executor-param",
+                    "address=127.0.0.1:1",
+                ],
+            },  # fmt: skip
+            env,
+            limit=90,
+        )
+
+    def connect_step(name: str) -> tuple[str, float]:
+        code, output, _ = res[name]
+        lines = output.strip().splitlines()
+        assert code == 0 and lines[-1].startswith("took "), output
+        return lines[-2], float(lines[-1].split()[1])
+
+    for name, address in (("gcs", "127.0.0.1:1"), ("client", "ray://127.0.0.1:1")):
+        line, took = connect_step(name)
+        assert line.startswith(f"executor 'ray': address={address}") and took < 1.0, (took, line)
+        assert "cannot connect (Connection refused)" in line
+    line, took = connect_step("silent")
+    assert line.startswith(f"executor 'ray': address=127.0.0.1:{port}") and 1.5 < took < 4, took
+    assert "the port answers, but not as a Ray GCS within 2s (connect_timeout)" in line
+    code, output, _ = res["cli"]
+    line = one_error(output)
+    assert code == 2 and line.startswith("error: executor 'ray': address=127.0.0.1:1"), output

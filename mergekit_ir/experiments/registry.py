@@ -10,6 +10,7 @@ See ``docs/registry.md`` for the schema and ``registry.yaml`` for the paper's tr
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -28,8 +29,9 @@ from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.merging.method import check_alpha_grid, check_weights
 from mergekit_ir.params import Param, check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
-from mergekit_ir.results import AGAINST, domain_row_keys, model_row_keys
+from mergekit_ir.results import AGAINST, domain_row_keys, grid_point, model_row_keys
 from mergekit_ir.scoring.scorer import DTYPES
+from mergekit_ir.tuning.selector import BOOTSTRAP
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -153,6 +155,9 @@ class Experiment:
     max_p: float = 0.01
     correction: str = "bonferroni"
     comparisons: int | None = None
+    #: method parameters swept with α: (name, values) per dimension; ``alphas`` then holds
+    #: grid points (see ``results.grid_point``)
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     #: what the verdicts compare the merged rows with (theta_t, best_baseline)
     significance_against: tuple[str, ...] = AGAINST
     batch_size: int = 32
@@ -190,6 +195,17 @@ def _get(table: dict[str, Any], name: str, kind: str, path: Path) -> Any:
         return table[name]
     except KeyError:
         known = ", ".join(sorted(table)) or "none"
+        if (
+            path.resolve() == bundled_registry_path().resolve()
+            and not Path("registry.yaml").is_file()
+            and not os.environ.get("MERGEIR_REGISTRY")
+        ):
+            # the bundled registry answered because none was found here: say that first
+            raise ConfigError(
+                f"no ./registry.yaml in {Path.cwd()} (pass --registry FILE or set "
+                f"$MERGEIR_REGISTRY); the bundled registry has no {kind} named "
+                f"{short_repr(name)} (it has: {known})"
+            ) from None
         raise ConfigError(
             f"{path}: no {kind} named {short_repr(name)} (defined: {known})"
         ) from None
@@ -425,6 +441,12 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     kw["eval_queries"] = _fields(
         _section(raw, "evaluation", path), EVALUATION_FIELDS, f"{path}.evaluation"
     )["queries"]
+    if kw["grid"] and kw.get("alpha_selectors"):
+        names = ", ".join(n for n, _ in kw["grid"])
+        raise ConfigError(
+            f"{path}.tuning.alpha: α selectors choose α alone, and merge also sweeps {names}; "
+            "tune the grid on dev (tuning.alpha: true) or give those parameters one value"
+        )
     if "seed" in raw:
         kw["seed"] = SEED.check(raw["seed"], f"{path}.seed")
     if raw.get("reported") is not None:
@@ -463,16 +485,56 @@ def _merge_section(
     if method.param("alpha") is None:
         raise ConfigError(f"{path}.method: '{method_name}' declares no 'alpha' parameter to sweep")
     alphas = check_alpha_grid(method, merge.pop("alpha", list(DEFAULT_ALPHAS)), f"{path}.alpha")
+    grid = _parameter_grid(method, merge, path)
+    if grid:
+        alphas = tuple(
+            grid_point({"alpha": a, **dict(zip((n for n, _ in grid), combo, strict=True))})
+            for a in alphas
+            for combo in itertools.product(*(values for _, values in grid))
+        )
     fixed = check_params(
         [p for p in method.params if p.name != "alpha"],
         merge,
         path,
         f"merge method '{method_name}'",
     )
+    # a swept parameter is not a fixed one: Θ'(α = 1) runs at the method's default for it
+    fixed = {k: v for k, v in fixed.items() if k not in dict(grid)}
     if fixed.get("weights") is not None:
         for t in trips:
             check_weights(fixed["weights"], len(reg.triplets[t].domains), f"{path}.weights")
-    return {"method": method_name, "alphas": alphas, "merge_params": fixed}
+    return {
+        "method": method_name,
+        "alphas": alphas,
+        "merge_params": fixed,
+        "grid": tuple((n, v) for n, v in grid),
+    }
+
+
+def _parameter_grid(
+    method: Any, merge: dict[str, Any], path: str
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """Numeric method parameters given as a list of values: each a grid dimension swept with α
+    (removed from ``merge``); one value is a fixed parameter, as before. A list of ``filter``
+    rules stays a layer-wise value."""
+    grid = []
+    for p in method.params:
+        value = merge.get(p.name)
+        if p.name in ("alpha", "weights") or p.type not in (int, float):
+            continue
+        if not isinstance(value, list) or not value:
+            continue
+        if all(isinstance(v, Mapping) and "filter" in v for v in value):
+            continue  # layer-wise rules
+        merge.pop(p.name)
+        values = tuple(p.check(v, f"{path}.{p.name}[{i}]") for i, v in enumerate(value))
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{path}.{p.name}: a value is listed twice; give each once")
+        if len(values) == 1:
+            merge[p.name] = values[0]
+            continue
+        grid.append((p.name, values))
+    return grid
 
 
 def _first_stage_section(fs: dict[str, Any], catalog: Any, path: str) -> dict[str, Any]:
@@ -644,9 +706,10 @@ def _selector(raw: Any, path: str, catalog: Any) -> SelectorSpec:
     sel = catalog.alpha_selector(name, f"{path}.selector")
     guard = given.pop("guard", False)
     _expect(guard, bool, f"{path}.guard", "true or false")
-    samples = given.pop("bootstrap", 1000)
+    samples = given.pop("bootstrap", BOOTSTRAP.default)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ConfigError(f"{path}.bootstrap: {short_repr(samples)} is not a whole number ≥ 0")
+    samples = BOOTSTRAP.check_scalar(samples, f"{path}.bootstrap")  # capped: bounded work
     conf = given.pop("confidence", 0.95)
     if isinstance(conf, bool) or not isinstance(conf, int | float) or not 0 < conf < 1:
         raise ConfigError(f"{path}.confidence: {short_repr(conf)} is outside (0, 1)")

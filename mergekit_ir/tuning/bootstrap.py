@@ -6,9 +6,18 @@ Kept free of runs and models so each function has hand-computed tests.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+
+#: The most resamples a selector may ask for (``bootstrap:``). The Monte-Carlo error of a
+#: 2.5 % percentile is sd(p̂) = sqrt(p(1 − p) / B): ±0.005 at the default B = 1000, ±0.0005 at
+#: 100,000 — far below the query-sampling uncertainty the interval measures, which no B reduces.
+#: The resampled curves take B × |α grid| × 8 bytes (9 MB for 11 α at the cap).
+MAX_BOOTSTRAP = 100_000
+#: Resampled query slots held at once (indices and counts: 2 × 8 MB), whatever B and the queries.
+_CHUNK = 1 << 20
 
 
 def means(values: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -64,7 +73,14 @@ def bootstrap(
 
     ``values`` is group -> α label -> qid -> score; ``baseline`` is group -> qid -> score at
     the baseline α (α = 0, ΘT). A group's queries are those of its baseline.
+
+    Vectorised (numpy, seeded PCG64): a resample is a row of per-query counts, and its means
+    are one matrix product; rows are drawn in chunks of at most ``_CHUNK`` query slots, so
+    memory stays bounded for any number of queries. ``samples`` is at most
+    :data:`MAX_BOOTSTRAP`.
     """
+    if not 0 <= samples <= MAX_BOOTSTRAP:
+        raise ValueError(f"bootstrap samples {samples} outside [0, {MAX_BOOTSTRAP}]")
     groups = sorted(baseline)
     qids = {g: sorted(baseline[g]) for g in groups}
     cols = {g: {a: [values[g][a][q] for q in qids[g]] for a in order} for g in groups}
@@ -74,22 +90,34 @@ def bootstrap(
         return sum(xs) / len(xs) if xs else 0.0
 
     mean_gain = gmean([gmean(gains[g]) for g in groups])
-    if samples < 1 or not any(qids.values()):
+    if samples == 0 or not any(qids.values()):
         a = alpha_values.get(chosen, math.nan)
         return BootstrapResult((a, a), mean_gain, (mean_gain, mean_gain), 1.0)
-    rng = random.Random(seed)
-    picked, boot_gains, same = [], [], 0
-    for _ in range(samples):
-        idx = {g: [rng.randrange(len(qids[g])) for _ in qids[g]] for g in groups}
-        curve = {a: sum(gmean([cols[g][a][i] for i in idx[g]]) for g in groups) for a in order}
-        best = argmax(curve, order)
-        same += best == chosen
-        if best in alpha_values:
-            picked.append(alpha_values[best])
-        boot_gains.append(gmean([gmean([gains[g][i] for i in idx[g]]) for g in groups]))
+    rng = np.random.default_rng(seed)
+    curves = np.zeros((samples, len(order)))  # resample -> α -> sum over groups of group means
+    gain_sums = np.zeros(samples)  # resample -> sum over groups of the group's mean gain
+    for g in groups:
+        n = len(qids[g])
+        if n == 0:  # an empty group adds 0 to every curve and gain, as its mean is 0
+            continue
+        # query -> [value at each α in order..., gain of the chosen α]
+        table = np.array([[*(cols[g][a][i] for a in order), gains[g][i]] for i in range(n)])
+        rows = max(1, _CHUNK // n)
+        for start in range(0, samples, rows):
+            b = min(rows, samples - start)
+            picks = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+            counts = np.bincount(picks.ravel(), minlength=b * n).reshape(b, n)
+            resampled = counts @ table / n  # each resample's mean per α (and gain)
+            curves[start : start + b] += resampled[:, :-1]
+            gain_sums[start : start + b] += resampled[:, -1]
+    # argmax per resample, ties (up to rounding) to the earlier α in ``order``
+    top = curves.max(axis=1, keepdims=True)
+    best = np.argmax(curves >= top - 1e-12 * np.maximum(1.0, np.abs(top)), axis=1)
+    same = int(np.count_nonzero(best == order.index(chosen)))
+    scalar = np.array([alpha_values.get(a, math.nan) for a in order], dtype=float)[best]
+    picked = np.sort(scalar[~np.isnan(scalar)]).tolist()
+    boot_gains = np.sort(gain_sums / len(groups)).tolist()
     tail = (1.0 - confidence) / 2
-    picked.sort()
-    boot_gains.sort()
     a_iv = (percentile(picked, tail), percentile(picked, 1 - tail)) if picked else (math.nan,) * 2
     g_iv = (percentile(boot_gains, tail), percentile(boot_gains, 1 - tail))
     return BootstrapResult(a_iv, mean_gain, g_iv, same / samples)

@@ -21,10 +21,25 @@ from mergekit_ir.evaluation.datasets import Dataset
 from mergekit_ir.params import Param
 from mergekit_ir.ranking import Ranking
 from mergekit_ir.results import AlphaChoice, alpha_label
-from mergekit_ir.tuning.bootstrap import argmax, bootstrap, group_curve
+from mergekit_ir.tuning.bootstrap import MAX_BOOTSTRAP, argmax, bootstrap, group_curve
 
 #: The α the guard falls back to: Θ' = ΘT (the IR model unchanged).
 BASELINE_ALPHA = 0.0
+#: The α a dataset keeps when a selector cannot choose for it (no dev split): the paper's
+#: zero-shot α.
+ZERO_SHOT_ALPHA = 1.0
+
+#: The ``bootstrap:`` key every selector entry shares (``tuning.alpha``, ``tuning.compare[i]``):
+#: resamples for the intervals, capped at :data:`~mergekit_ir.tuning.bootstrap.MAX_BOOTSTRAP`
+#: (the reason is there). The registry checks it with ``BOOTSTRAP.check_scalar(value, path)``.
+BOOTSTRAP = Param(
+    "bootstrap",
+    int,
+    1000,
+    "resamples for the α and gain intervals (0: none)",
+    min=0,
+    max=MAX_BOOTSTRAP,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,10 @@ class SelectionContext:
     score: Callable[[Any, Any], dict[str, float]]  # per-query objective on a split's qrels
     echo: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the registry checks the key with its YAML path; this holds for contexts built in code
+        BOOTSTRAP.check_scalar(self.samples, f"selector {self.label}: bootstrap")
 
     @property
     def labels(self) -> list[str]:
@@ -116,10 +135,12 @@ class SelectionContext:
 
 
 def alpha_value(label: str, alphas: tuple[Any, ...]) -> Any:
-    """The α (as swept) a label names; α = 0 when it is the guard's fallback."""
+    """The α (as swept) a label names; α = 0 when it is the guard's fallback, α = 1 when it is
+    the zero-shot α of a dataset without a dev split (either may be off the grid)."""
     for a in alphas:
         if alpha_label(a) == label:
             return a
-    if label == alpha_label(BASELINE_ALPHA):
-        return BASELINE_ALPHA
+    for fallback in (BASELINE_ALPHA, ZERO_SHOT_ALPHA):
+        if label == alpha_label(fallback):
+            return fallback
     raise KeyError(label)
