@@ -62,6 +62,11 @@ def alpha_display(label: str) -> str:
         value = json.loads(label)
     except ValueError:
         return label
+    if isinstance(value, dict) and GRID in value:
+        return ", ".join(
+            f"{'α' if k == 'alpha' else k}={alpha_display(alpha_label(v))}"
+            for k, v in value[GRID].items()
+        )
     if isinstance(value, dict) and "gradient" in value:
         return "gradient " + " → ".join(f"{v:g}" for v in value["gradient"])
     if isinstance(value, list) and all(isinstance(r, dict) for r in value):
@@ -72,6 +77,28 @@ def alpha_display(label: str) -> str:
             for r in value
         )
     return label
+
+
+#: The key of a grid point: a merge parameter setting beyond α, swept like α
+#: (``merge: {alpha: [0.5, 1], density: [0.3, 0.7]}``) — ``{"grid": {"alpha": …, "density": …}}``.
+#: It travels where an α travels (the sweep, the cache key, the ablation, the tuned row).
+GRID = "grid"
+
+
+def grid_point(params: dict[str, Any]) -> dict[str, Any]:
+    """A grid point: ``alpha`` first, then the other swept parameters in the YAML's order."""
+    return {GRID: dict(params)}
+
+
+def point_params(alpha: Any) -> dict[str, Any]:
+    """The merge parameters an α or a grid point sets (what the sweep and a merge apply)."""
+    if isinstance(alpha, dict) and GRID in alpha:
+        return dict(alpha[GRID])
+    return {"alpha": alpha}
+
+
+def is_grid_point(alpha: Any) -> bool:
+    return isinstance(alpha, dict) and GRID in alpha
 
 
 def alpha_label(alpha: Any) -> str:

@@ -15,7 +15,13 @@ from typing import Any
 import yaml
 
 from mergekit_ir.errors import ConfigError, short_repr
-from mergekit_ir.results import MERGED_BEST, Results, load_results, read_results_json
+from mergekit_ir.results import (
+    MERGED_BEST,
+    Results,
+    load_results,
+    point_params,
+    read_results_json,
+)
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,10 @@ def selections(
                     triplet=s.triplet,
                     datasets=tuple(names),
                     method=str(exp.get("method", "task_arithmetic")),
-                    params={**dict(exp.get("merge_params") or {}), "alpha": json.loads(alpha_json)},
+                    params={
+                        **dict(exp.get("merge_params") or {}),
+                        **point_params(json.loads(alpha_json)),  # α, or α and swept parameters
+                    },
                     checkpoints={
                         k: v
                         for k, v in dict(manifest.get("checkpoints") or {}).items()

@@ -21,10 +21,16 @@ from mergekit_ir.references.checkpoints import (
     hub_offline,
     locate_checkpoint,
 )
+from mergekit_ir.results import alpha_label, point_params
 from mergekit_ir.scoring.scorer import ScorerKind
 
 
 def _grid(exp: Experiment) -> str:
+    if exp.grid:  # α × other parameters: say the dimensions, not every point
+        alphas = list(dict.fromkeys(alpha_label(point_params(a)["alpha"]) for a in exp.alphas))
+        dims = [f"α ∈ {{{', '.join(alphas)}}}"]
+        dims += [f"{n} ∈ {{{', '.join(f'{v:g}' for v in vs)}}}" for n, vs in exp.grid]
+        return f"{' × '.join(dims)} ({len(exp.alphas)} points)"
     if all(isinstance(a, int | float) for a in exp.alphas) and len(exp.alphas) > 3:
         return f"{exp.alphas[0]:g} … {exp.alphas[-1]:g} ({len(exp.alphas)} values)"
     return ", ".join(f"{a:g}" if isinstance(a, int | float) else "layer-wise" for a in exp.alphas)

@@ -524,8 +524,8 @@ def _parameter_grid(
             continue
         if not isinstance(value, list) or not value:
             continue
-        if all(isinstance(v, Mapping) and "filter" in v for v in value):
-            continue  # layer-wise rules
+        if any(isinstance(v, Mapping) for v in value):
+            continue  # layer-wise rules ({filter: …, value: …}), checked as a fixed value
         merge.pop(p.name)
         values = tuple(p.check(v, f"{path}.{p.name}[{i}]") for i, v in enumerate(value))
         if len(set(map(repr, values))) != len(values):

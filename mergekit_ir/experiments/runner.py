@@ -69,7 +69,9 @@ from mergekit_ir.results import (
     Row,
     Section,
     TunedAlpha,
+    alpha_display,
     alpha_label,
+    point_params,
     row_label,
 )
 from mergekit_ir.scoring.scorer import (
@@ -422,6 +424,8 @@ class TripletRunner:
         return self.model_ranking(IR, [self.fingerprints[IR]], split, self.ir_scorer)
 
     def merged_ranking(self, alpha: Any, split: Split) -> Ranking:
+        """Θ'(α)'s ranking of ``split``; ``alpha`` may be a grid point (α with other swept
+        parameters), applied in place on ΘT like a plain α."""
         if _is_zero(alpha) and not self.method.needs_ir_vector:
             # Θ' = ΘT + 0·τ is ΘT: score it once, under ΘT's key. (Methods that also rework
             # ΘT − Θ0, as TIES and DARE do, do not give back ΘT at α = 0.)
@@ -437,7 +441,7 @@ class TripletRunner:
         if rules != AlignmentRules():  # tensors copied from ΘT change Θ'(α): part of its key
             identity.append({"copy": list(rules.copy), "skip_missing": rules.skip_missing})
         return self.model_ranking(
-            f"merged@{alpha_label(alpha)}", identity, split, self.ir_scorer, {"alpha": alpha}
+            f"merged@{alpha_label(alpha)}", identity, split, self.ir_scorer, point_params(alpha)
         )
 
 
@@ -595,7 +599,8 @@ class ExperimentRun:
         best = max(exp.alphas, key=lambda a: (means[alpha_label(a)], -exp.alphas.index(a)))
         chosen = {d: best if d in self.devs or exp.transfer_alpha else 1.0 for d in self.datasets}
         self.opts.echo(
-            f"  tuned α = {alpha_label(best)} (mean dev {exp.objective} {means[alpha_label(best)]:.4f})"
+            f"  tuned α = {alpha_display(alpha_label(best))} "
+            f"(mean dev {exp.objective} {means[alpha_label(best)]:.4f})"
         )
         # Reference lines for the α plot: ΘT (α = 0) and the first stage alone, on the same splits.
         references = {
@@ -674,7 +679,11 @@ class ExperimentRun:
 
         exp, fs = self.exp, self.first_stage
         distinct_best = {alpha_label(tuned.per_dataset[d]) for d in self.datasets}
-        best_label = f"Θ' (α={distinct_best.pop()})" if len(distinct_best) == 1 else "Θ' (tuned α)"
+        only = distinct_best.pop() if len(distinct_best) == 1 else None
+        if only is not None and only.startswith("{"):  # a grid point: its parameters spelled out
+            best_label = f"Θ' ({alpha_display(only)})"
+        else:
+            best_label = f"Θ' (α={only})" if only is not None else "Θ' (tuned α)"
         section = Section(tname)
         rankings: dict[str, Ranking] = {}
         fusion: dict[str, dict[str, dict[str, Any]]] = {}

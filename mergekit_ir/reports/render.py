@@ -113,6 +113,8 @@ def _alpha_notes(results: Results) -> list[str]:
                     if isinstance(v, int | float)
                     else f"{ds} α={n:g}"
                     if (n := _number(str(v))) is not None
+                    else f"{ds} {alpha_display(str(v))}"
+                    if str(v).startswith('{"grid"')
                     else f"{ds} α={alpha_display(str(v))}"
                     for ds, v in a.items()
                 )
