@@ -637,22 +637,15 @@ def _merge_recipe(
     )
     if plan:
         click.echo("\n".join(describe_recipe(recipe, prepared)))
-        click.echo(prepared.plan.table(prepared.job.params))
-        return
-    if not out_dir:
-        raise ConfigError("--out DIR is required (or use --plan to only print the plan)")
-    report = write_recipe_merge(
-        prepared,
-        out_dir,
-        shard_size=shard_bytes,
-        overwrite=overwrite,
-        device=device,
-        progress=not quiet,
+    _finish_merge(
+        prepared, plan, out_dir, shard_bytes, overwrite, device, quiet, write=write_recipe_merge
     )
-    click.echo(f"wrote {report.out} ({report.bytes_written / 1e6:.1f} MB) from {recipe_path}")
 
 
-def _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet) -> None:
+def _finish_merge(
+    prepared, plan, out_dir, shard_bytes, overwrite, device, quiet, write=None
+) -> None:
+    """``--plan``: the table; else write Θ' (``write``: how, e.g. a recipe's own writer)."""
     from mergekit_ir.api.merge import write_merge
 
     if plan:
@@ -660,7 +653,7 @@ def _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet
         return
     if not out_dir:
         raise ConfigError("--out DIR is required (or use --plan to only print the plan)")
-    report = write_merge(
+    report = (write or write_merge)(
         prepared,
         out_dir,
         shard_size=shard_bytes,
