@@ -1331,5 +1331,15 @@ def report(run_dir: str) -> None:
         click.echo(f"wrote {p}")
 
 
+def _register_push() -> None:
+    """``mergeir push DIR REPO``: publish a merged folder (mergekit_ir.api.hub)."""
+    from mergekit_ir.api.hub import push_command
+
+    main.add_command(push_command)
+
+
+_register_push()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergekit_ir.execution import Executor, TripletOutcome
-from mergekit_ir.experiments.runner import ExperimentRun, RunOptions
 from mergekit_ir.experiments.splits import Split, WorkerSetup, wire_splits
 from mergekit_ir.storage.cache import Cache
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the runner (and torch) load when a job runs, not when a plugin imports us
+    from mergekit_ir.experiments.runner import ExperimentRun
     from mergekit_ir.ranking import Ranking
 
 
@@ -50,6 +50,7 @@ def run_triplet_job(
 
 
 def _worker_run(setup: WorkerSetup, echo: Callable[[str], None]) -> ExperimentRun:
+    from mergekit_ir.experiments.runner import ExperimentRun, RunOptions
 
     opts = RunOptions(
         out_dir=Path("."),  # workers write no outputs, only cache entries

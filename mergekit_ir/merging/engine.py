@@ -452,13 +452,277 @@ def provenance(
     return {"ΘT": ir, "Θ0": pretrained or "-", "ΘD": ", ".join(domains), **extra}
 
 
-def model_card(job: MergeJob, plan: MergePlan, provenance: Mapping[str, Any]) -> str:
+def model_card(
+    job: MergeJob, plan: MergePlan, provenance: Mapping[str, Any], name: str | None = None
+) -> str:
+    """Θ''s README.md: the hub's YAML metadata, then how Θ' was made and how to load it.
+
+    The metadata is built with ``huggingface_hub.ModelCardData`` and read back with it, so it
+    parses as the hub parses cards: ``library_name`` (``sentence-transformers`` when ΘT is a
+    sentence-transformers folder, with that kind's ``pipeline_tag`` and tags, else
+    ``transformers``), ``tags``, ``base_model`` (the inputs that are hub ids, i.e. were read
+    from the hub cache) with ``base_model_relation: merge``. For a run's Θ' (``merge
+    --from-run``, ``run --save-best``: ``provenance`` names the run) a ``model-index`` holds the
+    metrics the run measured for this Θ' on each dataset it was tuned for: the test split,
+    Θ' alone on the first stage's candidates and fused with the first stage, each metric's
+    ``args`` naming α, how α was chosen (dev judgments or label-free), the method and the
+    first stage. ``name`` is the model-index's model name (the output folder's name).
+    """
+    import re
+
+    import yaml
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from mergekit_ir.errors import MergeIRError
+    from mergekit_ir.results import (
+        CANDIDATE_KEYS,
+        DOMAIN,
+        IR,
+        MERGED_BEST,
+        PRETRAINED,
+        alpha_label,
+        load_results,
+    )
+
     params = json.dumps(job.params, default=str)
     c = plan.counts()
     sources = "\n".join(f"- **{k}**: `{v}`" for k, v in provenance.items())
+    model_name = name or str(provenance.get("triplet") or "merged")
+
+    # -- what ΘT is: a sentence-transformers kind, or a plain transformers folder ----------
+    st_folder = job.ir.folder
+    st_kind, sub_weights = None, []
+    if (st_folder / "modules.json").is_file():
+        try:
+            st_cfg = json.loads((st_folder / "config_sentence_transformers.json").read_text())
+            module_types = [
+                str(m.get("type", "")) for m in json.loads((st_folder / "modules.json").read_text())
+            ]
+        except (OSError, ValueError, AttributeError, TypeError):
+            st_cfg, module_types = {}, []
+        archs = job.ir.config.get("architectures") or []
+        st_kind = str(st_cfg.get("model_type") or "") if isinstance(st_cfg, dict) else ""
+        if st_kind not in ("SentenceTransformer", "CrossEncoder", "SparseEncoder"):
+            st_kind = (
+                "SparseEncoder"
+                if any(t.endswith("SpladePooling") for t in module_types)
+                else "CrossEncoder"
+                if any(str(a).endswith("ForSequenceClassification") for a in archs)
+                else "SentenceTransformer"
+            )
+        sub_weights = sorted(
+            str(f.relative_to(st_folder))
+            for f in st_folder.rglob("*")
+            if f.is_file()
+            and len(f.relative_to(st_folder).parts) > 1
+            and f.name.endswith(WEIGHT_SUFFIXES)
+            and not f.relative_to(st_folder).parts[0].startswith(".")
+        )
+    st_meta = {
+        "SentenceTransformer": (
+            "sentence-similarity",
+            ["sentence-similarity", "feature-extraction"],
+            "bi-encoder",
+        ),
+        "CrossEncoder": ("text-ranking", ["cross-encoder", "reranker"], "cross-encoder"),
+        "SparseEncoder": ("feature-extraction", ["sparse-encoder", "sparse", "splade"], "splade"),
+    }
+    pipeline_tag, st_tags, scorer_kind = st_meta.get(st_kind or "", (None, [], None))
+    tags = ["mergekit-ir", "merge", job.method.name]
+    if st_kind:
+        tags += ["sentence-transformers", *st_tags]
+
+    # -- base_model: the inputs read from the hub cache (models--org--name/snapshots/…) -----
+    hub_ids: list[str] = []
+    for _, folder in input_folders(job):
+        m = re.search(r"models--([^/\\]+)[/\\]snapshots[/\\]", str(Path(folder).resolve()))
+        if m and m.group(1).replace("--", "/") not in hub_ids:
+            hub_ids.append(m.group(1).replace("--", "/"))
+
+    # -- model-index: what the run measured for this Θ' --------------------------------------
+    eval_results: list[Any] = []
+    table: list[str] = []
+
+    def run_evaluation(run: str) -> None:
+        try:
+            results = load_results(run)
+        except MergeIRError as exc:
+            log.warning("model card without model-index: %s", exc)
+            return
+        triplet = provenance.get("triplet")
+        section = (
+            results.section(str(triplet))
+            if triplet
+            else (results.sections[0] if len(results.sections) == 1 else None)
+        )
+        row = section.row(MERGED_BEST) if section is not None else None
+        if section is None or row is None:
+            return
+        manifest = results.manifest or {}
+        exp = manifest.get("experiment") or {}
+        tuned_for = [d.strip() for d in str(provenance.get("tuned for", "")).split(",")]
+        datasets = [d for d in tuned_for if d] or list(row.cells)
+        try:  # the registry the run read names each dataset's test split
+            registry = yaml.safe_load(Path(str(manifest.get("registry", ""))).read_text())
+            specs = registry.get("datasets") or {}
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            specs = {}
+        row0 = section.rows[0] if section.rows else None  # the first stage's row
+        model_rows = (PRETRAINED, IR, *CANDIDATE_KEYS)
+        first = row0 if row0 and row0.key not in model_rows and DOMAIN not in row0.key else None
+        first_stage = str(exp.get("first_stage") or (first.key if first else "first stage"))
+        first_label = first.label if first else first_stage
+        k = exp.get("k")
+        merge_params = {p: v for p, v in job.params.items() if p != "alpha" and v is not None}
+        selection = results.alpha_selection.get(section.triplet)
+        ablation = results.alpha_ablation.get(section.triplet)
+        fusion = (results.fusion.get(section.triplet) or {}).get(MERGED_BEST) or {}
+        for d in datasets:
+            run_alpha = section.tuned_alpha.get(d, row.alpha_for(d))
+            shown = run_alpha if isinstance(run_alpha, str) else alpha_label(run_alpha)
+            if run_alpha is None or shown != alpha_label(job.params.get("alpha")):
+                log.warning(
+                    "model card: the run's α on %s (%s) is not this merge's; no model-index for it",
+                    d,
+                    shown,
+                )
+                continue
+            if selection is not None and d in selection.choices.get(selection.primary, {}):
+                choice = selection.choices[selection.primary][d]
+                labels = choice.diagnostics.get("uses_labels") or (
+                    selection.primary.partition(":")[0] == "dev"
+                )
+                tuning = "dev" if labels else "label-free"
+                detail = f"α selector {selection.primary} on {selection.metric}"
+            elif ablation is not None and d in ablation.values:
+                tuning, detail = "dev", f"{ablation.split} split, {ablation.metric}"
+            elif ablation is not None and exp.get("transfer_alpha") and ablation.values:
+                tuning = "dev"
+                detail = f"transferred from the dev splits of {', '.join(ablation.values)}"
+            else:
+                tuning, detail = "none", "not tuned (no dev split), the default α"
+            spec = specs.get(d) if isinstance(specs, dict) else None
+            split = spec.get("test") if isinstance(spec, dict) else None
+            split = split if isinstance(split, str) and split else "test"
+            args = {
+                "alpha": job.params.get("alpha"),
+                "alpha_tuning": tuning,
+                "alpha_tuned_on": detail,
+                "merge_method": job.method.name,
+                **({"merge_params": merge_params} if merge_params else {}),
+                "first_stage": first_stage,
+                **({"k": k} if k is not None else {}),
+            }
+            fused_args = {
+                **args,
+                "fusion": {
+                    "method": exp.get("fusion_method", "wsum"),
+                    "norm": exp.get("fusion_norm", "min-max"),
+                    **dict(fusion.get(d) or {}),
+                },
+            }
+            top = f" top-{k}" if k is not None else ""
+            # one model-index entry per dataset (the hub groups results by task and dataset):
+            # Θ' alone on the candidates first, then the run's table, fused with the first stage
+            groups = [
+                ("", args, (row.unfused or {}).get(d) or {}),
+                (
+                    f" (fused with {first_label})",
+                    fused_args,
+                    {m: cell.mean for m, cell in row.cells.get(d, {}).items()},
+                ),
+            ]
+            metrics = list(results.metrics) or list(row.cells.get(d, {}))
+            for suffix, metric_args, values in groups:
+                for metric in metrics:
+                    if values.get(metric) is None:
+                        continue
+                    what, _, cut = metric.partition("@")
+                    kind = {"p": "precision", "r": "recall"}.get(what.lower(), what.lower())
+                    eval_results.append(
+                        EvalResult(
+                            task_type="text-ranking",
+                            task_name=f"Reranking {first_label}{top}",
+                            dataset_type=d,
+                            dataset_name=d,
+                            dataset_split=split,
+                            metric_type=f"{kind}_at_{cut}" if cut else kind,
+                            metric_name=metric + suffix,
+                            metric_value=round(float(values[metric]), 4),
+                            metric_args=metric_args,
+                        )
+                    )
+            alone, fused = groups[0][2], groups[1][2]
+            for metric in metrics:
+                a, f = alone.get(metric), fused.get(metric)
+                table.append(
+                    f"| {d} ({split}) | {metric} | "
+                    + " | ".join("-" if v is None else f"{v:.4f}" for v in (a, f))
+                    + f" | {alpha_label(job.params.get('alpha'))}, {tuning}: {detail} |"
+                )
+
+    if provenance.get("run"):
+        run_evaluation(str(provenance["run"]))
+
+    data = ModelCardData(
+        library_name="sentence-transformers" if st_kind else "transformers",
+        pipeline_tag=pipeline_tag,
+        tags=tags,
+        base_model=hub_ids or None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+        **({"base_model_relation": "merge"} if hub_ids else {}),
+    )
+    header = data.to_yaml()
+    try:  # read back as the hub reads it: a model-index that does not parse is our bug
+        again = ModelCardData(**yaml.safe_load(header))
+    except (ValueError, TypeError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"the model card's metadata does not parse back ({exc})") from None
+    if len(again.eval_results or []) != len(eval_results):
+        raise CheckpointError("the model card's model-index does not parse back")
+
+    evaluation = ""
+    if table:
+        evaluation = (
+            "\n## Evaluation (from the run)\n\n"
+            "Measured by `mergeir run` on the test split of each dataset α was tuned for: Θ' "
+            "re-ranking the first stage alone, and fused with it (the run's table); the same "
+            "numbers are in the `model-index` above.\n\n"
+            "| dataset (split) | metric | Θ' alone | fused | α, how it was chosen |\n"
+            "|---|---|---|---|---|\n" + "\n".join(table) + "\n"
+        )
+    modules = ""
+    if sub_weights:
+        modules = (
+            f"sentence-transformers modules are ΘT's, copied as they are (not merged): "
+            f"{', '.join(f'`{w}`' for w in sub_weights)}.\n\n"
+        )
+    if st_kind == "CrossEncoder":
+        usage = """```python
+from sentence_transformers import CrossEncoder
+model = CrossEncoder("path/to/this/folder")
+scores = model.predict([("a query", "a document")])
+```"""
+    elif st_kind:
+        usage = f"""```python
+from sentence_transformers import {st_kind}
+model = {st_kind}("path/to/this/folder")
+scores = model.similarity(model.encode_query(["a query"]), model.encode_document(["a document"]))
+```"""
+    else:
+        usage = """```python
+from transformers import AutoModel, AutoTokenizer
+model = AutoModel.from_pretrained("path/to/this/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+```"""
+    how = (
+        f"Load it like ΘT, with sentence-transformers ({st_kind}), or re-rank with it: "
+        f"`mergeir rerank path/to/this/folder --scorer {scorer_kind} --dataset …`"
+        if st_kind
+        else "Load it like ΘT, e.g. with plain transformers"
+    )
     return f"""---
-library_name: transformers
-tags: [mergekit-ir, merge, {job.method.name}]
+{header}
 ---
 # Merged with mergekit-ir
 
@@ -468,16 +732,13 @@ tags: [mergekit-ir, merge, {job.method.name}]
 - **task vectors**: {"; ".join(v.describe() for v in job.vectors)}
 
 Tensors: {c["merge"]} merged, {c["copy"]} copied from ΘT, {c["skip"]} skipped (present only in Θ0/ΘD).
-Made with `mergekit-ir` (`mergeir merge`); method from Braga et al., *Investigating Task Arithmetic
+
+{modules}Made with `mergekit-ir` (`mergeir merge`); method from Braga et al., *Investigating Task Arithmetic
 for Zero-Shot Information Retrieval* (SIGIR 2025).
+{evaluation}
+{how}:
 
-Load it like ΘT, e.g. with plain transformers:
-
-```python
-from transformers import AutoModel, AutoTokenizer
-model = AutoModel.from_pretrained("path/to/this/folder")
-tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
-```
+{usage}
 """
 
 
@@ -559,7 +820,8 @@ def merge_to_folder(
                 # whole-tensor methods stay on one thread: memory stays at one tensor
                 n = (workers or default_workers()) if overlap and job.method.elementwise else 1
                 write_blocks(writer, iter_merged(job, plan, device, progress, n), overlap)
-            (tmp / "README.md").write_text(model_card(job, plan, provenance or {"ΘT": job.ir.ref}))
+            card = model_card(job, plan, provenance or {"ΘT": job.ir.ref}, name=out.name or None)
+            (tmp / "README.md").write_text(card)
             (tmp / OUTPUT_MARKER).write_text(
                 json.dumps(
                     {

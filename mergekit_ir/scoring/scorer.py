@@ -250,9 +250,10 @@ class Scorer(ABC):
 
     def progress(self, total: int, desc: str, unit: str = "pair") -> tqdm:
         """A bar labelled with the pass it belongs to; off under ``-q``. When stderr is not a
-        terminal (a log), the same bar becomes a plain line at the start and then at most
-        every :data:`LOG_EVERY_S` seconds, with rate and ETA — a long pass never goes silent,
-        and a log never fills with redraws."""
+        terminal (a log), a pass longer than :data:`LOG_EVERY_S` seconds writes a plain line
+        (done/total, rate, ETA) every :data:`LOG_EVERY_S` seconds — a long pass never goes
+        silent, a short one adds nothing to the runner's one line per pass, and a log never
+        fills with redraws."""
         label = f"{self.pass_label} · {desc}" if self.pass_label else desc
         if not self.settings.show_progress:
             return tqdm(total=total, disable=True)
@@ -263,10 +264,11 @@ class Scorer(ABC):
             desc=label,
             unit=unit,
             file=LogLines(),
+            delay=LOG_EVERY_S,
             mininterval=LOG_EVERY_S,
             maxinterval=LOG_EVERY_S,
             leave=False,
-            ncols=110,
+            bar_format="{desc}: {n_fmt}/{total_fmt} {unit}s, {rate_fmt}, ETA {remaining}",
         )
 
     def load_pretrained(

@@ -63,6 +63,81 @@ PARAMS = (
 )
 
 
+#: The sentence-transformers ``model_type`` (``config_sentence_transformers.json``) each scorer
+#: kind reads, for the hint when a folder is given to the wrong kind.
+ST_MODEL_KINDS = {
+    "SentenceTransformer": "bi-encoder",
+    "CrossEncoder": "cross-encoder",
+    "SparseEncoder": "splade",
+}
+
+#: Modules the bi-encoder applies as ``SentenceTransformer.encode`` does (Dropout: none at eval).
+BI_ENCODER_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout")
+
+
+def read_st_modules(path: Path) -> list[tuple[str, Path]] | None:
+    """(class name, folder) of each module of a sentence-transformers folder, in order;
+    None for a plain transformers folder (no ``modules.json``)."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text())
+        return [
+            (str(m.get("type", "")).rpartition(".")[2], path / str(m.get("path", "")))
+            for m in modules
+        ]
+    except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+        raise CheckpointError(
+            f"{modules_file}: not a sentence-transformers module list ({exc})"
+        ) from None
+
+
+def read_st_config(path: Path) -> dict[str, Any]:
+    """``config_sentence_transformers.json`` (prompts, model_type, similarity), or {}."""
+    cfg = path / "config_sentence_transformers.json"
+    if not cfg.is_file():
+        return {}
+    try:
+        raw = json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg}: not valid JSON ({exc.msg})") from None
+    return raw if isinstance(raw, dict) else {}
+
+
+def check_st_modules(
+    path: Path, modules: list[tuple[str, Path]], kind: str, supported: Sequence[str]
+) -> None:
+    """Refuse a sentence-transformers module the scorer would skip: its scores would then differ
+    from sentence-transformers' own, silently."""
+    for name, _ in modules:
+        if name not in supported:
+            model_type = read_st_config(path).get("model_type")
+            other = ST_MODEL_KINDS.get(str(model_type))
+            hint = (
+                f"it is a {model_type} folder: use scorer kind '{other}'"
+                if other and other != kind
+                else f"the {kind} scorer applies {', '.join(supported)}"
+            )
+            raise CheckpointError(
+                f"{path}: sentence-transformers module {name} is not supported by the {kind} "
+                f"scorer ({hint})"
+            )
+
+
+def st_max_length(path: Path, transformer_path: Path, tokenizer: Any) -> int | None:
+    """A sentence-transformers folder's max_seq_length: ``sentence_bert_config.json``, else
+    (sentence-transformers >= 6 keeps it there) the tokenizer's ``model_max_length``."""
+    for cfg in (transformer_path / "sentence_bert_config.json", path / "sentence_bert_config.json"):
+        if cfg.is_file():
+            value = json.loads(cfg.read_text()).get("max_seq_length")
+            if isinstance(value, int):
+                return value
+            break
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 1_000_000 else None
+
+
 def read_sentence_transformers(path: Path) -> dict[str, Any]:
     """Pooling, normalisation and length settings of a sentence-transformers folder."""
     info: dict[str, Any] = {
@@ -72,35 +147,28 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
         "max_length": None,
         "prompts": {},
     }
-    modules_file = path / "modules.json"
-    info["is_st"] = modules_file.is_file()
-    if not info["is_st"]:
+    modules = read_st_modules(path)
+    info["is_st"] = modules is not None
+    if modules is None:
         return info
-    try:
-        modules = json.loads(modules_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{modules_file}: not valid JSON ({exc.msg})") from None
-    for m in modules:
-        kind = m.get("type", "")
-        mpath = path / m.get("path", "")
-        if kind.endswith("Transformer"):
+    check_st_modules(path, modules, "bi-encoder", BI_ENCODER_MODULES)
+    for kind, mpath in modules:
+        if kind == "Transformer":
             info["transformer_path"] = mpath
             cfg = mpath / "sentence_bert_config.json"
             if not cfg.is_file():
                 cfg = path / "sentence_bert_config.json"
             if cfg.is_file():
                 info["max_length"] = json.loads(cfg.read_text()).get("max_seq_length")
-        elif kind.endswith("Pooling"):
+        elif kind == "Pooling":
             cfg = json.loads((mpath / "config.json").read_text())
             info["pooling"] = _pooling_mode(cfg)
             info["include_prompt"] = cfg.get("include_prompt", True)
-        elif kind.endswith("Dense"):
+        elif kind == "Dense":
             info.setdefault("dense", []).append(mpath)
-        elif kind.endswith("Normalize"):
+        elif kind == "Normalize":
             info["normalize"] = True
-    st_cfg = path / "config_sentence_transformers.json"
-    if st_cfg.is_file():
-        info["prompts"] = json.loads(st_cfg.read_text()).get("prompts") or {}
+    info["prompts"] = read_st_config(path).get("prompts") or {}
     return info
 
 

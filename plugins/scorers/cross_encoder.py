@@ -3,7 +3,9 @@
 Matches ``sentence_transformers.CrossEncoder`` tokenisation (pair input, longest-first
 truncation). Scores are raw logits (monotone in CrossEncoder's sigmoid output).
 With ``query_max_length`` set, the query is cut to that many tokens first and only
-the document gives way to ``max_length``.
+the document gives way to ``max_length``. A sentence-transformers CrossEncoder folder
+(``modules.json``) is read as ``CrossEncoder`` reads it: its transformer module, and
+never more tokens than its max_seq_length.
 """
 
 from __future__ import annotations
@@ -26,9 +28,22 @@ from mergekit_ir import (
     tokenize,
     truncate_texts,
 )
+from mergekit_ir_plugins.scorers.bi_encoder import (
+    check_st_modules,
+    read_st_config,
+    read_st_modules,
+    st_max_length,
+)
 
 PARAMS = (
-    Param("max_length", int, 512, "token limit per (query, document) pair", min=8),
+    Param(
+        "max_length",
+        int,
+        512,
+        "token limit per (query, document) pair (never more than a sentence-transformers "
+        "folder's max_seq_length)",
+        min=8,
+    ),
     Param(
         "label",
         int,
@@ -47,14 +62,37 @@ PARAMS = (
 )
 
 
+def read_cross_encoder_folder(path: Path) -> tuple[Path, bool]:
+    """(the transformer's folder, whether it is a sentence-transformers CrossEncoder).
+
+    A CrossEncoder folder may hold only its transformer: a module after it (a LogitScore
+    of a causal-LM reranker, a Dense) would change the score, so it is refused. Other
+    sentence-transformers folders (a bi-encoder as Θ0) are read for their transformer only.
+    """
+    modules = read_st_modules(path)
+    if modules is None:
+        return path, False
+    is_ce = read_st_config(path).get("model_type") == "CrossEncoder"
+    if is_ce:
+        check_st_modules(path, modules, "cross-encoder", ("Transformer",))
+        if read_st_config(path).get("default_prompt_name"):
+            raise CheckpointError(
+                f"{path}: a CrossEncoder with a default prompt is not supported by the "
+                "cross-encoder scorer (its scores would differ from CrossEncoder.predict)"
+            )
+    transformer = next((p for name, p in modules if name == "Transformer"), path)
+    return transformer, is_ce
+
+
 class CrossEncoder(Scorer):
     def __init__(self, path: Path, options: Mapping[str, Any], settings: ScoringSettings):
         super().__init__(settings)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        folder, is_ce = read_cross_encoder_folder(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = self.load_pretrained(
-            AutoModelForSequenceClassification, path, report_missing=True
+            AutoModelForSequenceClassification, folder, report_missing=True
         )
         self.check_head(path)
         n = self.model.config.num_labels
@@ -66,6 +104,8 @@ class CrossEncoder(Scorer):
                 f"{path}: scorer option label={self.label} but the model has {n} output(s)"
             )
         limit = getattr(self.model.config, "max_position_embeddings", 512)
+        if is_ce:  # as CrossEncoder: its max_seq_length (the tokenizer's) bounds the pair
+            limit = min(limit, st_max_length(path, folder, self.tokenizer) or limit)
         self.max_length = min(options.get("max_length") or 512, limit)
         self.query_max_length = options.get("query_max_length")
         if self.query_max_length is not None:
@@ -131,11 +171,26 @@ class CrossEncoder(Scorer):
 
 
 def check(path: Path) -> None:
-    cfg = read_model_config(path, "cross-encoder")
+    folder, _ = read_cross_encoder_folder(path)
+    cfg = read_model_config(folder, "cross-encoder")
     if cfg.is_encoder_decoder:
         raise CheckpointError(
             f"{path}: a {cfg.model_type} seq2seq model cannot be a cross-encoder; use scorer kind 'monot5'"
         )
+
+
+def caveat(path: Path) -> str | None:
+    """A folder whose config names no sequence-classification head: transformers would
+    initialise one at random (the same rule ``check_head`` applies after loading)."""
+    cfg = read_model_config(path, "cross-encoder")
+    archs = list(getattr(cfg, "architectures", None) or [])
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return None
+    named = ", ".join(archs) or "no architecture"
+    return (
+        f"{path}: {named}, not a sequence classifier: no trained classification head, so its "
+        "cross-encoder scores would be meaningless"
+    )
 
 
 @hookimpl
@@ -147,5 +202,6 @@ def register_scorers(register):
             load=CrossEncoder,
             params=PARAMS,
             check=check,
+            caveat=caveat,
         )
     )
