@@ -37,6 +37,21 @@ WORDS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread while a module runs; the module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+
+    Tiny models gain nothing from intra-op threads, and on a shared CPU they cost seconds.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

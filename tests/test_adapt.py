@@ -15,26 +15,17 @@ from mergekit_ir.adaptation.build import adapt
 from mergekit_ir.adaptation.corpus import pack_blocks
 from mergekit_ir.adaptation.training import AdaptSettings, LoraSpec
 from mergekit_ir.errors import CheckpointError, ConfigError, DatasetError
-from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
-from tiny_checkpoints import WORDS, save_llama, save_t5
+from tiny_checkpoints import VOCAB, save_llama, save_t5, save_word_bert
 
 CPU = torch.device("cpu")
-_VOCAB = [w for w in WORDS if w.isalpha()]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A toy corpus with structure to learn: a few repeated sentence patterns."""
     rng = random.Random(0)
-    patterns = [_VOCAB[i : i + 6] for i in range(0, 36, 6)]
+    patterns = [VOCAB[i : i + 6] for i in range(0, 36, 6)]
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     with path.open("w") as fh:
         for i in range(60):
@@ -46,11 +37,10 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapt-models")
-    tok = word_tokenizer(WORDS)
     t5 = save_t5(root / "t5", extra=tuple(f"<extra_id_{i}>" for i in range(20)))
     return {
-        "bert": save_bert(root / "bert", tok, 0, head="mlm"),
-        "bert_base": save_bert(root / "bert_base", tok, 1, head="base"),
+        "bert": save_word_bert(root / "bert", 0, head="mlm"),
+        "bert_base": save_word_bert(root / "bert_base", 1, head="base"),
         "t5": t5,
         "llama": save_llama(root / "llama"),
     }

@@ -25,19 +25,10 @@ from mergekit_ir.adaptation import build, progress, training
 from mergekit_ir.adaptation.build import adapt
 from mergekit_ir.adaptation.training import AdaptSettings, DivergedError
 from mergekit_ir.errors import CheckpointError, ConfigError, DatasetError, MergeIRError
-from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
-from tiny_checkpoints import WORDS
+from tiny_checkpoints import VOCAB, save_word_bert
 
 CPU = torch.device("cpu")
-_VOCAB = [w for w in WORDS if w.isalpha()]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +42,20 @@ def corpus(root) -> Path:
     path = root / "docs.jsonl"
     with path.open("w") as fh:
         for i in range(40):
-            text = " ".join(rng.choice(_VOCAB) for _ in range(18))
+            text = " ".join(rng.choice(VOCAB) for _ in range(18))
             fh.write(json.dumps({"_id": str(i), "text": text}) + "\n")
     return path
 
 
 @pytest.fixture(scope="module")
 def bert(root) -> Path:
-    return save_bert(root / "bert", word_tokenizer(WORDS), 0, head="mlm")
+    return save_word_bert(root / "bert", 0, head="mlm")
 
 
 @pytest.fixture(scope="module")
 def headless(root) -> Path:
     """A BERT without an MLM head (a sentence-transformers style BertModel)."""
-    return save_bert(root / "bert_base", word_tokenizer(WORDS), 1, head="base")
+    return save_word_bert(root / "bert_base", 1, head="base")
 
 
 @pytest.fixture(scope="module")

@@ -384,28 +384,10 @@ class TestDella:
         keep_t = torch.rand(1, 5, generator=gen)[0] < p
         keep_d = torch.rand(1, 5, generator=gen)[0] < p
         expected = keep_t * tau_t / p + 0.5 * keep_d * tau_d / p
-        out = della_linear(
-            tau_t + 1,
-            [tau_d],
-            tau_t=tau_t,
-            alpha=0.5,
-            density=0.5,
-            epsilon=0.2,
-            seed=3,
-            name="enc.w",
-        )
+        params = dict(tau_t=tau_t, alpha=0.5, density=0.5, epsilon=0.2, seed=3, name="enc.w")
+        out = della_linear(tau_t + 1, [tau_d], **params)
         close(out - 1, expected)
-        unscaled = della_linear(
-            tau_t + 1,
-            [tau_d],
-            tau_t=tau_t,
-            alpha=0.5,
-            density=0.5,
-            epsilon=0.2,
-            seed=3,
-            name="enc.w",
-            rescale=False,
-        )
+        unscaled = della_linear(tau_t + 1, [tau_d], **params, rescale=False)
         close(unscaled - 1, keep_t * tau_t + 0.5 * keep_d * tau_d)
 
     def test_density_one_is_deterministic(self) -> None:
@@ -550,30 +532,13 @@ def test_cli_merges_with_every_new_method(tiny_triplet, tmp_path) -> None:
     assert listed.exit_code == 0, listed.output
     for name in METHODS:
         assert f"  {name} " in listed.output, name
-    files = {k: load_file(tiny_triplet[k] / "model.safetensors") for k in ("pretrained", "ir")}
-    files["domain"] = load_file(tiny_triplet["domain"] / "model.safetensors")
+    roles = ("ir", "pretrained", "domain")
+    files = {k: load_file(tiny_triplet[k] / "model.safetensors") for k in roles}
+    models = [arg for k in roles for arg in (f"--{k}", str(tiny_triplet[k]))]
     for name in sorted(METHODS):
         out = tmp_path / name
-        res = CliRunner().invoke(
-            main,
-            [
-                "merge",
-                "--ir",
-                str(tiny_triplet["ir"]),
-                "--pretrained",
-                str(tiny_triplet["pretrained"]),
-                "--domain",
-                str(tiny_triplet["domain"]),
-                "--method",
-                name,
-                "--alpha",
-                "0.5",
-                "--out",
-                str(out),
-                "-q",
-            ],
-            catch_exceptions=False,
-        )
+        args = ["merge", *models, "--method", name, "--alpha", "0.5", "--out", str(out), "-q"]
+        res = CliRunner().invoke(main, args, catch_exceptions=False)
         assert res.exit_code == 0, (name, res.output)
         merged = load_file(out / "model.safetensors")
         assert all(torch.isfinite(v).all() for v in merged.values() if v.is_floating_point())

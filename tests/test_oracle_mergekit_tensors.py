@@ -67,6 +67,16 @@ class Triplet:
     def ours(self, fn, **params) -> torch.Tensor:
         return fn(self.theta_t, self.taus, tau_t=self.tau_t, name="w", **params)
 
+    def mergekit(
+        self, mk, method: str, parameters=None, base: str | None = "theta_0"
+    ) -> torch.Tensor:
+        """mergekit's ``method`` on ΘT and the ΘD_i; ``base``: Θ0 (the first input), ΘT or none."""
+        models = [self.theta_t, *self.theta_ds]
+        if base == "theta_0":
+            models = [self.theta_0, *models]
+        index = None if base is None else 0
+        return mk.merge_tensors(models, method, parameters=parameters, base_index=index)
+
 
 def randn(shape, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
@@ -91,10 +101,11 @@ class TestShare:
     def test_linear(self, mk, alpha: float, normalize: bool) -> None:
         tr = make(0)
         ours = tr.ours(linear, alpha=alpha, weights=[1.0, 2.0], normalize=normalize)
-        theirs = mk.merge_tensors(
-            [tr.theta_t, *tr.theta_ds],
+        theirs = tr.mergekit(
+            mk,
             "linear",
-            parameters={"weight": [1 - alpha, alpha, 2 * alpha], "normalize": normalize},
+            {"weight": [1 - alpha, alpha, 2 * alpha], "normalize": normalize},
+            base=None,
         )
         close(ours, theirs)
 
@@ -105,9 +116,7 @@ class TestShare:
         if near:  # |cos| > 0.9995: mergekit's lerp branch
             tr.taus = [tr.tau_t + 0.001 * randn(tr.tau_t.shape, 5)]
         ours = tr.ours(slerp, alpha=alpha)
-        theirs = mk.merge_tensors(
-            [tr.theta_t, tr.theta_ds[0]], "slerp", parameters={"t": alpha}, base_index=0
-        )
+        theirs = tr.mergekit(mk, "slerp", {"t": alpha}, base="theta_t")
         close(ours, theirs)
 
     @pytest.mark.parametrize("shape", [(17, 23), (31,), (3, 4, 5)])
@@ -118,15 +127,14 @@ class TestShare:
     def test_nuslerp(self, mk, alpha: float, flatten: bool, row_wise: bool, shape) -> None:
         tr = make(20, shape=shape, n=1)
         ours = tr.ours(nuslerp, alpha=alpha, nuslerp_flatten=flatten, nuslerp_row_wise=row_wise)
-        theirs = mk.merge_tensors(
-            [tr.theta_0, tr.theta_t, tr.theta_ds[0]],
+        theirs = tr.mergekit(
+            mk,
             "nuslerp",
-            parameters={
+            {
                 "weight": [1 - alpha, alpha],
                 "nuslerp_flatten": flatten,
                 "nuslerp_row_wise": row_wise,
             },
-            base_index=0,
         )
         close(ours, theirs)
 
@@ -137,14 +145,13 @@ class TestShare:
         tr = make(30, n=n)
         ws = [1.0, 0.5][:n]
         ours = tr.ours(multislerp, alpha=alpha, weights=ws, normalize_weights=normalize_weights)
-        theirs = mk.merge_tensors(
-            [tr.theta_0, tr.theta_t, *tr.theta_ds],
+        theirs = tr.mergekit(
+            mk,
             "multislerp",
-            parameters={
+            {
                 "weight": [1 - alpha, *(alpha * w for w in ws)],
                 "normalize_weights": normalize_weights,
             },
-            base_index=0,
         )
         close(ours, theirs)
 
@@ -153,9 +160,7 @@ class TestShare:
     def test_karcher_equal_weights(self, mk, n: int, max_iter: int, tol: float) -> None:
         tr = make(40, n=n)
         ours = tr.ours(karcher, alpha=0.5, max_iter=max_iter, tol=tol)
-        theirs = mk.merge_tensors(
-            [tr.theta_t, *tr.theta_ds], "karcher", parameters={"max_iter": max_iter, "tol": tol}
-        )
+        theirs = tr.mergekit(mk, "karcher", {"max_iter": max_iter, "tol": tol}, base=None)
         close(ours, theirs)
 
     @pytest.mark.parametrize("alpha", [0.1, 0.35, 0.8])
@@ -176,12 +181,7 @@ class TestToward:
     def test_model_stock(self, mk, n: int, filter_wise: bool) -> None:
         for shape in ((17, 23), (29,)):
             tr = make(50, shape=shape, n=n)
-            theirs = mk.merge_tensors(
-                [tr.theta_0, tr.theta_t, *tr.theta_ds],
-                "model_stock",
-                parameters={"filter_wise": filter_wise},
-                base_index=0,
-            )
+            theirs = tr.mergekit(mk, "model_stock", {"filter_wise": filter_wise})
             close(tr.ours(model_stock, filter_wise=filter_wise), theirs)
             expected = tr.theta_t + 0.4 * (theirs - tr.theta_t)
             close(tr.ours(model_stock, alpha=0.4, filter_wise=filter_wise), expected)
@@ -190,12 +190,7 @@ class TestToward:
     @pytest.mark.parametrize("keep", [0.3, 1.0])
     def test_ram(self, mk, keep: float, epsilon: float) -> None:
         tr = make(60, keep=keep)
-        theirs = mk.merge_tensors(
-            [tr.theta_0, tr.theta_t, *tr.theta_ds],
-            "ram",
-            parameters={"epsilon": epsilon},
-            base_index=0,
-        )
+        theirs = tr.mergekit(mk, "ram", {"epsilon": epsilon})
         close(tr.ours(ram, epsilon=epsilon), theirs)
         close(tr.ours(ram, alpha=0.3, epsilon=epsilon), tr.theta_t + 0.3 * (theirs - tr.theta_t))
 
@@ -203,12 +198,8 @@ class TestToward:
     @pytest.mark.parametrize("keep", [0.3, 0.7])
     def test_ramplus_tl(self, mk, keep: float, r: float, rho_max: float) -> None:
         tr = make(61, keep=keep)
-        theirs = mk.merge_tensors(
-            [tr.theta_0, tr.theta_t, *tr.theta_ds],
-            "ramplus_tl",
-            parameters={"r": r, "alpha": rho_max},  # mergekit's 'alpha' is our rho_max
-            base_index=0,
-        )
+        # mergekit's 'alpha' is our rho_max
+        theirs = tr.mergekit(mk, "ramplus_tl", {"r": r, "alpha": rho_max})
         close(tr.ours(ramplus_tl, r=r, rho_max=rho_max), theirs)
         expected = tr.theta_t + 0.6 * (theirs - tr.theta_t)
         close(tr.ours(ramplus_tl, alpha=0.6, r=r, rho_max=rho_max), expected)
@@ -216,16 +207,14 @@ class TestToward:
     @pytest.mark.parametrize("t", [1e-4, 0.1, 1.0])
     def test_nearswap(self, mk, t: float) -> None:
         tr = make(70, n=1)
-        theirs = mk.merge_tensors(
-            [tr.theta_t, tr.theta_ds[0]], "nearswap", parameters={"t": t}, base_index=0
-        )
+        theirs = tr.mergekit(mk, "nearswap", {"t": t}, base="theta_t")
         close(tr.ours(nearswap, t=t), theirs)
         close(tr.ours(nearswap, t=t, alpha=0.5), tr.theta_t + 0.5 * (theirs - tr.theta_t))
 
     @pytest.mark.parametrize("shape", [(17, 23), (64,), (4, 5, 6), (300, 200)])
     def test_arcee_fusion(self, mk, shape) -> None:
         tr = make(80, shape=shape, n=1)
-        theirs = mk.merge_tensors([tr.theta_t, tr.theta_ds[0]], "arcee_fusion", base_index=0)
+        theirs = tr.mergekit(mk, "arcee_fusion", base="theta_t")
         ours = tr.ours(arcee_fusion)
         close(ours, theirs)
         assert 0 < int((ours != tr.theta_t).sum()) < ours.numel()  # a real selection
@@ -245,16 +234,15 @@ class TestScale:
             gamma=0.05,
             normalize=normalize,
         )
-        theirs = mk.merge_tensors(
-            [tr.theta_0, tr.theta_t, *tr.theta_ds],
+        theirs = tr.mergekit(
+            mk,
             "breadcrumbs_ties",
-            parameters={
+            {
                 "weight": [1.0, alpha, 0.5 * alpha],
                 "density": 0.7,
                 "gamma": 0.05,
                 "normalize": normalize,
             },
-            base_index=0,
         )
         close(ours, theirs)
 
@@ -281,9 +269,7 @@ class TestScale:
         small = Triplet(big.tau_t * 1e-4, big.tau_t * 1e-4, [tau * 1e-4 for tau in big.taus])
         ours = small.ours(sce)  # Θ0 = 0: the merged task vector itself
         close(ours, (big.ours(sce) - big.theta_0) * 1e-4, atol=1e-9)
-        theirs = mk.merge_tensors(
-            [small.theta_0, small.theta_t, *small.theta_ds], "sce", base_index=0
-        )
+        theirs = small.mergekit(mk, "sce")
         assert not torch.allclose(ours, theirs, atol=1e-9)
 
     @pytest.mark.parametrize("normalize", [False, True])
@@ -292,11 +278,8 @@ class TestScale:
         for fn, name in ((della, "della"), (della_linear, "della_linear")):
             params = {"normalize": normalize} if name == "della" else {}
             ours = tr.ours(fn, alpha=0.7, density=1.0, **params)
-            theirs = mk.merge_tensors(
-                [tr.theta_0, tr.theta_t, *tr.theta_ds],
-                name,
-                parameters={"weight": [1.0, 0.7, 0.7], "density": 1.0, "normalize": normalize},
-                base_index=0,
+            theirs = tr.mergekit(
+                mk, name, {"weight": [1.0, 0.7, 0.7], "density": 1.0, "normalize": normalize}
             )
             if name == "della" or not normalize:
                 close(ours, theirs)
@@ -316,17 +299,10 @@ class TestScale:
         fn = della if name == "della" else della_linear
         extra = {"normalize": True} if name == "della" else {}
         ours = tr.ours(fn, alpha=0.8, density=0.4, epsilon=0.2, seed=4, rescale=False, **extra)
-        theirs = mk.merge_tensors(
-            [tr.theta_0, tr.theta_t, *tr.theta_ds],
+        theirs = tr.mergekit(
+            mk,
             name,
-            parameters={
-                "weight": [1.0, 0.8, 0.8],
-                "density": 0.4,
-                "epsilon": 0.2,
-                "rescale": False,
-                **extra,
-            },
-            base_index=0,
+            {"weight": [1.0, 0.8, 0.8], "density": 0.4, "epsilon": 0.2, "rescale": False, **extra},
         )
         close(ours, theirs)
 

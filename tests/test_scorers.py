@@ -26,7 +26,7 @@ from mergekit_ir.scoring.scorer import (
     resolve_device,
 )
 from tiny_checkpoints import (
-    WORDS,
+    VOCAB,
     save_cross_encoder,
     save_llama,
     save_sentence_transformer,
@@ -37,11 +37,11 @@ MINILM = Path(__file__).resolve().parents[2] / "shared/models/all-MiniLM-L6-v2"
 SCIFACT = Path(__file__).resolve().parents[2] / "shared/data/beir/scifact/corpus.jsonl"
 
 _rng = random.Random(7)
-_VOCAB = [w for w in WORDS if w.isalpha()]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _text(n: int) -> str:
-    return " ".join(_rng.choice(_VOCAB) for _ in range(n))
+    return " ".join(_rng.choice(VOCAB) for _ in range(n))
 
 
 QUERIES = [
@@ -52,15 +52,6 @@ QUERIES = [
 DOCS = [_text(n) for n in (3, 40, 7, 1, 18, 60, 11)]
 PAIRS = [(q, d) for q in QUERIES for d in DOCS]
 SOME = PAIRS[::3]  # every document once, each query at least twice
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

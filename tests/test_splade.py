@@ -12,7 +12,7 @@ from mergekit_ir.params import check_params
 from mergekit_ir.plugin_host import catalog
 from mergekit_ir.scoring.scorer import ScoringSettings
 from mergekit_ir_plugins.scorers.splade import splade_weights
-from tiny_checkpoints import WORDS
+from tiny_checkpoints import save_word_bert
 
 SPLADE_TINY = Path(__file__).resolve().parents[2] / "shared/models/splade-tiny"
 QUERIES = {"q1": "protein in cancer cells", "q2": "drug effects on blood"}
@@ -23,20 +23,12 @@ DOCS = {
     "d4": "gene expression",
 }
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def mlm(tmp_path_factory) -> Path:
-    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
-
-    return save_bert(tmp_path_factory.mktemp("splade") / "m", word_tokenizer(WORDS), 5, head="mlm")
+    return save_word_bert(tmp_path_factory.mktemp("splade") / "m", 5, head="mlm")
 
 
 def load(path: Path, batch_size: int = 3, **options):
@@ -89,9 +81,7 @@ def test_splade_truncates_queries_and_documents(mlm):
 
 
 def test_splade_warns_on_a_model_without_mlm_head(tmp_path):
-    from mergekit_ir.references.tiny_models import save_bert, word_tokenizer
-
-    base = save_bert(tmp_path / "b", word_tokenizer(WORDS), 1, head="base")
+    base = save_word_bert(tmp_path / "b", 1, head="base")
     scorer = load(base)
     assert any("no trained MLM head" in w for w in scorer.warnings)
 

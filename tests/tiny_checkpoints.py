@@ -92,6 +92,9 @@ WORDS = (
     ")",
 )
 
+VOCAB = tuple(w for w in WORDS if w.isalpha())
+"""The words of ``WORDS`` without punctuation, for random test texts."""
+
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")
 LLAMA_SPECIALS = ("<unk>", "<s>", "</s>")
 
@@ -203,7 +206,7 @@ def save_sentence_transformer(
         from sentence_transformers import models as st_models
 
     folder = Path(folder)
-    bert = save_bert(folder.parent / f"{folder.name}-bert", word_tokenizer(WORDS), seed)
+    bert = save_word_bert(folder.parent / f"{folder.name}-bert", seed)
     transformer = st_models.Transformer(str(bert), max_seq_length=max_seq_length)
     dim = (
         getattr(transformer, "get_embedding_dimension", None)
@@ -221,6 +224,11 @@ def save_sentence_transformer(
     return folder
 
 
+def save_word_bert(folder: str | Path, seed: int = 0, head: str = "base") -> Path:
+    """A tiny BERT over ``WORDS`` (``head``: base, mlm or classifier)."""
+    return save_bert(folder, word_tokenizer(WORDS), seed, head=head)
+
+
 def save_cross_encoder(folder: str | Path, seed: int = 0) -> Path:
     """A tiny BERT with a one-logit classification head."""
-    return save_bert(folder, word_tokenizer(WORDS), seed, head="classifier")
+    return save_word_bert(folder, seed, head="classifier")

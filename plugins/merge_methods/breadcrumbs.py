@@ -13,15 +13,7 @@ import torch
 
 from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, hookimpl
 
-from .sparsify import (
-    GAMMA,
-    TOPK,
-    check_density,
-    check_topk,
-    density_param,
-    sparse_task_arithmetic,
-    trim_outliers,
-)
+from .sparsify import GAMMA, TOPK, density_param, outlier_sparsifier, sparse_task_arithmetic, summed
 
 
 def breadcrumbs(
@@ -37,20 +29,9 @@ def breadcrumbs(
     topk: str = "tensor",
 ) -> torch.Tensor:
     """Θ0 + crumbs(τT) + α·Σ w_i·crumbs(τ_i); density takes precedence over gamma."""
-    density = check_density(density, "breadcrumbs")
-    check_topk(topk, "breadcrumbs")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"breadcrumbs: gamma must be in [0, 1], got {gamma:g}")
+    sparsify = outlier_sparsifier(density, gamma, topk, "breadcrumbs")
     return sparse_task_arithmetic(
-        theta_t,
-        taus,
-        tau_t=tau_t,
-        alpha=alpha,
-        weights=weights,
-        name=name,
-        method="breadcrumbs",
-        sparsify=lambda v, _i: trim_outliers(v, density, gamma),
-        consensus=False,
+        "breadcrumbs", sparsify, summed, theta_t, taus, tau_t, alpha, weights, name
     )
 
 

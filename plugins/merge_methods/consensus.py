@@ -36,15 +36,14 @@ from .sparsify import (
     GAMMA,
     NORMALIZE,
     TOPK,
-    check_density,
-    check_topk,
     density_param,
+    disjoint,
     elect_sign,
+    outlier_sparsifier,
     rank_window_mask,
     sparse_task_arithmetic,
-    trim_outliers,
 )
-from .triplet import require_tau_t
+from .triplet import rebuild_triplet
 
 
 def breadcrumbs_ties(
@@ -61,21 +60,10 @@ def breadcrumbs_ties(
     normalize: bool = False,
 ) -> torch.Tensor:
     """Θ0 + TIES merge of crumbs(τT) and α·w_i·crumbs(τ_i)."""
-    density = check_density(density, "breadcrumbs_ties")
-    check_topk(topk, "breadcrumbs_ties")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"breadcrumbs_ties: gamma must be in [0, 1], got {gamma:g}")
+    sparsify = outlier_sparsifier(density, gamma, topk, "breadcrumbs_ties")
+    combine = disjoint(normalize)
     return sparse_task_arithmetic(
-        theta_t,
-        taus,
-        tau_t=tau_t,
-        alpha=alpha,
-        weights=weights,
-        name=name,
-        method="breadcrumbs_ties",
-        sparsify=lambda v, _i: trim_outliers(v, density, gamma),
-        consensus=True,
-        normalize=normalize,
+        "breadcrumbs_ties", sparsify, combine, theta_t, taus, tau_t, alpha, weights, name
     )
 
 
@@ -109,21 +97,18 @@ def sce(
     select_topk: float = 1.0,
 ) -> torch.Tensor:
     """Θ0 + SCE(τT, α·w_1·τ_1, ...)."""
-    tau_t32 = require_tau_t(tau_t, "sce", name)
+    theta_0, _, (tau_t32, *domain) = rebuild_triplet(theta_t, taus, tau_t, "sce", name)
     if not 0.0 <= select_topk <= 1.0:
         raise ValueError(f"sce: select_topk must be in [0, 1], got {select_topk:g}")
-    t = theta_t.to(torch.float32)
     ws = [alpha * w for w in domain_weights(weights, len(taus), name)]
-    vectors = torch.stack(
-        [tau_t32] + [w * tau.to(torch.float32) for w, tau in zip(ws, taus, strict=True)]
-    )
+    vectors = torch.stack([tau_t32] + [w * tau for w, tau in zip(ws, domain, strict=True)])
     if select_topk < 1.0:
         vectors = vectors * sce_select(vectors, select_topk)
     agree = elect_sign(vectors)
     lam = sce_weights(vectors).reshape((-1,) + (1,) * (vectors.dim() - 1))
     erased = lam * agree
     merged = (vectors * erased).sum(dim=0) / erased.sum(dim=0).clamp(min=1e-6)
-    return ((t - tau_t32) + merged).to(theta_t.dtype)
+    return (theta_0 + merged).to(theta_t.dtype)
 
 
 @hookimpl

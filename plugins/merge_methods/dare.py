@@ -12,23 +12,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, hookimpl, tensor_generator
+from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, hookimpl
 
 from .sparsify import (
     NORMALIZE,
     SEED,
-    Sparsifier,
-    check_density,
-    dare_drop,
+    dare_sparsifier,
     density_param,
+    disjoint,
     sparse_task_arithmetic,
+    summed,
 )
-
-
-def _dare_sparsifier(density: float, seed: int, name: str) -> Sparsifier:
-    """One generator per tensor; vectors draw from it in order, so masks differ per vector."""
-    gen = tensor_generator(int(seed), name)
-    return lambda v, _i: dare_drop(v, density, gen)
 
 
 def dare_ties(
@@ -48,18 +42,10 @@ def dare_ties(
     Kept entries are scaled by 1/density (= 1/(1 − p)) as in the DARE paper and
     PEFT, not to mergekit's matching L1 norm.
     """
-    density = check_density(density, "dare_ties")
+    sparsify = dare_sparsifier(density, seed, name, "dare_ties")
+    combine = disjoint(normalize)
     return sparse_task_arithmetic(
-        theta_t,
-        taus,
-        tau_t=tau_t,
-        alpha=alpha,
-        weights=weights,
-        name=name,
-        method="dare_ties",
-        sparsify=_dare_sparsifier(density, seed, name),
-        consensus=True,
-        normalize=normalize,
+        "dare_ties", sparsify, combine, theta_t, taus, tau_t, alpha, weights, name
     )
 
 
@@ -75,17 +61,9 @@ def dare_linear(
     seed: int = 0,
 ) -> torch.Tensor:
     """Θ0 + dare(τT) + α·Σ w_i·dare(τ_i): with density 1 this is task arithmetic."""
-    density = check_density(density, "dare_linear")
+    sparsify = dare_sparsifier(density, seed, name, "dare_linear")
     return sparse_task_arithmetic(
-        theta_t,
-        taus,
-        tau_t=tau_t,
-        alpha=alpha,
-        weights=weights,
-        name=name,
-        method="dare_linear",
-        sparsify=_dare_sparsifier(density, seed, name),
-        consensus=False,
+        "dare_linear", sparsify, summed, theta_t, taus, tau_t, alpha, weights, name
     )
 
 

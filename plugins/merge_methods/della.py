@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, Param, hookimpl, tensor_generator
+from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, Param, hookimpl
 
 from .sparsify import (
     NORMALIZE,
@@ -42,7 +42,10 @@ from .sparsify import (
     Sparsifier,
     check_density,
     density_param,
+    disjoint,
+    seeded_sparsifier,
     sparse_task_arithmetic,
+    summed,
 )
 from .triplet import MethodConfigError
 
@@ -104,41 +107,15 @@ def della_prune(
     return out.reshape(tensor.shape)
 
 
-def _della_sparsifier(
-    density: float, epsilon: float, seed: int, name: str, rescale: bool
+def della_sparsifier(
+    density: float, epsilon: float, seed: int, name: str, rescale: bool, method: str
 ) -> Sparsifier:
-    gen = tensor_generator(int(seed), name)
-    return lambda v, _i: della_prune(v, density, epsilon, gen, rescale)
-
-
-def _della(
-    method: str,
-    consensus: bool,
-    theta_t: torch.Tensor,
-    taus: Sequence[torch.Tensor],
-    tau_t: torch.Tensor | None,
-    alpha: float,
-    weights: Sequence[float] | None,
-    name: str,
-    density: float,
-    epsilon: float,
-    seed: int,
-    rescale: bool,
-    normalize: bool,
-) -> torch.Tensor:
+    """:func:`della_prune` for every vector, after checking ``density`` and ``epsilon``."""
     density = check_density(density, method)
-    check_epsilon(density, float(epsilon), method)
-    return sparse_task_arithmetic(
-        theta_t,
-        taus,
-        tau_t=tau_t,
-        alpha=alpha,
-        weights=weights,
-        name=name,
-        method=method,
-        sparsify=_della_sparsifier(density, float(epsilon), seed, name, rescale),
-        consensus=consensus,
-        normalize=normalize,
+    epsilon = float(epsilon)
+    check_epsilon(density, epsilon, method)
+    return seeded_sparsifier(
+        seed, name, lambda v, gen: della_prune(v, density, epsilon, gen, rescale)
     )
 
 
@@ -157,20 +134,10 @@ def della(
     normalize: bool = False,
 ) -> torch.Tensor:
     """Θ0 + TIES merge (sign election, disjoint sum) of della(τT) and α·w_i·della(τ_i)."""
-    return _della(
-        "della",
-        True,
-        theta_t,
-        taus,
-        tau_t,
-        alpha,
-        weights,
-        name,
-        density,
-        epsilon,
-        seed,
-        rescale,
-        normalize,
+    sparsify = della_sparsifier(density, epsilon, seed, name, rescale, "della")
+    combine = disjoint(normalize)
+    return sparse_task_arithmetic(
+        "della", sparsify, combine, theta_t, taus, tau_t, alpha, weights, name
     )
 
 
@@ -188,20 +155,9 @@ def della_linear(
     rescale: bool = True,
 ) -> torch.Tensor:
     """Θ0 + della(τT) + α·Σ w_i·della(τ_i)."""
-    return _della(
-        "della_linear",
-        False,
-        theta_t,
-        taus,
-        tau_t,
-        alpha,
-        weights,
-        name,
-        density,
-        epsilon,
-        seed,
-        rescale,
-        False,
+    sparsify = della_sparsifier(density, epsilon, seed, name, rescale, "della_linear")
+    return sparse_task_arithmetic(
+        "della_linear", sparsify, summed, theta_t, taus, tau_t, alpha, weights, name
     )
 
 

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from mergekit_ir import MergeMethod, Param, hookimpl
 
-from .triplet import interpolation_alpha, single_domain, toward, triplet_models
+from .triplet import rebuild_triplet, toward, toward_alpha
 
-TOWARD_HELP = "fraction of the way from ΘT (0) to mergekit's result with base ΘT (1)"
+TOWARD_ALPHA = toward_alpha("mergekit's result with base ΘT")
 
 
 def nearswap(
@@ -45,8 +45,7 @@ def nearswap(
     t: float = 1e-4,
 ) -> torch.Tensor:
     """ΘT + α·w·(ΘD − ΘT), w = clamp(t / |ΘD − ΘT|, 0, 1)."""
-    single_domain(taus, "nearswap", name)
-    _, a, (b,) = triplet_models(theta_t, taus, tau_t, "nearswap", name)
+    a, b = rebuild_triplet(theta_t, taus, tau_t, "nearswap", name, one_domain=True).models
     weight = (t / torch.abs(a - b).clamp(min=1e-6)).clamp(min=0, max=1)
     merged = weight * b + (1 - weight) * a
     return toward(a, merged, alpha).to(theta_t.dtype)
@@ -75,8 +74,7 @@ def arcee_fusion(
     name: str = "",
 ) -> torch.Tensor:
     """ΘT + α·m·(ΘD − ΘT), m = Arcee Fusion's importance mask."""
-    single_domain(taus, "arcee_fusion", name)
-    _, a, (b,) = triplet_models(theta_t, taus, tau_t, "arcee_fusion", name)
+    a, b = rebuild_triplet(theta_t, taus, tau_t, "arcee_fusion", name, one_domain=True).models
     if a.numel() == 0:
         return theta_t.clone()
     merged = a + (b - a) * fusion_mask(a, b)
@@ -92,7 +90,7 @@ def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
             "ones move toward it by t/distance; α interpolates from ΘT; one domain",
             merge=nearswap,
             params=(
-                interpolation_alpha(1.0, TOWARD_HELP),
+                TOWARD_ALPHA,
                 Param(
                     "t",
                     float,
@@ -112,7 +110,7 @@ def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
             description="Arcee Fusion: ΘT takes ΘD's value where |ΘD − ΘT|·KL(row) is an "
             "outlier (≥ median + 1.5·IQR); α interpolates from ΘT; one domain",
             merge=arcee_fusion,
-            params=(interpolation_alpha(1.0, TOWARD_HELP),),
+            params=(TOWARD_ALPHA,),
             needs_ir_vector=True,
         )
     )

@@ -13,14 +13,7 @@ import torch
 
 from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, hookimpl
 
-from .sparsify import (
-    TOPK,
-    check_density,
-    check_topk,
-    density_param,
-    sparse_task_arithmetic,
-    trim_magnitude,
-)
+from .sparsify import TOPK, density_param, magnitude_sparsifier, sparse_task_arithmetic, summed
 
 
 def magnitude_prune(
@@ -35,18 +28,9 @@ def magnitude_prune(
     topk: str = "tensor",
 ) -> torch.Tensor:
     """Θ0 + trim(τT) + α·Σ w_i·trim(τ_i), trim = per-tensor top-``density`` by magnitude."""
-    density = check_density(density, "magnitude_prune")
-    check_topk(topk, "magnitude_prune")
+    sparsify = magnitude_sparsifier(density, topk, "magnitude_prune")
     return sparse_task_arithmetic(
-        theta_t,
-        taus,
-        tau_t=tau_t,
-        alpha=alpha,
-        weights=weights,
-        name=name,
-        method="magnitude_prune",
-        sparsify=lambda v, _i: trim_magnitude(v, density),
-        consensus=False,
+        "magnitude_prune", sparsify, summed, theta_t, taus, tau_t, alpha, weights, name
     )
 
 

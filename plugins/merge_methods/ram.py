@@ -25,7 +25,7 @@ import torch
 
 from mergekit_ir import MergeMethod, Param, hookimpl
 
-from .triplet import fp32, interpolation_alpha, require_tau_t, toward
+from .triplet import rebuild_triplet, toward, toward_alpha
 
 EPSILON = Param(
     "epsilon",
@@ -72,10 +72,9 @@ def _ram(
     r: float | None = None,
     rho_max: float = 0.2,
 ) -> torch.Tensor:
-    tau_t32 = require_tau_t(tau_t, method, name)
-    t = theta_t.to(torch.float32)
-    delta = ram_delta([tau_t32, *fp32(taus)], float(epsilon), r, rho_max)
-    return toward(t, (t - tau_t32) + delta, alpha).to(theta_t.dtype)
+    theta_0, t, vectors = rebuild_triplet(theta_t, taus, tau_t, method, name)
+    delta = ram_delta(vectors, float(epsilon), r, rho_max)
+    return toward(t, theta_0 + delta, alpha).to(theta_t.dtype)
 
 
 def ram(
@@ -106,7 +105,7 @@ def ramplus_tl(
     return _ram("ramplus_tl", theta_t, taus, tau_t, alpha, name, epsilon, float(r), float(rho_max))
 
 
-TOWARD_HELP = "fraction of the way from ΘT (0) to mergekit's result (1)"
+TOWARD_ALPHA = toward_alpha("mergekit's result")
 
 
 @hookimpl
@@ -117,7 +116,7 @@ def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
             description="RAM: Θ0 + task vectors (τT, τ_i) kept whole where only one changes "
             "an entry, averaged where several do; α interpolates from ΘT to it",
             merge=ram,
-            params=(interpolation_alpha(1.0, TOWARD_HELP), EPSILON),
+            params=(TOWARD_ALPHA, EPSILON),
             needs_ir_vector=True,
             elementwise=True,
         )
@@ -129,7 +128,7 @@ def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
             "by 1 + r·min(shared/unique, rho_max); α interpolates from ΘT to it",
             merge=ramplus_tl,
             params=(
-                interpolation_alpha(1.0, TOWARD_HELP),
+                TOWARD_ALPHA,
                 Param("r", float, 0.1, "strength of the unique-entry boost", min=0.0),
                 Param(
                     "rho_max",

@@ -36,13 +36,10 @@ from mergekit_ir import WEIGHTS, MergeMethod, Param, hookimpl
 
 from .triplet import (
     MethodConfigError,
-    fp32,
     interpolation_alpha,
     nonzero_sum,
-    require_tau_t,
+    rebuild_triplet,
     share_weights,
-    single_domain,
-    triplet_models,
 )
 
 DOT_THRESHOLD = 0.9995  # mergekit's slerp: lerp above this |cos θ|
@@ -78,8 +75,7 @@ def slerp(
     name: str = "",
 ) -> torch.Tensor:
     """slerp_α(ΘT, ΘD): ΘT at α = 0, ΘD at α = 1."""
-    single_domain(taus, "slerp", name)
-    _, t, (theta_d,) = triplet_models(theta_t, taus, tau_t, "slerp", name)
+    t, theta_d = rebuild_triplet(theta_t, taus, tau_t, "slerp", name, one_domain=True).models
     return slerp_vectors(alpha, t, theta_d).to(theta_t.dtype)
 
 
@@ -124,17 +120,13 @@ def nuslerp(
     nuslerp_row_wise: bool = False,
 ) -> torch.Tensor:
     """Θ0 + slerp_α(τT, τD): task-vector slerp about Θ0."""
-    single_domain(taus, "nuslerp", name)
-    tau_t32 = require_tau_t(tau_t, "nuslerp", name)
-    t = theta_t.to(torch.float32)
-    merged = nuslerp_vectors(
-        alpha,
-        tau_t32,
-        taus[0].to(torch.float32),
-        row_wise=nuslerp_row_wise,
-        flatten=nuslerp_flatten,
+    theta_0, _, (tau_t32, tau_d) = rebuild_triplet(
+        theta_t, taus, tau_t, "nuslerp", name, one_domain=True
     )
-    return ((t - tau_t32) + merged).to(theta_t.dtype)
+    merged = nuslerp_vectors(
+        alpha, tau_t32, tau_d, row_wise=nuslerp_row_wise, flatten=nuslerp_flatten
+    )
+    return (theta_0 + merged).to(theta_t.dtype)
 
 
 def multislerp_vectors(
@@ -185,13 +177,10 @@ def multislerp(
     normalize_weights: bool = True,
 ) -> torch.Tensor:
     """Θ0 + multislerp(τT, τ_1, ...; weights 1 − α, α·w_1, ...)."""
-    tau_t32 = require_tau_t(tau_t, "multislerp", name)
-    t = theta_t.to(torch.float32)
+    theta_0, _, vectors = rebuild_triplet(theta_t, taus, tau_t, "multislerp", name)
     ws = share_weights(alpha, weights, len(taus), name)
-    merged = multislerp_vectors(
-        [tau_t32, *fp32(taus)], ws, normalize_weights=normalize_weights, name=name
-    )
-    return ((t - tau_t32) + merged).to(theta_t.dtype)
+    merged = multislerp_vectors(vectors, ws, normalize_weights=normalize_weights, name=name)
+    return (theta_0 + merged).to(theta_t.dtype)
 
 
 def karcher_mean(
@@ -247,11 +236,11 @@ def karcher(
     tol: float = 1e-5,
 ) -> torch.Tensor:
     """Karcher mean of ΘT and the ΘD_i with weights (1 − α, α·w_1, ...)/their sum."""
-    _, t, theta_ds = triplet_models(theta_t, taus, tau_t, "karcher", name)
+    models = rebuild_triplet(theta_t, taus, tau_t, "karcher", name).models
     ws = share_weights(alpha, weights, len(taus), name)
     total = nonzero_sum(ws, "karcher", name)
     ws = [w / total for w in ws]
-    return karcher_mean([t, *theta_ds], ws, int(max_iter), float(tol)).to(theta_t.dtype)
+    return karcher_mean(models, ws, int(max_iter), float(tol)).to(theta_t.dtype)
 
 
 SHARE_HELP = "the domain models' share: 0 gives ΘT, 1 the domain model(s) (slerp's t)"

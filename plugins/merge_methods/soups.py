@@ -28,10 +28,10 @@ from .triplet import (
     MethodConfigError,
     interpolation_alpha,
     nonzero_sum,
-    require_tau_t,
+    rebuild_triplet,
     share_weights,
     toward,
-    triplet_models,
+    toward_alpha,
 )
 
 
@@ -46,10 +46,10 @@ def linear(
     normalize: bool = True,
 ) -> torch.Tensor:
     """Σ c_j·Θ_j / Σ c_j over (ΘT, ΘD_1, ...) with c = (1 − α, α·w_1, ...)."""
-    _, t, theta_ds = triplet_models(theta_t, taus, tau_t, "linear", name)
+    models = rebuild_triplet(theta_t, taus, tau_t, "linear", name).models
     cs = share_weights(alpha, weights, len(taus), name)
-    out = torch.zeros_like(t)
-    for c, model in zip(cs, [t, *theta_ds], strict=True):
+    out = torch.zeros_like(models[0])
+    for c, model in zip(cs, models, strict=True):
         out.add_(model, alpha=c)
     if normalize:
         out.div_(nonzero_sum(cs, "linear", name))
@@ -70,10 +70,7 @@ def model_stock(
         raise MethodConfigError(
             f"model_stock needs at least one domain model beside ΘT (tensor {name or '?'})"
         )
-    tau_t32 = require_tau_t(tau_t, "model_stock", name)
-    t = theta_t.to(torch.float32)
-    theta_0 = t - tau_t32
-    offsets = [tau_t32] + [tau.to(torch.float32) for tau in taus]
+    theta_0, t, offsets = rebuild_triplet(theta_t, taus, tau_t, "model_stock", name)
     shape = t.shape
     if filter_wise:
         # one cosine per row of the last dimension; a vector (or scalar) is one row
@@ -131,9 +128,7 @@ def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
             "angle; α interpolates from ΘT (0) to it (1)",
             merge=model_stock,
             params=(
-                interpolation_alpha(
-                    1.0, "fraction of the way from ΘT (0) to mergekit's model_stock result (1)"
-                ),
+                toward_alpha("mergekit's model_stock result"),
                 Param(
                     "filter_wise",
                     bool,

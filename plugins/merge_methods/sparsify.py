@@ -1,22 +1,24 @@
-"""Shared pieces of the sparse merge methods (TIES, DARE, magnitude pruning, Breadcrumbs).
+"""Shared pieces of the sparse merge methods (TIES, DARE, DELLA, magnitude pruning, Breadcrumbs).
 
 Every sparse method here is the same pipeline, in mergekit's "generalized task
-arithmetic" form, applied to one tensor:
+arithmetic" form, applied to one tensor (:func:`sparse_task_arithmetic`):
 
 1. the vectors are v_0 = τT = ΘT − Θ0 (the IR fine-tune, weight 1) and
    v_i = τ_i = ΘD_i − Θ0 (weights α·w_i);
 2. each vector is sparsified on its own (:func:`trim_magnitude`, :func:`trim_outliers`,
-   :func:`dare_drop`), before weighting (magnitude order and random masks do not
-   depend on a positive scale, and weights are applied next);
-3. the weighted vectors d_i = W_i·sparse(v_i) are either summed (linear methods) or
-   merged disjointly over the entries that agree with the elected sign
-   (:func:`elect_sign`, :func:`disjoint_sum`);
+   :func:`dare_drop`, DELLA's ``della_prune``), before weighting (magnitude order and
+   random masks do not depend on a positive scale, and weights are applied next);
+3. the weighted vectors d_i = W_i·sparse(v_i) are either summed (linear methods,
+   :func:`summed`) or merged disjointly over the entries that agree with the elected
+   sign (:func:`disjoint`: :func:`elect_sign`, :func:`disjoint_sum`);
 4. Θ' = Θ0 + merged = ΘT − τT + merged.
 
-The helpers are pure tensor functions, so each method module is a few lines and the
-oracle tests can compare each step against mergekit's own functions. All top-k
-selections are per tensor: the engine streams one tensor at a time, so a global
-(whole-model) top-k threshold is not available to a merge method.
+The helpers are pure tensor functions, so each method module is a few lines (its
+sparsifier, from :func:`magnitude_sparsifier`, :func:`outlier_sparsifier` or
+:func:`seeded_sparsifier`, and its combine step) and the oracle tests can compare each
+step against mergekit's own functions. All top-k selections are per tensor: the engine
+streams one tensor at a time, so a global (whole-model) top-k threshold is not available
+to a merge method.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ from typing import Any
 
 import torch
 
-from mergekit_ir import ConfigError, Param, domain_weights
+from mergekit_ir import ConfigError, Param, domain_weights, tensor_generator
+
+from .triplet import fp32, require_tau_t
 
 Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]
 """``(vector, index) -> sparse vector``; ``index`` is the vector's position (0 = τT)."""
+
+Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(weighted sparse vectors stacked on dim 0, their weights) -> merged task vector``."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,11 @@ def check_topk(topk: str, method: str) -> None:
             f"{method}: topk={topk!r} is not supported; only per-tensor top-k ('tensor') is, "
             "because tensors are merged one at a time"
         )
+
+
+def check_gamma(gamma: float, method: str) -> None:
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"{method}: gamma must be in [0, 1], got {gamma:g}")
 
 
 def rank_window_mask(tensor: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -217,39 +229,75 @@ def disjoint_sum(
     return mixed / divisor
 
 
+def magnitude_sparsifier(density: float, topk: str, method: str) -> Sparsifier:
+    """TIES' trim (:func:`trim_magnitude`) for every vector, after checking its parameters."""
+    density = check_density(density, method)
+    check_topk(topk, method)
+    return lambda v, _i: trim_magnitude(v, density)
+
+
+def outlier_sparsifier(density: float, gamma: float, topk: str, method: str) -> Sparsifier:
+    """Breadcrumbs' trim (:func:`trim_outliers`) for every vector, after checking its parameters."""
+    density = check_density(density, method)
+    check_topk(topk, method)
+    check_gamma(gamma, method)
+    return lambda v, _i: trim_outliers(v, density, gamma)
+
+
+def seeded_sparsifier(
+    seed: int, name: str, drop: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+) -> Sparsifier:
+    """A random ``drop(vector, generator)`` with one generator per tensor.
+
+    The generator is ``tensor_generator(seed, name)``; the vectors draw from it in order
+    (τT, τ_1, ..., τ_n), so their masks differ and depend only on (seed, tensor name,
+    vector index), not on α, the device or anything else drawn in the process.
+    """
+    gen = tensor_generator(int(seed), name)
+    return lambda v, _i: drop(v, gen)
+
+
+def dare_sparsifier(density: float, seed: int, name: str, method: str) -> Sparsifier:
+    """DARE's drop (:func:`dare_drop`) for every vector, after checking ``density``."""
+    density = check_density(density, method)
+    return seeded_sparsifier(seed, name, lambda v, gen: dare_drop(v, density, gen))
+
+
+def summed(weighted: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The linear methods' combine step: Σ_i d_i."""
+    return weighted.sum(dim=0)
+
+
+def disjoint(normalize: bool) -> Combine:
+    """TIES' combine step: elect signs (:func:`elect_sign`), then :func:`disjoint_sum`."""
+    return lambda weighted, weights: disjoint_sum(
+        weighted, weights, elect_sign(weighted), normalize
+    )
+
+
 def sparse_task_arithmetic(
+    method: str,
+    sparsify: Sparsifier,
+    combine: Combine,
     theta_t: torch.Tensor,
     taus: Sequence[torch.Tensor],
-    *,
     tau_t: torch.Tensor | None,
     alpha: float,
     weights: Sequence[float] | None,
     name: str,
-    method: str,
-    sparsify: Sparsifier,
-    consensus: bool,
-    normalize: bool = False,
 ) -> torch.Tensor:
-    """The shared pipeline: Θ0 + merge(sparse(τT)·1, sparse(τ_i)·α·w_i).
+    """The shared pipeline: Θ0 + combine(sparse(τT)·1, sparse(τ_i)·α·w_i).
 
-    ``consensus`` selects TIES-style sign election and disjoint merge; without it
-    the weighted sparse vectors are summed. Computed in fp32, returned in
-    ``theta_t``'s dtype.
+    ``method`` names the merge in errors; ``combine`` is :func:`summed` or
+    :func:`disjoint` (TIES-style sign election and disjoint merge); the rest are the
+    merge function's own arguments. Computed in fp32, returned in ``theta_t``'s dtype.
     """
-    if tau_t is None:
-        raise ValueError(
-            f"{method} needs the IR task vector tau_t = ΘT − Θ0 (it treats the IR fine-tune "
-            f"as one more task vector); tensor {name or '?'} was merged without it"
-        )
+    tau_t = require_tau_t(tau_t, method, name, "it treats the IR fine-tune as one more task vector")
     ws = [1.0] + [alpha * w for w in domain_weights(weights, len(taus), name)]
     t = theta_t.to(torch.float32)
-    vectors = [tau_t.to(torch.float32)] + [tau.to(torch.float32) for tau in taus]
+    vectors = [tau_t, *fp32(taus)]
     weight_vec = torch.tensor(ws, dtype=torch.float32, device=t.device)
     weighted = torch.stack(
         [w * sparsify(v, i) for i, (w, v) in enumerate(zip(ws, vectors, strict=True))]
     )
-    if consensus:
-        merged = disjoint_sum(weighted, weight_vec, elect_sign(weighted), normalize)
-    else:
-        merged = weighted.sum(dim=0)
-    return (t - vectors[0] + merged).to(theta_t.dtype)
+    return (t - vectors[0] + combine(weighted, weight_vec)).to(theta_t.dtype)

@@ -16,11 +16,10 @@ from mergekit_ir import ALPHA, WEIGHTS, MergeMethod, hookimpl
 from .sparsify import (
     NORMALIZE,
     TOPK,
-    check_density,
-    check_topk,
     density_param,
+    disjoint,
+    magnitude_sparsifier,
     sparse_task_arithmetic,
-    trim_magnitude,
 )
 
 
@@ -44,19 +43,10 @@ def ties(
     (mergekit's ``normalize: true``); it is off by default so that α stays a scale:
     with density 1 and no sign conflict, TIES then equals task arithmetic.
     """
-    density = check_density(density, "ties")
-    check_topk(topk, "ties")
+    sparsify = magnitude_sparsifier(density, topk, "ties")
+    combine = disjoint(normalize)
     return sparse_task_arithmetic(
-        theta_t,
-        taus,
-        tau_t=tau_t,
-        alpha=alpha,
-        weights=weights,
-        name=name,
-        method="ties",
-        sparsify=lambda v, _i: trim_magnitude(v, density),
-        consensus=True,
-        normalize=normalize,
+        "ties", sparsify, combine, theta_t, taus, tau_t, alpha, weights, name
     )
 
 

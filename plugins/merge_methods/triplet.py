@@ -2,7 +2,7 @@
 
 mergekit merges *models* (a base and inputs); a merge method here sees ΘT, the domain
 task vectors τ_i = ΘD_i − Θ0 and, with ``needs_ir_vector=True``, τT = ΘT − Θ0. Every
-model a mergekit method needs is rebuilt from those (fp32):
+model a mergekit method needs is rebuilt from those (fp32, :func:`rebuild_triplet`):
 
 - Θ0 = ΘT − τT;
 - ΘD_i = Θ0 + τ_i.
@@ -20,6 +20,7 @@ The methods map α onto mergekit's parameters in one of three ways (docs/merge-m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -39,11 +40,22 @@ def interpolation_alpha(default: float, help: str) -> Param:
     return Param("alpha", float, default, help, min=0.0, max=1.0, per_tensor=True)
 
 
-def require_tau_t(tau_t: torch.Tensor | None, method: str, name: str) -> torch.Tensor:
+def toward_alpha(result: str) -> Param:
+    """``alpha`` of the "toward" mapping (:func:`toward`): 0 is ΘT, 1 is ``result``."""
+    return interpolation_alpha(1.0, f"fraction of the way from ΘT (0) to {result} (1)")
+
+
+def require_tau_t(
+    tau_t: torch.Tensor | None,
+    method: str,
+    name: str,
+    why: str = "it rebuilds Θ0 and ΘD_i from it",
+) -> torch.Tensor:
+    """τT in fp32; a method that needs it (``needs_ir_vector``) says ``why`` when it is missing."""
     if tau_t is None:
         raise ValueError(
-            f"{method} needs the IR task vector tau_t = ΘT − Θ0 (it rebuilds Θ0 and ΘD_i from "
-            f"it); tensor {name or '?'} was merged without it"
+            f"{method} needs the IR task vector tau_t = ΘT − Θ0 ({why}); "
+            f"tensor {name or '?'} was merged without it"
         )
     return tau_t.to(torch.float32)
 
@@ -52,18 +64,38 @@ def fp32(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t.to(torch.float32) for t in tensors]
 
 
-def triplet_models(
+class Triplet(NamedTuple):
+    """The models a method needs, in fp32, rebuilt from ΘT, τT and the τ_i."""
+
+    theta_0: torch.Tensor
+    theta_t: torch.Tensor
+    vectors: list[torch.Tensor]  # the task vectors about Θ0: [τT, τ_1, ..., τ_n]
+
+    @property
+    def models(self) -> list[torch.Tensor]:
+        """[ΘT, ΘD_1, ..., ΘD_n], with ΘD_i = Θ0 + τ_i."""
+        return [self.theta_t] + [self.theta_0 + tau for tau in self.vectors[1:]]
+
+
+def rebuild_triplet(
     theta_t: torch.Tensor,
     taus: Sequence[torch.Tensor],
     tau_t: torch.Tensor | None,
     method: str,
     name: str,
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """(Θ0, ΘT, [ΘD_i]) in fp32, rebuilt from ΘT, τT and the τ_i."""
+    *,
+    one_domain: bool = False,
+) -> Triplet:
+    """Θ0 = ΘT − τT, ΘT and the vectors in fp32; ``one_domain`` for the two-model methods.
+
+    Methods with base Θ0 merge ``vectors`` and return ``Θ0 + merged``; the others merge
+    ``models``.
+    """
+    if one_domain:
+        single_domain(taus, method, name)
     tau_t = require_tau_t(tau_t, method, name)
     t = theta_t.to(torch.float32)
-    theta_0 = t - tau_t
-    return theta_0, t, [theta_0 + tau for tau in fp32(taus)]
+    return Triplet(t - tau_t, t, [tau_t, *fp32(taus)])
 
 
 def single_domain(taus: Sequence[torch.Tensor], method: str, name: str) -> None:
