@@ -64,6 +64,11 @@ class _Group(click.Group):
             message = str(exc) if isinstance(exc, MergeIRError) else os_error_line(exc)
             click.echo(f"error: {' '.join(message.splitlines())}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:  # a bad flag or choice: one line too, with the way out
+            where = exc.ctx.command_path if exc.ctx is not None else "mergeir"
+            message = " ".join(exc.format_message().splitlines())
+            click.echo(f"error: {message} (see `{where} --help`)", err=True)
+            ctx.exit(2)
 
 
 class Number(click.ParamType):

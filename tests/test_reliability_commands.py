@@ -441,3 +441,59 @@ def test_a_saved_tau_of_another_base_is_refused(tiny_triplet, tmp_path):
     )  # fmt: skip
     one_line_error(res, r"this τ was taken against another Θ0")
     assert not (tmp_path / "m2").exists()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=6),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(
+        st.sampled_from(["sections", "rows", "cells", "metrics", "datasets", "key", "mean",
+                         "per_query", "alpha_ablation", "verdicts", "manifest", "x"]),
+        children,
+        max_size=4,
+    ),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=JSON)
+def test_report_catalogue(tmp_path_factory, raw):
+    """`mergeir report` on any JSON value in results.json: reports written, or one line —
+    never a traceback, and the folder holds nothing but what it wrote."""
+    folder = tmp_path_factory.mktemp("rep")
+    (folder / "results.json").write_text(json.dumps(raw))
+    res = CliRunner().invoke(main, ["report", str(folder)])
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    if res.exit_code != 0:
+        one_line_error(res, r"results\.json")
+        assert sorted(p.name for p in folder.iterdir()) == ["results.json"]
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    bits=st.sampled_from(["2", "3", "4", "8", "5", "0", "x"]),
+    group=NUMBER_TEXT,
+    below=NUMBER_TEXT,
+)
+def test_task_vector_options_catalogue(tiny_triplet, tmp_path_factory, bits, group, below):
+    """`mergeir task-vector` with any bits, group size and keep-full threshold: a saved τ, or
+    one line and nothing written."""
+    work = tmp_path_factory.mktemp("tv")
+    res = CliRunner().invoke(
+        main,
+        ["task-vector", "--pretrained", str(tiny_triplet["pretrained"]),
+         "--domain", str(tiny_triplet["domain"]), "--bits", bits, "--group-size", group,
+         "--keep-full-below", below, "--out", str(work / "tau")],
+    )  # fmt: skip
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    if res.exit_code == 0:
+        assert (work / "tau" / "task_vector.json").is_file()
+    else:
+        one_line_error(res, r"^error: ")  # click's usage errors included
+        assert not (work / "tau").exists()
+    assert sorted(os.listdir(work)) in ([], ["tau"])
