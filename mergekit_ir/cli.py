@@ -1336,14 +1336,17 @@ def report(run_dir: str) -> None:
         click.echo(f"wrote {p}")
 
 
-def _register_push() -> None:
-    """``mergeir push DIR REPO``: publish a merged folder (mergekit_ir.api.hub)."""
+def _register_api_commands() -> None:
+    """``mergeir push DIR REPO`` (mergekit_ir.api.hub) and ``mergeir export MODEL --to onnx``
+    (mergekit_ir.api.export): commands whose code lives with the Python API they wrap."""
+    from mergekit_ir.api.export import export_command
     from mergekit_ir.api.hub import push_command
 
     main.add_command(push_command)
+    main.add_command(export_command)
 
 
-_register_push()
+_register_api_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
