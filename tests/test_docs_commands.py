@@ -23,6 +23,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: A command runs offline when it names something generated here or read from the registry.
 OFFLINE = re.compile(
     r"quickstart|^mergeir reported |^mergeir validate registry\.yaml|^mergeir plugins$"
+    r"|^mergeir export merged/"
 )
 #: Commands that need what this page set up elsewhere (a third-party plugin being written, a
 #: Ray cluster, a hub id) are not run here; their own tests cover them.
