@@ -121,8 +121,8 @@ def test_interrupted_run_resumes_from_cache(tmp_path, monkeypatch, quickstart_ru
     events: list = []
     real_load = harness.Cache.load_run
 
-    def spy(self, kind, key, label=""):
-        run = real_load(self, kind, key, label)
+    def spy(self, kind, key, label="", **kw):
+        run = real_load(self, kind, key, label, **kw)
         events.append((kind, label, run is not None))
         return run
 
