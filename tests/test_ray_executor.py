@@ -254,7 +254,15 @@ def test_ctrl_c_shuts_the_cluster_connection_down(cluster, registry, tmp_path):
         "--executor", "ray", "--workers", "2", "-q",
     ]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        # a test run started in the background (`cmd &`) inherits SIGINT ignored, and Python
+        # then never raises KeyboardInterrupt: give the driver the default a user's shell gives
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 180  # worker start-up is slow on a loaded machine
         while time.monotonic() < deadline and not running_jobs(first_stage=True):
