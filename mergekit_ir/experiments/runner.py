@@ -205,7 +205,8 @@ def settings_identity(settings: ScoringSettings) -> dict[str, Any]:
     device = settings.torch_device
     return {
         "device": device.type,
-        "dtype": str(settings.torch_dtype).removeprefix("torch."),
+        # e.g. float32; a calibrated auto bf16 (which may fall back to fp32) is its own entry
+        "dtype": settings.dtype_identity,
         "batch_size": settings.batch_size,
     }
 

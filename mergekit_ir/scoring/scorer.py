@@ -7,11 +7,13 @@ caller's order. Inference runs under ``torch.inference_mode()``.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 from mergekit_ir.errors import CheckpointError, MergeIRError
 from mergekit_ir.params import Param
 from mergekit_ir.ranking import Ranking
+from mergekit_ir.scoring import calibration
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,68 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+#: ``MERGEIR_CPU_BF16=1`` makes ``--dtype auto`` use bf16 (calibrated) on any CPU, ``0`` never;
+#: unset, :data:`AUTO_CPU_BF16` decides on a CPU with bf16 hardware.
+CPU_BF16_ENV = "MERGEIR_CPU_BF16"
+
+#: Whether ``--dtype auto`` picks bf16 by itself on a CPU with bf16 hardware
+#: (:func:`cpu_has_bf16_hardware`). Off: bf16 was to become the default only if it moved NDCG@10
+#: by at most 0.002 against fp32 on SciFact (BM25 top-20 re-ranked), and splade-tiny moved it
+#: by +0.0029 over 100 test queries (``benchmarks/scoring_speed.py``; docs/performance.md,
+#: "bf16 on CPU"). The calibration keeps each model's ranking, not its NDCG to 0.002.
+AUTO_CPU_BF16 = False
+
+#: /proc/cpuinfo flags of bf16 arithmetic in hardware (AVX-512 BF16 dot products, AMX tiles).
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16_hardware() -> bool:
+    """Whether bf16 matmuls on this CPU run on bf16 hardware (AVX-512 BF16 or AMX) through
+    oneDNN — then bf16 is faster than fp32; elsewhere torch emulates it, several times slower.
+
+    ``/proc/cpuinfo`` flag ``avx512_bf16`` or ``amx_bf16``, and torch built with oneDNN and
+    running its AVX-512 kernels (``torch.backends.cpu.get_cpu_capability()``).
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if not capability.startswith("AVX512"):  # e.g. AVX2: no AVX-512 kernels (or forced off)
+        return False
+    return any(flag in _cpuinfo_flags() for flag in _BF16_FLAGS)
+
+
+def cpu_auto_bf16() -> bool:
+    """Whether ``--dtype auto`` is bf16 on this CPU: ``MERGEIR_CPU_BF16`` if set, else
+    :data:`AUTO_CPU_BF16` on bf16 hardware."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
+    return AUTO_CPU_BF16 and cpu_has_bf16_hardware()
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on CUDA (fp16 where bf16 is unsupported) and fp32 elsewhere."""
+    """``auto`` is bf16 on CUDA (fp16 where bf16 is unsupported); on a CPU, bf16 where
+    :func:`cpu_auto_bf16` says so (checked against fp32 per model, see
+    :mod:`mergekit_ir.scoring.calibration`), else fp32."""
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_auto_bf16():
+            return torch.bfloat16
         return torch.float32
     try:
         return _DTYPES[dtype]
@@ -95,6 +155,28 @@ class ScoringSettings:
     @property
     def torch_dtype(self) -> torch.dtype:
         return resolve_dtype(self.dtype, self.torch_device)
+
+    @property
+    def calibrates(self) -> bool:
+        """``--dtype auto`` chose bf16 on a CPU: every model state is checked against fp32 on a
+        sample first and scored in fp32 where bf16 ranks it differently (the
+        :data:`~mergekit_ir.scoring.calibration.RULE`). An explicit ``--dtype bf16`` is not."""
+        return (
+            self.dtype == "auto"
+            and self.torch_device.type == "cpu"
+            and self.torch_dtype == torch.bfloat16
+        )
+
+    @property
+    def dtype_identity(self) -> str:
+        """The resolved dtype as a cache key names it. A calibrated ``auto`` run is its own
+        entry (``bfloat16+fp32-fallback…``): it may hold fp32 scores of a model that failed
+        calibration, so it answers neither an explicit bf16 nor an fp32 run, and neither of
+        those answers it."""
+        name = str(self.torch_dtype).removeprefix("torch.")
+        if self.calibrates:
+            return f"{name}+fp32-fallback({calibration.RULE.identity})"
+        return name
 
 
 @dataclass
@@ -196,6 +278,14 @@ class Scorer(ABC):
     #: ``mergeir run --dry-run --estimate`` prices passes in this unit
     cost_unit: str = "pair"
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Scorer:
+        # What built this scorer, and the RNG state it was built under (the runner seeds it
+        # right before): the calibration builds the same scorer in fp32 from it, with the same
+        # random initialisation of weights its checkpoint lacks.
+        self = super().__new__(cls)
+        self._built_with = (args, kwargs, torch.random.get_rng_state())
+        return self
+
     def __init__(self, settings: ScoringSettings) -> None:
         self.settings = settings
         self.device = settings.torch_device
@@ -205,6 +295,116 @@ class Scorer(ABC):
         self.newly_initialised: list[str] = []  # weights the checkpoint lacked (random init)
         #: what the current pass is (e.g. ``pass 3/15 · ΘD · scifact:test``); see :meth:`labelled`
         self.pass_label = ""
+        #: calibration outcome per weight state (:mod:`mergekit_ir.scoring.calibration`)
+        self.calibrations: dict[str, calibration.CalibrationResult] = {}
+        self._fp32_twin: tuple[str, Scorer] | None = None  # (state, the fp32 scorer of it)
+        self._in_call = False
+
+    # -- precision: --dtype auto on a bf16 CPU ----------------------------------------------
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``rerank`` / ``score_pairs`` go through :meth:`_scorer_for_call`."""
+        super().__init_subclass__(**kwargs)
+        for name in ("rerank", "score_pairs"):
+            fn = cls.__dict__.get(name)
+            if callable(fn) and not getattr(fn, "_precision_checked", False):
+                setattr(cls, name, _precision_checked(fn))
+
+    def weight_state(self) -> str:
+        """Which weights :attr:`model` holds: ``"ir"`` as loaded, else the in-place sweep's
+        point (see :func:`mergekit_ir.scoring.calibration.register_weight_state`)."""
+        provider = calibration.weight_state(getattr(self, "model", None))
+        token = provider.state_token() if provider is not None else calibration.LOADED
+        return token if token == calibration.LOADED else f"{id(provider)}:{token}"
+
+    def _scorer_for_call(self, name: str, args: tuple, kwargs: dict) -> Scorer:
+        """The scorer that answers this call: ``self``, or — where the current weights failed
+        calibration — the same model in fp32. Calibrates the state on its first call."""
+        if not getattr(self, "settings", None) or not self.settings.calibrates:
+            return self
+        state = self.weight_state()
+        result = self.calibrations.get(state)
+        if result is None:
+            groups = _calibration_sample(name, args, kwargs)
+            if not groups:  # too few pairs to compare: decide on a later call
+                return self
+            result = self.calibrate(groups, state)
+        if result.passed:
+            return self
+        twin = self._twin_for(state)
+        return self if twin is None else twin
+
+    def _twin_for(self, state: str) -> Scorer | None:
+        if self._fp32_twin is None or self._fp32_twin[0] != state:
+            self._fp32_twin = None  # the last state's twin goes before the next one loads
+            twin = self.fp32_twin()
+            if twin is None:
+                return None
+            self._fp32_twin = (state, twin)
+        twin = self._fp32_twin[1]
+        twin.pass_label, twin.settings = self.pass_label, replace(self.settings, dtype="fp32")
+        return twin
+
+    def fp32_twin(self) -> Scorer | None:
+        """This scorer built again in fp32 (same checkpoint, options and random init), holding
+        the weights :attr:`model` holds now, computed from fp32 masters; None if this scorer
+        cannot be rebuilt (it was not made as ``Kind(path, options, settings)``)."""
+        built = getattr(self, "_built_with", None)
+        if built is None:
+            return None
+        args, kwargs, rng = built
+        fp32 = replace(self.settings, dtype="fp32")
+        found = [isinstance(a, ScoringSettings) for a in (*args, *kwargs.values())]
+        if sum(found) != 1:
+            return None
+        args = tuple(fp32 if isinstance(a, ScoringSettings) else a for a in args)
+        kwargs = {k: fp32 if isinstance(v, ScoringSettings) else v for k, v in kwargs.items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.random.set_rng_state(rng)
+            twin = type(self)(*args, **kwargs)
+        provider = calibration.weight_state(getattr(self, "model", None))
+        if provider is not None and provider.state_token() != calibration.LOADED:
+            provider.write_state(twin.model)
+        twin.truncation = self.truncation  # its passes count as this scorer's
+        return twin
+
+    def calibrate(
+        self, groups: Sequence[Sequence[tuple[str, str]]], state: str | None = None
+    ) -> calibration.CalibrationResult:
+        """Score ``groups`` (pairs per sample query) with this model and in fp32, decide by the
+        rule, remember the outcome for ``state`` and, on a failure, warn (report notes)."""
+        state = self.weight_state() if state is None else state
+        pairs = [p for g in groups for p in g]
+        self._fp32_twin = None  # one fp32 model at a time
+        twin = self.fp32_twin()
+        if twin is None:
+            result = calibration.CalibrationResult(True, 1.0, 1.0, 0, 0)
+            log.info("%s: cannot rebuild it in fp32, so bf16 is not calibrated", self.describe())
+            self.calibrations[state] = result
+            return result
+        got = _quietly(self, lambda: self.score_pairs(pairs))
+        ref = _quietly(twin, lambda: twin.score_pairs(pairs))
+        result = calibration.compare(_regroup(ref, groups), _regroup(got, groups))
+        self.calibrations[state] = result
+        what = self.describe(state)
+        if result.passed:
+            log.info("%s: bf16 agrees with fp32 (%s); scoring in bf16", what, result.summary())
+            del twin
+        else:
+            self._fp32_twin = (state, twin)
+            self.warn(
+                f"{what}: bf16 ranks its calibration sample unlike fp32 ({result.summary()}; "
+                f"needs {calibration.RULE.describe()}), so it is scored in fp32"
+            )
+        return result
+
+    def describe(self, state: str | None = None) -> str:
+        """The checkpoint this scorer loaded (and the sweep point it holds), for messages."""
+        args = getattr(self, "_built_with", ((), {}, None))[0]
+        path = next((str(a) for a in args if isinstance(a, str | Path)), type(self).__name__)
+        if state and state != calibration.LOADED:
+            return f"{path} at sweep point {state.partition(':')[2]}"
+        return path
 
     @contextmanager
     def labelled(self, label: str) -> Iterator[None]:
@@ -318,6 +518,66 @@ class Scorer(ABC):
             self.truncation.summary(),
             "; later passes are logged at INFO level" if first else "",
         )
+
+
+def _precision_checked(fn: Callable) -> Callable:
+    """``fn`` (a scorer's ``rerank`` or ``score_pairs``) answered by the scorer that
+    :meth:`Scorer._scorer_for_call` picks; calls made inside it run as they are."""
+
+    @functools.wraps(fn)
+    def checked(self: Scorer, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_in_call", True):
+            return fn(self, *args, **kwargs)
+        other = self._scorer_for_call(fn.__name__, args, kwargs)
+        if other is not self:
+            return getattr(other, fn.__name__)(*args, **kwargs)
+        self._in_call = True
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self._in_call = False
+
+    checked._precision_checked = True  # type: ignore[attr-defined]
+    return checked
+
+
+Scorer.rerank = _precision_checked(Scorer.rerank)  # type: ignore[method-assign]
+
+
+def _calibration_sample(name: str, args: tuple, kwargs: dict) -> list[list[tuple[str, str]]]:
+    if name == "rerank":
+        names = ("queries", "candidates", "docs")
+        values = dict(zip(names, args, strict=False)) | {k: kwargs[k] for k in names if k in kwargs}
+        if len(values) < 3:
+            return []
+        return calibration.sample_from_rerank(
+            values["queries"], values["candidates"], values["docs"]
+        )
+    pairs = args[0] if args else kwargs.get("pairs", ())
+    return calibration.sample_from_pairs(list(pairs))
+
+
+def _regroup(scores: Sequence[float], groups: Sequence[Sequence[Any]]) -> list[list[float]]:
+    out, i = [], 0
+    for g in groups:
+        out.append([float(x) for x in scores[i : i + len(g)]])
+        i += len(g)
+    return out
+
+
+def _quietly(scorer: Scorer, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on ``scorer`` as a side computation: no progress bar, no truncation counts
+    or logs, no calibration of its own."""
+    saved = (scorer.settings, scorer.truncation, scorer._in_call)
+    scorer.settings = replace(scorer.settings, show_progress=False)
+    scorer.truncation = TruncationStats()
+    scorer.log_truncation = lambda: None  # type: ignore[method-assign]
+    scorer._in_call = True
+    try:
+        return fn()
+    finally:
+        scorer.settings, scorer.truncation, scorer._in_call = saved
+        del scorer.log_truncation
 
 
 @dataclass(frozen=True)

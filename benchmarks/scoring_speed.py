@@ -1,0 +1,341 @@
+"""Scoring speed and faithfulness per precision: ours fp32 vs ours bf16 vs sentence-transformers.
+
+    flock /tmp/mergeir-heavy.lock python benchmarks/scoring_speed.py \\
+        [--models bi-encoder,cross-encoder,splade] [--queries 300] [--k 20] \\
+        [--speed-items 256] [--repeat 3] [--batch-size 32] [--max-length 256]
+
+For each model, on this machine's CPU (``--device cpu``):
+
+- **speed**: the same ``--speed-items`` SciFact texts (bi-encoder, SPLADE: documents encoded;
+  cross-encoder: (query, document) pairs scored) through ours in fp32, ours in bf16 and
+  sentence-transformers' torch fp32 (``SentenceTransformer.encode``, ``CrossEncoder.predict``,
+  ``SparseEncoder.encode_document``), interleaved, best of ``--repeat``; items/s by wall and by
+  CPU time (all threads; the steadier measure on a shared machine) and the ratio to
+  sentence-transformers. Its ``backend="onnx"`` / ``"openvino"`` rows are added when optimum /
+  onnxruntime / openvino are importable (they are not installed in this project's venv);
+- **faithfulness**: SciFact test (``--queries`` queries), BM25 (bm25s) top-``--k``, re-ranked by
+  ours in fp32 and in bf16 — NDCG@10 of each and Δ (bf16 is the default only if |Δ| ≤ 0.002) —
+  and Kendall τ between the two score lists of each query's BM25 top-8 (what the calibration
+  rule compares), with the rule's verdict on the sample ``--dtype auto`` would take and its
+  pass rate over 1,000 random 8-query samples;
+- what ``--dtype auto`` resolves to on this CPU (and why).
+
+Models: ``../shared/models/all-MiniLM-L6-v2`` (bi-encoder), a cross-encoder built from it
+(``AutoModelForSequenceClassification``, seeded random one-logit head: real speed, meaningless
+relevance — its NDCG is near random, its Δ still measures bf16 drift) and
+``../shared/models/splade-tiny``. Prints markdown tables; ``--json PATH`` saves the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+logging.getLogger("mergekit_ir").setLevel(logging.ERROR)
+for noisy in ("transformers", "sentence_transformers"):
+    logging.getLogger(noisy).setLevel(logging.ERROR)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MINILM = SHARED / "models/all-MiniLM-L6-v2"
+SPLADE = SHARED / "models/splade-tiny"
+SCIFACT = SHARED / "data/beir/scifact"
+MODELS = ("bi-encoder", "cross-encoder", "splade")
+UNIT = {"bi-encoder": "docs", "cross-encoder": "pairs", "splade": "docs"}
+
+
+def timed(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, float]]:
+    """Best (wall, CPU) seconds of each function over ``repeat`` interleaved rounds (a varying
+    machine load hits all alike). CPU time counts every thread of this process."""
+    best = {name: (float("inf"), float("inf")) for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            w, c = time.perf_counter() - wall, time.process_time() - cpu
+            best[name] = (min(best[name][0], w), min(best[name][1], c))
+    return best
+
+
+def cpu_report() -> dict[str, object]:
+    from mergekit_ir.scoring import scorer as sc
+
+    flags = sc._cpuinfo_flags()
+    model = "?"
+    with contextlib.suppress(OSError, StopIteration):
+        model = next(
+            line.partition(":")[2].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    auto = sc.resolve_dtype("auto", torch.device("cpu"))
+    return {
+        "cpu": model,
+        "torch": torch.__version__,
+        "capability": str(torch.backends.cpu.get_cpu_capability()),
+        "threads": torch.get_num_threads(),
+        "bf16_flags": sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")),
+        "avx512f": "avx512f" in flags,
+        "auto_dtype": str(auto).removeprefix("torch."),
+        "override": os.environ.get(sc.CPU_BF16_ENV),
+    }
+
+
+def build_cross_encoder(folder: Path) -> Path:
+    """MiniLM's BERT as a sequence classifier with a seeded random one-logit head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(MINILM, num_labels=1)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(folder)
+    return folder
+
+
+def st_contenders(kind: str, path: Path, max_length: int, batch: int) -> dict:
+    """sentence-transformers' own scoring (a function of the items) per available backend."""
+    from sentence_transformers import CrossEncoder, SentenceTransformer, SparseEncoder
+
+    backends = ["torch"]
+    if importlib.util.find_spec("optimum") and importlib.util.find_spec("onnxruntime"):
+        backends.append("onnx")
+    if importlib.util.find_spec("optimum") and importlib.util.find_spec("openvino"):
+        backends.append("openvino")
+    out = {}
+    for backend in backends:
+        try:
+            if kind == "bi-encoder":
+                m = SentenceTransformer(str(path), device="cpu", backend=backend)
+                m.max_seq_length = max_length
+                fn = lambda items, m=m: m.encode(items, batch_size=batch)  # noqa: E731
+            elif kind == "splade":
+                m = SparseEncoder(str(path), device="cpu", backend=backend)
+                m.max_seq_length = max_length
+                fn = lambda items, m=m: m.encode_document(items, batch_size=batch)  # noqa: E731
+            else:
+                m = CrossEncoder(str(path), device="cpu", max_length=max_length, backend=backend)
+                fn = lambda items, m=m: m.predict(  # noqa: E731
+                    items, batch_size=batch, activation_fn=torch.nn.Identity()
+                )
+        except Exception as exc:  # an optional backend that does not load offline: say so
+            print(f"  sentence-transformers backend={backend}: skipped ({exc})", file=sys.stderr)
+            continue
+        out[f"sentence-transformers {backend} fp32"] = fn
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--data", type=Path, default=SCIFACT)
+    ap.add_argument("--queries", type=int, default=300, help="SciFact test queries (all: 300)")
+    ap.add_argument("--k", type=int, default=20, help="BM25 candidates re-ranked per query")
+    ap.add_argument("--speed-items", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=256, help="token limit, all contenders")
+    ap.add_argument("--skip-ndcg", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for path in (MINILM, SPLADE, args.data):
+        if not path.exists():
+            print(f"{path} not found", file=sys.stderr)
+            return 2
+
+    from mergekit_ir.evaluation.datasets import load_beir_folder
+    from mergekit_ir.evaluation.metrics import evaluate, mean_scores
+    from mergekit_ir.params import check_params
+    from mergekit_ir.plugin_host import catalog
+    from mergekit_ir.scoring import calibration
+    from mergekit_ir.scoring import scorer as sc
+    from mergekit_ir.scoring.scorer import ScoringSettings
+
+    cpu = cpu_report()
+    print(
+        f"CPU {cpu['cpu']}, torch {cpu['torch']} ({cpu['capability']} kernels, "
+        f"{cpu['threads']} threads); bf16 hardware flags: {', '.join(cpu['bf16_flags']) or 'none'}"
+        f" → --dtype auto on CPU = {cpu['auto_dtype']}\n"
+    )
+    ds = load_beir_folder(args.data, f"test[:{args.queries}]")
+    fs = catalog().first_stage("bm25s")
+    run = fs.build(ds.corpus, check_params(fs.params, {}, "bm25s", "bm25s"), None).search(
+        ds.queries, args.k
+    )
+    docs = {d: ds.corpus[d].full_text for q in run.values() for d in q}
+    pairs_all = [(ds.queries[q], docs[d]) for q in sorted(run) for d in sorted(run[q])]
+    doc_texts = [docs[d] for d in sorted(docs)]
+    n_speed = args.speed_items
+    speed_docs = doc_texts[:n_speed]
+    speed_pairs = pairs_all[:n_speed]
+    bm25 = mean_scores(evaluate(ds.qrels, run, ["NDCG@10"]))["NDCG@10"]
+    print(
+        f"SciFact test: {len(ds.queries)} queries, BM25 top-{args.k}: {len(pairs_all)} pairs, "
+        f"{len(docs)} distinct documents; BM25 NDCG@10 {bm25:.4f}\n"
+    )
+    results: dict[str, object] = {"cpu": cpu, "queries": len(ds.queries), "k": args.k}
+    speed_rows, quality_rows = [], []
+    opts = {"max_length": args.max_length}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in models:
+            path = {"bi-encoder": MINILM, "splade": SPLADE}.get(kind) or build_cross_encoder(
+                Path(tmp) / "cross-encoder"
+            )
+            scorer_kind = catalog().scorer(kind)
+            kind_opts = dict(opts)
+            ours = {
+                d: scorer_kind.load(
+                    path,
+                    kind_opts,
+                    ScoringSettings("cpu", d, args.batch_size, show_progress=False),
+                )
+                for d in ("fp32", "bf16")
+            }
+            # -- speed --------------------------------------------------------------------
+            items = speed_pairs if kind == "cross-encoder" else speed_docs
+            of_items: dict[str, Callable[[list], object]] = {}
+            for d, s in ours.items():
+                if kind == "cross-encoder":
+                    of_items[f"ours {d}"] = s.score_pairs
+                else:
+                    of_items[f"ours {d}"] = s.encode_documents
+            of_items.update(st_contenders(kind, path, args.max_length, args.batch_size))
+            for fn in of_items.values():  # warm-up: one batch each
+                fn(items[: args.batch_size])
+            fns = {name: (lambda fn=fn, it=items: fn(it)) for name, fn in of_items.items()}
+            best = timed(fns, args.repeat)
+            base = best.get("sentence-transformers torch fp32")
+            for name, (wall, cpu_s) in best.items():
+                row = {
+                    "model": kind,
+                    "contender": name,
+                    "items": len(items),
+                    "unit": UNIT[kind],
+                    "wall_s": wall,
+                    "cpu_s": cpu_s,
+                    "per_s_wall": len(items) / wall,
+                    "per_s_cpu": len(items) / cpu_s,
+                    "ratio_wall": base[0] / wall if base else None,
+                    "ratio_cpu": base[1] / cpu_s if base else None,
+                }
+                speed_rows.append(row)
+                print(
+                    f"  {kind:13s} {name:34s} {row['per_s_wall']:8.1f} {UNIT[kind]}/s wall "
+                    f"{row['per_s_cpu']:8.1f} /CPU-s  ×{row['ratio_cpu'] or 0:.2f} (CPU)",
+                    file=sys.stderr,
+                )
+            # -- faithfulness ---------------------------------------------------------------
+            if args.skip_ndcg:
+                continue
+            runs, secs = {}, {}
+            for d, s in ours.items():
+                wall, cpu0 = time.perf_counter(), time.process_time()
+                runs[d] = s.rerank(ds.queries, run, docs)
+                secs[d] = (time.perf_counter() - wall, time.process_time() - cpu0)
+            ndcg = {
+                d: mean_scores(evaluate(ds.qrels, r, ["NDCG@10"]))["NDCG@10"]
+                for d, r in runs.items()
+            }
+            taus = {}
+            for q in sorted(run):
+                top = sorted(run[q].items(), key=lambda kv: (-kv[1], kv[0]))[:8]
+                ref = [runs["fp32"][q][d] for d, _ in top]
+                got = [runs["bf16"][q][d] for d, _ in top]
+                if len(ref) >= 2:
+                    taus[q] = calibration.kendall_tau(ref, got)
+            # the rule on the sample --dtype auto takes (the product's own path, forced on)
+            os.environ[sc.CPU_BF16_ENV] = "1"
+            try:
+                auto = scorer_kind.load(
+                    path, kind_opts, ScoringSettings("cpu", "auto", args.batch_size, False)
+                )
+                verdict = auto.calibrate(calibration.sample_from_rerank(ds.queries, run, docs))
+            finally:
+                if cpu["override"] is None:
+                    del os.environ[sc.CPU_BF16_ENV]
+                else:
+                    os.environ[sc.CPU_BF16_ENV] = str(cpu["override"])
+            rng = random.Random(0)
+            qs = sorted(taus)
+            passes = 0
+            for _ in range(1000):
+                sample = rng.sample(qs, min(calibration.RULE.queries, len(qs)))
+                vals = [taus[q] for q in sample]
+                passes += (
+                    sum(vals) / len(vals) >= calibration.RULE.min_mean_tau
+                    and min(vals) >= calibration.RULE.min_query_tau
+                )
+            tv = list(taus.values())
+            row = {
+                "model": kind,
+                "ndcg_fp32": ndcg["fp32"],
+                "ndcg_bf16": ndcg["bf16"],
+                "delta": ndcg["bf16"] - ndcg["fp32"],
+                "rerank_s_fp32": secs["fp32"],
+                "rerank_s_bf16": secs["bf16"],
+                "tau_mean": sum(tv) / len(tv),
+                "tau_min": min(tv),
+                "tau_below_1": sum(1 for t in tv if t < 1) / len(tv),
+                "tau_below_min_query": sum(1 for t in tv if t < calibration.RULE.min_query_tau),
+                "auto_sample": verdict.summary(),
+                "auto_passed": verdict.passed,
+                "random_sample_pass_rate": passes / 1000,
+            }
+            quality_rows.append(row)
+            print(f"  {kind}: {json.dumps(row)}", file=sys.stderr)
+            del ours, auto
+
+    print(f"### Speed (CPU, batch {args.batch_size}, max_length {args.max_length})\n")
+    print(
+        "| model | contender | items | items/s (wall) | items/s (CPU time) | × ST torch fp32 (wall) | × ST torch fp32 (CPU) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in speed_rows:
+        rw = f"{r['ratio_wall']:.2f}×" if r["ratio_wall"] else "–"
+        rc = f"{r['ratio_cpu']:.2f}×" if r["ratio_cpu"] else "–"
+        print(
+            f"| {r['model']} | {r['contender']} | {r['items']} {r['unit']} | {r['per_s_wall']:.1f} | "
+            f"{r['per_s_cpu']:.1f} | {rw} | {rc} |"
+        )
+    if quality_rows:
+        print(
+            f"\n### NDCG@10, SciFact test ({len(ds.queries)} queries), BM25 top-{args.k} re-ranked; "
+            f"Kendall τ fp32 vs bf16 over each query's BM25 top-8\n"
+        )
+        print(
+            "| model | fp32 | bf16 | Δ | rerank s fp32 / bf16 (wall) | τ mean | τ min | queries τ<1 | "
+            f"queries τ<{calibration.RULE.min_query_tau:g} | auto's calibration sample | random 8-query samples passing |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+        for r in quality_rows:
+            print(
+                f"| {r['model']} | {r['ndcg_fp32']:.4f} | {r['ndcg_bf16']:.4f} | {r['delta']:+.4f} | "
+                f"{r['rerank_s_fp32'][0]:.0f} / {r['rerank_s_bf16'][0]:.0f} | {r['tau_mean']:.3f} | "
+                f"{r['tau_min']:.3f} | {100 * r['tau_below_1']:.0f} % | {r['tau_below_min_query']} | "
+                f"{'pass' if r['auto_passed'] else 'FAIL'}: {r['auto_sample']} | "
+                f"{100 * r['random_sample_pass_rate']:.1f} % |"
+            )
+    results.update(speed=speed_rows, quality=quality_rows, platform=platform.platform())
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
