@@ -72,7 +72,7 @@ def holdout_eval(model, queries, corpus, pairs, batch_size: int = 64) -> dict[st
     )
     top = torch.topk(qs @ docs.T, k=10, dim=1).indices.tolist()
     mrr = r1 = 0.0
-    for (_, rel), ranked in zip(pairs, top):
+    for (_, rel), ranked in zip(pairs, top, strict=True):
         ids = [doc_ids[i] for i in ranked]
         if rel in ids:
             mrr += 1.0 / (ids.index(rel) + 1)
