@@ -4,10 +4,12 @@ This module is the public API. Plugin authors import only from here:
 
 - the plugin contract: :func:`hookimpl`, the kinds they register (:class:`MergeMethod`,
   :class:`ScorerKind`, :class:`FirstStageKind`, :class:`AlphaSelector`,
-  :class:`ExecutorKind`) and :class:`Param` for their parameters;
+  :class:`ExecutorKind`, :class:`StatisticKind`) and :class:`Param` for their parameters
+  (:data:`STATISTICS` for a data-aware method's text pass);
 - the toolkit the built-in plugins use: data types (:class:`Document`, :data:`Run`),
   tokenising and batching helpers, :func:`read_model_config` for a scorer's ``check()``,
-  ``atomic`` writes, the one-line errors;
+  ``atomic`` writes, the one-line errors, the selectors' :func:`bootstrap` and AdaMerging's
+  :func:`learn_coefficients`;
 - the Python API scripts use: :func:`merge`, :func:`merge_triplet`, :class:`TaskVector` (and
   :func:`save_quantized` / :func:`save_residual` / :class:`QuantSpec` for TVQ),
   :func:`load_registry`, :func:`run_experiment`.
@@ -35,6 +37,7 @@ from mergekit_ir.experiments.jobs import (
 )
 from mergekit_ir.hookspecs import hookimpl
 from mergekit_ir.merging.method import ALPHA, WEIGHTS, MergeMethod, domain_weights, tensor_generator
+from mergekit_ir.merging.statistics import STATISTICS, StatisticKind, StatisticsRun
 from mergekit_ir.params import Param
 from mergekit_ir.ranking import Qrels, Ranking
 from mergekit_ir.results import AlphaChoice, alpha_label
@@ -53,6 +56,10 @@ from mergekit_ir.scoring.mlm_head import encoder_of, mlm_head
 from mergekit_ir.scoring.model_config import read_model_config
 from mergekit_ir.scoring.scorer import Scorer, ScorerKind, ScoringSettings
 from mergekit_ir.storage import atomic
+from mergekit_ir.tuning.adamerging import LearnSettings
+from mergekit_ir.tuning.adamerging import Query as LearnQuery
+from mergekit_ir.tuning.adamerging import learn as learn_coefficients
+from mergekit_ir.tuning.bootstrap import bootstrap
 from mergekit_ir.tuning.selector import BASELINE_ALPHA, AlphaSelector, SelectionContext
 
 __all__ = [
@@ -83,6 +90,13 @@ __all__ = [
     "ScorerKind",
     "ScoringSettings",
     "SelectionContext",
+    "STATISTICS",
+    "StatisticKind",
+    "StatisticsRun",
+    "LearnQuery",
+    "LearnSettings",
+    "bootstrap",
+    "learn_coefficients",
     "TripletJobs",
     "TripletOutcome",
     "WorkerSetup",

@@ -14,6 +14,7 @@ import yaml
 from mergekit_ir.adaptation.spec import ADAPT_PARAMS
 from mergekit_ir.errors import CheckpointError, ConfigError, MergeIRError, short_repr
 from mergekit_ir.params import Param
+from mergekit_ir.scoring.compiled import BACKENDS
 from mergekit_ir.scoring.scorer import DTYPES
 from mergekit_ir.storage.cache import resolve_cache_root
 from mergekit_ir.storage.output_folder import os_error_line
@@ -177,11 +178,24 @@ def _cache(cache_dir: str | None, no_cache: bool):
     type=click.Path(file_okay=False),
     help="Output folder (default: mergeir-out/EXPERIMENT).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda, cuda:1, mps; cuda:0,cuda:1 or cuda:all split each pass over GPUs.",
+)
 @click.option(
     "--dtype",
     type=click.Choice(DTYPES),
     help="Scoring dtype (default: the experiment's, auto = bf16 on CUDA, fp32 on CPU).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Scoring backend: torch, onnx, onnx-int8, openvino, openvino-int8 (CPU, fp32 weights), or "
+    "auto: the scorer's measured-faster compiled backend for passes long enough to pay for the "
+    "export, else torch (default: the experiment's, auto). See docs/scorers.md.",
 )
 @click.option(
     "--batch-size", type=click.IntRange(1), help="Scoring batch size (default: the experiment's)."
@@ -241,6 +255,7 @@ def run(
     out_dir: str | None,
     device: str,
     dtype: str | None,
+    backend: str | None,
     batch_size: int | None,
     cache_dir: str | None,
     no_cache: bool,
@@ -306,6 +321,7 @@ def run(
                 _cache(cache_dir, no_cache),
                 device=device,
                 dtype=dtype,
+                backend=backend,
                 batch_size=batch_size,
                 datasets=datasets or None,
                 progress=False,
@@ -345,6 +361,7 @@ def run(
         dtype=dtype,
         strict=strict,
         echo=click.echo,
+        backend=backend,
     )
     if experiment == "quickstart":
         click.echo(
@@ -479,6 +496,11 @@ def _parse_params(items: tuple[str, ...], flag: str = "--param") -> dict[str, An
 @click.option("--triplet", "triplet_opt", help="With --from-run: the triplet to write.")
 @click.option("--dataset", help="With --from-run: the dataset whose tuned α to use.")
 @click.option(
+    "--corpus",
+    "corpus_spec",
+    help="Text source of a data-aware method (regmean): registry dataset, BEIR folder, .jsonl or .txt.",
+)
+@click.option(
     "--mergekit-config",
     "mergekit_config",
     type=click.Path(dir_okay=False),
@@ -505,6 +527,7 @@ def merge(
     dataset: str | None,
     mergekit_config: str | None,
     quiet: bool,
+    corpus_spec: str | None = None,
 ) -> None:
     """Write Θ' for one TRIPLET and α as a Hugging Face folder.
 
@@ -520,6 +543,7 @@ def merge(
       mergeir merge quickstart-tiny --plan
       mergeir merge --from-run mergeir-out/quickstart --out best/   # the α the run tuned
       mergeir merge --mergekit-config recipe.yml --out merged/     # a mergekit recipe
+      mergeir merge quickstart-tiny --method regmean --corpus quickstart-toy --out merged/
     """
     from mergekit_ir.api.merge import prepare_merge
     from mergekit_ir.merging.engine import provenance as made_of
@@ -533,6 +557,11 @@ def merge(
 
     shard_bytes = parse_size(out_shard_size)  # and a bad --out-shard-size
     triplet = triplet or triplet_opt
+    if corpus_spec is not None and (mergekit_config is not None or from_run is not None):
+        raise ConfigError(
+            "--corpus goes with a data-aware --method (regmean); --from-run reads the run's "
+            "dataset corpus and --mergekit-config recipes are data-free"
+        )
     if mergekit_config is not None:
         _merge_recipe(
             mergekit_config,
@@ -588,6 +617,7 @@ def merge(
             params=given,
             allow_nonfinite=allow_nonfinite,
             cache_root=_cache(None, False).root,
+            corpus=corpus_spec,
         )
     else:
         if not ir_ref or not domain_refs:
@@ -607,8 +637,19 @@ def merge(
             params=given,
             allow_nonfinite=allow_nonfinite,
             provenance=made_of(str(ir_ref), pre_ref, list(domain_refs)),
+            corpus=corpus_spec,
+            corpora=_named_corpora(corpus_spec, registry_path),
         )
     _finish_merge(prepared, plan, out_dir, shard_bytes, overwrite, device, quiet)
+
+
+def _named_corpora(corpus_spec: str | None, registry_path: str | None) -> Any:
+    """The registry's datasets as corpora, when ``--corpus`` names one (not a path)."""
+    if corpus_spec is None or Path(corpus_spec).expanduser().exists():
+        return None
+    from mergekit_ir.experiments.sources import registry_corpora
+
+    return registry_corpora(_registry(registry_path), _cache(None, False).root)
 
 
 def _merge_recipe(
@@ -665,6 +706,7 @@ def _finish_merge(
         overwrite=overwrite,
         device=device,
         progress=not quiet,
+        **({} if write is not None else {"echo": click.echo}),  # a data-aware method's lines
     )
     c = report.counts
     click.echo(
@@ -1083,8 +1125,21 @@ def task_vector_quantize(
 )
 @click.option("--registry", "registry_path", type=click.Path(dir_okay=False), help="Registry YAML.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write TREC runs here.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda, cuda:1, mps; cuda:0,cuda:1 or cuda:all split each pass over GPUs.",
+)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Scoring backend: torch, onnx, onnx-int8, openvino, openvino-int8 (CPU, fp32 weights), or "
+    "auto: the scorer's measured-faster compiled backend for passes long enough to pay for the "
+    "export, else torch (default: the experiment's, auto). See docs/scorers.md.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def rerank_cmd(
     model: str,
@@ -1098,6 +1153,7 @@ def rerank_cmd(
     out_dir: str | None,
     device: str,
     cache_dir: str | None,
+    backend: str | None,
     quiet: bool,
 ) -> None:
     """Re-rank with one MODEL (a merged folder, any checkpoint of a scorer kind), no triplet.
@@ -1129,6 +1185,7 @@ def rerank_cmd(
         device=device,
         progress=not quiet,
         echo=click.echo,
+        backend=backend,
     )
     results = rerank_model(
         reg,

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mergekit_ir.evaluation.first_stage import FirstStageKind
     from mergekit_ir.execution import ExecutorKind
     from mergekit_ir.merging.method import MergeMethod
+    from mergekit_ir.merging.statistics import StatisticKind
     from mergekit_ir.scoring.scorer import ScorerKind
     from mergekit_ir.tuning.selector import AlphaSelector
 
@@ -49,6 +50,31 @@ def register_merge_methods(register: Callable[[MergeMethod], None]) -> None:
     weights with one or more task vectors (see :class:`mergekit_ir.MergeMethod`).
     Declare every parameter with :class:`mergekit_ir.Param` so configs are
     validated before any checkpoint is opened.
+    """
+
+
+@hookspec
+def register_statistics(register: Callable[[StatisticKind], None]) -> None:
+    """Register statistics that data-aware merge methods gather over a text source.
+
+    The contract for "a merge method that asks for per-layer statistics over a text
+    source" has two halves:
+
+    - a **statistic** (:class:`mergekit_ir.StatisticKind`, registered here): ``collect(run,
+      params)`` runs one model over the text batches of a :class:`mergekit_ir.StatisticsRun`
+      (forward hooks, or its own loss and backward) and returns one tensor per parameter,
+      keyed by the model's ``state_dict`` names, with memory bounded whatever the number of
+      texts (accumulate, never keep activations); ``memory(model, params)`` says the bound;
+    - a **data-aware merge method** (``register_merge_methods``) that declares the statistics
+      it needs, ``MergeMethod(statistics=("input_gram",), params=(…, STATISTICS))``, and
+      receives ``stats={name: [ΘT's, ΘD_1's, …]}`` per tensor.
+
+    Between them the engine (:mod:`mergekit_ir.merging.statistics`) samples the target
+    corpus (``statistics: {texts, max_length, batch_size, seed}``), runs every statistic once
+    per model (ΘT and each ΘD_i = Θ0 + τ_i), caches the results by (model fingerprint, corpus
+    sample fingerprint, settings) and reads them back tensor by tensor during the merge.
+    ``mergeir run`` uses each dataset's corpus; ``mergeir merge`` takes ``--corpus``.
+    The built-in ``input_gram`` (RegMean's XᵀX per ``nn.Linear``) is registered this way.
     """
 
 

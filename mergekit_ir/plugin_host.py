@@ -23,6 +23,7 @@ from mergekit_ir.errors import MergeIRError, PluginError, short_repr
 from mergekit_ir.evaluation.first_stage import FirstStageKind
 from mergekit_ir.execution import ExecutorKind
 from mergekit_ir.merging.method import MergeMethod
+from mergekit_ir.merging.statistics import StatisticKind
 from mergekit_ir.scoring.scorer import ScorerKind
 from mergekit_ir.tuning.selector import AlphaSelector
 
@@ -66,6 +67,7 @@ KINDS = (
         "register_alpha_selectors", "α selector", AlphaSelector, "alpha_selectors", "α selectors"
     ),
     PluginKind("register_executors", "executor", ExecutorKind, "executors", "executors"),
+    PluginKind("register_statistics", "statistic", StatisticKind, "statistics", "statistics"),
 )
 
 
@@ -78,6 +80,7 @@ class PluginCatalog:
     first_stages: dict[str, Registered[FirstStageKind]] = field(default_factory=dict)
     alpha_selectors: dict[str, Registered[AlphaSelector]] = field(default_factory=dict)
     executors: dict[str, Registered[ExecutorKind]] = field(default_factory=dict)
+    statistics: dict[str, Registered[StatisticKind]] = field(default_factory=dict)
 
     def table(self, kind: PluginKind) -> dict[str, Registered[Any]]:
         return getattr(self, kind.attr)
@@ -96,6 +99,9 @@ class PluginCatalog:
 
     def executor(self, name: str, where: str = "executor") -> ExecutorKind:
         return _lookup(self.executors, name, where, "executor")
+
+    def statistic(self, name: str, where: str = "statistic") -> StatisticKind:
+        return _lookup(self.statistics, name, where, "statistic")
 
 
 def _lookup(table: dict[str, Registered[Any]], name: str, where: str, kind: str) -> Any:

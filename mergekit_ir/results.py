@@ -365,9 +365,13 @@ class AlphaAblation:
     order: list[str] = field(default_factory=list)
     #: dataset -> reference line -> value on the same split ("BM25": first stage alone, "ΘT")
     references: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the search trace when ``tuning.search`` is not the full grid
+    #: (:meth:`mergekit_ir.tuning.search.SearchResult.to_json`); ``values`` then holds only the
+    #: points scored on every dev query
+    search: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "metric": self.metric,
             "split": self.split,
             "values": self.values,
@@ -376,6 +380,9 @@ class AlphaAblation:
             "order": self.order,
             "references": self.references,
         }
+        if self.search is not None:
+            out["search"] = self.search
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> AlphaAblation:
@@ -393,6 +400,7 @@ class AlphaAblation:
                 str(d): {str(k): float(v) for k, v in (refs or {}).items()}
                 for d, refs in (raw.get("references") or {}).items()
             },
+            search=dict(raw["search"]) if isinstance(raw.get("search"), Mapping) else None,
         )
 
 

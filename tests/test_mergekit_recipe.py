@@ -1,4 +1,4 @@
-"""Bringing a mergekit recipe (``mergekit_ir.api.recipe``).
+"""Bringing a mergekit recipe (``mergekit_ir.api.recipe``, implemented in ``experiments.recipe``).
 
 Fast tests: reading a recipe, every field we reject (one line naming it), mergekit's parameter
 semantics (substring filters, gradients with t = 0 on the pre/post weights), the mapping onto
@@ -547,7 +547,7 @@ def test_out_dtype_config_and_side_files(tmp_path, llamas):
 
 @pytest.mark.parametrize("source", ["base", "m2"])
 def test_tokenizer_source_replaces_the_tokenizer(tmp_path, llamas, monkeypatch, source):
-    import mergekit_ir.api.recipe as rec
+    import mergekit_ir.experiments.recipe as rec  # where prepare_recipe_merge looks it up
 
     monkeypatch.setattr(rec, "_check_plain_tokenizer", lambda *a: None)  # vocabularies: slow test
     body = {

@@ -33,6 +33,7 @@ from typing import Any
 import click
 
 from mergekit_ir.errors import CheckpointError, ConfigError, MergeIRError
+from mergekit_ir.scoring.compiled import OPSET, export_graph
 from mergekit_ir.storage import atomic
 from mergekit_ir.storage.output_folder import OutputKind, check_output
 
@@ -51,7 +52,6 @@ ATOL = 1e-4
 #: order agreement is recorded, not required: on near-tied scores (tiny or untrained models)
 #: int8 noise swaps neighbours that fp32 separates by less than the quantisation step.
 INT8_MIN_COSINE = 0.98
-OPSET = 18
 
 EXPORT_OUTPUT = OutputKind(
     what="the exported model",
@@ -241,44 +241,15 @@ def encode(tokenizer: Any, kind: str, texts: Sequence[Any], names: Sequence[str]
 def export_onnx(
     model: Any, tokenizer: Any, kind: str, names: list[str], output: str, path: Path
 ) -> None:
-    import torch
-
+    """The exporter the compiled scoring backends use too
+    (:func:`mergekit_ir.scoring.compiled.export_graph`)."""
     example = encode(
         tokenizer,
         kind,
         EXAMPLE if kind == "cross-encoder" else [" ".join(p) for p in EXAMPLE],
         names,
     )
-    batch, seq = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
-    shapes = {n: {0: batch, 1: seq} for n in names}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import warnings
-
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            # the wrapper takes *tensors: dynamic_shapes is then one tuple, in input order
-            torch.onnx.export(
-                _wrapper(model, names, output),
-                tuple(example[n] for n in names),
-                str(path),
-                input_names=names,
-                output_names=[output],
-                dynamic_shapes=(tuple(shapes[n] for n in names),),
-                opset_version=OPSET,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-    except ImportError as exc:
-        raise ConfigError(
-            f"ONNX export needs onnx and onnxscript ({exc}); pip install 'mergekit-ir[export]'"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise CheckpointError(
-            f"torch.onnx.export failed for this {kind} ({type(exc).__name__}: {first})"
-        ) from None
+    export_graph(_wrapper(model, names, output), example, output, path, f"this {kind}")
 
 
 # ---- comparison ---------------------------------------------------------------------------

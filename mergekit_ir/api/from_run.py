@@ -72,6 +72,13 @@ def selections(
     manifest = results.manifest or {}
     exp = manifest.get("experiment") or {}
     cache = _recorded_cache((manifest.get("cache") or {}).get("dir"))
+    recipe = exp.get("mergekit_recipe") if isinstance(exp, dict) else None
+    if isinstance(recipe, dict):  # merge: {mergekit: recipe.yml}: Θ' is the recipe's merge
+        raise ConfigError(
+            f"--from-run {run_dir}: this run's Θ' is mergekit recipe {recipe.get('path')}'s "
+            "merge, with no α tuned; write it with `mergeir merge --mergekit-config "
+            f"{recipe.get('path')} --out DIR`"
+        )
     sections = results.sections
     if triplet is not None:
         sections = [s for s in sections if s.triplet == triplet]
@@ -185,6 +192,11 @@ def prepare_selection(selection: RunSelection, allow_nonfinite: bool = False):
 
     registry = load_registry(selection.registry)
     check_unchanged(selection, registry, resolve_cache_root(selection.cache_dir))
+    from mergekit_ir.plugin_host import catalog
+
+    # a data-aware method (regmean) merged from the corpus of the dataset α was tuned for,
+    # as the run did (its statistics are in the run's cache)
+    data_aware = bool(catalog().merge_method(selection.method).statistics)
     return prepare_triplet_merge(
         registry,
         selection.triplet,
@@ -193,4 +205,5 @@ def prepare_selection(selection: RunSelection, allow_nonfinite: bool = False):
         allow_nonfinite=allow_nonfinite,
         cache_root=selection.cache_dir,
         provenance=selection.provenance(),
+        corpus=selection.datasets[0] if data_aware else None,
     )

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mergekit_ir.api.merge import PreparedMerge, prepare_merge, write_merge
+from mergekit_ir.api.merge import CorpusArg, PreparedMerge, prepare_merge, write_merge
 from mergekit_ir.errors import ConfigError
 from mergekit_ir.experiments.registry import Registry, load_registry
-from mergekit_ir.experiments.sources import domain_input, resolve_ref
+from mergekit_ir.experiments.sources import domain_input, registry_corpora, resolve_ref
 from mergekit_ir.merging.engine import MergeReport
 from mergekit_ir.merging.engine import provenance as made_of
 from mergekit_ir.references.checkpoints import DomainRef
@@ -26,9 +26,11 @@ def prepare_triplet_merge(
     cache_root: Path | None = None,
     where: str = "--param",
     provenance: Mapping[str, str] | None = None,
+    corpus: CorpusArg | None = None,
 ) -> PreparedMerge:
     """A validated, planned merge of one registry triplet (nothing written yet);
-    ``provenance`` adds lines to the model card (e.g. the run that chose α)."""
+    ``provenance`` adds lines to the model card (e.g. the run that chose α); ``corpus`` is a
+    data-aware method's text source (a registry dataset name, a file or folder, or texts)."""
     cache_root = resolve_cache_root(cache_root)
     t = registry.triplet(triplet)
     base = registry.base_dir
@@ -51,6 +53,8 @@ def prepare_triplet_merge(
             ),
         },
         where=where,
+        corpus=corpus,
+        corpora=registry_corpora(registry, cache_root) if corpus is not None else None,
     )
 
 
@@ -66,8 +70,10 @@ def merge_triplet(
     progress: bool = True,
     shard_size: int = 5 * 10**9,
     cache_dir: str | Path | None = None,
+    corpus: CorpusArg | None = None,
 ) -> MergeReport:
-    """Write Θ' for a registry triplet; ``registry`` defaults to the bundled ``registry.yaml``.
+    """Write Θ' for a registry triplet; ``registry`` defaults to the bundled ``registry.yaml``;
+    ``corpus``: a data-aware method's text source (e.g. one of the registry's datasets).
 
     >>> merge_triplet("quickstart-tiny", "merged/", params={"alpha": 0.5})  # doctest: +SKIP
     """
@@ -76,7 +82,12 @@ def merge_triplet(
     if not isinstance(registry, Registry):
         registry = load_registry(registry or default_registry_path())
     prepared = prepare_triplet_merge(
-        registry, triplet, method=method, params=params, cache_root=resolve_cache_root(cache_dir)
+        registry,
+        triplet,
+        method=method,
+        params=params,
+        cache_root=resolve_cache_root(cache_dir),
+        corpus=corpus,
     )
     return write_merge(
         prepared, out, shard_size=shard_size, overwrite=overwrite, device=device, progress=progress

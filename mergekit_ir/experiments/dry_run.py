@@ -8,6 +8,7 @@ turns a failed night into a one-second answer. Nothing here loads weights or dat
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from mergekit_ir.references.checkpoints import (
 )
 from mergekit_ir.results import alpha_label, point_params
 from mergekit_ir.scoring.scorer import ScorerKind
+from mergekit_ir.tuning.search import expected_cost
+from mergekit_ir.tuning.search import passes as search_passes
 
 
 def _grid(exp: Experiment) -> str:
@@ -67,7 +70,12 @@ def scorer_caveat(kind: ScorerKind, folder: Path, role: str, strict: bool) -> st
 
 
 def count_passes(
-    reg: Registry, exp: Experiment, tname: str, datasets: list[str], has_dev: list[str]
+    reg: Registry,
+    exp: Experiment,
+    tname: str,
+    datasets: list[str],
+    has_dev: list[str],
+    partial: bool = False,
 ) -> dict[str, int]:
     """Model passes one triplet costs: each a re-ranking of one split's candidates.
 
@@ -75,19 +83,32 @@ def count_passes(
     own folder is not scored again. The α grid scores every dev split (when α is tuned), with
     ΘT as its reference, and Θ'(α=1) and Θ'(tuned α) every test split (the latter reuses
     α=1's when it is the choice); tuning λ scores every row on the dev splits as well.
+
+    A ``tuning.search: halving`` sweep scores query subsets: its entry is priced in full
+    passes (the share of the grid's query × model evaluations its schedule spends, rounded
+    up), or with ``partial`` counts the passes themselves, each over a subset (the runner's
+    ``pass n/N`` counter).
     """
     t = reg.triplet(tname)
     same_as_ir = lambda ref: ref is not None and ref.ref == t.ir.ref  # noqa: E731
     baselines = 1 + (t.pretrained is not None and not same_as_ir(t.pretrained))
     baselines += sum(1 for d in t.domains if d.is_model and not same_as_ir(d))
     counts = {"baselines": baselines * len(datasets)}
+    merged = 1 if exp.mergekit_recipe is not None else 2  # a recipe's Θ' is one row
     if exp.tune_fusion:  # λ on dev: every row is scored on the dev splits too
         counts["baselines on dev (λ)"] = baselines * len(has_dev)
-        counts["Θ' on dev (λ)"] = 2 * len(has_dev)
+        counts["Θ' on dev (λ)"] = merged * len(has_dev)
     elif exp.tune_alpha:  # ΘT on dev: the α plot's reference line
         counts["ΘT on dev"] = len(has_dev)
-    counts["α grid on dev"] = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
-    counts["Θ' on test"] = 2 * len(datasets)
+    if exp.tune_alpha and exp.search.method != "grid":
+        n = len(exp.alphas)
+        share = expected_cost(n, exp.search)
+        key = f"α search on dev ({exp.search.method}: ≈ {share:.0%} of the grid's {n} passes)"
+        per_split = search_passes(n, exp.search) if partial else math.ceil(share * n - 1e-9)
+        counts[key] = per_split * len(has_dev)
+    else:
+        counts["α grid on dev"] = len(exp.alphas) * len(has_dev) if exp.tune_alpha else 0
+    counts["Θ' on test"] = merged * len(datasets)
     if exp.alpha_selectors:
         # label-free selectors score the grid on a split of their own per dataset (the dev
         # selector reuses the dev sweep); the selection report's test curve scores the grid
@@ -171,6 +192,26 @@ def _hub_download(ref: str, revision: str | None) -> Location:
     return Location("hub-download", detail=f"hub, to download: {what}{gated}")
 
 
+def _recipe_lines(reg: Registry, exp: Experiment) -> tuple[str, list[Location]]:
+    """The merge line of a ``merge: {mergekit: recipe.yml}`` experiment: what the recipe
+    resolves to (``mergeir merge --plan``'s first lines) and where each of its models is."""
+    from mergekit_ir.experiments.recipe import describe_recipe
+
+    recipe = exp.mergekit_recipe
+    assert recipe is not None
+    head, *rest = describe_recipe(recipe)
+    lines = [f"  merge         {head}, merged once (written to the cache), not swept"]
+    lines += [f"               {line.strip()}" for line in rest]
+    sources = []
+    for m in recipe.inputs():
+        loc = locate_checkpoint(m.ref, m.revision, reg.base_dir)
+        if loc.kind == "hub-download":
+            loc = _hub_download(m.ref, m.revision)
+        sources.append(loc)
+        lines.append(f"               {m.where} {m.text:<44} {loc.describe()}")
+    return "\n".join(lines), sources
+
+
 def describe(
     reg: Registry,
     name: str,
@@ -226,12 +267,16 @@ def describe(
         alpha_rule = "not tuned: Θ' rows use α = 1"
     elif has_dev:
         alpha_rule = f"tuned on the mean dev {exp.objective} of {', '.join(has_dev)}"
+        if exp.search.method != "grid":
+            alpha_rule += f", by {exp.search.describe()}"
         if without_dev:
             alpha_rule += f"; {', '.join(without_dev)}: " + (
                 "the tuned α" if exp.transfer_alpha else "α = 1"
             )
     else:
         alpha_rule = "no dev split: α = 1 (zero-shot)"
+    if exp.mergekit_recipe is not None:
+        alpha_rule = "none: Θ' is the recipe's merge (no α to tune)"
     if exp.alpha_selectors:
         first, *rest = exp.alpha_selectors
         alpha_rule = f"chosen by selector {first.label}" + (
@@ -245,12 +290,17 @@ def describe(
             if exp.tune_fusion
             else ""
         )
+    merge_line = f"  merge         {exp.method}, α grid {_grid(exp)}, swept in place" + (
+        f" ({mp})" if mp else ""
+    )
+    if exp.mergekit_recipe is not None:
+        merge_line, recipe_sources = _recipe_lines(reg, exp)
+        sources += recipe_sources
     lines += [
         "",
         "protocol:",
         f"  first stage   {exp.first_stage} top {exp.k}" + (f" ({fs})" if fs else ""),
-        f"  merge         {exp.method}, α grid {_grid(exp)}, swept in place"
-        + (f" ({mp})" if mp else ""),
+        merge_line,
         f"  α             {alpha_rule}",
         f"  fusion        {fusion}",
         f"  metrics       {', '.join(exp.metrics)}"
@@ -261,7 +311,7 @@ def describe(
             if exp.comparisons and exp.correction == "bonferroni"
             else ""
         ),
-        f"  scoring       batch {exp.batch_size}, dtype {exp.dtype}",
+        f"  scoring       batch {exp.batch_size}, dtype {exp.dtype}, backend {exp.backend}",
     ]
     reported = [r for r in exp.reported if r.dataset in datasets]
     if reported:

@@ -62,6 +62,7 @@ def _worker_run(setup: WorkerSetup, echo: Callable[[str], None]) -> ExperimentRu
         dtype=setup.dtype,
         strict=setup.strict,
         echo=echo,
+        backend=setup.backend,
     )
     return ExperimentRun(setup.registry, setup.experiment, opts)
 

@@ -24,13 +24,22 @@ from mergekit_ir.errors import ConfigError, MergeIRError, key_label, short_repr
 from mergekit_ir.evaluation.datasets import parse_split
 from mergekit_ir.evaluation.fusion import FUSION_METHODS, NORMS
 from mergekit_ir.evaluation.significance import CORRECTIONS, TESTS
+from mergekit_ir.experiments.recipe import Recipe, load_recipe, roles
 from mergekit_ir.experiments.registry_yaml import read_yaml
 from mergekit_ir.merging.alignment import AlignmentRules
 from mergekit_ir.merging.method import check_alpha_grid, check_weights
 from mergekit_ir.params import Param, check_params
 from mergekit_ir.reports.reported import ReportedRow, parse_reported
-from mergekit_ir.results import AGAINST, domain_row_keys, grid_point, model_row_keys
+from mergekit_ir.results import (
+    AGAINST,
+    MERGED_AT_1,
+    domain_row_keys,
+    grid_point,
+    model_row_keys,
+)
+from mergekit_ir.scoring.compiled import BACKENDS
 from mergekit_ir.scoring.scorer import DTYPES
+from mergekit_ir.tuning.search import SearchSpec, parse_search
 from mergekit_ir.tuning.selector import BOOTSTRAP
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -148,6 +157,9 @@ class Experiment:
     #: α selectors (first: the one Θ'(tuned α) uses; the rest compared in selection.md);
     #: empty: ``tuning.alpha: true`` / absent, the dev protocol without a selection report
     alpha_selectors: tuple[SelectorSpec, ...] = ()
+    #: how the dev sweep searches the grid (``tuning.search``): every point on every dev
+    #: query, or successive halving over query subsets (mergekit_ir.tuning.search)
+    search: SearchSpec = SearchSpec()
     eval_queries: str = "all"
     objective: str = "NDCG@10"
     metrics: tuple[str, ...] = ("P@10", "NDCG@3", "NDCG@10", "MAP@100")
@@ -162,11 +174,15 @@ class Experiment:
     significance_against: tuple[str, ...] = AGAINST
     batch_size: int = 32
     dtype: str = "auto"
+    backend: str = "auto"
     seed: int = 0
     description: str = ""
     reported: tuple[ReportedRow, ...] = ()
     executor: str = "local"
     executor_params: Mapping[str, Any] = field(default_factory=dict)
+    #: ``merge: {mergekit: recipe.yml}``: Θ' is this mergekit recipe's merge (``method`` is
+    #: the mergekit-ir method it maps onto; no α grid, nothing tuned but λ)
+    mergekit_recipe: Recipe | None = None
 
 
 @dataclass
@@ -366,7 +382,16 @@ def _dataset(name: str, raw: Any) -> DatasetSpec:
 
 #: Plain-valued fields of an experiment, declared once: type, range and choices are checked
 #: by :class:`Param` (the same checks as plugin parameters and CLI flags).
-SCORING_FIELDS = (Param("dtype", str, "auto", "scoring precision", choices=DTYPES),)
+SCORING_FIELDS = (
+    Param("dtype", str, "auto", "scoring precision", choices=DTYPES),
+    Param(
+        "backend",
+        str,
+        "auto",
+        "torch, or a compiled backend for fixed weights (docs/scorers.md)",
+        choices=BACKENDS,
+    ),
+)
 EVALUATION_FIELDS = (
     Param(
         "queries",
@@ -441,6 +466,9 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
     kw["eval_queries"] = _fields(
         _section(raw, "evaluation", path), EVALUATION_FIELDS, f"{path}.evaluation"
     )["queries"]
+    if kw.get("mergekit_recipe") is not None:
+        _no_alpha_to_tune(_section(raw, "tuning", path), f"{path}.tuning")
+        kw["tune_alpha"] = False
     if kw["grid"] and kw.get("alpha_selectors"):
         names = ", ".join(n for n, _ in kw["grid"])
         raise ConfigError(
@@ -454,7 +482,17 @@ def _experiment(name: str, raw: Any, reg: Registry, catalog: Any) -> Experiment:
         kw["reported"] = parse_reported(
             raw["reported"],
             f"{path}.reported",
-            triplets={t: (first_stage_row, *reg.triplets[t].rows) for t in trips},
+            triplets={
+                t: (
+                    first_stage_row,
+                    *(  # a recipe's Θ' is one row: merged@best
+                        r
+                        for r in reg.triplets[t].rows
+                        if kw.get("mergekit_recipe") is None or r != MERGED_AT_1
+                    ),
+                )
+                for t in trips
+            },
             first_stage_row=first_stage_row,
             datasets=dsets,
             metrics=kw.get("metrics", Experiment.metrics),
@@ -480,6 +518,8 @@ def _members(value: Any, defined: Mapping[str, Any], path: str, kind: str) -> tu
 def _merge_section(
     merge: dict[str, Any], trips: Sequence[str], reg: Registry, catalog: Any, path: str
 ) -> dict[str, Any]:
+    if "mergekit" in merge:
+        return _recipe_section(merge, reg, path)
     method_name = _expect(merge.pop("method", "task_arithmetic"), str, f"{path}.method", "a name")
     method = catalog.merge_method(method_name, f"{path}.method")
     if method.param("alpha") is None:
@@ -509,6 +549,53 @@ def _merge_section(
         "merge_params": fixed,
         "grid": tuple((n, v) for n, v in grid),
     }
+
+
+def _recipe_section(merge: dict[str, Any], reg: Registry, path: str) -> dict[str, Any]:
+    """``merge: {mergekit: recipe.yml}``: Θ' is a mergekit recipe's merge. The recipe (a path
+    relative to the registry file) is read and checked now, before any work; what it cannot
+    reproduce is one line naming this YAML path and the recipe's field."""
+    others = [k for k in merge if k != "mergekit"]
+    if others:
+        raise ConfigError(
+            f"{path}.{key_label(others[0])}: not allowed beside mergekit: (the recipe names the "
+            "merge method and every parameter); give one or the other"
+        )
+    value = merge["mergekit"]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"{path}.mergekit: expected the path of a mergekit recipe (YAML, relative to the "
+            f"registry file), got {type(value).__name__} {short_repr(value)}"
+        )
+    written = value.strip()
+    file = Path(written) if Path(written).is_absolute() else reg.base_dir / written
+    try:
+        recipe = load_recipe(file)
+        method = roles(recipe).method
+    except ConfigError as exc:
+        text = str(exc)
+        if text.startswith(f"{file}: "):  # the recipe as the registry names it
+            text = f"{written}: {text[len(str(file)) + 2 :]}"
+        raise ConfigError(f"{path}.mergekit: {text}") from None
+    return {
+        "method": method,
+        "alphas": (),
+        "merge_params": {},
+        "grid": (),
+        "mergekit_recipe": recipe,
+    }
+
+
+def _no_alpha_to_tune(tuning: Mapping[str, Any], path: str) -> None:
+    """A recipe's Θ' is one fixed model: asking to tune or select its α is an error."""
+    for key in ("alpha", "compare", "transfer"):
+        value = tuning.get(key)
+        if value is None or value is False:
+            continue
+        raise ConfigError(
+            f"{path}.{key}: merge is a mergekit recipe, whose Θ' is one fixed model with no α "
+            "to tune or select; remove it (λ may still be tuned: fusion.tune)"
+        )
 
 
 def _parameter_grid(
@@ -603,7 +690,7 @@ def _metrics_section(metrics: Any, path: str) -> dict[str, Any]:
 def _tuning_section(tuning: dict[str, Any], catalog: Any, path: str) -> dict[str, Any]:
     from mergekit_ir.evaluation.metrics import ranx_metric
 
-    _keys(tuning, path, {"objective", "alpha", "transfer", "compare"})
+    _keys(tuning, path, {"objective", "alpha", "transfer", "compare", "search"})
     out: dict[str, Any] = {}
     if "objective" in tuning:
         try:
@@ -639,6 +726,14 @@ def _tuning_section(tuning: dict[str, Any], catalog: Any, path: str) -> dict[str
         )
     out["tune_alpha"] = alpha_cfg
     out["transfer_alpha"] = bool(tuning.get("transfer", False))
+    if tuning.get("search") is not None:
+        out["search"] = parse_search(tuning["search"], f"{path}.search")
+        if out["search"].method != "grid" and (out.get("alpha_selectors") or not alpha_cfg):
+            why = "α selectors choose α" if alpha_cfg else "tuning.alpha is false"
+            raise ConfigError(
+                f"{path}.search: searches the dev sweep of tuning.alpha: true, and {why}; "
+                "remove it or tune on dev"
+            )
     return out
 
 

@@ -19,6 +19,7 @@ from mergekit_ir.params import check_params
 from mergekit_ir.plugin_host import catalog
 from mergekit_ir.ranking import Ranking
 from mergekit_ir.references.checkpoints import resolve_checkpoint
+from mergekit_ir.scoring.devices import load_on_devices
 
 _NAME = "rerank"
 
@@ -65,7 +66,10 @@ def rerank_model(
         kind.check(folder)
     run.prepare_splits()
     opts.echo(f"loading {model} ({scorer})")
-    scoring = kind.load(folder, checked, run.settings)
+    # one copy per device with --device cuda:0,cuda:1 (mergekit_ir.scoring.devices)
+    scoring = load_on_devices(
+        lambda settings: kind.load(folder, checked, settings), run.settings, run.devices
+    )
     out = []
     for i, (name, split) in enumerate(run.tests.items(), 1):
         ds = split.dataset

@@ -40,7 +40,9 @@ from mergekit_ir.evaluation.datasets import Dataset
 from mergekit_ir.evaluation.first_stage import FirstStageKind
 from mergekit_ir.evaluation.trec_runs import write_trec
 from mergekit_ir.execution import FirstStageJobs, TripletJobs, TripletOutcome, first_stage_offload
+from mergekit_ir.experiments.data_aware import CorpusStatistics
 from mergekit_ir.experiments.dry_run import scorer_caveat
+from mergekit_ir.experiments.recipe import prepare_recipe_merge, roles, write_recipe_merge
 from mergekit_ir.experiments.registry import Experiment, Registry, Triplet
 from mergekit_ir.experiments.sources import (
     DomainBuilder,
@@ -74,6 +76,7 @@ from mergekit_ir.results import (
     point_params,
     row_label,
 )
+from mergekit_ir.scoring.devices import device_identity, load_on_devices, parse_devices
 from mergekit_ir.scoring.scorer import (
     STRICT_NOTE,
     Scorer,
@@ -121,6 +124,7 @@ class RunOptions:
     dtype: str | None = None
     strict: bool = False  # refuse what would be a warning (a randomly initialised head)
     echo: Callable[[str], None] = print
+    backend: str | None = None  # --backend; None: the experiment's scoring.backend
     passes: PassCounter = field(default_factory=PassCounter)
     executor: Any = None  # an Executor (mergekit_ir.execution); None: the `local` plugin's
 
@@ -188,27 +192,38 @@ def selected_datasets(exp: Experiment, requested: Sequence[str] | None) -> list[
 
 
 def resolved_settings(exp: Experiment, opts: RunOptions) -> ScoringSettings:
-    """Scoring settings with the device checked now, before any work (not after a long run)."""
+    """Scoring settings with the device checked now, before any work (not after a long run);
+    with several devices (``--device cuda:0,cuda:1``), the first one's."""
     settings = ScoringSettings(
-        opts.device,
+        parse_devices(opts.device)[0],
         opts.dtype or exp.dtype,
         opts.batch_size or exp.batch_size,
         opts.progress,
         strict=opts.strict,
+        backend=opts.backend or exp.backend,
+        cache_dir=opts.cache.root,
     )
     resolve_dtype(settings.dtype, resolve_device(settings.device))
+    settings.check_backend(
+        "--backend" if opts.backend else f"experiments.{exp.name}.scoring.backend"
+    )
     return settings
 
 
-def settings_identity(settings: ScoringSettings) -> dict[str, Any]:
-    """The resolved settings that can change a score: part of every model-run cache key."""
+def settings_identity(settings: ScoringSettings, auto_backend: str = "torch") -> dict[str, Any]:
+    """The resolved settings that can change a score: part of every model-run cache key.
+    ``auto_backend`` is the scorer kind's choice under ``--backend auto``."""
     device = settings.torch_device
-    return {
+    identity = {
         "device": device.type,
         # e.g. float32; a calibrated auto bf16 (which may fall back to fp32) is its own entry
         "dtype": settings.dtype_identity,
         "batch_size": settings.batch_size,
     }
+    backend = settings.backend_identity(auto_backend)
+    if backend is not None:  # torch keeps the keys it always had
+        identity["backend"] = backend
+    return identity
 
 
 def ranks_candidates(ranking: Ranking, candidates: Ranking) -> bool:
@@ -233,6 +248,7 @@ class TripletRunner:
         self.kind = cat.scorer(triplet.scorer, f"triplets.{triplet.name}.scorer.kind")
         self.method = cat.merge_method(exp.method, f"experiments.{exp.name}.merge.method")
         self.settings = resolved_settings(exp, opts)
+        self.devices = parse_devices(opts.device)  # several: one scorer copy per device
         base, cache_root = reg.base_dir, opts.cache.root
         with timer("loading"):
             self.ir_folder = resolve_ref(triplet.ir, base, cache_root)
@@ -256,7 +272,23 @@ class TripletRunner:
         self._vectors: list[TaskVector] | None = None
         self._ir_scorer: Scorer | None = None
         self._sweep: InPlaceSweep | None = None
+        self._recipe_scorer: Scorer | None = None
         self._memo: dict[str, Ranking] = {}  # identical models score once, also with --no-cache
+        #: a data-aware method's statistics (regmean), gathered per corpus before merging
+        self.corpus_stats = (
+            CorpusStatistics(
+                self.method,
+                exp.merge_params,
+                opts.cache.root,
+                device=self.settings.torch_device,
+                reuse=opts.cache.enabled,
+                progress=opts.progress,
+                echo=opts.echo,
+                where=f"experiments.{exp.name}.merge.method",
+            )
+            if self.method.statistics
+            else None
+        )
         self.notes: dict[str, None] = {}  # scorer warnings, in first-seen order, for the report
 
     # -- models -------------------------------------------------------------------------------
@@ -283,10 +315,15 @@ class TripletRunner:
         return fps
 
     def load_scorer(self, folder: Path) -> Scorer:
-        torch.manual_seed(self.exp.seed)  # heads a checkpoint lacks are initialised reproducibly
         if self.kind.check:
             self.kind.check(folder)
-        return self.kind.load(folder, self.triplet.scorer_options, self.settings)
+
+        def load(settings: ScoringSettings) -> Scorer:
+            torch.manual_seed(self.exp.seed)  # heads a checkpoint lacks: initialised reproducibly
+            return self.kind.load(folder, self.triplet.scorer_options, settings)
+
+        # one copy per device with --device cuda:0,cuda:1 (mergekit_ir.scoring.devices)
+        return load_on_devices(load, self.settings, self.devices)  # type: ignore[return-value]
 
     def ir_scorer(self) -> Scorer:
         if self._ir_scorer is None:
@@ -314,6 +351,74 @@ class TripletRunner:
                 self._sweep = InPlaceSweep(scorer.model, job, plan)
         return self._sweep
 
+    # -- a mergekit recipe's Θ' (merge: {mergekit: recipe.yml}) ---------------------------------
+    @cached_property
+    def recipe_identity(self) -> list[Any]:
+        """What the recipe's Θ' is made of: the recipe's text and its models' contents."""
+        recipe = self.exp.mergekit_recipe
+        assert recipe is not None
+        fps = {}
+        for m in recipe.inputs():
+            try:
+                src = open_checkpoint(m.ref, m.revision, self.reg.base_dir, self.opts.cache.root)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{recipe.label}: {m.where}.model: {exc}") from None
+            fps[m.where] = src.fingerprint(self.fp_dir)
+        return ["mergekit-recipe", recipe.text, fps]
+
+    def recipe_folder(self) -> Path:
+        """The recipe's Θ' as ``mergeir merge --mergekit-config`` writes it (the same code),
+        written once into the cache and reused while the recipe and its models are unchanged."""
+        recipe = self.exp.mergekit_recipe
+        assert recipe is not None
+        folder = self.opts.cache.root / "recipe-merge" / cache_key(*self.recipe_identity)
+        if not (folder / "mergekit_config.yml").is_file():  # written last: a complete merge
+            with self.timer("merge"):
+                prepared = prepare_recipe_merge(
+                    recipe, cache_root=self.opts.cache.root, base_dir=self.reg.base_dir
+                )
+                c = prepared.plan.counts()
+                self.opts.echo(
+                    f"  mergekit recipe {recipe.label}: {c['merge']} merged, {c['copy']} copied "
+                    f"from ΘT, {c['skip']} skipped -> {folder}"
+                )
+                write_recipe_merge(prepared, folder, overwrite=True, progress=self.opts.progress)
+        return folder
+
+    def recipe_scorer(self) -> Scorer:
+        if self._recipe_scorer is None:
+            folder = self.recipe_folder()
+            with self.timer("loading"):
+                self._recipe_scorer = self.load_scorer(folder)
+        return self._recipe_scorer
+
+    def recipe_ranking(self, split: Split) -> Ranking:
+        """The recipe's Θ' on ``split`` (from the cache when it is there: no merge then)."""
+        return self.model_ranking(
+            "Θ' (mergekit recipe)", self.recipe_identity, split, self.recipe_scorer
+        )
+
+    def recipe_notes(self) -> list[str]:
+        """What the report says about a recipe's Θ': where it came from, that no α was tuned,
+        and which of its models are not this triplet's checkpoints."""
+        recipe = self.exp.mergekit_recipe
+        if recipe is None:
+            return []
+        r = roles(recipe)
+        notes = [
+            f"{recipe_row_label(self.exp)} is mergekit recipe {recipe.label}'s merge "
+            f"(merge_method {recipe.merge_method}, as mergekit-ir's {r.method}; the same tensors "
+            "as `mergeir merge --mergekit-config`); no α was tuned"
+        ]
+        mine = {*self.fingerprints.values(), *self.vector_fingerprints}
+        foreign = [m.text for m in recipe.inputs() if self.recipe_identity[2][m.where] not in mine]
+        if foreign:
+            notes.append(
+                f"the recipe merges models that are not this triplet's checkpoints "
+                f"({', '.join(foreign)}): the baseline rows are the triplet's, not its inputs"
+            )
+        return notes
+
     # -- runs ---------------------------------------------------------------------------------
     def _rerank(self, scorer: Scorer, split: Split) -> Ranking:
         ds = split.dataset
@@ -340,7 +445,8 @@ class TripletRunner:
             "model-run",
             self.triplet.scorer,
             dict(self.triplet.scorer_options),
-            settings_identity(self.settings),
+            settings_identity(self.settings, getattr(self.kind.load, "auto_backend", "torch"))
+            | device_identity(self.devices),
             identity,
             split.fs_key,
             split.dataset.queries_fingerprint(),
@@ -366,7 +472,7 @@ class TripletRunner:
             what = f"{shown or row_label(variant)} · {split.dataset.name}:{split.role}"
             pass_label = self.opts.passes.next_label(what)
             started = time.perf_counter()
-            with scorer.labelled(pass_label), self._weights(merged):
+            with scorer.labelled(pass_label), self._weights(merged, split):
                 run = self._rerank(scorer, split)
             if self.opts.progress:
                 self.opts.echo(self.opts.passes.finished(pass_label, time.perf_counter() - started))
@@ -377,13 +483,18 @@ class TripletRunner:
         return run
 
     @contextmanager
-    def _weights(self, merged: Mapping[str, Any] | None) -> Iterator[None]:
+    def _weights(
+        self, merged: Mapping[str, Any] | None, split: Split | None = None
+    ) -> Iterator[None]:
         """ΘT's scorer holds Θ'(merged) inside the block (the sweep's own context, timed as
         merging), and ΘT again after it; ``None`` leaves the weights alone."""
         if merged is None:
             yield
             return
         sweep = self.sweep()
+        if self.corpus_stats is not None and split is not None:  # statistics of this corpus
+            with self.timer("statistics"):
+                self.corpus_stats.attach(sweep.job, sweep.plan, split.dataset)
         with self.timer("merge"):
             held = sweep.merged(merged)
             held.__enter__()
@@ -439,6 +550,9 @@ class TripletRunner:
             self.vector_fingerprints,
         ]
         rules = self.triplet.alignment
+        if self.corpus_stats is not None:  # a data-aware Θ' depends on the corpus it read
+            identity.append(self.corpus_stats.identity(split.dataset))
+            self.notes.setdefault(self.corpus_stats.note(split.dataset))
         if rules != AlignmentRules():  # tensors copied from ΘT change Θ'(α): part of its key
             identity.append({"copy": list(rules.copy), "skip_missing": rules.skip_missing})
         return self.model_ranking(
@@ -459,6 +573,7 @@ class ExperimentRun:
             self.exp.first_stage, f"experiments.{name}.first_stage.backend"
         )
         self.settings = resolved_settings(self.exp, opts)  # a bad --device fails here, first
+        self.devices = parse_devices(opts.device)  # --device cuda:0,cuda:1: each pass split
         self.tests: dict[str, Split] = {}
         self.devs: dict[str, Split] = {}
         self._indexes: dict[str, Any] = {}
@@ -579,12 +694,17 @@ class ExperimentRun:
     def tune_alpha(self, runner: TripletRunner) -> TunedAlpha:
         """α per dataset: the α grid's best mean dev objective (λ fixed), else α = 1.
 
-        Ties go to the earlier α in the grid.
+        Ties go to the earlier α in the grid. ``tuning.search: halving`` searches the grid on
+        query subsets instead (:mod:`mergekit_ir.experiments.dev_search`).
         """
         exp = self.exp
         untuned = TunedAlpha({d: 1.0 for d in self.datasets})
         if not (exp.tune_alpha and self.devs):
             return untuned
+        if exp.search.method != "grid":
+            from mergekit_ir.experiments.dev_search import search_alpha
+
+            return search_alpha(self, runner)
         fixed = dict(exp.fusion_params)
         values: dict[str, dict[str, float]] = {}
         for alpha in exp.alphas:
@@ -635,6 +755,14 @@ class ExperimentRun:
         exp = self.exp
         need_dev = list(self.devs.values()) if exp.tune_fusion else []
         variants = runner.baseline_rankings(list(self.tests.values()) + need_dev)
+        if exp.mergekit_recipe is not None:  # one Θ', the recipe's merge: no α, no α = 1 row
+            variants[MERGED_BEST] = {
+                s.id: runner.recipe_ranking(s)
+                for dname, split in self.tests.items()
+                for s in [split]
+                + ([self.devs[dname]] if exp.tune_fusion and dname in self.devs else [])
+            }
+            return variants
         variants[MERGED_AT_1], variants[MERGED_BEST] = {}, {}
         for dname, split in self.tests.items():
             splits = [split] + (
@@ -699,6 +827,8 @@ class ExperimentRun:
                 row.kind = "merged"
             if key == MERGED_AT_1:
                 row.alpha = 1.0
+            elif key == MERGED_BEST and exp.mergekit_recipe is not None:
+                row.label = recipe_row_label(exp)  # no α: the recipe's merge (see the notes)
             elif key == MERGED_BEST:
                 row.label = best_label
                 row.alpha = {d: alpha_label(tuned.per_dataset[d]) for d in self.datasets}
@@ -784,6 +914,7 @@ class ExperimentRun:
 
             selection, tuned = select_alpha(self, runner, tuned)
         variants = self.model_rankings(runner, tuned)
+        runner.notes.update(dict.fromkeys(runner.recipe_notes()))
         return TripletOutcome(tname, tuned, variants, notes=list(runner.notes), selection=selection)
 
     def worker_setup(self) -> WorkerSetup:
@@ -799,6 +930,7 @@ class ExperimentRun:
             batch_size=opts.batch_size,
             dtype=opts.dtype,
             strict=opts.strict,
+            backend=opts.backend,
         )
 
     def absorb(self, outcome: TripletOutcome) -> None:
@@ -819,7 +951,11 @@ class ExperimentRun:
         wall_start = time.perf_counter()
         self.prepare_splits()
         self.opts.passes.total = sum(  # an upper bound: cache hits and reuse make it smaller
-            sum(count_passes(self.reg, self.exp, t, self.datasets, list(self.devs)).values())
+            sum(
+                count_passes(
+                    self.reg, self.exp, t, self.datasets, list(self.devs), partial=True
+                ).values()
+            )
             for t in self.exp.triplets
         )
         results = Results(
@@ -852,6 +988,12 @@ class ExperimentRun:
         written = self.write_outputs(results, rankings)
         self.timer.wall = time.perf_counter() - wall_start
         return RunOutcome(results, written, self.timer)
+
+
+def recipe_row_label(exp: Experiment) -> str:
+    """The merged row's label when Θ' is a mergekit recipe's merge: ``Θ' (mergekit: x.yml)``."""
+    recipe = exp.mergekit_recipe
+    return f"Θ' (mergekit: {recipe.path.name})" if recipe is not None else "Θ'"
 
 
 def _json_round_trip(results: Results) -> dict[str, Any]:
@@ -913,7 +1055,9 @@ def manifest(exp: Experiment, reg: Registry, opts: RunOptions, started: float) -
             checkpoints[f"{tname}.{role}"] = entry
     settings = resolved_settings(exp, opts)
     device = str(settings.torch_device)
+    devices = parse_devices(opts.device)
     return {
+        **({"devices": list(devices)} if len(devices) > 1 else {}),
         "experiment": asdict(exp),
         "registry": str(reg.path),
         "checkpoints": checkpoints,

@@ -18,6 +18,7 @@ from mergekit_ir.experiments.splits import Split
 from mergekit_ir.plugin_host import catalog
 from mergekit_ir.ranking import Ranking
 from mergekit_ir.results import AlphaSelection, TunedAlpha, alpha_label
+from mergekit_ir.tuning.adamerging import MergeAccess
 from mergekit_ir.tuning.selector import BASELINE_ALPHA, SelectionContext, alpha_value
 
 
@@ -79,6 +80,16 @@ def context(er: SelectionHost, runner: MergedRankings, spec: Any) -> SelectionCo
         ranking=ranking,
         score=score,
         echo=er.opts.echo,
+        merge_access=lambda: merge_access(runner),
+    )
+
+
+def merge_access(runner: Any) -> MergeAccess:
+    """The triplet's live ΘT scorer and in-place sweep, for a selector that learns through the
+    weights (AdaMerging); the model holds ΘT between calls."""
+    sweep = runner.sweep()
+    return MergeAccess(
+        runner.ir_scorer(), sweep.slots, runner.exp.method, runner.exp.merge_params.get("weights")
     )
 
 
@@ -112,12 +123,19 @@ def select_alpha(
     )
     fixed = dict(exp.fusion_params)
     grid = list(dict.fromkeys([*exp.alphas, BASELINE_ALPHA, 1.0]))
-    # the test curve (scoring and evaluation inside are timed by their own stages)
+    # the test curve (scoring and evaluation inside are timed by their own stages), with every
+    # selector's α that is off the grid (a layer-wise α AdaMerging learnt) on its dataset
     for dname, split in er.tests.items():
+        points = {alpha_label(a): a for a in grid}
+        for by_ds in out.choices.values():
+            if dname in by_ds:
+                for label in (by_ds[dname].alpha, by_ds[dname].raw_alpha):
+                    if label is not None and label not in points:
+                        points[label] = alpha_value(label, exp.alphas)
         out.test_curve[dname] = {
-            alpha_label(a): er.objective(
+            label: er.objective(
                 split, er.fused(split.first_stage, runner.merged_ranking(a, split), fixed)
             )
-            for a in grid
+            for label, a in points.items()
         }
     return out, selected

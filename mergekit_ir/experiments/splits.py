@@ -46,6 +46,7 @@ class WorkerSetup:
     batch_size: int | None
     dtype: str | None
     strict: bool = False
+    backend: str | None = None  # --backend (None: the experiment's)
 
 
 def wire_splits(run: Any) -> tuple[dict[str, Split], dict[str, Split]]:

@@ -62,6 +62,9 @@ class MergeJob:
     pretrained: TensorSource | None = None
     rules: AlignmentRules = field(default_factory=AlignmentRules)
     allow_nonfinite: bool = False
+    #: a data-aware method's statistics (:class:`mergekit_ir.merging.statistics.StatisticsSet`),
+    #: attached once gathered; the α sweep may swap it per corpus
+    statistics: Any = None
 
     def __post_init__(self) -> None:
         if "weights" in self.params:
@@ -238,6 +241,13 @@ def merged_tensor(
         tau_t = theta_t - p.to(device=device, dtype=torch.float32)
     pos = TensorPosition(e.key, layer_index(e.key), plan.num_layers)
     resolved = resolve_all(params if params is not None else job.params, pos)
+    if job.method.statistics:  # a data-aware method: its statistics, not the pass's settings
+        from mergekit_ir.merging.statistics import STATISTICS, missing_statistics
+
+        if job.statistics is None:
+            raise missing_statistics(job.method)
+        resolved.pop(STATISTICS.name, None)
+        resolved["stats"] = job.statistics.for_tensor(e.key)
     out = job.method.merge(theta_t, taus, tau_t=tau_t, name=e.key, **resolved)
     if tuple(out.shape) != tuple(theta_t.shape):
         raise CheckpointError(
@@ -804,6 +814,10 @@ def merge_to_folder(
     """
     out = Path(out)
     plan = plan or build_plan(job)
+    if job.method.statistics and job.statistics is None:  # before any work
+        from mergekit_ir.merging.statistics import missing_statistics
+
+        raise missing_statistics(job.method)
     check_output_folder(out, input_folders(job), overwrite, output_bytes(plan))
     keep_freed_buffers()
     start = time.perf_counter()

@@ -10,7 +10,12 @@ A merge method is a pure function on tensors, called once per tensor name::
   (TIES/DARE treat the IR fine-tune as one more task vector, as mergekit does);
 - ``name``: the tensor's name, so stochastic methods can seed per tensor;
 - ``params``: the method's declared parameters, already resolved to scalars for
-  this tensor (layer-wise values are resolved by the engine).
+  this tensor (layer-wise values are resolved by the engine);
+- ``stats``: given only to *data-aware* methods, which declare ``statistics=(...)``: per
+  statistic name, one tensor (or None) per model — ΘT first, then ΘD_i = Θ0 + τ_i — gathered
+  over the target corpus before the merge (:mod:`mergekit_ir.merging.statistics`). Such a
+  method also declares the shared ``STATISTICS`` parameter (the text pass's settings, which
+  the engine reads and does not pass on).
 
 It returns Θ' for that tensor. Keep it free of I/O: the engine streams tensors in
 and out, and the α sweep calls it on tensors that live on the scoring device.
@@ -63,6 +68,10 @@ class MergeMethod:
     parameters): the engine may then merge a tensor in row blocks, which keeps every
     input of a block in the CPU caches. Methods using whole-tensor statistics (top-k,
     norms, random masks drawn per tensor) leave it False."""
+    statistics: tuple[str, ...] = ()
+    """Names of the statistics (``register_statistics`` plugins, e.g. ``input_gram``) this
+    method merges from: the engine gathers them per model over a text source, caches them,
+    and passes ``stats=`` per tensor. Empty for data-free methods."""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_ir.reports.reported import TOLERANCE, marks_summary, summary
-from mergekit_ir.reports.selection import render_selection, selection_notes, selection_png
+from mergekit_ir.reports.selection import (
+    coefficients_png,
+    render_selection,
+    selection_notes,
+    selection_png,
+)
 from mergekit_ir.reports.verdicts import render_verdicts_latex, render_verdicts_markdown
 from mergekit_ir.results import (
     MERGED_AT_1,
@@ -405,13 +410,14 @@ def render_alpha_table(results: ResultsLike) -> str:
     res = as_results(results)
     cols = _alpha_columns(res)
     if not cols:
-        return "# α ablation\n\nNo α ablation in these results.\n"
+        search = _search_lines(res)  # a search that ended on a subset has no full-dev value
+        return "\n".join(["# α ablation", "", "No α ablation in these results.", *search]) + "\n"
     kinds = sorted({(c.metric, c.split) for c in cols})
     same = len(kinds) == 1
     header = ["α"] + [
         f"{c.triplet} / {c.dataset}" + ("" if same else f" ({c.metric}, {c.split})") for c in cols
     ]
-    alphas = _alpha_order([a for c in cols for a in c.values], _grid(res))
+    alphas = _alpha_order([a for c in cols for a in c.values] + _searched(res), _grid(res))
     best = [_best_of(c.values.values()) for c in cols]
     lines = ["# α ablation", ""]
     if same:
@@ -444,7 +450,52 @@ def render_alpha_table(results: ResultsLike) -> str:
             )
             + ".",
         ]
+    lines += _search_lines(res)
     return "\n".join(lines) + "\n"
+
+
+def _searched(results: Results) -> list[str]:
+    """Every grid point of a searched sweep (``tuning.search``), scored on all queries or not.
+    (``getattr``: a process that loaded ``results`` before the field existed still renders.)"""
+    return [
+        a
+        for abl in results.alpha_ablation.values()
+        if getattr(abl, "search", None)
+        for a in abl.order
+    ]
+
+
+def _search_lines(results: Results) -> list[str]:
+    """What a ``tuning.search`` spent against the full grid, and its rounds, per triplet."""
+    out = []
+    for triplet, abl in results.alpha_ablation.items():
+        s = getattr(abl, "search", None)
+        if not s:
+            continue
+        total = sum((s.get("queries") or {}).values())
+        rounds = []
+        for r in s.get("rounds") or []:
+            scored = sum((r.get("queries") or {}).values())
+            kept = r.get("kept") or []
+            went = (
+                f"chose {alpha_display(kept[0])}"
+                if r is s["rounds"][-1] and kept
+                else f"kept {len(kept)}"
+            )
+            rounds.append(
+                f"{len(r.get('points') or [])} points on {scored}/{total} queries, {went}"
+            )
+        grid = s.get("grid_evaluations") or 0
+        share = f" ({100 * s['evaluations'] / grid:.0f} %)" if grid else ""
+        out += [
+            "",
+            f"Search ({triplet}): {s.get('method')} scored {s.get('evaluations')} of the full "
+            f"grid's {grid} query × model evaluations{share}, stopped: {s.get('stopped')}; "
+            + "; ".join(rounds)
+            + f". {_DASH}: a point eliminated on a subset of the dev queries (its subset means "
+            "are in results.json).",
+        ]
+    return out
 
 
 #: Reference lines of the α ablation, in the order tables and plots show them.
@@ -638,6 +689,7 @@ def write_reports(results: ResultsLike, out_dir: str | Path) -> list[Path]:
         "alpha.tex": render_alpha_latex(results),
         "selection.md": render_selection(results),
         "selection.png": selection_png(results, _PNG_DPI),
+        "adamerging.png": coefficients_png(results, _PNG_DPI),
     }
     reported = render_reported(results)
     written = [atomic.write_text(out / name, text) for name, text in texts.items()]

@@ -126,6 +126,8 @@ def render_selection(results: Results) -> str | None:
                         summary.setdefault(c.selector, []).append((r["regret"], r["vs_theta_t"]))
                 elif r["source"] == "dev-tuned α" and r["regret"] is not None:
                     summary.setdefault("dev-tuned α", []).append((r["regret"], r["vs_theta_t"]))
+                if alpha.startswith("[") or c is not None and c.guarded and alpha.startswith("0"):
+                    alpha = _short_learnt(alpha, c)
                 tau = r.get("tau")
                 row = [
                     t,
@@ -140,6 +142,7 @@ def render_selection(results: Results) -> str | None:
                     _DASH if tau is None else f"{tau:+.2f}",
                 ]
                 lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |")
+    lines += _coefficient_tables(results, order)
     if summary:
         lines += [
             "",
@@ -215,15 +218,109 @@ def selection_png(results: Results, dpi: int = 100) -> bytes | None:
     return buf.getvalue()
 
 
+def _short_learnt(alpha: str, choice: Any) -> str:
+    """A learnt layer-wise α (AdaMerging's JSON rules) is named, not spelled, in the table."""
+    if alpha.startswith("["):
+        return "learnt, layer-wise (coefficients below)"
+    raw = choice.raw_alpha or ""
+    if raw.startswith("["):
+        return alpha.split(" (guard")[0] + " (guard; raw: learnt, layer-wise)"
+    return alpha
+
+
+def _learnt(results: Results, order: list[str]) -> list[tuple[str, str, str, Any]]:
+    """(triplet, dataset, selector, choice) of every choice that learnt coefficients."""
+    found = []
+    for t in _ordered(results.alpha_selection, order):
+        sel = results.alpha_selection[t]
+        for label, by_ds in sel.choices.items():
+            for d in _ordered(by_ds, results.all_datasets()):
+                if by_ds[d].diagnostics.get("coefficients"):
+                    found.append((t, d, label, by_ds[d]))
+    return found
+
+
+def _coefficient_tables(results: Results, order: list[str]) -> list[str]:
+    """AdaMerging's learnt coefficients per group (block), with where they started."""
+    lines: list[str] = []
+    for t, d, label, c in _learnt(results, order):
+        diag = c.diagnostics
+        lines += [
+            "",
+            f"## Learnt coefficients: {t} / {d} ({label})",
+            "",
+            f"{diag.get('granularity', 'block')}-wise, from {diag.get('init')} over "
+            f"{diag.get('steps')} steps ({diag.get('objective')}; {diag.get('test_queries', 0)} "
+            f"test queries, {diag.get('pseudo_queries', 0)} pseudo-queries, temperature "
+            f"{diag.get('temperature')}); guard on {diag.get('guard_queries')} held-out "
+            f"pseudo-queries: {'ΘT kept' if c.guarded else 'passed'} (see adamerging.png).",
+            "",
+            "| group | coefficient |",
+            "|:---|---:|",
+        ]
+        for group, value in diag["coefficients"].items():
+            lines.append(f"| {group} | {value:+.4f} |")
+    return lines
+
+
+def coefficients_png(results: Results, dpi: int = 100) -> bytes | None:
+    """One panel per learnt choice: each group's coefficient (embeddings, blocks in order,
+    the rest), the starting value dashed, and whether the guard kept ΘT."""
+    found = _learnt(results, [s.triplet for s in results.sections])
+    if not found:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.0 * len(found)))
+    FigureCanvasAgg(fig)
+    for i, (t, d, label, c) in enumerate(found):
+        ax = fig.add_subplot(len(found), 1, i + 1)
+        coef = c.diagnostics["coefficients"]
+        names = list(coef)
+        ax.bar(range(len(names)), [coef[n] for n in names], color="tab:blue")
+        init = c.diagnostics.get("init")
+        if isinstance(init, int | float):
+            ax.axhline(init, linestyle="--", color="gray", label=f"start {init:g}")
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize="x-small")
+        guard = "guard kept ΘT" if c.guarded else "guard passed"
+        ax.set_title(f"{t} / {d}: {label} ({guard})", fontsize="small")
+        ax.set_ylabel("coefficient c_l")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
 def selection_notes(results: Results) -> list[str]:
     """One line per triplet × dataset for results.md: the Θ' row's α with its interval."""
     notes = []
     for t, sel in results.alpha_selection.items():
         for d, c in sel.choices.get(sel.primary, {}).items():
             iv = "" if c.interval is None else f" [{c.interval[0]:g}, {c.interval[1]:g}]"
-            guard = f", guard: raw α {c.raw_alpha}" if c.guarded else ""
-            notes.append(f"{t}, {d}: α = {c.alpha}{iv} by {c.selector}{guard}")
+            coef = c.diagnostics.get("coefficients")
+            learnt = (
+                "learnt layer-wise ("
+                + ", ".join(f"{g} {v:.3g}" for g, v in list(coef.items())[:6])
+                + (", …" if len(coef) > 6 else "")
+                + ")"
+                if coef
+                else None
+            )
+            guard = f", guard: raw α {learnt or c.raw_alpha}" if c.guarded else ""
+            shown = learnt if learnt and not c.guarded else c.alpha
+            notes.append(f"{t}, {d}: α = {shown}{iv} by {c.selector}{guard}")
     return notes
 
 
-__all__ = ["alpha_label", "render_selection", "selection_notes", "selection_png"]
+__all__ = [
+    "alpha_label",
+    "coefficients_png",
+    "render_selection",
+    "selection_notes",
+    "selection_png",
+]

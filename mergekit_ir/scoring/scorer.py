@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from mergekit_ir.errors import CheckpointError, MergeIRError
 from mergekit_ir.params import Param
 from mergekit_ir.ranking import Ranking
-from mergekit_ir.scoring import calibration
+from mergekit_ir.scoring import calibration, compiled
+from mergekit_ir.scoring.compiled import COMPILED
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,11 @@ class ScoringSettings:
     strict: bool = (
         False  # refuse what would otherwise be a warning (e.g. a randomly initialised head)
     )
+    #: torch, a compiled backend (onnx, onnx-int8, openvino, openvino-int8) or auto: each
+    #: scorer's :attr:`Scorer.auto_backend` where it pays (:mod:`mergekit_ir.scoring.compiled`)
+    backend: str = "auto"
+    #: where compiled models are cached (``<cache>/compiled/``); None: the default cache
+    cache_dir: Path | None = None
 
     @property
     def torch_device(self) -> torch.device:
@@ -166,6 +172,53 @@ class ScoringSettings:
             and self.torch_device.type == "cpu"
             and self.torch_dtype == torch.bfloat16
         )
+
+    def check_backend(self, where: str = "--backend") -> None:
+        """A one-line refusal, before any work, of a backend that cannot run here: an unknown
+        name, or an explicit compiled one off the CPU, on a non-fp32 model or without its
+        packages. (``auto`` never refuses: it is torch wherever a compiled backend cannot run.)"""
+        compiled.check_backend(self.backend, where)
+        if self.backend not in COMPILED:
+            return
+        if self.torch_device.type != "cpu":
+            raise MergeIRError(
+                f"{where} {self.backend}: compiled backends run on the CPU, not "
+                f"{self.torch_device.type}; use --device cpu, or --backend torch / auto"
+            )
+        if self.torch_dtype != torch.float32:
+            name = str(self.torch_dtype).removeprefix("torch.")
+            raise MergeIRError(
+                f"{where} {self.backend}: exports fp32 weights, but the scoring dtype is {name}; "
+                "use --dtype fp32 (or --backend torch for bf16/fp16)"
+            )
+        compiled.require_backend(self.backend, where)
+
+    def resolved_backend(self, auto_backend: str = "torch") -> tuple[str, bool]:
+        """(the backend a scorer whose ``auto`` choice is ``auto_backend`` runs, whether it was
+        asked for explicitly). ``auto`` is that choice on the CPU in fp32 with its packages
+        installed, torch elsewhere; an explicit compiled backend compiles every model state,
+        ``auto`` only where it pays (:func:`mergekit_ir.scoring.compiled.pays`)."""
+        if self.backend != "auto":
+            return self.backend, True
+        if (
+            auto_backend in COMPILED
+            and self.torch_device.type == "cpu"
+            and self.torch_dtype == torch.float32
+            and not compiled.missing_packages(auto_backend)
+        ):
+            return auto_backend, False
+        return "torch", False
+
+    def backend_identity(self, auto_backend: str = "torch") -> str | None:
+        """The backend as a run's cache key names it; None for torch (the key stays what it was
+        before compiled backends). A compiled run may hold torch scores (a state that did not
+        pay, or failed the first-batch check), so it is its own entry: ``onnx-int8`` never
+        answers ``onnx`` (fp32) or torch, and no explicit backend answers ``auto``."""
+        backend, explicit = self.resolved_backend(auto_backend)
+        if backend == "torch":
+            return None
+        how = "" if explicit else f"auto≥{compiled.EXPORT_COST.min_items}:"
+        return f"{how}{backend}+torch-fallback({compiled.RULE.identity})"
 
     @property
     def dtype_identity(self) -> str:
@@ -277,6 +330,9 @@ class Scorer(ABC):
     #: ``"document"`` (documents are encoded once per pass, as a bi-encoder or SPLADE does);
     #: ``mergeir run --dry-run --estimate`` prices passes in this unit
     cost_unit: str = "pair"
+    #: what ``--backend auto`` runs this scorer with on a CPU in fp32, where it pays: ``torch``
+    #: or a compiled backend measured faster *and* faithful for it (docs/performance.md)
+    auto_backend: str = "torch"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Scorer:
         # What built this scorer, and the RNG state it was built under (the runner seeds it
@@ -299,6 +355,10 @@ class Scorer(ABC):
         self.calibrations: dict[str, calibration.CalibrationResult] = {}
         self._fp32_twin: tuple[str, Scorer] | None = None  # (state, the fp32 scorer of it)
         self._in_call = False
+        #: items (texts or pairs, as :attr:`cost_unit` says) of the pass being scored
+        self._pass_items: int | None = None
+        #: compiled graphs of the current weight state: (state, graph) -> CompiledForward
+        self._compiled: dict[tuple[str, str], compiled.CompiledForward] = {}
 
     # -- precision: --dtype auto on a bf16 CPU ----------------------------------------------
 
@@ -309,6 +369,53 @@ class Scorer(ABC):
             fn = cls.__dict__.get(name)
             if callable(fn) and not getattr(fn, "_precision_checked", False):
                 setattr(cls, name, _precision_checked(fn))
+
+    # -- compiled backends: --backend onnx|openvino|auto ------------------------------------
+
+    def backend_forward(
+        self,
+        method: str,
+        *,
+        graph: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        items: int | None = None,
+    ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        """The function a pass feeds its batches: ``getattr(self, method)`` under torch, else
+        the same computation compiled (:class:`~mergekit_ir.scoring.compiled.CompiledForward`)
+        for the weights the model holds now.
+
+        ``graph`` names the method exported when it is not ``method`` itself (an equivalent
+        that torch.export can trace); ``config`` is everything besides the weights that the
+        graph depends on (pooling, label…), part of the compiled model's cache key; ``items``
+        is this call's size, when it is not called within a ``rerank``/``score_pairs`` pass.
+        """
+        torch_fn = getattr(self, method)
+        backend, explicit = self.settings.resolved_backend(self.auto_backend)
+        if backend == "torch":
+            return torch_fn
+        state = self.weight_state()
+        key = (state, graph or method)
+        for other in [k for k in self._compiled if k[0] != state]:
+            del self._compiled[other]  # one state's compiled models at a time
+        found = self._compiled.get(key)
+        if found is not None and found.used != "torch":
+            return found
+        fwd = compiled.CompiledForward(
+            self,
+            graph or method,
+            torch_fn,
+            config or {},
+            backend,
+            compiled.compiled_root(self.settings.cache_dir),
+            self.warn,
+            self.describe(state),
+            explicit=explicit,
+            items=self._pass_items if self._pass_items is not None else items,
+        )
+        if found is not None:  # the same weights: keep their digest
+            fwd.reuse_keys(found)
+        self._compiled[key] = fwd
+        return fwd
 
     def weight_state(self) -> str:
         """Which weights :attr:`model` holds: ``"ir"`` as loaded, else the in-place sweep's
@@ -436,6 +543,17 @@ class Scorer(ABC):
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """One relevance score per (query, document) pair."""
 
+    def differentiable_scores(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """One score per pair as a tensor with autograd on, from ``self.model``'s current
+        parameters (one forward, no inference mode, no calibration twin): what AdaMerging
+        (:mod:`mergekit_ir.tuning.adamerging`) differentiates through, with the merged
+        parameters bound by ``torch.func.functional_call``. The caller keeps ``pairs`` few.
+        Scorers that implement it: bi-encoder, cross-encoder."""
+        raise MergeIRError(
+            f"scorer {type(self).__name__} gives no gradients of its scores, which AdaMerging "
+            "needs; use a bi-encoder or cross-encoder triplet, or another α selector"
+        )
+
     def rerank(
         self, queries: Mapping[str, str], candidates: Ranking, docs: Mapping[str, str]
     ) -> Ranking:
@@ -532,10 +650,12 @@ def _precision_checked(fn: Callable) -> Callable:
         if other is not self:
             return getattr(other, fn.__name__)(*args, **kwargs)
         self._in_call = True
+        self._pass_items = _pass_items(self, fn.__name__, args, kwargs)
         try:
             return fn(self, *args, **kwargs)
         finally:
             self._in_call = False
+            self._pass_items = None
 
     checked._precision_checked = True  # type: ignore[attr-defined]
     return checked
@@ -555,6 +675,27 @@ def _calibration_sample(name: str, args: tuple, kwargs: dict) -> list[list[tuple
         )
     pairs = args[0] if args else kwargs.get("pairs", ())
     return calibration.sample_from_pairs(list(pairs))
+
+
+def _pass_items(scorer: Scorer, name: str, args: tuple, kwargs: dict) -> int | None:
+    """A pass's size in the scorer's :attr:`~Scorer.cost_unit`: (query, document) pairs, or the
+    distinct texts a bi-encoder or SPLADE encodes."""
+    per_document = getattr(scorer, "cost_unit", "pair") == "document"
+    if name == "rerank":
+        names = ("queries", "candidates", "docs")
+        values = dict(zip(names, args, strict=False)) | {k: kwargs[k] for k in names if k in kwargs}
+        candidates = values.get("candidates")
+        if not isinstance(candidates, Mapping):
+            return None
+        if per_document:
+            return len(candidates) + len({d for c in candidates.values() for d in c})
+        return sum(len(c) for c in candidates.values())
+    pairs = args[0] if args else kwargs.get("pairs")
+    if not isinstance(pairs, Sequence):
+        return None
+    if per_document:
+        return len({p[0] for p in pairs}) + len({p[1] for p in pairs})
+    return len(pairs)
 
 
 def _regroup(scores: Sequence[float], groups: Sequence[Sequence[Any]]) -> list[list[float]]:

@@ -77,6 +77,10 @@ class SelectionContext:
     score: Callable[[Any, Any], dict[str, float]]  # per-query objective on a split's qrels
     echo: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the triplet's live ΘT scorer and merge slots (a
+    #: :class:`mergekit_ir.tuning.adamerging.MergeAccess`), for selectors that learn through
+    #: the weights (``adamerging``); None where the host offers none
+    merge_access: Callable[[], Any] | None = None
 
     def __post_init__(self) -> None:
         # the registry checks the key with its YAML path; this holds for contexts built in code
@@ -143,4 +147,21 @@ def alpha_value(label: str, alphas: tuple[Any, ...]) -> Any:
     for fallback in (BASELINE_ALPHA, ZERO_SHOT_ALPHA):
         if label == alpha_label(fallback):
             return fallback
+    learned = _layer_wise(label)  # off the grid: a layer-wise α a selector learnt (adamerging)
+    if learned is not None:
+        return learned
     raise KeyError(label)
+
+
+def _layer_wise(label: str) -> list[dict[str, Any]] | None:
+    """The layer-wise α (filter rules) an α label spells, else None."""
+    import json
+
+    try:
+        value = json.loads(label)
+    except ValueError:
+        return None
+    rules = isinstance(value, list) and all(isinstance(r, dict) and "value" in r for r in value)
+    if rules and value:
+        return value
+    return None

@@ -293,18 +293,22 @@ class BiEncoder(Scorer):
         enc = tokenize(
             self.tokenizer, texts, None, max_length or self.max_length, self.truncation, name=name
         )
-
-        def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            hidden = self.model(**batch).last_hidden_state
-            emb = self.dense(pool(hidden, batch["attention_mask"], self.pooling)).float()
-            if self.normalize or self.similarity == "cosine":
-                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-            return emb
-
+        forward = self.backend_forward("embed", config=self.graph_config(), items=len(texts))
         with self.progress(len(texts), desc, unit="text") as bar:
             return run_batches(
                 self.tokenizer, enc, self.settings.batch_size, self.device, forward, bar
             )
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One batch's embeddings: the graph a compiled backend exports (``--backend``)."""
+        hidden = self.model(**batch).last_hidden_state
+        emb = self.dense(pool(hidden, batch["attention_mask"], self.pooling)).float()
+        if self.normalize or self.similarity == "cosine":
+            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+        return emb
+
+    def graph_config(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize, "similarity": self.similarity}
 
     def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
         return self.encode(
@@ -348,6 +352,35 @@ class BiEncoder(Scorer):
         qi = torch.tensor([q_row[p[0]] for p in pairs], dtype=torch.long)
         di = torch.tensor([d_row[p[1]] for p in pairs], dtype=torch.long)
         return (q_emb[qi] * d_emb[di]).sum(-1).tolist()
+
+    def differentiable_scores(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """The scores of :meth:`score_pairs` with autograd on (AdaMerging): each distinct
+        query and document embedded once, in one padded forward each."""
+        q_texts = list(dict.fromkeys(p[0] for p in pairs))
+        d_texts = list(dict.fromkeys(p[1] for p in pairs))
+
+        def embed(texts: list[str], max_length: int) -> torch.Tensor:
+            enc = self.tokenizer(
+                texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            batch = {
+                k: v.to(self.device)
+                for k, v in enc.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")
+            }
+            hidden = self.model(**batch).last_hidden_state
+            emb = self.dense(pool(hidden, batch["attention_mask"], self.pooling)).float()
+            if self.normalize or self.similarity == "cosine":
+                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+            return emb
+
+        q_emb = embed([self.query_prefix + t for t in q_texts], self.query_max_length)
+        d_emb = embed([self.doc_prefix + t for t in d_texts], self.max_length)
+        q_row = {t: i for i, t in enumerate(q_texts)}
+        d_row = {t: i for i, t in enumerate(d_texts)}
+        qi = torch.tensor([q_row[p[0]] for p in pairs], dtype=torch.long, device=q_emb.device)
+        di = torch.tensor([d_row[p[1]] for p in pairs], dtype=torch.long, device=d_emb.device)
+        return (q_emb[qi] * d_emb[di]).sum(-1)
 
 
 def _option_or(value: str | None, default: str | None) -> str:

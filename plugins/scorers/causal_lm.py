@@ -164,7 +164,14 @@ class CausalLM(Scorer):
             None,
             self.truncation,
         )
-        fn = self._query_likelihood if self.mode == "query_likelihood" else self._relevance
+        if self.mode == "query_likelihood":  # per-row query spans: torch only
+            fn = self._query_likelihood
+        else:
+            fn = self.backend_forward(
+                "_relevance",
+                config={"yes": self.yes_id, "no": self.no_id, "positions": self._positions},
+                items=len(pairs),
+            )
         with self.progress(len(pairs), f"causal-lm {self.mode}") as bar:
             scores = run_batches(
                 self.tokenizer,

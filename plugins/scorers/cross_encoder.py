@@ -135,6 +135,10 @@ class CrossEncoder(Scorer):
         )
         self.refuse_if_strict(what, "use a checkpoint fine-tuned as a cross-encoder")
 
+    def logit(self, batch: dict[str, Any]) -> Any:
+        """One batch's scores (the 'relevant' logit): the graph a compiled backend exports."""
+        return self.model(**batch).logits[:, self.label]
+
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         queries = [p[0] for p in pairs]
         docs = [p[1] for p in pairs]
@@ -157,17 +161,36 @@ class CrossEncoder(Scorer):
                 truncation="only_second",
                 name="documents",
             )
+        forward = self.backend_forward("logit", config={"label": self.label}, items=len(pairs))
         with self.progress(len(pairs), "cross-encoder") as bar:
             logits = run_batches(
-                self.tokenizer,
-                enc,
-                self.settings.batch_size,
-                self.device,
-                lambda b: self.model(**b).logits[:, self.label],
-                bar,
+                self.tokenizer, enc, self.settings.batch_size, self.device, forward, bar
             )
         self.log_truncation()
         return logits.tolist()
+
+    def differentiable_scores(self, pairs: Sequence[tuple[str, str]]) -> Any:
+        """The scores of :meth:`score_pairs` with autograd on (AdaMerging), one padded forward."""
+        queries = [p[0] for p in pairs]
+        docs = [p[1] for p in pairs]
+        truncation: bool | str = True
+        if self.query_max_length is not None:
+            queries = truncate_texts(self.tokenizer, queries, self.query_max_length, None)
+            truncation = "only_second"
+        enc = self.tokenizer(
+            queries,
+            docs,
+            truncation=truncation,
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        batch = {
+            k: v.to(self.device)
+            for k, v in enc.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        return self.model(**batch).logits[:, self.label].float()
 
 
 def check(path: Path) -> None:

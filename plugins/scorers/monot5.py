@@ -192,13 +192,18 @@ class MonoT5(Scorer):
             self.max_length,
             self.truncation,
         )
+        forward = self.backend_forward(
+            "forward",
+            config={"true": self.true_id, "false": self.false_id, "start": self.decoder_start},
+            items=len(pairs),
+        )
         with self.progress(len(pairs), "monot5") as bar:
             scores = run_batches(
                 self.tokenizer,
                 {"input_ids": enc.input_ids},
                 self.settings.batch_size,
                 self.device,
-                self.forward,
+                forward,
                 bar,
             )
         self.log_truncation()

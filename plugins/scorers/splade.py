@@ -181,21 +181,36 @@ class Splade(Scorer):
         self.warn_empty(texts, name)
         enc = tokenize(self.tokenizer, texts, None, max_length, self.truncation, name=name)
 
-        head = mlm_head(self.model)
-
-        def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            if head is not None:
-                return splade_weights_by_text(
-                    self.model, head, batch, self.pooling, self.activation
-                )
-            return splade_weights(
-                self.model(**batch).logits, batch["attention_mask"], self.pooling, self.activation
-            )
-
+        forward = self.backend_forward(
+            "term_weights",
+            graph="term_weights_graph",
+            config={"pooling": self.pooling, "activation": self.activation},
+            items=len(texts),
+        )
         with self.progress(len(texts), name, unit="text") as bar:
             return run_batches(
                 self.tokenizer, enc, self.settings.batch_size, self.device, forward, bar
             )
+
+    def term_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One batch's term weights (batch, vocab); torch runs the head one text at a time."""
+        head = mlm_head(self.model)
+        if head is not None:
+            return splade_weights_by_text(self.model, head, batch, self.pooling, self.activation)
+        return self.term_weights_graph(batch)
+
+    def term_weights_graph(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The same weights from the whole batch's logits: what a compiled backend exports
+        (torch.export cannot trace the per-text loop). For ``max`` the maximum is taken on
+        the logits, pads set to the lowest value, and log(1 + ReLU(·)) — monotone, 0 there —
+        applied to the (batch, vocab) maxima only."""
+        logits = self.model(**batch).logits
+        mask = batch["attention_mask"]
+        if self.pooling == "max":
+            low = torch.finfo(logits.dtype).min
+            maxima = logits.masked_fill(mask.unsqueeze(-1) == 0, low).amax(dim=1)
+            return activate(maxima, self.activation)
+        return splade_weights(logits, mask, self.pooling, self.activation)
 
     def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
         """Term weights of queries, (n, vocab): the folder's query prompt put first."""

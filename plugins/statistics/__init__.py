@@ -1,0 +1,1 @@
+"""Built-in statistics for data-aware merge methods (``register_statistics``)."""
