@@ -211,12 +211,19 @@ def test_cross_encoder_backends_score_as_torch_and_cache(cross_encoder, ce_cache
     ):
         scorer, got = scores_of("cross-encoder", cross_encoder, backend, tmp_path)
         (fwd,) = scorer._compiled.values()
+        if fwd.used == "fallback":
+            # int8 on a random tiny head: its logits are near-tied, so int8 noise may reorder
+            # them and the faithfulness check refuses — announced, and torch scores instead
+            assert backend.endswith("int8") and not fwd.faithfulness.passed, backend
+            assert np.array_equal(got, want), backend
+            assert any("not used" in w for w in scorer.warnings), backend
+            continue
         assert fwd.used == "compiled" and fwd.faithfulness.passed, (backend, scorer.warnings)
         assert np.allclose(got, want, atol=atol), backend
         assert not scorer.warnings
     # one entry per (runtime, precision), all from one fp32 export
     entries = sorted(p.parent.name for p in (tmp_path / "compiled").glob("*/compiled.json"))
-    assert len(entries) == 4
+    assert 2 <= len(entries) <= 4  # an int8 entry the check refused may be missing
     # a second scorer of the same weights loads the compiled model from the cache
     scorer, got = scores_of("cross-encoder", cross_encoder, "onnx", tmp_path)
     (fwd,) = scorer._compiled.values()
