@@ -241,9 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     from mergekit_ir.evaluation.metrics import evaluate, mean_scores
     from mergekit_ir.params import check_params
     from mergekit_ir.plugin_host import catalog
-    from mergekit_ir.scoring import calibration
+    from mergekit_ir.scoring import calibration, compiled
     from mergekit_ir.scoring import scorer as sc
     from mergekit_ir.scoring.scorer import ScoringSettings
+
+    # each backend is measured as itself: the first-batch check is recorded with the product's
+    # verdict (compiled.RULE) but never switches a contender back to torch here
+    product_rule = compiled.RULE
+    inf = float("inf")
+    compiled.RULE = compiled.FaithfulnessRule(inf, -inf, -inf, -inf)
 
     cpu = cpu_report()
     print(
@@ -341,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                             "warm_s": wfwd.seconds if wfwd is not None else None,
                             "warm_cached": wfwd.cached if wfwd is not None else None,
                             "check": fwd.faithfulness.summary() if fwd.faithfulness else None,
+                            "rule_passes": product_rule.accepts(fwd.faithfulness)
+                            if fwd.faithfulness
+                            else None,
                             "warnings": list(ours[name.removeprefix("ours ")].warnings),
                         }
                     )
@@ -514,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {r['model']} | {r['backend']} | {r.get('cold_total_s', r['cold_s']):.1f} | "
                 f"{r['warm_s'] if r['warm_s'] is None else round(r['warm_s'], 2)} | "
                 f"{r.get('items_per_s_torch') or 0:.1f} → {r.get('items_per_s_backend') or 0:.1f} | "
-                f"{'never' if be is None else f'{be:,.0f}'} | {r['used']}: {r['check']} |"
+                f"{'never' if be is None else f'{be:,.0f}'} | "
+                f"{'pass' if r['rule_passes'] else 'FAIL (auto/explicit: torch)'}: {r['check']} |"
             )
     if backend_rows:
         print(

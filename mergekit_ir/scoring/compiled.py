@@ -37,7 +37,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,18 @@ class FaithfulnessRule:
     min_mean_tau: float = calibration.RULE.min_mean_tau
     min_row_tau: float = calibration.RULE.min_query_tau
 
+    def accepts(self, f: Faithfulness) -> bool:
+        """The verdict on a batch's comparison (:func:`compare`)."""
+        if f.nonfinite or not math.isfinite(f.max_abs_diff):
+            return False
+        if f.precision == "fp32":
+            return f.max_abs_diff <= self.fp32_atol * f.scale
+        return (
+            f.min_cosine >= self.int8_min_cosine
+            and f.mean_tau >= self.min_mean_tau
+            and f.min_tau >= self.min_row_tau
+        )
+
     @property
     def identity(self) -> str:
         return (
@@ -222,18 +234,10 @@ def compare(ref: Any, got: Any, precision: str, rule: FaithfulnessRule = RULE) -
     taus = [t for t, a in zip(taus, groups_ref, strict=True) if len(a) >= 2] or [1.0]
     mean_tau, min_tau = sum(taus) / len(taus), min(taus)
     min_cos = float(np.min(cos)) if len(cos) else 1.0
-    if precision == "fp32":
-        passed = diff <= rule.fp32_atol * scale
-    else:
-        passed = (
-            min_cos >= rule.int8_min_cosine
-            and mean_tau >= rule.min_mean_tau
-            and min_tau >= rule.min_row_tau
-        )
-    passed = passed and nonfinite == 0
-    return Faithfulness(
-        passed, precision, len(ref), diff, scale, min_cos, mean_tau, min_tau, nonfinite
+    stats = Faithfulness(
+        False, precision, len(ref), diff, scale, min_cos, mean_tau, min_tau, nonfinite
     )
+    return replace(stats, passed=rule.accepts(stats))
 
 
 def _cosines(a: Any, b: Any) -> Any:
