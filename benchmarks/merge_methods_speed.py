@@ -311,6 +311,48 @@ def run_once(cmd: list[str], log: Path, warm_files: list[Path]) -> tuple[int, fl
     return peak, wall, log.read_text()
 
 
+def interleaved(
+    cmds: dict[str, tuple[list[str], Path]], repeat: int, log_dir: Path, warm_files: list[Path]
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Each command ``repeat`` times, interleaved (A, B, A, B, …: a busy spell on this shared
+    machine slows both, not one), each run into a fresh output. Per command: the best (min)
+    and median of wall, work (the tool's own clock) and merge time, and the highest peak RSS;
+    the runs that failed, by their last line."""
+    runs: dict[str, dict[str, list[float]]] = {k: {} for k in cmds}
+    failed: dict[str, str] = {}
+    for _ in range(repeat):
+        for key, (cmd, out) in cmds.items():
+            if key in failed:
+                continue
+            clear(out)
+            log = log_dir / f"{out.name}.log"
+            try:
+                peak, wall, text = run_once(cmd, log, warm_files)
+            except SystemExit:
+                lines = log.read_text().strip().splitlines()
+                failed[key] = (lines or ["no output"])[-1][:160]
+                print(f"  {out.name} failed: {failed[key]}", file=sys.stderr)
+                continue
+            got = runs[key]
+            got.setdefault("wall", []).append(wall)
+            got.setdefault("peak", []).append(peak)
+            if (w := work_seconds(log)) is not None:
+                got.setdefault("work", []).append(w)
+            if m := re.search(r"^merge ([\d.]+)", text, re.M):
+                got.setdefault("merge", []).append(float(m.group(1)))
+    stats = {}
+    for key, got in runs.items():
+        if key in failed or not got:
+            continue
+        stats[key] = {"peak": max(got["peak"])}
+        for name in ("wall", "work", "merge"):
+            xs = got.get(name)
+            stats[key][name] = min(xs) if xs else None
+            stats[key][f"{name} median"] = median(xs) if xs else None
+        print(f"  {key}: {stats[key]}", file=sys.stderr)
+    return stats, failed
+
+
 def clear(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -327,40 +369,15 @@ def bert_part(args, methods, work: Path, dirs: dict[str, Path], parts: set[str])
     inputs = [f for d in dirs.values() for f in weight_files(d)]
     for m in methods:
         row: dict[str, Any] = {"method": m}
-        for what in ("ours", "mergekit-api"):
-            if what == "mergekit-api" and ("mergekit-api" not in parts or METHODS[m] is None):
-                continue
-            if what == "ours" and "bert" not in parts:
-                continue
-            out = work / f"bert-{what}-{m}"
-            cmd = (
-                our_command(m, dirs, out) if what == "ours" else mergekit_api_command(m, dirs, out)
-            )
-            assert cmd is not None
-            walls, works, merges, peaks = [], [], [], []
-            for _ in range(args.repeat):
-                clear(out)
-                try:
-                    peak, wall, text = run_once(cmd, work / f"{what}-{m}.log", inputs)
-                except SystemExit:
-                    lines = (work / f"{what}-{m}.log").read_text().strip().splitlines()
-                    row[f"{what} failed"] = (lines or ["no output"])[-1][:160]
-                    print(f"  {m} {what} failed: {row[f'{what} failed']}", file=sys.stderr)
-                    break
-                walls.append(wall)
-                peaks.append(peak)
-                if (w := work_seconds(work / f"{what}-{m}.log")) is not None:
-                    works.append(w)
-                if mm := re.search(r"^merge ([\d.]+)", text, re.M):
-                    merges.append(float(mm.group(1)))
-            if walls:
-                row[what] = {
-                    "wall": median(walls),
-                    "work": median(works) if works else None,
-                    "merge": median(merges) if merges else None,
-                    "peak": max(peaks),
-                }
-                print(f"  {m} {what}: {row[what]}", file=sys.stderr)
+        cmds = {}
+        if "bert" in parts:
+            cmds["ours"] = (our_command(m, dirs, work / f"bert-ours-{m}"), work / f"bert-ours-{m}")
+        api = mergekit_api_command(m, dirs, work / f"bert-mergekit-api-{m}")
+        if "mergekit-api" in parts and api is not None:
+            cmds["mergekit-api"] = (api, work / f"bert-mergekit-api-{m}")
+        stats, failed = interleaved(cmds, args.repeat, work, inputs)
+        row.update(stats)
+        row.update({f"{k} failed": v for k, v in failed.items()})
         a, b = work / f"bert-ours-{m}", work / f"bert-mergekit-api-{m}"
         if (a / "model.safetensors").is_file() and (b / "model.safetensors").is_file():
             row["max_diff"] = max_difference(a, b)
@@ -415,24 +432,10 @@ def llama_part(args, methods, work: Path) -> tuple[list[dict], str]:
             how = "--method"
         theirs = [mergekit, str(cfg), str(outs["mergekit"]), "--no-copy-tokenizer", "--quiet"]
         row: dict[str, Any] = {"method": m, "how": how}
-        for key, cmd in (("ours", ours), ("mergekit", theirs)):
-            walls, peaks, works = [], [], []
-            for _ in range(args.repeat):
-                clear(outs[key])
-                try:
-                    peak, wall, _ = run_once(cmd, work / f"llama-{key}-{m}.log", inputs)
-                except SystemExit:
-                    lines = (work / f"llama-{key}-{m}.log").read_text().strip().splitlines()
-                    row[f"{key} failed"] = (lines or ["no output"])[-1][:160]
-                    print(f"  llama {m} {key} failed: {row[f'{key} failed']}", file=sys.stderr)
-                    break
-                walls.append(wall)
-                peaks.append(peak)
-                if (w := work_seconds(work / f"llama-{key}-{m}.log")) is not None:
-                    works.append(w)
-            if walls:
-                row[key] = {"wall": median(walls), "peak": max(peaks), "work": median(works)}
-                print(f"  llama {m} {key}: {row[key]}", file=sys.stderr)
+        cmds = {"ours": (ours, outs["ours"]), "mergekit": (theirs, outs["mergekit"])}
+        stats, failed = interleaved(cmds, args.repeat, work, inputs)
+        row.update(stats)
+        row.update({f"{k} failed": v for k, v in failed.items()})
         if all((outs[k] / "config.json").is_file() for k in outs):
             row["max_diff"] = max_difference(outs["ours"], outs["mergekit"])
         for o in outs.values():
@@ -453,83 +456,89 @@ def mb(x: int | None) -> str:
     return "–" if x is None else f"{x / 2**20:,.0f}"
 
 
+def _cell(stats: dict[str, Any] | None, name: str) -> str:
+    """``best (median)`` of one timing."""
+    if not stats or stats.get(name) is None:
+        return "–"
+    return f"{fmt(stats[name])} ({fmt(stats[f'{name} median'])})"
+
+
+def _ratio(a: dict | None, b: dict | None, name: str) -> str:
+    if not a or not b or not a.get(name) or not b.get(name):
+        return "–"
+    return fmt(a[name] / b[name])
+
+
+def _diff(row: dict[str, Any]) -> str:
+    d = row.get("max_diff")
+    return "–" if d is None else f"{d:.2g}" + (" (random)" if row["method"] in RANDOM else "")
+
+
+def _failed(row: dict[str, Any], key: str) -> str:
+    return f"failed: `{row[f'{key} failed']}`" if f"{key} failed" in row else "–"
+
+
 def report(args, bert_rows, bert_what, llama_rows, llama_what) -> None:
     vm = psutil.virtual_memory()
     print(f"\nCommand: `{shlex.join([Path(sys.executable).name, *sys.argv])}`  ")
     print(
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {vm.total / 2**30:.1f} GiB RAM, "
         f"Python {platform.python_version()}, torch {torch.__version__}; each run a fresh "
-        f"subprocess, inputs in page cache, `sync` before it; {args.repeat} run(s) each "
-        "(median wall, highest peak)  "
+        f"subprocess, inputs in page cache, `sync` before it; {args.repeat} interleaved run(s) "
+        "each: best (median) times, highest peak RSS; ratios of the best times  "
     )
-    if bert_rows and any("ours" in r or "mergekit-api" in r for r in bert_rows):
-        print(f"\n**BERT** ({bert_what}): `mergeir merge --method M` vs mergekit's "
-              "`merge_state_dicts` (load + merge + save + fsync; merge alone in brackets)\n")  # fmt: skip
-        print("| method | ours: work (s) | ours: peak RSS (MB) | mergekit API: work [merge] (s) | "
+    if any("ours" in r or "mergekit-api" in r for r in bert_rows):
+        print(f"\n**BERT** ({bert_what}): `mergeir merge --method M` (its own clock: plan, read, "
+              "merge, write, fsync) vs mergekit's `merge_state_dicts` (load + merge + save + "
+              "fsync, and the merge alone)\n")  # fmt: skip
+        print("| method | ours (s) | ours: peak RSS (MB) | mergekit API (s) | its merge alone (s) | "
               "mergekit API: peak RSS (MB) | time ours/mergekit | RSS ours/mergekit | max |Δ| |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in bert_rows:
             o, k = r.get("ours"), r.get("mergekit-api")
-            t_ratio = o["work"] / k["work"] if o and k and o["work"] and k["work"] else None
-            m_ratio = o["peak"] / k["peak"] if o and k else None
             kcell = (
-                f"{fmt(k['work'])} [{fmt(k['merge'])}]"
+                _cell(k, "work")
                 if k
                 else (
-                    f"failed: `{r['mergekit-api failed']}`"
-                    if "mergekit-api failed" in r
-                    else "no such method"
+                    _failed(r, "mergekit-api") if "mergekit-api failed" in r else "no such method"
                 )
             )
-            diff = r.get("max_diff")
-            diff_cell = (
-                "–"
-                if diff is None
-                else f"{diff:.2g}" + (" (random)" if r["method"] in RANDOM else "")
-            )
-            print(f"| {r['method']} | {fmt(o['work']) if o else r.get('ours failed', '–')} | "
-                  f"{mb(o['peak']) if o else '–'} | {kcell} | {mb(k['peak']) if k else '–'} | "
-                  f"{fmt(t_ratio)} | {fmt(m_ratio)} | {diff_cell} |")  # fmt: skip
-    if bert_rows and any("sweep" in r for r in bert_rows):
+            rss = fmt(o["peak"] / k["peak"]) if o and k else "–"
+            print(f"| {r['method']} | {_cell(o, 'work') if o else _failed(r, 'ours')} | "
+                  f"{mb(o['peak']) if o else '–'} | {kcell} | {_cell(k, 'merge')} | "
+                  f"{mb(k['peak']) if k else '–'} | {_ratio(o, k, 'work')} | {rss} | {_diff(r)} |")  # fmt: skip
+    if any("sweep" in r or "sweep failed" in r for r in bert_rows):
         print(f"\n**In-place sweep** ({bert_what}): a `BertModel` of ΘT moved to α = "
               f"{', '.join(map(str, GRID))} in place vs a fresh merge to a folder + "
-              "`from_pretrained` at each of those points (same process; medians)\n")  # fmt: skip
-        print("| method | build the sweep (s) | per grid point, median (s) | fresh merge + load "
-              "per point (s) | point / fresh | sweep peak RSS (MB) |")  # fmt: skip
+              "`from_pretrained` at each of those points (same process): best (median) over "
+              "the three points\n")  # fmt: skip
+        print("| method | build the sweep (s) | move to a grid point (s) | fresh merge + load "
+              "(s) | point / fresh | sweep peak RSS (MB) |")  # fmt: skip
         print("|---|---:|---:|---:|---:|---:|")
         for r in bert_rows:
             s = r.get("sweep")
             if s is None:
                 if "sweep failed" in r:
-                    print(f"| {r['method']} | failed: `{r['sweep failed']}` | | | | |")
+                    print(f"| {r['method']} | {_failed(r, 'sweep')} | | | | |")
                 continue
-            point = median(s["points"])
             fm, fl = _listed(s["fresh_merge"]), _listed(s["fresh_load"])
-            fresh = median([m + lo for m, lo in zip(fm, fl, strict=True)])
-            print(f"| {r['method']} | {fmt(s['setup'])} | {fmt(point)} | {fmt(fresh)} "
-                  f"({fmt(median(fm))} + {fmt(median(fl))}) | {fmt(point / fresh)} | "
-                  f"{mb(s['rss'])} |")  # fmt: skip
+            fresh = [m + lo for m, lo in zip(fm, fl, strict=True)]
+            print(f"| {r['method']} | {fmt(s['setup'])} | {fmt(min(s['points']))} "
+                  f"({fmt(median(s['points']))}) | {fmt(min(fresh))} ({fmt(median(fresh))}) | "
+                  f"{fmt(min(s['points']) / min(fresh))} | {mb(s['rss'])} |")  # fmt: skip
     if llama_rows:
         print(f"\n**Llama** ({llama_what}): the same recipe through `mergekit-yaml` and ours "
               "(`--mergekit-config`, else `--method` with the same parameters); wall time, "
               "start-up included\n")  # fmt: skip
-        print("| method | ours via | ours: wall (s) | ours: peak RSS (MB) | mergekit-yaml: wall (s) | "
+        print("| method | ours via | ours (s) | ours: peak RSS (MB) | mergekit-yaml (s) | "
               "mergekit-yaml: peak RSS (MB) | time ours/mergekit | RSS ours/mergekit | max |Δ| |")  # fmt: skip
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in llama_rows:
             o, k = r.get("ours"), r.get("mergekit")
-            diff = r.get("max_diff")
-            diff_cell = (
-                "–"
-                if diff is None
-                else f"{diff:.2g}" + (" (random)" if r["method"] in RANDOM else "")
-            )
-            print(f"| {r['method']} | `{r['how']}` | {fmt(o['wall']) if o else r.get('ours failed', '–')} | "
-                  f"{mb(o['peak']) if o else '–'} | "
-                  f"{fmt(k['wall']) if k else 'failed: `' + r.get('mergekit failed', '') + '`'} | "
-                  f"{mb(k['peak']) if k else '–'} | "
-                  f"{fmt(o['wall'] / k['wall']) if o and k else '–'} | "
-                  f"{fmt(o['peak'] / k['peak']) if o and k else '–'} | {diff_cell} |")  # fmt: skip
+            rss = fmt(o["peak"] / k["peak"]) if o and k else "–"
+            print(f"| {r['method']} | `{r['how']}` | {_cell(o, 'wall') if o else _failed(r, 'ours')} | "
+                  f"{mb(o['peak']) if o else '–'} | {_cell(k, 'wall') if k else _failed(r, 'mergekit')} | "
+                  f"{mb(k['peak']) if k else '–'} | {_ratio(o, k, 'wall')} | {rss} | {_diff(r)} |")  # fmt: skip
     print()
 
 
