@@ -93,6 +93,11 @@ def merge_access(runner: Any) -> MergeAccess:
     )
 
 
+def _short(label: str | None) -> str | None:
+    """A learnt layer-wise α (AdaMerging's filter rules) is named, not spelled, in the log."""
+    return "learnt, layer-wise (see selection.md)" if label and label.startswith("[") else label
+
+
 def select_alpha(
     er: SelectionHost, runner: MergedRankings, tuned: TunedAlpha
 ) -> tuple[AlphaSelection, TunedAlpha]:
@@ -115,8 +120,9 @@ def select_alpha(
             gain = (
                 "" if gi is None else f", gain over α=0 {c.gain:+.4f} [{gi[0]:+.4f}, {gi[1]:+.4f}]"
             )
-            note = f" (guard: raw α = {c.raw_alpha})" if c.guarded else ""
-            er.opts.echo(f"  {spec.label} on {dname}: α = {c.alpha}{iv}{gain}{note}")
+            raw, alpha = (_short(a) for a in (c.raw_alpha, c.alpha))
+            note = f" (guard: raw α = {raw})" if c.guarded else ""
+            er.opts.echo(f"  {spec.label} on {dname}: α = {alpha}{iv}{gain}{note}")
     primary = out.choices[out.primary]
     selected = tuned.with_alphas(
         {dname: alpha_value(c.alpha, exp.alphas) for dname, c in primary.items()}

@@ -228,6 +228,14 @@ def _short_learnt(alpha: str, choice: Any) -> str:
     return alpha
 
 
+def _groups(diagnostics: dict[str, Any]) -> list[str]:
+    """Learnt coefficients' groups in their own order (embeddings, blocks, rest), which
+    ``diagnostics["groups"]`` keeps: results.json sorts the coefficients' keys."""
+    coef = diagnostics.get("coefficients") or {}
+    order = [g for g in diagnostics.get("groups") or [] if g in coef]
+    return order + [g for g in coef if g not in order]
+
+
 def _learnt(results: Results, order: list[str]) -> list[tuple[str, str, str, Any]]:
     """(triplet, dataset, selector, choice) of every choice that learnt coefficients."""
     found = []
@@ -258,8 +266,8 @@ def _coefficient_tables(results: Results, order: list[str]) -> list[str]:
             "| group | coefficient |",
             "|:---|---:|",
         ]
-        for group, value in diag["coefficients"].items():
-            lines.append(f"| {group} | {value:+.4f} |")
+        for group in _groups(diag):
+            lines.append(f"| {group} | {diag['coefficients'][group]:+.4f} |")
     return lines
 
 
@@ -277,7 +285,7 @@ def coefficients_png(results: Results, dpi: int = 100) -> bytes | None:
     for i, (t, d, label, c) in enumerate(found):
         ax = fig.add_subplot(len(found), 1, i + 1)
         coef = c.diagnostics["coefficients"]
-        names = list(coef)
+        names = _groups(c.diagnostics)
         ax.bar(range(len(names)), [coef[n] for n in names], color="tab:blue")
         init = c.diagnostics.get("init")
         if isinstance(init, int | float):
@@ -303,10 +311,11 @@ def selection_notes(results: Results) -> list[str]:
         for d, c in sel.choices.get(sel.primary, {}).items():
             iv = "" if c.interval is None else f" [{c.interval[0]:g}, {c.interval[1]:g}]"
             coef = c.diagnostics.get("coefficients")
+            groups = _groups(c.diagnostics) if coef else []
             learnt = (
                 "learnt layer-wise ("
-                + ", ".join(f"{g} {v:.3g}" for g, v in list(coef.items())[:6])
-                + (", …" if len(coef) > 6 else "")
+                + ", ".join(f"{g} {coef[g]:.3g}" for g in groups[:8])
+                + (", …" if len(groups) > 8 else "")
                 + ")"
                 if coef
                 else None

@@ -206,6 +206,7 @@ def select_adamerging(ctx, params):
             stability=None,
             diagnostics={
                 "coefficients": {k: round(v, 6) for k, v in result.coefficients.items()},
+                "groups": list(result.coefficients),  # their order (results.json sorts keys)
                 "init": settings.init,
                 "granularity": settings.granularity,
                 "objective": settings.objective,
