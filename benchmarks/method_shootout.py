@@ -61,7 +61,12 @@ FAMILY = {
         "scale",
     ),
     **dict.fromkeys(["linear", "slerp", "nuslerp", "multislerp", "karcher"], "share"),
-    **dict.fromkeys(["model_stock", "ram", "ramplus_tl", "nearswap", "arcee_fusion"], "toward"),
+    **dict.fromkeys(
+        ["model_stock", "ram", "ramplus_tl", "nearswap", "arcee_fusion", "tsv_m", "iso_c"]
+        + ["iso_cts", "wudi"],
+        "toward",
+    ),
+    "regmean": "share",
 }
 
 
@@ -84,6 +89,11 @@ FULL_GRIDS = {
     "ram": {"epsilon": [1e-6, 1e-5, 1e-4]},
     "ramplus_tl": {"epsilon": [1e-5, 1e-4], "r": [0.1, 0.5]},
     "nearswap": {"t": [3e-5, 1e-4, 3e-4, 1e-3]},
+    "tsv_m": {"scaling_factor": [1.0, 1.5, 2.0]},
+    "iso_c": {"scaling_factor": [1.0, 1.5, 2.0]},
+    "iso_cts": {"scaling_factor": [1.0, 1.5, 2.0], "common_space_fraction": [0.6, 0.8]},
+    "wudi": {"scaling_factor": [1.0, 1.5]},
+    "regmean": {"off_diagonal": [0.0, 0.5, 0.9, 1.0]},
 }
 TARGETS = {
     "scifact": ("minilm-shared-sci", "scifact"),
@@ -134,8 +144,8 @@ def derived_registry(registry: Path, root: Path, target: str, protocol: str) -> 
         if protocol == "full":
             method = exp["merge"]["method"]
             exp["first_stage"]["k"] = 100
-            exp["merge"] = {
-                "method": method,
+            exp["merge"] = {  # fixed settings (e.g. RegMean's statistics) kept
+                **exp["merge"],
                 "alpha": ALPHA_FULL[FAMILY[method]],
                 **FULL_GRIDS.get(method, {}),
             }
