@@ -116,3 +116,17 @@ def test_head_by_text_equals_the_full_logits_path(mlm):
         by_text = splade_weights_by_text(model, mlm_head(model), dict(batch))
     assert mlm_head(model) is model.cls
     torch.testing.assert_close(by_text, full, rtol=1e-6, atol=1e-6)
+
+
+def test_splade_differentiable_scores_equal_its_scores_and_carry_gradients(mlm):
+    """AdaMerging differentiates through these: the same numbers as score_pairs, with a
+    gradient reaching the encoder's and the head's weights."""
+    scorer = load(mlm)
+    pairs = [(QUERIES["q1"], DOCS["d1"]), (QUERIES["q1"], DOCS["d3"]), (QUERIES["q2"], DOCS["d3"])]
+    expected = scorer.score_pairs(pairs)
+    scores = scorer.differentiable_scores(pairs)
+    assert scores.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    scores.sum().backward()
+    grads = {n: p.grad for n, p in scorer.model.named_parameters()}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "layer.0." in n)
+    scorer.model.zero_grad(set_to_none=True)

@@ -548,10 +548,10 @@ class Scorer(ABC):
         parameters (one forward, no inference mode, no calibration twin): what AdaMerging
         (:mod:`mergekit_ir.tuning.adamerging`) differentiates through, with the merged
         parameters bound by ``torch.func.functional_call``. The caller keeps ``pairs`` few.
-        Scorers that implement it: bi-encoder, cross-encoder."""
+        Scorers that implement it: bi-encoder, cross-encoder, splade."""
         raise MergeIRError(
             f"scorer {type(self).__name__} gives no gradients of its scores, which AdaMerging "
-            "needs; use a bi-encoder or cross-encoder triplet, or another α selector"
+            "needs; use a bi-encoder, cross-encoder or splade triplet, or another α selector"
         )
 
     def rerank(

@@ -19,7 +19,7 @@ T is the temperature: by default the mean per-query standard deviation of the sc
 flat nor one-hot whatever the scorer's scale (cosines, logits). Gradients flow through plain
 torch autograd: each step binds ΘT + Σ c_l·τ_l to the scorer's model with
 ``torch.func.functional_call`` and back-propagates through the scorer's own
-``differentiable_scores`` (bi-encoders and cross-encoders). The model's own weights are
+``differentiable_scores`` (bi-encoders, cross-encoders and SPLADE). The model's own weights are
 never changed.
 
 The coefficients come back as a layer-wise α of ``task_arithmetic`` (filter rules on tensor

@@ -252,6 +252,33 @@ class Splade(Scorer):
         di = torch.tensor([d_row[p[1]] for p in pairs], dtype=torch.long)
         return (q_w[qi] * d_w[di]).sum(-1).tolist()
 
+    def differentiable_scores(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """The scores of :meth:`score_pairs` with autograd on (AdaMerging): each distinct
+        query and document encoded once, in one padded forward each, the head one text at a
+        time as :meth:`term_weights` (so no batch × length × vocabulary tensor is kept for
+        the backward pass)."""
+        q_texts = list(dict.fromkeys(p[0] for p in pairs))
+        d_texts = list(dict.fromkeys(p[1] for p in pairs))
+
+        def weights(texts: list[str], max_length: int) -> torch.Tensor:
+            enc = self.tokenizer(
+                texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            batch = {
+                k: v.to(self.device)
+                for k, v in enc.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")
+            }
+            return self.term_weights(batch).float()
+
+        q_w = weights([self.query_prefix + t for t in q_texts], self.query_max_length)
+        d_w = weights([self.doc_prefix + t for t in d_texts], self.max_length)
+        q_row = {t: i for i, t in enumerate(q_texts)}
+        d_row = {t: i for i, t in enumerate(d_texts)}
+        qi = torch.tensor([q_row[p[0]] for p in pairs], dtype=torch.long, device=q_w.device)
+        di = torch.tensor([d_row[p[1]] for p in pairs], dtype=torch.long, device=d_w.device)
+        return (q_w[qi] * d_w[di]).sum(-1)
+
 
 def check(path: Path) -> None:
     st = read_sparse_encoder(path)
