@@ -14,7 +14,8 @@ For each model, on this machine's CPU (``--device cpu``):
   ``SparseEncoder.encode_document``), interleaved, best of ``--repeat``; items/s by wall and by
   CPU time (all threads; the steadier measure on a shared machine) and the ratio to
   sentence-transformers. Its ``backend="onnx"`` / ``"openvino"`` rows are added when optimum /
-  onnxruntime / openvino are importable (they are not installed in this project's venv);
+  onnxruntime / openvino are importable (they are not installed in this project's venv), or
+  from another venv with ``--st-python PYTHON:BACKEND`` (``st_contender.py``, timed there);
 - **faithfulness**: SciFact test (``--queries`` queries), BM25 (bm25s) top-``--k``, re-ranked by
   ours in fp32 and in bf16 — NDCG@10 of each and Δ (bf16 is the default only if |Δ| ≤ 0.002) —
   and Kendall τ between the two score lists of each query's BM25 top-8 (what the calibration
@@ -46,10 +47,12 @@ import logging
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,17 +79,55 @@ GEN_OPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class Measured:
+    """(wall, CPU) seconds a contender measured itself (one in another process)."""
+
+    wall: float
+    cpu: float
+
+
 def timed(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, float]]:
     """Best (wall, CPU) seconds of each function over ``repeat`` interleaved rounds (a varying
-    machine load hits all alike). CPU time counts every thread of this process."""
+    machine load hits all alike). CPU time counts every thread of this process, or of the
+    contender's own process when it returns :class:`Measured`."""
     best = {name: (float("inf"), float("inf")) for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             wall, cpu = time.perf_counter(), time.process_time()
-            fn()
+            got = fn()
             w, c = time.perf_counter() - wall, time.process_time() - cpu
+            if isinstance(got, Measured):
+                w, c = got.wall, got.cpu
             best[name] = (min(best[name][0], w), min(best[name][1], c))
     return best
+
+
+class RemoteContender:
+    """sentence-transformers with a backend that needs Optimum, run by ``st_contender.py``
+    in the venv of ``python`` (e.g. the st-openvino oracle venv of st_backends.py): loaded
+    once, timed there per call on the same items."""
+
+    def __init__(self, python: str, kind: str, path: Path, backend: str, items: list, args):
+        items_file = Path(tempfile.mkstemp(suffix=".json")[1])
+        items_file.write_text(json.dumps(items), encoding="utf-8")
+        cmd = [python, str(Path(__file__).with_name("st_contender.py")), kind, str(path)]
+        cmd += [backend, str(args.max_length), str(args.batch_size), str(items_file)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self.proc.stdout.readline()
+        items_file.unlink()
+        if not ready.strip():
+            raise RuntimeError(f"{' '.join(cmd[:2])}: the contender did not start")
+
+    def __call__(self, _items: object = None) -> Measured:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        got = json.loads(self.proc.stdout.readline())
+        return Measured(got["wall"], got["cpu"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def cpu_report() -> dict[str, object]:
@@ -227,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="our compiled backends, e.g. onnx,onnx-int8,openvino,openvino-int8 (fp32 weights)",
     )
+    ap.add_argument(
+        "--st-python",
+        action="append",
+        default=[],
+        metavar="PYTHON:BACKEND",
+        help="also time sentence-transformers' BACKEND (onnx, openvino) inside the venv of "
+        "PYTHON, e.g. ~/.cache/mergekit-ir/oracle-venvs/st-openvino/bin/python:openvino",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -327,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     of_items[name] = s.score_pairs
             of_items.update(st_contenders(kind, path, args.max_length, args.batch_size))
+            remotes = []
+            for spec in args.st_python if kind in MODELS else []:
+                python, _, backend = spec.rpartition(":")
+                try:
+                    remotes.append(RemoteContender(python, kind, path, backend, items, args))
+                except (OSError, RuntimeError) as exc:
+                    print(f"  sentence-transformers {backend} ({python}): skipped ({exc})")
+                    continue
+                of_items[f"sentence-transformers {backend} fp32 (own venv)"] = remotes[-1]
             for name, fn in of_items.items():  # warm-up: one batch each (the compiled: built)
                 started = time.perf_counter()
                 fn(items[: args.batch_size])
@@ -357,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                     del warm
             fns = {name: (lambda fn=fn, it=items: fn(it)) for name, fn in of_items.items()}
             best = timed(fns, args.repeat)
+            for remote in remotes:
+                remote.close()
             base = best.get("sentence-transformers torch fp32") or best.get("ours torch fp32")
             ours_fp32 = best.get("ours torch fp32")
             for name, (wall, cpu_s) in best.items():
