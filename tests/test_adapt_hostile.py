@@ -646,6 +646,11 @@ def test_a_real_run_speaks_within_seconds_and_keeps_a_log_readable(bert, corpus,
            str(corpus), "--out", str(tmp_path / "d"), "--steps", "20", "--max-length", "16",
            "--batch-size", "4", "--device", "cpu", "--cache-dir", str(tmp_path / "c")]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the same imports alone, timed now: on a loaded machine they take several times the ~2 s
+    # of a quiet one, and the bound is about what the command does after them, not the load
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import mergekit_ir.cli, torch"], env=env, check=True)
+    bound = max(8.0, 3 * (time.monotonic() - started))
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -655,7 +660,7 @@ def test_a_real_run_speaks_within_seconds_and_keeps_a_log_readable(bert, corpus,
     log = first + rest
     assert proc.returncode == 0, log
     assert first.startswith("adapt: checking "), first
-    assert first_at < 8, f"first line after {first_at:.1f}s"
+    assert first_at < bound, f"first line after {first_at:.1f}s (imports alone: {bound / 3:.1f}s)"
     assert "\r" not in log
     order = ["adapt: tokenising", "adapt: loading", "adapt: training", "adapt step 20/20"]
     assert [log.index(x) for x in order] == sorted(log.index(x) for x in order), log
