@@ -360,14 +360,7 @@ class BiEncoder(Scorer):
         d_texts = list(dict.fromkeys(p[1] for p in pairs))
 
         def embed(texts: list[str], max_length: int) -> torch.Tensor:
-            enc = self.tokenizer(
-                texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            )
-            batch = {
-                k: v.to(self.device)
-                for k, v in enc.items()
-                if k in ("input_ids", "attention_mask", "token_type_ids")
-            }
+            batch = padded_batch(self.tokenizer, texts, max_length, self.device)
             hidden = self.model(**batch).last_hidden_state
             emb = self.dense(pool(hidden, batch["attention_mask"], self.pooling)).float()
             if self.normalize or self.similarity == "cosine":
@@ -376,11 +369,32 @@ class BiEncoder(Scorer):
 
         q_emb = embed([self.query_prefix + t for t in q_texts], self.query_max_length)
         d_emb = embed([self.doc_prefix + t for t in d_texts], self.max_length)
-        q_row = {t: i for i, t in enumerate(q_texts)}
-        d_row = {t: i for i, t in enumerate(d_texts)}
-        qi = torch.tensor([q_row[p[0]] for p in pairs], dtype=torch.long, device=q_emb.device)
-        di = torch.tensor([d_row[p[1]] for p in pairs], dtype=torch.long, device=d_emb.device)
-        return (q_emb[qi] * d_emb[di]).sum(-1)
+        return pair_dots(pairs, q_texts, q_emb, d_texts, d_emb)
+
+
+def padded_batch(tokenizer: Any, texts: list[str], max_length: int, device: Any) -> dict:
+    """One padded batch of the model's inputs on ``device`` (a differentiable forward)."""
+    enc = tokenizer(
+        texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
+    keep = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: v.to(device) for k, v in enc.items() if k in keep}
+
+
+def pair_dots(
+    pairs: Sequence[tuple[str, str]],
+    q_texts: list[str],
+    q_vecs: torch.Tensor,
+    d_texts: list[str],
+    d_vecs: torch.Tensor,
+) -> torch.Tensor:
+    """One dot product per (query, document) pair, from the vectors of the distinct texts
+    (row i of ``q_vecs`` is ``q_texts[i]``): bi-encoders and SPLADE score pairs this way."""
+    q_row = {t: i for i, t in enumerate(q_texts)}
+    d_row = {t: i for i, t in enumerate(d_texts)}
+    qi = torch.tensor([q_row[p[0]] for p in pairs], dtype=torch.long, device=q_vecs.device)
+    di = torch.tensor([d_row[p[1]] for p in pairs], dtype=torch.long, device=d_vecs.device)
+    return (q_vecs[qi] * d_vecs[di]).sum(-1)
 
 
 def _option_or(value: str | None, default: str | None) -> str:

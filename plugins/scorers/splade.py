@@ -38,6 +38,8 @@ from mergekit_ir import (
 )
 from mergekit_ir_plugins.scorers.bi_encoder import (
     check_st_modules,
+    padded_batch,
+    pair_dots,
     read_st_config,
     read_st_modules,
     st_max_length,
@@ -261,23 +263,12 @@ class Splade(Scorer):
         d_texts = list(dict.fromkeys(p[1] for p in pairs))
 
         def weights(texts: list[str], max_length: int) -> torch.Tensor:
-            enc = self.tokenizer(
-                texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            )
-            batch = {
-                k: v.to(self.device)
-                for k, v in enc.items()
-                if k in ("input_ids", "attention_mask", "token_type_ids")
-            }
+            batch = padded_batch(self.tokenizer, texts, max_length, self.device)
             return self.term_weights(batch).float()
 
         q_w = weights([self.query_prefix + t for t in q_texts], self.query_max_length)
         d_w = weights([self.doc_prefix + t for t in d_texts], self.max_length)
-        q_row = {t: i for i, t in enumerate(q_texts)}
-        d_row = {t: i for i, t in enumerate(d_texts)}
-        qi = torch.tensor([q_row[p[0]] for p in pairs], dtype=torch.long, device=q_w.device)
-        di = torch.tensor([d_row[p[1]] for p in pairs], dtype=torch.long, device=d_w.device)
-        return (q_w[qi] * d_w[di]).sum(-1)
+        return pair_dots(pairs, q_texts, q_w, d_texts, d_w)
 
 
 def check(path: Path) -> None:
