@@ -228,9 +228,11 @@ def settings_identity(settings: ScoringSettings, auto_backend: str = "torch") ->
 
 def ranks_candidates(ranking: Ranking, candidates: Ranking) -> bool:
     """A model's ranking scores exactly the first stage's candidates (what a cached entry of it
-    must hold: ``{}`` or a truncated copy would otherwise pass for a result)."""
+    must hold: ``{}`` or a truncated copy would otherwise pass for a result). A query the first
+    stage found nothing for may be absent or present with no documents: scorers differ there."""
     wanted = {q: docs for q, docs in candidates.items() if docs}
-    return set(ranking) == set(wanted) and all(set(ranking[q]) == set(d) for q, d in wanted.items())
+    ranked = {q: docs for q, docs in ranking.items() if docs}
+    return set(ranked) == set(wanted) and all(set(ranked[q]) == set(d) for q, d in wanted.items())
 
 
 def _is_zero(alpha: Any) -> bool:
