@@ -143,22 +143,6 @@ def test_quickstart_on_ray_equals_local(cluster, tmp_path):
     assert outs["ray"] == outs["local"]
 
 
-def test_two_triplets_on_two_workers_equal_local(cluster, registry, local_two, tmp_path):
-    res = invoke(
-        "two-on-ray", "--registry", registry, "--out", str(tmp_path / "out"),
-        "--cache-dir", str(tmp_path / "c"),
-    )  # fmt: skip
-    assert res.exit_code == 0, res.output
-    assert "ray: 2 triplet job(s) on 2 worker(s)" in res.output
-    # each worker's echo comes back in registry order, and its stage times are summed
-    assert res.output.index("triplet tiny-cos") < res.output.index("triplet tiny-dot")
-    ray_result = comparable(tmp_path / "out")
-    # the same experiment under another name (it only adds the executor block)
-    ray_result["results"]["experiment"] = "two"
-    ray_result["report"] = ray_result["report"].replace("Results: two-on-ray", "Results: two")
-    assert ray_result == local_two
-
-
 def kill_first_worker_mid_job(killed: list[int], stop: threading.Event) -> None:
     """SIGKILL the first Ray worker seen running a triplet job (its process title says so)."""
     while not stop.is_set():
@@ -172,21 +156,30 @@ def kill_first_worker_mid_job(killed: list[int], stop: threading.Event) -> None:
 
 
 def test_killed_worker_is_retried_with_identical_numbers(cluster, registry, local_two, tmp_path):
+    """Two triplets on two workers (the registry's executor block), one worker SIGKILLed
+    mid-job: Ray restarts it, and the report is the local run's, in registry order."""
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=kill_first_worker_mid_job, args=(killed, stop), daemon=True)
     killer.start()
     try:
         res = invoke(
-            "two", "--registry", registry, "--out", str(tmp_path / "out"),
-            "--cache-dir", str(tmp_path / "c"), "--executor", "ray", "--workers", "2",
+            "two-on-ray", "--registry", registry, "--out", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "c"),
         )  # fmt: skip
     finally:
         stop.set()
         killer.join(5)
     assert killed, "no worker was seen running a job"
     assert res.exit_code == 0, res.output
-    assert comparable(tmp_path / "out") == local_two
+    assert "ray: 2 triplet job(s) on 2 worker(s)" in res.output
+    # each worker's echo comes back in registry order, and its stage times are summed
+    assert res.output.index("triplet tiny-cos") < res.output.index("triplet tiny-dot")
+    ray_result = comparable(tmp_path / "out")
+    # the same experiment under another name (it only adds the executor block)
+    ray_result["results"]["experiment"] = "two"
+    ray_result["report"] = ray_result["report"].replace("Results: two-on-ray", "Results: two")
+    assert ray_result == local_two
 
 
 def test_a_worker_dying_beyond_max_retries_fails_in_one_line(cluster, registry, tmp_path):
@@ -325,6 +318,33 @@ def one_error(output: str) -> str:
     return errors[0]
 
 
+#: Runs ``mergeir`` once per JSON argument list in one driver process (one start-up, not one
+#: per case) and prints each exit code and output between markers.
+EACH = """
+import json, sys
+from click.testing import CliRunner
+from mergekit_ir.cli import main
+for args in json.loads(sys.argv[1]):
+    res = CliRunner().invoke(main, args)
+    print(f"=== exit {res.exit_code}")
+    print(res.output)
+"""
+
+
+def run_each(cases: dict[str, list[str]], env: dict[str, str], limit: float) -> dict:
+    """name -> (exit code, output) of ``mergeir ARGS`` for each case, run in order in one
+    child process bounded by ``limit`` seconds (a hang fails the test, not the suite)."""
+    code, output, _ = run_all({"each": ["-c", EACH, json.dumps(list(cases.values()))]}, env, limit)[
+        "each"
+    ]
+    parts = output.split("=== exit ")[1:]
+    assert code == 0 and len(parts) == len(cases), output
+    return {
+        name: (int(part.split("\n", 1)[0]), part.split("\n", 1)[1])
+        for name, part in zip(cases, parts, strict=True)
+    }
+
+
 def test_resources_no_node_has_fail_in_one_line_at_once(cluster, registry, tmp_path):
     """On the 2-CPU, GPU-less cluster: 64 CPUs per worker (flag and registry block) and one
     GPU per worker used to wait forever; now one line, before any task or actor."""
@@ -332,44 +352,46 @@ def test_resources_no_node_has_fail_in_one_line_at_once(cluster, registry, tmp_p
 
     def run(name: str, *args: str) -> list[str]:
         out = ["--out", str(tmp_path / name / "out"), "--cache-dir", str(tmp_path / name / "c")]
-        return ["-m", "mergekit_ir.cli", "run", *args, *out, "-q"]
+        return ["run", *args, *out, "-q"]
 
     param = ["--executor", "ray", "--executor-param"]
-    res = run_all(
+    res = run_each(
         {
             "cpus flag": run("a", "--registry", BUNDLED, *param, "cpus_per_worker=64"),
             "cpus block": run("b", "greedy", "--registry", registry),
             "gpus flag": run("c", "--registry", BUNDLED, *param, "gpus_per_worker=1"),
         },
         env,
-        limit=150,  # start-up of three drivers on a loaded machine; the check itself is instant
+        limit=150,  # start-up of a driver on a loaded machine; the check itself is instant
     )
     for name in ("cpus flag", "cpus block"):
-        code, output, _ = res[name]
+        code, output = res[name]
         assert code == 2 and one_error(output).startswith(
             "error: executor 'ray': cpus_per_worker=64 but the largest node has 2 CPUs; "
             "lower cpus_per_worker"
         ), output
         assert "first-stage job(s)" not in output  # no task was started
-    code, output, _ = res["gpus flag"]
+    code, output = res["gpus flag"]
     assert code == 2 and one_error(output).startswith(
         "error: executor 'ray': gpus_per_worker=1 but the cluster has no GPUs"
     ), output
     assert not list(tmp_path.glob("*/out/results.json"))
 
 
+#: Times the connection step for each ``(address, connect_timeout)`` in one driver process.
 CONNECT = """
-import sys, time, ray
+import json, sys, time, ray
 from mergekit_ir import MergeIRError
 from mergekit_ir_plugins.executors.ray_cluster import RayExecutor
-ex = RayExecutor(address=sys.argv[1], connect_timeout=float(sys.argv[2]))
-start = time.monotonic()
-try:
-    ex.connect(ray)
-    print("connected")
-except MergeIRError as exc:
-    print(exc)
-print(f"took {time.monotonic() - start:.2f}")
+for address, timeout in json.loads(sys.argv[1]):
+    ex = RayExecutor(address=address, connect_timeout=timeout)
+    start = time.monotonic()
+    try:
+        ex.connect(ray)
+        print("connected")
+    except MergeIRError as exc:
+        print(exc)
+    print(f"took {time.monotonic() - start:.2f}")
 """
 
 
@@ -388,43 +410,35 @@ def test_unreachable_addresses_fail_in_one_line_within_the_bound(tmp_path):
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         port = silent.getsockname()[1]
+        steps = [["127.0.0.1:1", 10], ["ray://127.0.0.1:1", 10], [f"127.0.0.1:{port}", 2]]
         out = ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")]
+        cli = ["run", "--registry", BUNDLED, *out, "-q", "--executor", "ray"]
         res = run_all(
             {
-                "gcs": ["-c", CONNECT, "127.0.0.1:1", "10"],
-                "client": ["-c", CONNECT, "ray://127.0.0.1:1", "10"],
-                "silent": ["-c", CONNECT, f"127.0.0.1:{port}", "2"],
+                "connect": ["-c", CONNECT, json.dumps(steps)],
                 "cli": [
-                    "-m",
-                    "mergekit_ir.cli",
-                    "run",
-                    "--registry",
-                    BUNDLED,
-                    *out,
-                    "-q",
-                    "--executor",
-                    "ray",
-                    "--executor-param",
-                    "address=127.0.0.1:1",
+                    "-c",
+                    EACH,
+                    json.dumps([[*cli, "--executor-param", "address=127.0.0.1:1"]]),
                 ],
-            },  # fmt: skip
+            },
             env,
             limit=90,
         )
 
-    def connect_step(name: str) -> tuple[str, float]:
-        code, output, _ = res[name]
-        lines = output.strip().splitlines()
-        assert code == 0 and lines[-1].startswith("took "), output
-        return lines[-2], float(lines[-1].split()[1])
-
-    for name, address in (("gcs", "127.0.0.1:1"), ("client", "ray://127.0.0.1:1")):
-        line, took = connect_step(name)
-        assert line.startswith(f"executor 'ray': address={address}") and took < 1.0, (took, line)
+    code, output, _ = res["connect"]
+    lines = output.strip().splitlines()
+    assert code == 0 and len(lines) == 6 and lines[1::2][-1].startswith("took "), output
+    took = {address: (line, float(t.split()[1])) for (address, _), line, t in
+            zip(steps, lines[0::2], lines[1::2], strict=True)}  # fmt: skip
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        line, seconds = took[address]
+        assert line.startswith(f"executor 'ray': address={address}") and seconds < 1.0, took
         assert "cannot connect (Connection refused)" in line
-    line, took = connect_step("silent")
-    assert line.startswith(f"executor 'ray': address=127.0.0.1:{port}") and 1.5 < took < 4, took
+    line, seconds = took[f"127.0.0.1:{port}"]
+    assert line.startswith(f"executor 'ray': address=127.0.0.1:{port}") and 1.5 < seconds < 4, took
     assert "the port answers, but not as a Ray GCS within 2s (connect_timeout)" in line
     code, output, _ = res["cli"]
     line = one_error(output)
-    assert code == 2 and line.startswith("error: executor 'ray': address=127.0.0.1:1"), output
+    assert code == 0 and "=== exit 2" in output, output
+    assert line.startswith("error: executor 'ray': address=127.0.0.1:1"), output
