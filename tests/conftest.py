@@ -10,7 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 BEIR = SHARED / "data" / "beir"
 MODELS = SHARED / "models"
 WORDS = [
@@ -50,6 +51,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
+    """``mergeir run -q`` on the embedded quickstart, once per session: ``(root, output)`` with
+    the outputs in ``root/out`` and its cache in ``root/cache``. Tests that only read the
+    outputs, or warm a run of their own from the cache, share it; none may change ``out/``."""
+    from click.testing import CliRunner
+
+    from mergekit_ir.cli import main
+
+    root = tmp_path_factory.mktemp("qs")
+    args = ["run", "--registry", str(ROOT / "registry.yaml"), "--out", str(root / "out")]
+    res = CliRunner().invoke(main, [*args, "--cache-dir", str(root / "cache"), "-q"])
+    assert res.exit_code == 0, res.output
+    return root, res.output
 
 
 def shared_path(*parts: str) -> Path:

@@ -127,20 +127,17 @@ def local_two(registry, tmp_path_factory):
     return comparable(root / "out")
 
 
-def test_quickstart_on_ray_equals_local(cluster, tmp_path):
-    outs = {}
-    for executor in ("local", "ray"):
-        out = tmp_path / executor / "out"
-        res = invoke(
-            "--registry", BUNDLED, "--out", str(out), "--cache-dir", str(tmp_path / executor / "c"),
-            "--executor", executor,
-        )  # fmt: skip
-        assert res.exit_code == 0, res.output
-        outs[executor] = comparable(out)
+def test_quickstart_on_ray_equals_local(cluster, quickstart_run, tmp_path):
+    out = tmp_path / "out"
+    res = invoke(
+        "--registry", BUNDLED, "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+        "--executor", "ray",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
     assert "ray: 1 triplet job(s) on 1 worker(s)" in res.output
     assert "ray: 2 first-stage job(s) (bm25s)" in res.output  # test and dev, as Ray tasks
     assert "wall" in res.output and "cache: 0 hits" in res.output
-    assert outs["ray"] == outs["local"]
+    assert comparable(out) == comparable(quickstart_run[0] / "out")  # the local run's
 
 
 def kill_first_worker_mid_job(killed: list[int], stop: threading.Event) -> None:

@@ -29,23 +29,6 @@ def numbers(out: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qs")
-    res = invoke(
-        "run",
-        "--registry",
-        REGISTRY,
-        "--out",
-        str(root / "out"),
-        "--cache-dir",
-        str(root / "cache"),
-        "-q",
-    )
-    assert res.exit_code == 0, res.output
-    return root, res.output
-
-
 def test_quickstart_outputs(quickstart_run):
     root, output = quickstart_run
     out = root / "out"

@@ -132,22 +132,15 @@ def assert_readable(folder: Path) -> list[Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("trec-cache")
-
-
 @pytest.mark.slow
-def test_every_run_file_of_the_quickstart_has_six_columns(cache, tmp_path):
-    res = invoke("run", "--registry", REGISTRY, "--out", str(tmp_path / "out"),
-                 "--cache-dir", str(cache), "-q")  # fmt: skip
-    assert res.exit_code == 0, res.output
-    files = assert_readable(tmp_path / "out")
+def test_every_run_file_of_the_quickstart_has_six_columns(quickstart_run):
+    files = assert_readable(quickstart_run[0] / "out")
     assert {p.name for p in files} >= {"bm25.trec", "ir.trec", "merged_at_best.trec"}
 
 
 @pytest.mark.slow
-def test_every_run_file_of_rerank_has_six_columns(cache, tmp_path):
+def test_every_run_file_of_rerank_has_six_columns(quickstart_run, tmp_path):
+    cache = quickstart_run[0] / "cache"
     res = invoke("rerank", "quickstart:ir", "--scorer", "bi-encoder", "--dataset",
                  "quickstart-toy", "--registry", REGISTRY, "--cache-dir", str(cache),
                  "--out", str(tmp_path / "rr"), "-q")  # fmt: skip
