@@ -251,7 +251,9 @@ def test_forced_faithfulness_failure_falls_back_to_torch(
 
 
 @pytest.mark.slow
-def test_bi_encoder_and_splade_onnx_score_as_torch(tmp_path):
+def test_bi_encoder_and_splade_onnx_score_as_torch(tmp_path, monkeypatch):
+    """ONNX scores as torch for both; and SPLADE's ``auto`` scores a pass long enough to pay
+    (here: any, by a lowered bar) with OpenVINO, equal to torch too."""
     from tiny_checkpoints import save_word_bert
 
     bi = save_sentence_transformer(tmp_path / "st")
@@ -262,6 +264,24 @@ def test_bi_encoder_and_splade_onnx_score_as_torch(tmp_path):
         (fwd,) = scorer._compiled.values()  # queries and documents: one graph
         assert fwd.used == "compiled", scorer.warnings
         assert np.allclose(got, want, atol=1e-5), kind
+    monkeypatch.setattr(compiled, "EXPORT_COST", compiled.ExportCost(1, 1))
+    scorer, got = scores_of("splade", mlm, "auto", tmp_path)
+    (fwd,) = scorer._compiled.values()
+    assert (fwd.used, fwd.backend) == ("compiled", "openvino"), scorer.warnings
+    assert np.allclose(got, want, atol=1e-5)
+
+
+def test_auto_is_openvino_for_splade_only_where_it_was_measured_to_pay():
+    """SPLADE's ``auto`` is OpenVINO (measured faster and exact); the MiniLM kinds, monoT5 and
+    the causal LM stay torch (at parity or 1.2× here: not worth an export per state)."""
+    kinds = {name: catalog().scorer(name).load for name in catalog().scorers}  # the classes
+    assert getattr(kinds["splade"], "auto_backend", None) == "openvino"
+    for name in ("bi-encoder", "cross-encoder", "monot5", "causal-lm"):
+        assert getattr(kinds[name], "auto_backend", "torch") == "torch", name
+    auto = settings("auto")
+    assert auto.resolved_backend("openvino") == ("openvino", False)  # openvino is in dev
+    # not in fp32 (or not on the CPU): torch, never an error
+    assert settings("auto", dtype="bf16").resolved_backend("openvino") == ("torch", False)
 
 
 @pytest.mark.slow
