@@ -1,7 +1,8 @@
-"""Real model, real data: all-MiniLM-L6-v2 re-ranks BM25 top-20 of SciFact's first 100 test
+"""Real model, real data: all-MiniLM-L6-v2 re-ranks BM25 top-20 of SciFact's first 50 test
 queries. Not the paper's 300 queries × top-100: a bi-encoder encodes each candidate once, and
 those are ~5,000 documents (nearly the whole corpus; top-20 of all 300 queries still ~4,400);
-the first 100 queries' top-20 are 1,472, which keeps CI within its budget. The full protocol
+the first 50 queries' top-20 are ~750, which keeps CI within its budget (100 queries' 1,472
+took 3 min of a loaded CI run). The full protocol
 is `benchmarks/real_evidence.yaml`'s (docs/reproduce.md)."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def test_minilm_reranks_scifact_bm25_top20():
     model = shared_path("models", "all-MiniLM-L6-v2")
-    ds = load_beir_folder(shared_path("data", "beir", "scifact"), "test[:100]")
+    ds = load_beir_folder(shared_path("data", "beir", "scifact"), "test[:50]")
     cat = catalog()
     fs = cat.first_stage("bm25s")
     bm25 = fs.build(ds.corpus, check_params(fs.params, {}, "fs", "bm25s"), None).search(
@@ -41,13 +42,14 @@ def test_minilm_reranks_scifact_bm25_top20():
         name: mean_scores(evaluate(ds.qrels, run, metrics))
         for name, run in (("bm25", bm25), ("minilm", dense), ("fused", fused))
     }
-    print("\nSciFact test[:100], BM25 top-20 re-ranked by all-MiniLM-L6-v2:")
+    print("\nSciFact test[:50], BM25 top-20 re-ranked by all-MiniLM-L6-v2:")
     for name, s in scores.items():
         print(f"  {name:<7} " + "  ".join(f"{m} {v:.4f}" for m, v in s.items()))
-    # These 100 queries are easier than the 300 (BM25 0.731 vs 0.686); MiniLM re-ranking them
-    # measured 0.7525 (benchmarks/scoring_speed.py --queries 100 --k 20), near BM25 as on the
-    # full set (MTEB: 0.645 as a full dense retriever vs BM25's 0.686), and fusing helps.
-    assert 0.70 < scores["minilm"]["NDCG@10"] < 0.80
+    # These 50 queries are easier than the 300 (BM25 0.808 vs 0.686); MiniLM re-ranking them
+    # measured 0.7931 (and 0.7931 in benchmarks/scoring_speed.py --queries 50 --k 20), near BM25
+    # as on the full set (MTEB: 0.645 as a full dense retriever vs BM25's 0.686), and fusing
+    # helps (0.8229).
+    assert 0.74 < scores["minilm"]["NDCG@10"] < 0.84
     assert (
         scores["fused"]["NDCG@10"]
         > max(scores["minilm"]["NDCG@10"], scores["bm25"]["NDCG@10"]) - 0.01
