@@ -100,6 +100,8 @@ TARGETS = {
     "nfcorpus": ("minilm-shared-nf", "nfcorpus"),
     # the splade-tiny adapted triplet (Θ0 = ΘT: no public base), ΘD adapted on SciFact
     "splade-scifact": ("splade-adapted-sci", "scifact"),
+    # ... and ΘD adapted on NFCorpus
+    "splade-nfcorpus": ("splade-adapted-nf", "nfcorpus"),
 }
 
 
@@ -407,7 +409,8 @@ def main() -> None:
             choices=sorted(TARGETS),
             default="scifact",
             help="scifact: the MiniLM shared-base triplet, ΘD adapted on SciFact, tested on it; "
-            "nfcorpus: the same for NFCorpus; splade-scifact: the splade-tiny adapted triplet",
+            "nfcorpus: the same for NFCorpus; splade-scifact / splade-nfcorpus: the splade-tiny "
+            "adapted triplet, ΘD adapted on SciFact / NFCorpus",
         )
         p.add_argument(
             "--protocol",
