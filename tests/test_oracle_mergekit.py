@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,8 +24,51 @@ from mergekit_ir.cli import main
 pytestmark = pytest.mark.slow
 
 
+ALPHAS = (0.3, 1.0, -0.5)
+
+
+def recipes(pre, dom, ir) -> dict[str, dict]:
+    """mergekit's configurations: task arithmetic per α (base Θ0, ΘT weight 1, ΘD weight α)
+    and TIES (density 0.5 on both, ΘD weight 0.7, no normalisation)."""
+    out = {
+        f"ta{alpha}": {
+            "merge_method": "task_arithmetic",
+            "base_model": str(pre),
+            "dtype": "float32",
+            "models": [
+                {"model": str(ir), "parameters": {"weight": 1.0}},
+                {"model": str(dom), "parameters": {"weight": alpha}},
+            ],
+        }
+        for alpha in ALPHAS
+    }
+    out["ties"] = {
+        "merge_method": "ties",
+        "base_model": str(pre),
+        "dtype": "float32",
+        "parameters": {"normalize": False},
+        "models": [
+            {"model": str(ir), "parameters": {"weight": 1.0, "density": 0.5}},
+            {"model": str(dom), "parameters": {"weight": 0.7, "density": 0.5}},
+        ],
+    }
+    return out
+
+
+MERGEKIT_YAML = """
+import sys
+from mergekit.scripts.run_yaml import main  # the `mergekit-yaml` command
+
+args = sys.argv[1:]
+for config, out in zip(args[::2], args[1::2]):
+    main([config, out, "--no-lazy-unpickle", "--allow-crimes"], standalone_mode=False)
+"""
+
+
 @pytest.fixture(scope="module")
 def cls_triplet(tmp_path_factory):
+    """The triplet, and mergekit-yaml's merge of every recipe (one process for all four: its
+    import costs seconds)."""
     pytest.importorskip("mergekit", reason="mergekit not installed (pip install .[oracle])")
     if shutil.which("mergekit-yaml") is None:
         pytest.skip("mergekit-yaml not on PATH")
@@ -36,21 +80,23 @@ def cls_triplet(tmp_path_factory):
     state = load_file(pre / "model.safetensors")
     dom = save_bert(root / "domain", tok, 1, head="classifier", base_state=state, noise=0.05)
     ir = save_bert(root / "ir", tok, 2, head="classifier", base_state=state, noise=0.05)
+    args = []
+    for name, config in recipes(pre, dom, ir).items():
+        cfg = root / f"{name}.yml"
+        cfg.write_text(yaml.safe_dump(config))
+        args += [str(cfg), str(root / f"mk-{name}")]
+    res = subprocess.run(
+        [sys.executable, "-c", MERGEKIT_YAML, *args], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
     return root, pre, dom, ir
 
 
-def mergekit(root, name, config) -> dict[str, torch.Tensor]:
-    cfg = root / f"{name}.yml"
-    cfg.write_text(yaml.safe_dump(config))
-    out = root / f"mk-{name}"
-    subprocess.run(
-        ["mergekit-yaml", str(cfg), str(out), "--no-lazy-unpickle", "--allow-crimes"],
-        check=True,
-        capture_output=True,
-    )
+def mergekit(root, name) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(out.glob("*.safetensors")):
+    for f in sorted((root / f"mk-{name}").glob("*.safetensors")):
         tensors.update(load_file(f))
+    assert tensors, name
     return tensors
 
 
@@ -91,22 +137,10 @@ def compare(a: dict, b: dict, skip=("classifier",)) -> int:
     return checked
 
 
-@pytest.mark.parametrize("alpha", [0.3, 1.0, -0.5])
+@pytest.mark.parametrize("alpha", ALPHAS)
 def test_task_arithmetic_matches_mergekit(cls_triplet, alpha):
     root, pre, dom, ir = cls_triplet
-    mk = mergekit(
-        root,
-        f"ta{alpha}",
-        {
-            "merge_method": "task_arithmetic",
-            "base_model": str(pre),
-            "dtype": "float32",
-            "models": [
-                {"model": str(ir), "parameters": {"weight": 1.0}},
-                {"model": str(dom), "parameters": {"weight": alpha}},
-            ],
-        },
-    )
+    mk = mergekit(root, f"ta{alpha}")
     ou = ours(root, f"ta{alpha}", pre, dom, ir, "--alpha", str(alpha))
     # classifier heads are merged by mergekit as well; ours too, since Θ0 and ΘD have them here
     assert compare(ou, mk, skip=()) >= 30
@@ -114,20 +148,7 @@ def test_task_arithmetic_matches_mergekit(cls_triplet, alpha):
 
 def test_ties_matches_mergekit(cls_triplet):
     root, pre, dom, ir = cls_triplet
-    mk = mergekit(
-        root,
-        "ties",
-        {
-            "merge_method": "ties",
-            "base_model": str(pre),
-            "dtype": "float32",
-            "parameters": {"normalize": False},
-            "models": [
-                {"model": str(ir), "parameters": {"weight": 1.0, "density": 0.5}},
-                {"model": str(dom), "parameters": {"weight": 0.7, "density": 0.5}},
-            ],
-        },
-    )
+    mk = mergekit(root, "ties")
     ou = ours(
         root,
         "ties",
