@@ -220,7 +220,7 @@ def test_reranker_errors_are_one_line(cache):
 
 # -- real data ----------------------------------------------------------------------------------
 
-SCIFACT_QUERIES = 20  # the first 20 SciFact test queries (qrels order): equality needs no more
+SCIFACT_QUERIES = 10  # the first 10 SciFact test queries (qrels order): equality needs no more
 
 
 @pytest.mark.slow
