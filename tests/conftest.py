@@ -9,6 +9,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs in two pytest-xdist workers (pyproject's addopts): one intra-op thread
+    # each, in this process and in the commands the tests start, so that two workers on two
+    # cores never run four busy threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -91,3 +97,11 @@ def tiny_triplet(tmp_path_factory) -> dict[str, Path]:
     ir = save_bert(root / "ir", tok, 2, head="classifier", base_state=state, noise=0.02)
     ir_base = save_bert(root / "ir_base", tok, 3, head="base", base_state=state, noise=0.02)
     return {"pretrained": pre, "domain": dom, "ir": ir, "ir_base": ir_base, "root": root}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, torch may have been imported (by a plugin) before OMP_NUM_THREADS was set."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
