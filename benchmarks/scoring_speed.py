@@ -16,6 +16,8 @@ For each model, on this machine's CPU (``--device cpu``):
   sentence-transformers. Its ``backend="onnx"`` / ``"openvino"`` rows are added when optimum /
   onnxruntime / openvino are importable (they are not installed in this project's venv), or
   from another venv with ``--st-python PYTHON:BACKEND`` (``st_contender.py``, timed there);
+  ``--own-process BACKEND`` times ours the same way, alone in a fresh process
+  (``ours_contender.py``), so the two sides are run alike;
 - **faithfulness**: SciFact test (``--queries`` queries), BM25 (bm25s) top-``--k``, re-ranked by
   ours in fp32 and in bf16 — NDCG@10 of each and Δ (bf16 is the default only if |Δ| ≤ 0.002) —
   and Kendall τ between the two score lists of each query's BM25 top-8 (what the calibration
@@ -104,15 +106,16 @@ def timed(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[
 
 
 class RemoteContender:
-    """sentence-transformers with a backend that needs Optimum, run by ``st_contender.py``
-    in the venv of ``python`` (e.g. the st-openvino oracle venv of st_backends.py): loaded
-    once, timed there per call on the same items."""
+    """A contender timed in a process of its own: sentence-transformers with a backend that
+    needs Optimum, run by ``st_contender.py`` in the venv of ``python`` (e.g. the st-openvino
+    oracle venv of st_backends.py), or ours by ``ours_contender.py`` (``--own-process``):
+    loaded once, timed there per call on the same items."""
 
-    def __init__(self, python: str, kind: str, path: Path, backend: str, items: list, args):
+    def __init__(self, script: str, python: str, args_before: list, items: list, args_after=()):
         items_file = Path(tempfile.mkstemp(suffix=".json")[1])
         items_file.write_text(json.dumps(items), encoding="utf-8")
-        cmd = [python, str(Path(__file__).with_name("st_contender.py")), kind, str(path)]
-        cmd += [backend, str(args.max_length), str(args.batch_size), str(items_file)]
+        cmd = [python, str(Path(__file__).with_name(script)), *map(str, args_before)]
+        cmd += [str(items_file), *map(str, args_after)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self.proc.stdout.readline()
         items_file.unlink()
@@ -276,11 +279,19 @@ def main(argv: list[str] | None = None) -> int:
         help="also time sentence-transformers' BACKEND (onnx, openvino) inside the venv of "
         "PYTHON, e.g. ~/.cache/mergekit-ir/oracle-venvs/st-openvino/bin/python:openvino",
     )
+    ap.add_argument(
+        "--own-process",
+        default="",
+        metavar="BACKEND[,BACKEND]",
+        help="also time ours with these backends (torch, openvino, …) each in a fresh process "
+        "of this venv (ours_contender.py), as sentence-transformers' --st-python rows are timed",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     dtypes = ["fp32", *(d.strip() for d in args.dtypes.split(",") if d.strip() not in ("", "fp32"))]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    own_process = [b.strip() for b in args.own_process.split(",") if b.strip()]
     for path in (MINILM, SPLADE, args.data):
         if not path.exists():
             print(f"{path} not found", file=sys.stderr)
@@ -380,11 +391,25 @@ def main(argv: list[str] | None = None) -> int:
             for spec in args.st_python if kind in MODELS else []:
                 python, _, backend = spec.rpartition(":")
                 try:
-                    remotes.append(RemoteContender(python, kind, path, backend, items, args))
+                    st_args = [kind, path, backend, args.max_length, args.batch_size]
+                    remotes.append(RemoteContender("st_contender.py", python, st_args, items))
                 except (OSError, RuntimeError) as exc:
                     print(f"  sentence-transformers {backend} ({python}): skipped ({exc})")
                     continue
                 of_items[f"sentence-transformers {backend} fp32 (own venv)"] = remotes[-1]
+            for backend in own_process:  # ours as theirs is run: alone in a fresh process
+                own_args = [kind, path, backend, args.max_length, args.batch_size]
+                own_cache = Path(tmp) / f"cache-{kind}-own-{backend}"
+                remotes.append(
+                    RemoteContender(
+                        "ours_contender.py",
+                        sys.executable,
+                        own_args,
+                        items,
+                        [own_cache, json.dumps(kind_opts)],
+                    )
+                )
+                of_items[f"ours {backend.replace('-', ' ')} (own process)"] = remotes[-1]
             for name, fn in of_items.items():  # warm-up: one batch each (the compiled: built)
                 started = time.perf_counter()
                 fn(items[: args.batch_size])
