@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mergekit_ir.errors import ConfigError, MergeIRError
+from mergekit_ir.errors import CheckpointError, ConfigError, MergeIRError
 from mergekit_ir.experiments.runner import settings_identity
 from mergekit_ir.plugin_host import catalog
 from mergekit_ir.scoring import compiled
@@ -285,16 +285,44 @@ def test_auto_is_openvino_for_splade_only_where_it_was_measured_to_pay():
 
 
 @pytest.mark.slow
-def test_monot5_and_causal_lm_onnx_score_as_torch(tmp_path):
+def test_monot5_and_causal_lm_onnx_and_openvino_score_as_torch(tmp_path):
+    """Both compile, and OpenVINO reads their ONNX export (its PyTorch frontend fails on T5 and
+    gives a Llama non-finite scores: ``openvino_from_torch`` is off for both)."""
     for kind, folder, options in (
         ("monot5", save_t5(tmp_path / "t5"), {}),
         ("causal-lm", save_llama(tmp_path / "llama"), {"mode": "relevance_token"}),
     ):
         _, want = scores_of(kind, folder, "torch", tmp_path, options)
-        scorer, got = scores_of(kind, folder, "onnx", tmp_path, options)
-        (fwd,) = scorer._compiled.values()
-        assert fwd.used == "compiled", scorer.warnings
-        assert np.allclose(got, want, atol=1e-5), kind
+        for backend in ("onnx", "openvino"):
+            scorer, got = scores_of(kind, folder, backend, tmp_path, options)
+            assert not scorer.openvino_from_torch
+            (fwd,) = scorer._compiled.values()
+            assert fwd.used == "compiled", scorer.warnings
+            assert np.allclose(got, want, atol=1e-5), (kind, backend)
+
+
+@pytest.mark.slow
+def test_openvino_converts_an_encoder_from_torch_and_else_from_onnx(
+    cross_encoder, tmp_path, monkeypatch
+):
+    """An encoder's OpenVINO model comes from the torch program (no ONNX file is written); if
+    that conversion fails, from the ONNX export — the same scores either way."""
+    _, want = scores_of("cross-encoder", cross_encoder, "torch", tmp_path)
+    scorer, got = scores_of("cross-encoder", cross_encoder, "openvino", tmp_path / "direct")
+    (fwd,) = scorer._compiled.values()
+    assert scorer.openvino_from_torch and fwd.used == "compiled", scorer.warnings
+    assert np.allclose(got, want, atol=1e-5)
+    assert not list((tmp_path / "direct").rglob("*.onnx"))
+
+    def fails(*args, **kwargs):
+        raise CheckpointError("OpenVINO conversion failed for the model (planted)")
+
+    monkeypatch.setattr(compiled, "export_openvino", fails)
+    scorer, got = scores_of("cross-encoder", cross_encoder, "openvino", tmp_path / "via-onnx")
+    (fwd,) = scorer._compiled.values()
+    assert fwd.used == "compiled" and not scorer.warnings
+    assert np.allclose(got, want, atol=1e-5)
+    assert len(list((tmp_path / "via-onnx").rglob("model.onnx"))) == 1
 
 
 @pytest.mark.slow

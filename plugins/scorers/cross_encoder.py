@@ -85,6 +85,8 @@ def read_cross_encoder_folder(path: Path) -> tuple[Path, bool]:
 
 
 class CrossEncoder(Scorer):
+    openvino_from_torch = True  # an encoder: see Scorer.openvino_from_torch
+
     def __init__(self, path: Path, options: Mapping[str, Any], settings: ScoringSettings):
         super().__init__(settings)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
