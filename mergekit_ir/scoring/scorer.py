@@ -334,9 +334,10 @@ class Scorer(ABC):
     #: or a compiled backend measured faster *and* faithful for it (docs/performance.md)
     auto_backend: str = "torch"
     #: whether ``--backend openvino`` converts this scorer's graph from the torch program
-    #: (OpenVINO's PyTorch frontend: attention stays one fused operation, 1.1–1.2× faster on
-    #: MiniLM) rather than from its ONNX export; true for the encoder kinds it was checked on
-    #: (T5 fails that conversion and a Llama gives non-finite scores through it)
+    #: (OpenVINO's PyTorch frontend: attention stays one fused operation) rather than from its
+    #: ONNX export; true where measured faster: the bi- and cross-encoder (1.17× / 1.24× on
+    #: MiniLM). Not SPLADE (0.93×: its graph is dominated by the vocabulary head), T5 (the
+    #: conversion fails) or a Llama (non-finite scores through it); docs/performance.md
     openvino_from_torch: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Scorer:

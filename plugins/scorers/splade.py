@@ -151,7 +151,6 @@ def read_sparse_encoder(path: Path) -> dict[str, Any]:
 
 
 class Splade(Scorer):
-    openvino_from_torch = True  # an encoder: see Scorer.openvino_from_torch
     cost_unit = "document"  # documents are encoded once per pass, then dot products
     #: OpenVINO fp32 encoded splade-tiny's documents 1.48× and 1.89× faster than torch fp32 in
     #: two runs on a 2-core AVX2 CPU, with identical NDCG@10 (max |Δ score| 2e-5) and an export
