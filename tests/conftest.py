@@ -44,6 +44,15 @@ WORDS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fresh_warning_log(monkeypatch):
+    """Scorer warnings are logged once per process (INFO on repeats): each test starts as a
+    fresh process would, whichever tests its xdist worker ran before it."""
+    from mergekit_ir.scoring import scorer
+
+    monkeypatch.setattr(scorer, "_LOGGED_WARNINGS", set())
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread while a module runs; the module opts in with
