@@ -43,20 +43,6 @@ from scoring_speed import MINILM, SCIFACT, SPLADE, build_cross_encoder  # noqa: 
 GRAPHS = {"bi-encoder": "embed", "cross-encoder": "logit", "splade": "term_weights_graph"}
 
 
-class Graph(torch.nn.Module):
-    """A scorer's graph method over positional tensors, its torch modules registered."""
-
-    def __init__(self, scorer: object, method: str, names: list[str]):
-        super().__init__()
-        self.fn, self.names = getattr(scorer, method), names
-        for key, module in vars(scorer).items():
-            if isinstance(module, torch.nn.Module):
-                self.add_module(key, module)
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.fn(dict(zip(self.names, tensors, strict=True))).float()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="bi-encoder,cross-encoder,splade")
@@ -107,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ]
             example = {n: torch.from_numpy(batches[0][n][:2].copy()) for n in names}
-            module = Graph(scorer, GRAPHS[kind], names).eval()
+            method = getattr(scorer, GRAPHS[kind])  # as CompiledForward builds it
+            module = compiled._Graph.build(method, names, compiled.scorer_modules(scorer))
             out = Path(tmp) / f"routes-{kind}"
             out.mkdir()
 

@@ -4,8 +4,7 @@ sentence-transformers' compiled backends are timed in a fresh process of their v
 ``scoring_speed.py``'s own process — which by then has loaded bm25s, ranx, several torch models
 and their thread pools. ``--own-process BACKEND`` adds ours run the same way as theirs, so a
 gap between the two is not the benchmark's asymmetry. Same protocol as ``st_contender.py``:
-load once (building any compiled graph into ``CACHE``), warm up, print ``{"ready": true}``,
-then for every line ``go`` score the items and answer ``{"wall": s, "cpu": s}``.
+load once (building any compiled graph into ``CACHE``), then ``st_contender.serve``.
 
     python ours_contender.py KIND MODEL BACKEND MAX_LENGTH BATCH ITEMS.json CACHE OPTIONS.json
 """
@@ -16,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +26,8 @@ def main() -> int:
     items = json.loads(Path(items_path).read_text(encoding="utf-8"))
     kind_opts = json.loads(options)
     logging.getLogger("mergekit_ir").setLevel(logging.ERROR)
+    from st_contender import serve  # the same protocol, beside this file
+
     from mergekit_ir.plugin_host import catalog
     from mergekit_ir.scoring import compiled
     from mergekit_ir.scoring.scorer import ScoringSettings
@@ -49,18 +49,7 @@ def main() -> int:
         def fn() -> object:
             return scorer.score_pairs(pairs)
 
-    fn()  # warm-up (the compiled graph is built or loaded here)
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        print(
-            json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}),
-            flush=True,
-        )
-    return 0
+    return serve(fn)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 
 
 def main() -> int:
@@ -46,6 +47,12 @@ def main() -> int:
         def fn() -> object:
             return m.predict(pairs, batch_size=batch, activation_fn=torch.nn.Identity())
 
+    return serve(fn)
+
+
+def serve(fn: Callable[[], object]) -> int:
+    """The contender protocol (also ``ours_contender.py``'s): warm up, say ready, then time one
+    call of ``fn`` per ``go`` line and answer its (wall, CPU) seconds."""
     fn()  # warm-up (and any export at load is behind us)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

@@ -711,27 +711,25 @@ class CompiledForward:
         keys = self._keys(names)
         fn = getattr(self.scorer, self.graph)
 
-        def export(path: Path) -> None:
-            log.info(
-                "%s: exporting its %s graph to ONNX for --backend %s",
-                self.describe,
-                self.graph,
-                self.backend,
-            )
-            with torch.inference_mode(False):
-                module = _Graph.build(fn, names, modules)
-                export_graph(module, _example(batch, names), "scores", path, self.describe)
+        def exporter(target: str, write: Callable[..., None]) -> Callable[[Path], None]:
+            """Trace the graph on this batch and write it for ``target`` with ``write``."""
 
-        def export_ov(path: Path) -> None:
-            log.info(
-                "%s: converting its %s graph to OpenVINO for --backend %s",
-                self.describe,
-                self.graph,
-                self.backend,
-            )
-            with torch.inference_mode(False):
-                module = _Graph.build(fn, names, modules)
-                export_openvino(module, _example(batch, names), path, self.describe)
+            def build(path: Path) -> None:
+                log.info(
+                    "%s: exporting its %s graph to %s for --backend %s",
+                    self.describe,
+                    self.graph,
+                    target,
+                    self.backend,
+                )
+                with torch.inference_mode(False):
+                    module = _Graph.build(fn, names, modules)
+                    write(module, _example(batch, names), path, self.describe)
+
+            return build
+
+        def export_onnx(module: Any, example: Any, path: Path, what: str) -> None:
+            export_graph(module, example, "scores", path, what)
 
         def record(runtime: str, precision: str, file: str, seconds: float) -> EntryRecord:
             return EntryRecord(
@@ -744,9 +742,9 @@ class CompiledForward:
             keys,
             self.runtime,
             self.precision,
-            export,
+            exporter("ONNX", export_onnx),
             record,
-            export_ov if direct else None,
+            exporter("OpenVINO", export_openvino) if direct else None,
         )
         session = Session(path, self.runtime, torch.get_num_threads())
         self.seconds = time.perf_counter() - started
